@@ -1,0 +1,290 @@
+"""Loading, validation split, subsetting, cached tokenization and batching."""
+import glob
+import hashlib
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+
+from utils import UserError
+
+HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
+FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
+HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: np.ndarray  # int64 ids 0..K-1
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
+                max_train_samples: int | None, max_eval_samples: int | None):
+    """Return ({"train", "val", "test"} -> Split, label_names)."""
+    raw = _load_raw(data)
+    for rows in raw.values():
+        check_columns(rows, text_cols, label_col)
+    if "test" not in raw:
+        raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
+    if "validation" in raw:
+        raw["val"] = raw.pop("validation")
+    else:
+        raw["train"], raw["val"] = _stratified_split(raw["train"], val_ratio, label_col)
+    for name, rows in raw.items():
+        if len(rows[label_col]) == 0:
+            raise UserError(f"the {name} split of {data} is empty")
+    values, label_names = _label_values(raw, label_col)
+    label_ids = {v: i for i, v in enumerate(values)}
+    if len(label_names) < 2:
+        raise UserError(f"column {label_col!r} holds a single class ({label_names[0]}): nothing to classify")
+    splits = {}
+    for name in ("train", "val", "test"):
+        rows = raw[name]
+        labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
+        texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in range(len(labels))]
+        limit = max_train_samples if name == "train" else max_eval_samples
+        keep = balanced_subset(labels, limit)
+        splits[name] = Split([texts[i] for i in keep], labels[keep])
+    return splits, label_names
+
+
+def _load_raw(data: str) -> dict:
+    """Column dicts per split, from `synthetic`, a local folder or file, or the hub."""
+    if data == "synthetic":
+        return make_synthetic()
+    import datasets
+    datasets.disable_progress_bars()
+    if os.path.exists(data):
+        files = _local_files(data)
+        loaded = datasets.load_dataset(FILE_TYPES[os.path.splitext(next(iter(files.values())))[1]],
+                                       data_files=files)
+    elif data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES:
+        raise UserError(f"--data {data}: no such file or folder")
+    else:
+        try:
+            loaded = datasets.load_dataset(HUB_ALIASES.get(data, data))
+        except Exception as e:  # hub errors come in many types; the first line says which
+            raise UserError(f"cannot load dataset {data!r}: {str(e).splitlines()[0]} "
+                            "(offline? pass a local folder with --data)") from None
+    out = {}
+    for name in ("train", "validation", "test"):
+        if name in loaded:
+            out[name] = _columns(loaded[name])
+    if "train" not in out:
+        raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
+    return out
+
+
+def _columns(ds) -> dict:
+    cols = {c: ds[c] for c in ds.column_names}
+    feature = ds.features.get("label") if hasattr(ds, "features") else None
+    names = getattr(feature, "names", None)
+    if names:  # a hub ClassLabel: keep the names ("neg", "pos"), in their id order
+        cols["__label_names__"] = names
+    return cols
+
+
+def _local_files(path: str) -> dict:
+    if os.path.isfile(path):
+        if os.path.splitext(path)[1] not in FILE_TYPES:
+            raise UserError(f"--data {path}: unsupported file type (use {', '.join(FILE_TYPES)})")
+        return {"train": path}
+    files = {}
+    for split in ("train", "validation", "test"):
+        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(path, f"{split}{ext}"))]
+        if found:
+            files[split] = found[0]
+    if "train" not in files:
+        raise UserError(f"--data {path}: folder has no train.parquet/.csv/.jsonl")
+    return files
+
+
+def _label_values(raw: dict, label_col: str) -> tuple[list, list[str]]:
+    """The label values in id order, and their names."""
+    if "__label_names__" in raw["train"]:  # already ids 0..K-1
+        names = list(raw["train"]["__label_names__"])
+        return list(range(len(names))), names
+    values = set()
+    for rows in raw.values():
+        for v in rows[label_col]:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
+                raise UserError(f"label column {label_col!r} holds {type(v).__name__} values like "
+                                f"{v!r}: labels must be integers or strings")
+            values.add(v)
+    if all(isinstance(v, str) for v in values) or all(not isinstance(v, str) for v in values):
+        ordered = sorted(values)
+        return ordered, [str(v) for v in ordered]
+    raise UserError(f"label column {label_col!r} mixes integers and strings")
+
+
+def check_columns(columns, text_cols: list[str], label_col: str) -> None:
+    missing = [c for c in [*text_cols, label_col] if c not in columns]
+    if missing:
+        raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: "
+                        f"{_shown_columns(columns)}")
+
+
+def _shown_columns(cols) -> str:
+    return ", ".join(c for c in cols if not c.startswith("__"))
+
+
+def _stratified_split(rows: dict, ratio: float, label_col: str):
+    """Deterministically carve `ratio` of each class out of rows: (rest, carved)."""
+    labels = [str(v) for v in rows[label_col]]
+    rng = random.Random(SPLIT_SEED)
+    carved = []
+    for cls in sorted(set(labels)):
+        idx = [i for i, v in enumerate(labels) if v == cls]
+        rng.shuffle(idx)
+        carved += idx[:round(len(idx) * ratio)]
+    carved_set = set(carved)
+    rest = [i for i in range(len(labels)) if i not in carved_set]
+    return _take(rows, rest), _take(rows, sorted(carved))
+
+
+def _take(rows: dict, idx: list[int]) -> dict:
+    return {c: (v if c.startswith("__") else [v[i] for i in idx]) for c, v in rows.items()}
+
+
+def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` examples, as equal per class as the data allows, seeded."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(SPLIT_SEED)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    keep, remaining = [], limit
+    for i, idx in enumerate(sorted(by_class, key=len)):  # small classes first, leftovers to the rest
+        share = remaining // (len(by_class) - i)
+        keep.append(idx[:share])
+        remaining -= len(keep[-1])
+    return np.sort(np.concatenate(keep))
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+POSITIVE = ["great", "excellent", "wonderful", "superb", "loved", "brilliant", "delightful", "moving"]
+NEGATIVE = ["awful", "terrible", "boring", "worst", "hated", "dull", "painful", "clumsy"]
+FILLER = [f"{a}{b}" for a in ["ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "vu", "ze"]
+          for b in ["x", "y", "z", "q", "w", "n", "m", "r", "d", "b"]]
+
+
+def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dict:
+    """A learnable sentiment-like task that needs no network: each text holds 1-3 cue words
+    of its class among 10-80 filler words; 0 = negative, 1 = positive."""
+    rng = random.Random(seed)
+
+    def make(n):
+        texts, labels = [], []
+        for i in range(n):
+            label = i % 2
+            words = rng.choices(FILLER, k=rng.randint(10, 80))
+            for _ in range(rng.randint(1, 3)):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+            texts.append(" ".join(words))
+            labels.append(label)
+        return {"text": texts, "label": labels, "__label_names__": ["neg", "pos"]}
+
+    return {"train": make(n_train), "test": make(n_test)}
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+@dataclass
+class Encoded:
+    ids: list[np.ndarray]   # token ids per example, truncated, with special tokens
+    n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
+
+
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str) -> Encoded:
+    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation)."""
+    key = hashlib.sha256()
+    for t in texts:
+        key.update(t.encode())
+        key.update(b"\0")
+    key.update(_tokenizer_fingerprint(tokenizer).encode())
+    key.update(f"{max_len}/{truncation}".encode())
+    path = os.path.join(cache_dir, f"tokens-{key.hexdigest()[:24]}.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
+        return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+
+    prefix, suffix = _special_tokens(tokenizer)
+    budget = max_len - len(prefix) - len(suffix)
+    ids, n_tokens = [], []
+    for start in range(0, len(texts), 1000):
+        for body in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
+            n_tokens.append(len(body) + len(prefix) + len(suffix))
+            ids.append(np.array(prefix + truncate(body, budget, truncation) + suffix, dtype=np.int32))
+    n_tokens = np.array(n_tokens, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets,
+             n_tokens=n_tokens)
+    os.replace(tmp, path)
+    return Encoded(ids, n_tokens)
+
+
+def truncate(body: list[int], budget: int, mode: str) -> list[int]:
+    if len(body) <= budget:
+        return body
+    if mode == "head":
+        return body[:budget]
+    if mode == "tail":
+        return body[-budget:]
+    head = min(HEAD_TAIL_HEAD, budget // 2)
+    return body[:head] + body[len(body) - (budget - head):]
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sequence (e.g. [CLS] / [SEP])."""
+    body = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello")["input_ids"]
+    for at in range(len(full) - len(body) + 1):
+        if full[at:at + len(body)] == body:
+            return full[:at], full[at + len(body):]
+    raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts its special tokens")
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}/{len(tokenizer)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- batching
+
+def collate(ids: list[np.ndarray], pad_id: int, max_len: int) -> dict:
+    """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly)."""
+    longest = max(len(x) for x in ids)
+    width = min(math.ceil(longest / 8) * 8, max(max_len, longest))
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)] = x
+        mask[row, :len(x)] = 1
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def train_order(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:
+    """This rank's example indices for one epoch: DistributedSampler's seeded shuffle, so the
+    global order is the same for any world size."""
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def eval_shard(lengths: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's share of an eval split, every example on exactly one rank (no padding
+    duplicates), sorted by length so batches waste little on padding."""
+    idx = np.arange(rank, len(lengths), world_size)
+    return idx[np.argsort(lengths[idx], kind="stable")]

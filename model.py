@@ -1,0 +1,174 @@
+"""Model registry and the one classifier used for every encoder family.
+
+Everything that differs between model families lives in the two tables below; the training
+loop never asks which family it is running.
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
+
+from utils import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one encoder family (a config.model_type) names things."""
+    dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
+    model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
+
+
+FAMILIES = {
+    # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
+    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
+    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
+    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout")),
+    "distilbert": Family(("dropout", "attention_dropout")),
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A --model short name: a hub id / folder, or a small random-init config (tiny-*)."""
+    source: str | None = None               # hub id or folder with pretrained weights
+    tiny_config: type | None = None         # config class for a random-init model
+    tiny_kwargs: dict = field(default_factory=dict)
+    default_lr: float = 5e-5                # used when --lr is not given
+
+
+_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+             max_position_embeddings=512, pad_token_id=0)  # ids fixed by _train_wordpiece's specials
+_TINY_MODERNBERT = dict(_TINY, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3)
+TINY_VOCAB_SIZE = 2000
+
+MODELS = {
+    "bert": ModelEntry(source="bert-base-uncased"),
+    "modernbert": ModelEntry(source="answerdotai/ModernBERT-base"),
+    # Random init learns nothing useful at 5e-5 in a few hundred steps, hence the larger lr.
+    "tiny-bert": ModelEntry(tiny_config=BertConfig, tiny_kwargs=_TINY, default_lr=1e-3),
+    "tiny-modernbert": ModelEntry(tiny_config=ModernBertConfig, tiny_kwargs=_TINY_MODERNBERT, default_lr=1e-3),
+}
+
+
+def resolve_model(name: str) -> ModelEntry:
+    """A short name from MODELS, a local model folder, or any hub id."""
+    if name in MODELS:
+        return MODELS[name]
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise UserError(f"model folder {name} has no config.json")
+        return ModelEntry(source=name)
+    if "/" in name or "-" in name:  # looks like a hub id; loading it will tell if it is not
+        return ModelEntry(source=name)
+    raise UserError(f"unknown --model {name!r}: use one of {', '.join(MODELS)}, a model folder or a hub id")
+
+
+def model_max_positions(entry: ModelEntry) -> int:
+    if entry.tiny_config is not None:
+        return entry.tiny_kwargs["max_position_embeddings"]
+    return getattr(load_config(entry.source), "max_position_embeddings", 512)
+
+
+def load_config(source: str):
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]}") from None
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
+    """The checkpoint's tokenizer, or for tiny-* a WordPiece trained locally on the training texts.
+
+    The trained tokenizer is cached under cache_dir, keyed by the texts, so every run of a grid
+    (and every rank) reuses one file.
+    """
+    if entry.tiny_config is None:
+        try:
+            return AutoTokenizer.from_pretrained(entry.source)
+        except OSError as e:
+            raise UserError(f"cannot load tokenizer for {entry.source!r}: {str(e).splitlines()[0]}") from None
+    from transformers import PreTrainedTokenizerFast
+
+    digest = hashlib.sha256()
+    for t in train_texts:
+        digest.update(t.encode())
+    path = os.path.join(cache_dir, f"wordpiece-{TINY_VOCAB_SIZE}-{digest.hexdigest()[:16]}.json")
+    if not os.path.exists(path):
+        _train_wordpiece(train_texts, path)
+    return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=entry.tiny_kwargs["max_position_embeddings"])
+
+
+def _train_wordpiece(texts, path: str) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    tok.save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+class Classifier(nn.Module):
+    """Encoder -> pooling (cls | mean over real tokens) -> dropout -> linear."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pool: str, dropout: float):
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise UserError(f"unknown --pool {pool!r}: use cls or mean")
+        self.encoder = encoder
+        self.pool = pool
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pool == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(self.dropout(pooled))
+
+
+def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropout: float,
+                encoder_dropout: float | None, attn_implementation: str = "sdpa") -> Classifier:
+    if entry.tiny_config is not None:
+        config = entry.tiny_config(vocab_size=len(tokenizer), **entry.tiny_kwargs)
+    else:
+        config = load_config(entry.source)
+    family = FAMILIES.get(config.model_type)
+    if encoder_dropout is not None:
+        if family is None:
+            raise UserError(f"--encoder_dropout: model type {config.model_type!r} is not in the "
+                            f"registry (known: {', '.join(FAMILIES)}); add it to FAMILIES in model.py")
+        for key in family.dropout_keys:
+            setattr(config, key, encoder_dropout)
+    kwargs = dict(family.model_kwargs if family else {}, attn_implementation=attn_implementation)
+    if entry.tiny_config is not None:
+        encoder = AutoModel.from_config(config, **kwargs)
+    else:
+        encoder = AutoModel.from_pretrained(entry.source, config=config, **kwargs)
+    return Classifier(encoder, num_labels, pool, dropout)
+
+
+def encoder_dropout_values(model: Classifier) -> dict:
+    """The encoder's internal dropout settings, for the run log."""
+    family = FAMILIES.get(model.encoder.config.model_type)
+    return {k: getattr(model.encoder.config, k) for k in (family.dropout_keys if family else ())}

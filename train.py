@@ -1,0 +1,551 @@
+"""Fine-tune a pretrained encoder for text classification with a hand-written DDP loop.
+
+One process (CPU or one GPU):
+    python train.py --model bert --pool cls
+Two GPUs on one machine (or 2 CPU processes with gloo):
+    torchrun --standalone --nproc_per_node=2 train.py --model bert --pool cls
+Two nodes, 8 GPUs each (run on both; MASTER = the first node's address):
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=MASTER --master_port=29500 train.py ...
+    torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 --master_addr=MASTER --master_port=29500 train.py ...
+Offline demo in seconds:
+    python train.py --model tiny-bert --data synthetic --epochs 3 --wandb disabled
+
+Rerunning the same command resumes an interrupted run from its newest checkpoint.
+"""
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint
+import data
+import model as models
+import utils
+from utils import UserError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings that do not change what a run computes: left out of the run name and the config
+# fingerprint that guards resume.
+OPERATIONAL = {"out_dir", "run_name", "cache_dir", "wandb", "wandb_project", "wandb_group",
+               "log_every", "save_every", "keep_checkpoints", "resume", "fresh", "eval_batch_size",
+               "on_nan"}
+# Short names for the run name, in the order they appear there.
+NAME_KEYS = {"max_len": "L", "batch_size": "bs", "grad_accum": "ga", "lr": "lr", "optimizer": "",
+             "scheduler": "", "warmup_ratio": "wu", "dropout": "d", "encoder_dropout": "ed",
+             "weight_decay": "wd", "clip": "clip", "epochs": "ep", "truncation": "",
+             "precision": "", "val_ratio": "val", "max_train_samples": "ntr",
+             "max_eval_samples": "nev", "data": "", "text_col": "", "label_col": ""}
+EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
+EXIT_DIVERGED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, a hub id, "
+      "or a local model folder (default: %(default)s)")
+    a("--pool", default="cls", choices=["cls", "mean"], help="cls = first token; mean = average "
+      "of non-padding tokens (default: %(default)s)")
+    a("--max_len", type=int, default=128, help="tokens per example incl. special tokens (default: %(default)s)")
+    a("--truncation", default="head", choices=["head", "tail", "head_tail"], help="which tokens "
+      "a long text keeps: first, last, or first 128 + the rest from the end (default: %(default)s)")
+    a("--batch_size", type=int, default=16, help="GLOBAL examples per optimizer step; per-process "
+      "batch = batch_size / (world size x grad_accum) (default: %(default)s)")
+    a("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
+    a("--eval_batch_size", type=int, default=64, help="per-process batch for evaluation (default: %(default)s)")
+    a("--lr", type=float, default=None, help="peak learning rate (default: 5e-5; 1e-3 for tiny-* models)")
+    a("--optimizer", default="adam", choices=["adam", "adamw"], help="adam: L2 weight decay "
+      "added to the gradient; adamw: decoupled weight decay (default: %(default)s)")
+    a("--scheduler", default="constant", choices=["constant", "linear", "cosine"],
+      help="learning-rate schedule after warmup (default: %(default)s)")
+    a("--warmup_ratio", type=float, default=0.0, help="share of steps with linear warmup (default: %(default)s)")
+    a("--dropout", type=float, default=0.1, help="dropout before the classification head (default: %(default)s)")
+    a("--encoder_dropout", type=float, default=None, help="the encoder's internal dropouts, mapped "
+      "to each family's config names (default: the checkpoint's own values)")
+    a("--weight_decay", type=float, default=0.0, help="weight decay, not applied to biases and "
+      "norms (default: %(default)s)")
+    a("--clip", type=float, default=0.0, help="max gradient norm; 0 = no clipping (default: %(default)s)")
+    a("--epochs", type=int, default=3, help="passes over the training set (default: %(default)s)")
+    a("--seed", type=int, default=42, help="seed for init, data order and dropout (default: %(default)s)")
+    a("--data", default="imdb", help="hub dataset name (imdb = stanfordnlp/imdb), a local folder "
+      "with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
+      "(a generated task, no network) (default: %(default)s)")
+    a("--text_col", nargs="+", default=["text"], help="text column(s), joined with a space (default: text)")
+    a("--label_col", default="label", help="label column: integers or strings (default: %(default)s)")
+    a("--val_ratio", type=float, default=0.1, help="share of train carved out (stratified, fixed "
+      "seed) as validation when the data has no validation split (default: %(default)s)")
+    a("--max_train_samples", type=int, default=None, help="balanced seeded subset of train (default: all)")
+    a("--max_eval_samples", type=int, default=None, help="balanced seeded subset of val and test (default: all)")
+    a("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype; "
+      "auto = bf16 on GPUs that support it, else fp16 with loss scaling; fp32 on CPU (default: %(default)s)")
+    a("--out_dir", default="runs", help="runs are written to OUT_DIR/RUN_NAME (default: %(default)s)")
+    a("--run_name", default=None, help="default: model, pooling, the settings that differ from "
+      "the defaults, and the seed")
+    a("--cache_dir", default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
+      help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)")
+    a("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B "
+      "logging; auto = online when logged in, else offline (default: %(default)s)")
+    a("--wandb_project", default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
+      help="W&B project (default: $WANDB_PROJECT or %(default)s)")
+    a("--wandb_group", default=None, help="W&B group, e.g. the grid name (default: none)")
+    a("--log_every", type=int, default=50, help="optimizer steps between train log lines (default: %(default)s)")
+    a("--save_every", type=int, default=500, help="optimizer steps between checkpoints; one is also "
+      "written at each epoch end (default: %(default)s)")
+    a("--keep_checkpoints", type=int, default=2, help="newest checkpoints kept (default: %(default)s)")
+    a("--resume", default="auto", choices=["auto", "never"], help="auto: continue from the newest "
+      "valid checkpoint in the run folder (default: %(default)s)")
+    a("--fresh", action="store_true", help="delete this run's old checkpoints and results first")
+    a("--on_nan", default="stop", choices=["stop", "skip"], help="on a non-finite loss: stop "
+      "(keeping the last good checkpoint) or skip that step (default: %(default)s)")
+    a("--smoke", action="store_true", help="check the whole path in seconds: 64 train / 64 val / "
+      "64 test examples, 1 epoch, run name suffixed -smoke, no W&B")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    defaults = vars(parser.parse_args([]))
+    if args.smoke:
+        args.max_train_samples = min(args.max_train_samples or 64, 64)
+        args.max_eval_samples = min(args.max_eval_samples or 64, 64)
+        args.epochs = 1
+        args.wandb = "disabled"
+    entry = models.resolve_model(args.model)
+    if args.run_name is None:
+        args.run_name = derive_run_name(args, defaults)
+    if args.lr is None:
+        args.lr = entry.default_lr
+    return args
+
+
+def derive_run_name(args, defaults: dict) -> str:
+    model_name = os.path.basename(os.path.normpath(args.model)).replace("/", "_")
+    parts = [model_name, args.pool]
+    for key, short in NAME_KEYS.items():
+        value = getattr(args, key)
+        if value != defaults[key] and not (args.smoke and key in ("max_train_samples", "max_eval_samples", "epochs")):
+            if isinstance(value, list):
+                value = "+".join(value)
+            if key == "data":
+                value = os.path.basename(os.path.normpath(value))
+            parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
+    parts.append(f"s{args.seed}")
+    return "-".join(parts) + ("-smoke" if args.smoke else "")
+
+
+def run_fingerprint(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in OPERATIONAL}
+
+
+def validate(args, entry, info: utils.DistInfo) -> int:
+    """Check settings before any work; returns the per-process batch size."""
+    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every", "save_every"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key} must be at least 1 (got {getattr(args, key)})")
+    for key in ("dropout", "val_ratio", "warmup_ratio"):
+        if not 0 <= getattr(args, key) < 1:
+            raise UserError(f"--{key} must be in [0, 1) (got {getattr(args, key)})")
+    shards = info.world_size * args.grad_accum
+    if args.batch_size % shards:
+        raise UserError(f"--batch_size {args.batch_size} is not divisible by world size "
+                        f"{info.world_size} x grad_accum {args.grad_accum}")
+    limit = models.model_max_positions(entry)
+    if args.max_len > limit:
+        raise UserError(f"--max_len {args.max_len} exceeds the model's limit of {limit} positions")
+    return args.batch_size // shards
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def make_optimizer(model, args, device):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)  # biases and norm weights
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=args.lr, fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer, args, total_steps: int):
+    warmup = int(args.warmup_ratio * total_steps)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if args.scheduler == "linear":
+            return max(0.0, 1 - progress)
+        if args.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.inference_mode()
+def predict(model, encoded: data.Encoded, info, args, pad_id, autocast) -> np.ndarray:
+    """Class probabilities for every example of a split, in split order, exact across ranks:
+    each rank scores its own shard and the shards are gathered."""
+    lengths = np.array([len(x) for x in encoded.ids])
+    shard = data.eval_shard(lengths, info.rank, info.world_size)
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(shard), args.eval_batch_size):
+        batch = data.collate([encoded.ids[i] for i in shard[start:start + args.eval_batch_size]],
+                             pad_id, args.max_len)
+        with autocast:
+            logits = model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
+        probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+        utils.fault_point("eval")
+    model.train(was_training)
+    num_labels = model.head.out_features
+    local = np.concatenate(probs) if probs else np.zeros((0, num_labels), np.float32)
+    gathered = utils.all_gather_objects((shard, local), info)
+    index = np.concatenate([g[0] for g in gathered])
+    out = np.concatenate([g[1] for g in gathered])
+    if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
+        raise RuntimeError("distributed evaluation did not score every example exactly once")
+    return out[np.argsort(index)]
+
+
+def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> bool:
+    """Val accuracy at the majority-class rate and loss near ln K after every epoch: the model
+    learned nothing beyond the label prior (the original BERT bs32 run at 0.5000 / 0.6944)."""
+    chance_loss = math.log(num_labels)
+    return bool(history) and all(abs(h["acc"] - majority_rate) <= 0.01 and
+                                 abs(h["loss"] - chance_loss) <= 0.05 * chance_loss for h in history)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT / SIGHUP set a flag; the loop finishes its step and checkpoints."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    info = utils.setup_distributed()
+    try:
+        return train(args, info)
+    except UserError as e:
+        if info.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        utils.cleanup_distributed()
+
+
+def train(args, info: utils.DistInfo) -> int:
+    started = time.time()
+    stop = StopRequest()
+    entry = models.resolve_model(args.model)
+    per_proc_batch = validate(args, entry, info)
+    run_dir = os.path.join(args.out_dir, args.run_name)
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    os.makedirs(run_dir, exist_ok=True)
+    log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
+    lock = checkpoint.RunLock(run_dir, log.info)
+    try:
+        utils.main_process_first(info, lock.acquire if info.is_main else lambda: None)
+        return _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started)
+    finally:
+        lock.release()
+
+
+def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started) -> int:
+    precision = resolve_precision(args.precision, info.device)
+    config = dict(vars(args), precision=precision)
+    fingerprint = run_fingerprint(config)
+    config_path = os.path.join(run_dir, "config.json")
+
+    if utils.main_process_first(info, _prepare_run_dir, args, config, run_dir, info.is_main, log):
+        log.info(f"{run_dir} is already finished (results.json exists); --fresh reruns it")
+        return 0
+
+    env = utils.environment_info(info)
+    log.info(f"environment: {env}")
+    log.info(f"config: {config}")
+    utils.seed_everything(args.seed)
+
+    splits, label_names = utils.main_process_first(
+        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
+        args.max_train_samples, args.max_eval_samples)
+    tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
+                                              args.truncation, args.cache_dir)
+               for name, split in splits.items()}
+    labels = {name: split.labels for name, split in splits.items()}
+    num_labels = len(label_names)
+    log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; "
+             f"labels {label_names}")
+
+    model = models.build_model(entry, tokenizer, num_labels, args.pool, args.dropout,
+                               args.encoder_dropout).to(info.device)
+    log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters, encoder dropouts {models.encoder_dropout_values(model)}, "
+             f"attention {model.encoder.config._attn_implementation}")
+    n_train = len(labels["train"])
+    steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = make_optimizer(model, args, info.device)
+    scheduler = make_scheduler(optimizer, args, total_steps)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
+    autocast = torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    pad_id = tokenizer.pad_token_id
+
+    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
+                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env)
+    if info.is_main:
+        utils.write_json(config_path, config)
+
+    # ---- resume
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0,
+                "best_epoch": -1, "best_file": None, "history": [], "train_time": 0.0,
+                "train_samples": 0, "train_tokens": 0, "wandb_id": None}
+    state = checkpoint.load_latest_checkpoint(ckpt_dir, log.warning) if args.resume == "auto" else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress.update(state["progress"])
+        if len(state["rng"]) == info.world_size:
+            utils.set_rng_state(state["rng"][info.rank])
+        else:
+            log.warning(f"warning: resuming with {info.world_size} processes instead of "
+                        f"{len(state['rng'])}: data order is kept, dropout randomness is not")
+            utils.seed_everything(args.seed + info.rank + progress["global_step"])
+        log.info(f"resumed from {state['path']}: epoch {progress['epoch']}, step "
+                 f"{progress['global_step']}/{total_steps}")
+        del state
+    else:
+        utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+    ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
+        if info.is_distributed else model
+    wandb_run = utils.WandbRun(args, config, run_dir, info, log)
+
+    def save(reason: str) -> str:
+        rng = utils.all_gather_objects(utils.get_rng_state(), info)
+        if not info.is_main:
+            return ""
+        path = checkpoint.save_checkpoint(ckpt_dir, progress["global_step"], {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "progress": dict(progress), "rng": rng, "fingerprint": fingerprint},
+            keep=args.keep_checkpoints)
+        log.info(f"checkpoint ({reason}): {path}")
+        return path
+
+    # ---- train
+    log.info(f"training: {n_train} examples, {args.epochs} epochs x {steps_per_epoch} steps, "
+             f"batch {args.batch_size} = {info.world_size} processes x {per_proc_batch} x "
+             f"{args.grad_accum} accumulation, precision {precision}")
+    model.train()
+    window = {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "time": time.time()}
+    last_saved_step = progress["global_step"]
+    bar = _progress_bar(info, total_steps, progress["global_step"])
+    while progress["epoch"] < args.epochs:
+        epoch = progress["epoch"]
+        order = data.train_order(n_train, epoch, args.seed, info.rank, info.world_size)
+        rank_step = per_proc_batch * args.grad_accum
+        while progress["step_in_epoch"] < steps_per_epoch:
+            step_start = time.time()
+            start = progress["step_in_epoch"] * rank_step
+            step_indices = order[start:start + rank_step]
+            loss_sum = torch.zeros((), device=info.device)
+            real_tokens = 0
+            micro = [step_indices[i:i + per_proc_batch] for i in range(0, len(step_indices), per_proc_batch)]
+            for k, mb in enumerate(micro):
+                batch = data.collate([encoded["train"].ids[i] for i in mb], pad_id, args.max_len)
+                batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
+                target = torch.from_numpy(labels["train"][mb]).to(info.device, non_blocking=True)
+                real_tokens += int(batch["attention_mask"].sum())
+                sync_now = k == len(micro) - 1
+                with ddp_model.no_sync() if info.is_distributed and not sync_now else contextlib.nullcontext():
+                    with autocast:
+                        logits = ddp_model(**batch)
+                    # sum / this rank's examples in the step; DDP's gradient mean over ranks
+                    # then gives the mean over the whole global batch
+                    loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
+                    if _nan_injected(progress["global_step"]):
+                        loss = loss * float("nan")
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+
+            # one small all-reduce per step: global loss, real tokens, and whether any rank got a signal
+            stats = torch.tensor([loss_sum.item(), real_tokens, stop.signum], dtype=torch.float64,
+                                 device=info.device)
+            if info.is_distributed:
+                torch.distributed.all_reduce(stats)
+            step_loss = stats[0].item() / info.world_size
+            if not math.isfinite(step_loss):
+                optimizer.zero_grad(set_to_none=True)
+                if args.on_nan == "stop":
+                    log.error(f"error: loss is not finite at step {progress['global_step'] + 1} "
+                              f"(epoch {epoch}); stopped. The last good checkpoint is kept; lower "
+                              f"--lr, try --clip 1.0 or --precision fp32, or --on_nan skip")
+                    wandb_run.finish(exit_code=EXIT_DIVERGED)
+                    return EXIT_DIVERGED
+                log.warning(f"warning: non-finite loss at step {progress['global_step'] + 1}: step skipped")
+                scaler.update()
+                grad_norm = math.nan
+            else:
+                scaler.unscale_(optimizer)  # clip and report the norm of the true gradients
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            progress["step_in_epoch"] += 1
+            progress["global_step"] += 1
+            step_time = time.time() - step_start
+            progress["train_time"] += step_time
+            progress["train_samples"] += len(step_indices) * info.world_size
+            progress["train_tokens"] += int(stats[1].item())
+            window["loss"] += step_loss if math.isfinite(step_loss) else 0.0
+            window["steps"] += 1
+            window["samples"] += len(step_indices) * info.world_size
+            window["tokens"] += int(stats[1].item())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if progress["global_step"] % args.log_every == 0 or progress["step_in_epoch"] == steps_per_epoch:
+                elapsed = max(time.time() - window["time"], 1e-9)
+                event = {"event": "train", "step": progress["global_step"], "epoch": epoch,
+                         "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm),
+                         "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed}
+                _record(event, run_dir, info, log, wandb_run)
+                window = {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "time": time.time()}
+            utils.fault_point("step")
+            if stats[2].item() > 0:
+                path = save("signal") if progress["global_step"] > last_saved_step else ""
+                signum = stop.signum or signal.SIGTERM  # another rank may have got it
+                log.info(f"checkpointed at step {progress['global_step']} — rerun the same command to resume"
+                         + (f" ({path})" if path else ""))
+                wandb_run.finish(exit_code=EXIT_SIGNAL + signum)
+                return EXIT_SIGNAL + signum
+            if progress["global_step"] % args.save_every == 0 and progress["step_in_epoch"] < steps_per_epoch:
+                save("every")
+                last_saved_step = progress["global_step"]
+
+        # ---- end of epoch: validate, keep the best weights, checkpoint
+        utils.fault_point("epoch_end")
+        val_probs = predict(model, encoded["val"], info, args, pad_id, autocast)
+        val = utils.classification_metrics(val_probs, labels["val"])
+        progress["history"].append(val)
+        improved = val["acc"] > progress["best_val_acc"]
+        if improved:
+            progress["best_val_acc"], progress["best_epoch"] = val["acc"], epoch
+            progress["best_file"] = f"best_step{progress['global_step']}.pt"
+            if info.is_main:
+                checkpoint.save_weights(os.path.join(run_dir, progress["best_file"]), model.state_dict())
+        _record({"event": "eval", "split": "val", "step": progress["global_step"], "epoch": epoch,
+                 **val, "best": improved}, run_dir, info, log, wandb_run)
+        progress["epoch"] += 1
+        progress["step_in_epoch"] = 0
+        save(f"end of epoch {epoch}")
+        last_saved_step = progress["global_step"]
+        if info.is_main:
+            checkpoint.remove_unreferenced_weights(run_dir, ckpt_dir)
+    if bar is not None:
+        bar.close()
+
+    # ---- test with the best weights
+    model.load_state_dict(checkpoint.load_weights(os.path.join(run_dir, progress["best_file"])))
+    test_probs = predict(model, encoded["test"], info, args, pad_id, autocast)
+    test = utils.classification_metrics(test_probs, labels["test"])
+    best = progress["history"][progress["best_epoch"]]
+    majority = np.bincount(labels["val"], minlength=num_labels).max() / len(labels["val"])
+    results = {"val_acc": best["acc"], "val_loss": best["loss"], "val_f1": best["f1"], "val_ece": best["ece"],
+               "test_acc": test["acc"], "test_loss": test["loss"], "test_f1": test["f1"], "test_ece": test["ece"],
+               "best_epoch": progress["best_epoch"], "epochs": args.epochs, "global_step": progress["global_step"],
+               "collapsed": is_collapsed(progress["history"], majority, num_labels),
+               "train_samples_per_s": progress["train_samples"] / max(progress["train_time"], 1e-9),
+               "train_tokens_per_s": progress["train_tokens"] / max(progress["train_time"], 1e-9),
+               "wall_s": time.time() - started, "run_name": args.run_name}
+    _record({"event": "eval", "split": "test", "step": progress["global_step"], "epoch": progress["best_epoch"],
+             **test}, run_dir, info, log, wandb_run)
+    if results["collapsed"]:
+        log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
+                    f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
+                    "Lower --lr or change batch size / clipping.")
+    if info.is_main:
+        np.savez_compressed(os.path.join(run_dir, "test_predictions.npz"), probs=test_probs.astype(np.float32),
+                            labels=labels["test"], n_tokens=encoded["test"].n_tokens)
+        utils.write_json(os.path.join(run_dir, "results.json"), results)
+    wandb_run.summary(results)
+    wandb_run.finish()
+    log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
+             f"test_loss {results['test_loss']:.4f}  ({run_dir}/results.json)")
+    return 0
+
+
+def _prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:
+    """Apply --fresh, refuse a run dir that holds other settings; True if already finished."""
+    if args.fresh and is_main:
+        log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            if name not in ("train.log", ".lock"):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        return False
+    old, new = run_fingerprint(utils.read_json(config_path)), run_fingerprint(config)
+    differing = sorted(k for k in new if old.get(k) != new[k])
+    if differing:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                        "use another --run_name, or --fresh to discard it")
+    return os.path.exists(os.path.join(run_dir, "results.json"))
+
+
+def _nan_injected(global_step: int) -> bool:
+    """Divergence tests: FTKIT_NAN_AT=N makes the loss of optimizer step N+1 NaN."""
+    at = os.environ.get("FTKIT_NAN_AT")
+    return at is not None and int(at) == global_step
+
+
+def _record(event: dict, run_dir: str, info, log, wandb_run) -> None:
+    if not info.is_main:
+        return
+    utils.append_jsonl(os.path.join(run_dir, "metrics.jsonl"), event)
+    wandb_run.log(event)
+    shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
+                     if k != "event" and v is not None)
+    log.info(f"{event['event']}: {shown}")
+
+
+def _progress_bar(info, total: int, done: int):
+    if not info.is_main or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Shared helpers: distributed setup, seeding, metrics, logging and file IO."""
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing file, wrong column): one line, no traceback."""
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed() -> DistInfo:
+    """Read torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_ranks_ok(ok: bool, info: DistInfo) -> bool:
+    """True on every rank only if `ok` is True on every rank (a MIN all-reduce)."""
+    if not info.is_distributed:
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def main_process_first(info: DistInfo, fn, *args, **kwargs):
+    """Run fn on rank 0 first (it fills caches), then on the other ranks (they read them).
+
+    If rank 0 fails, the other ranks exit quietly instead of waiting forever on a barrier:
+    rank 0 reports the error once.
+    """
+    if info.is_main:
+        ok = False
+        try:
+            result = fn(*args, **kwargs)
+            ok = True
+        finally:
+            if info.is_distributed:
+                all_ranks_ok(ok, info)
+        return result
+    if not all_ranks_ok(True, info):
+        raise SystemExit(1)
+    return fn(*args, **kwargs)
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    if not info.is_distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------- seeding / RNG
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def get_rng_state() -> dict:
+    """Every RNG this process draws from, as types torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
+    """Accuracy, mean cross-entropy, macro-F1 and expected calibration error (equal-width bins)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n, num_classes = probs.shape
+    pred = probs.argmax(1)
+    correct = pred == labels
+    loss = -np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((pred == c) & (labels == c))
+        fp = np.sum((pred == c) & (labels != c))
+        fn = np.sum((pred != c) & (labels == c))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"acc": float(correct.mean()), "loss": float(loss), "f1": float(np.mean(f1s)),
+            "ece": expected_calibration_error(probs.max(1), correct, n_bins)}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+# ----------------------------------------------------------------------------- fault injection
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Crash tests: FTKIT_KILL_AT=NAME:N makes the N-th arrival at point NAME kill -9 this
+    process (points: step, eval, epoch_end, ckpt_write). Unset, it costs one dict lookup."""
+    spec = os.environ.get("FTKIT_KILL_AT")
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point == name:
+        _fault_counts[name] = _fault_counts.get(name, 0) + 1
+        if _fault_counts[name] == int(count or 1):
+            os.kill(os.getpid(), 9)
+
+
+# ----------------------------------------------------------------------------- logging / files
+
+def get_logger(log_file: str | None, enabled: bool) -> logging.Logger:
+    """Rank-0 logger to stdout and `log_file`; other ranks log warnings only."""
+    logger = logging.getLogger("ftkit")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if enabled and log_file:
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+def atomic_write_bytes(path: str, data, fault_name: str | None = None) -> None:
+    """Write to a temp file, fsync, rename: a reader never sees a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    view = memoryview(data)
+    with open(tmp, "wb") as f:
+        f.write(view[:len(view) // 2])
+        if fault_name:
+            fault_point(fault_name)  # tests kill here: a half-written temp file is never loaded
+        f.write(view[len(view) // 2:])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def append_jsonl(path: str, obj) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(info: DistInfo) -> dict:
+    import transformers
+    env = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(info.device),
+        "device_name": torch.cuda.get_device_name(info.device) if info.device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "world_size": info.world_size,
+        "git_commit": git_commit(),
+    }
+    with contextlib.suppress(ImportError):
+        import datasets
+        env["datasets"] = datasets.__version__
+    return env
+
+
+# ----------------------------------------------------------------------------- W&B
+
+class WandbRun:
+    """W&B on rank 0. A failure to start or log is one warning, never a stopped run; a resumed
+    run continues the same W&B run (its id is kept in the run folder)."""
+
+    def __init__(self, args, config: dict, run_dir: str, info: DistInfo, log):
+        self.run = None
+        self.log_ = log
+        if not info.is_main or args.wandb == "disabled":
+            return
+        mode = args.wandb
+        if mode == "auto":
+            mode = "online" if _wandb_logged_in() else "offline"
+            if mode == "offline":
+                log.info(f"W&B: not logged in, logging offline under {run_dir}/wandb "
+                         "(upload later with `wandb sync`)")
+        try:
+            import wandb
+            id_path = os.path.join(run_dir, "wandb_id")
+            run_id = open(id_path).read().strip() if os.path.exists(id_path) else wandb.util.generate_id()
+            atomic_write_bytes(id_path, run_id.encode())
+            kwargs = dict(project=args.wandb_project, group=args.wandb_group, name=args.run_name,
+                          id=run_id, resume="allow", dir=run_dir, config=config,
+                          tags=[os.path.basename(os.path.normpath(args.model)), args.pool])
+            try:
+                self.run = wandb.init(mode=mode, **kwargs)
+            except Exception as e:
+                if mode != "online":
+                    raise
+                log.warning(f"warning: W&B online failed ({_first_line(e)}); logging offline")
+                self.run = wandb.init(mode="offline", **kwargs)
+            # charts use the optimizer step; a resumed run may re-log steps it already logged
+            self.run.define_metric("global_step")
+            self.run.define_metric("*", step_metric="global_step")
+        except Exception as e:
+            log.warning(f"warning: W&B unavailable ({_first_line(e)}); continuing without it")
+            self.run = None
+
+    def log(self, event: dict) -> None:
+        if self.run is None:
+            return
+        prefix = event.get("split", event["event"])
+        values = {f"{prefix}/{k}": v for k, v in event.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step",)}
+        self._safe(self.run.log, {**values, "global_step": event["step"]})
+
+    def summary(self, results: dict) -> None:
+        if self.run is not None:
+            self._safe(self.run.summary.update, {f"final/{k}": v for k, v in results.items()})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self._safe(self.run.finish, exit_code=exit_code)
+            self.run = None
+
+    def _safe(self, fn, *args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            self.log_.warning(f"warning: W&B call failed ({_first_line(e)}); W&B logging stops here")
+            self.run = None
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
