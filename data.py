@@ -32,6 +32,7 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     raw = _load_raw(data)
     for rows in raw.values():
         check_columns(rows, text_cols, label_col)
+    values, label_names = _label_values(raw, label_col)
     if "test" not in raw:
         raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
     if "validation" in raw:
@@ -41,7 +42,6 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     for name, rows in raw.items():
         if len(rows[label_col]) == 0:
             raise UserError(f"the {name} split of {data} is empty")
-    values, label_names = _label_values(raw, label_col)
     label_ids = {v: i for i, v in enumerate(values)}
     if len(label_names) < 2:
         raise UserError(f"column {label_col!r} holds a single class ({label_names[0]}): nothing to classify")
@@ -63,9 +63,14 @@ def _load_raw(data: str) -> dict:
     import datasets
     datasets.disable_progress_bars()
     if os.path.exists(data):
-        files = _local_files(data)
-        loaded = datasets.load_dataset(FILE_TYPES[os.path.splitext(next(iter(files.values())))[1]],
-                                       data_files=files)
+        loaded = {}
+        for split, path in _local_files(data).items():
+            try:
+                loaded[split] = datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]],
+                                                      data_files={split: path}, split=split)
+            except Exception as e:  # parser errors come in many types; the first line says which
+                raise UserError(f"the {split} split of {data} ({path}) is empty or unreadable: "
+                                f"{str(e).splitlines()[0]}") from None
     elif data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES:
         raise UserError(f"--data {data}: no such file or folder")
     else:
@@ -177,8 +182,9 @@ FILLER = [f"{a}{b}" for a in ["ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "v
 
 
 def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dict:
-    """A learnable sentiment-like task that needs no network: each text holds 1-3 cue words
-    of its class among 10-80 filler words; 0 = negative, 1 = positive."""
+    """A learnable sentiment-like task that needs no network: among 10-80 filler words each
+    text holds 2-4 cue words of its class and fewer of the other, so the label is a vote that
+    must be counted, not one keyword; 0 = negative, 1 = positive."""
     rng = random.Random(seed)
 
     def make(n):
@@ -186,8 +192,11 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dic
         for i in range(n):
             label = i % 2
             words = rng.choices(FILLER, k=rng.randint(10, 80))
-            for _ in range(rng.randint(1, 3)):
-                words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+            own = rng.randint(2, 4)
+            cues = [rng.choice(POSITIVE if label else NEGATIVE) for _ in range(own)]
+            cues += [rng.choice(NEGATIVE if label else POSITIVE) for _ in range(rng.randint(0, own - 1))]
+            for cue in cues:
+                words.insert(rng.randrange(len(words) + 1), cue)
             texts.append(" ".join(words))
             labels.append(label)
         return {"text": texts, "label": labels, "__label_names__": ["neg", "pos"]}

@@ -48,8 +48,13 @@ EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, a hub id, "
       "or a local model folder (default: %(default)s)")
@@ -227,27 +232,37 @@ def predict(model, encoded: data.Encoded, info, args, pad_id, autocast) -> np.nd
 
 
 def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> bool:
-    """Val accuracy at the majority-class rate and loss near ln K after every epoch: the model
-    learned nothing beyond the label prior (the original BERT bs32 run at 0.5000 / 0.6944)."""
+    """After every epoch, val accuracy at the majority-class rate and loss near ln K or above:
+    the model is no better than the label prior (the original BERT bs32 run, 0.5000 / 0.6944)."""
     chance_loss = math.log(num_labels)
     return bool(history) and all(abs(h["acc"] - majority_rate) <= 0.01 and
-                                 abs(h["loss"] - chance_loss) <= 0.05 * chance_loss for h in history)
+                                 h["loss"] >= 0.95 * chance_loss for h in history)
 
 
 class StopRequest:
-    """SIGTERM / SIGINT / SIGHUP set a flag; the loop finishes its step and checkpoints."""
+    """While active, SIGTERM / SIGINT / SIGHUP only set a flag: the loop finishes its step,
+    checkpoints and exits."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self):
+    def __enter__(self):
         self.signum = 0
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.signum = signum
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     info = utils.setup_distributed()
     try:
         return train(args, info)
@@ -260,8 +275,12 @@ def main(argv=None) -> int:
 
 
 def train(args, info: utils.DistInfo) -> int:
+    with StopRequest() as stop:
+        return _train(args, info, stop)
+
+
+def _train(args, info: utils.DistInfo, stop: StopRequest) -> int:
     started = time.time()
-    stop = StopRequest()
     entry = models.resolve_model(args.model)
     per_proc_batch = validate(args, entry, info)
     run_dir = os.path.join(args.out_dir, args.run_name)

@@ -1,0 +1,59 @@
+"""Shared fixtures: generated data folders, a shared cache, and ways to run train.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cache"))
+    os.environ["FTKIT_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def syn_folder(tmp_path_factory):
+    """The generated task as a local folder of train.csv / test.csv (columns text, label)."""
+    folder = tmp_path_factory.mktemp("syn")
+    for split, cols in data.make_synthetic().items():
+        pd.DataFrame({"text": cols["text"], "label": cols["label"]}).to_csv(folder / f"{split}.csv", index=False)
+    return str(folder)
+
+
+def run_inprocess(*argv) -> int:
+    """train.main in this process (fast: no re-import); returns its exit code."""
+    try:
+        return train.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors
+        return e.code
+
+
+def run_cli(*argv, nproc: int = 1, env: dict | None = None, timeout: int = 300, **popen):
+    """train.py in a fresh process (python, or torchrun when nproc > 1)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    cmd = launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("FTKIT_KILL_AT", None) if env is None or "FTKIT_KILL_AT" not in env else None
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT, **popen)
+
+
+def read_results(run_dir) -> dict:
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def read_events(run_dir, kind=None) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    return [e for e in events if kind is None or e["event"] == kind]

@@ -1,0 +1,85 @@
+"""End-to-end runs of the training loop on the generated task (CPU, offline)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read_events, read_results, run_cli, run_inprocess
+
+RESULT_FIELDS = {"val_acc", "val_loss", "test_acc", "test_loss", "test_f1", "test_ece", "best_epoch",
+                 "train_samples_per_s", "train_tokens_per_s", "wall_s", "collapsed"}
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-modernbert"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_tiny_models_learn_the_generated_task(model, pool, syn_folder, cache_dir, tmp_path):
+    code = run_inprocess("--model", model, "--pool", pool, "--data", syn_folder, "--epochs", 3,
+                         "--wandb", "disabled", "--out_dir", tmp_path)
+    assert code == 0
+    run_dir = tmp_path / f"{model}-{pool}-{os.path.basename(syn_folder)}-s42"
+    results = read_results(run_dir)
+    assert results["test_acc"] >= 0.9
+    assert RESULT_FIELDS <= set(results)
+    assert results["collapsed"] is False
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["lr"] == 1e-3 and config["world_size"] == 1 and config["per_process_batch"] == 16
+    assert config["label_names"] == ["0", "1"] and "torch" in config["env"]
+    evals = read_events(run_dir, "eval")
+    assert [e["epoch"] for e in evals if e["split"] == "val"] == [0, 1, 2]
+    assert read_events(run_dir, "train")[-1]["step"] == 3 * config["steps_per_epoch"]
+    preds = np.load(run_dir / "test_predictions.npz")
+    assert preds["probs"].shape == (500, 2) and len(preds["labels"]) == len(preds["n_tokens"]) == 500
+    assert np.isclose((preds["probs"].argmax(1) == preds["labels"]).mean(), results["test_acc"])
+    log = (run_dir / "train.log").read_text()
+    assert log.index("environment:") < log.index("config:") < log.index("train:")
+
+
+SAME_RUN = ["--model", "tiny-bert", "--pool", "mean", "--dropout", 0, "--encoder_dropout", 0,
+            "--max_train_samples", 320, "--max_eval_samples", 101, "--epochs", 1, "--log_every", 1,
+            "--wandb", "disabled", "--run_name", "r"]
+
+
+def test_two_process_torchrun_matches_one_process(syn_folder, cache_dir, tmp_path):
+    """Same global batch (16 = 2 x 8 vs 1 x 16), dropout off: the loss curves agree to float
+    reduction-order noise, and every eval example is counted once on an uneven split (101)."""
+    assert run_inprocess(*SAME_RUN, "--data", syn_folder, "--out_dir", tmp_path / "one") == 0
+    two = run_cli(*SAME_RUN, "--data", syn_folder, "--out_dir", tmp_path / "two", nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one_loss = [e["loss"] for e in read_events(tmp_path / "one" / "r", "train")]
+    two_loss = [e["loss"] for e in read_events(tmp_path / "two" / "r", "train")]
+    assert len(one_loss) == len(two_loss) == 20
+    np.testing.assert_allclose(two_loss, one_loss, rtol=1e-3, atol=1e-4)
+    config = json.loads((tmp_path / "two" / "r" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["per_process_batch"] == 8
+    one, two = read_results(tmp_path / "one" / "r"), read_results(tmp_path / "two" / "r")
+    assert abs(one["test_loss"] - two["test_loss"]) < 1e-3
+    assert len(np.load(tmp_path / "two" / "r" / "test_predictions.npz")["labels"]) == 101
+
+
+def test_smoke_mode_uses_a_small_subset_and_its_own_name(syn_folder, cache_dir, tmp_path):
+    assert run_inprocess("--model", "tiny-modernbert", "--data", syn_folder, "--smoke", "--out_dir", tmp_path) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.endswith("-smoke")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["epochs"] == 1 and config["max_train_samples"] == 64 and config["wandb"] == "disabled"
+    assert len(np.load(run_dir / "test_predictions.npz")["labels"]) == 64
+
+
+def test_run_name_lists_only_settings_that_differ(tmp_path):
+    import train
+    args = train.parse_args(["--model", "bert", "--batch_size", "32", "--weight_decay", "0.01", "--clip", "1.0"])
+    assert args.run_name == "bert-cls-bs32-wd0.01-clip1-s42"
+    assert train.parse_args(["--model", "modernbert", "--pool", "mean"]).run_name == "modernbert-mean-s42"
+    assert train.parse_args([]).lr == 5e-5
+
+
+def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path):
+    common = ["--model", "tiny-bert", "--dropout", 0, "--encoder_dropout", 0, "--max_train_samples", 160,
+              "--max_eval_samples", 50, "--epochs", 1, "--log_every", 1, "--wandb", "disabled", "--data", syn_folder]
+    assert run_inprocess(*common, "--out_dir", tmp_path / "a", "--run_name", "r") == 0
+    assert run_inprocess(*common, "--grad_accum", 4, "--out_dir", tmp_path / "b", "--run_name", "r") == 0
+    a = [e["loss"] for e in read_events(tmp_path / "a" / "r", "train")]
+    b = [e["loss"] for e in read_events(tmp_path / "b" / "r", "train")]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
