@@ -49,7 +49,12 @@ EXIT_DIVERGED = 3
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags end in one line, not the whole usage text; or raise `raise_as` (grid checks)."""
+    raise_as = None
+
     def error(self, message):
+        if self.raise_as is not None:
+            raise self.raise_as(message)
         self.exit(2, f"error: {message} (see --help)\n")
 
 
@@ -116,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, on_error=None) -> argparse.Namespace:
     parser = build_parser()
+    parser.raise_as = on_error
     args = parser.parse_args(argv)
     defaults = vars(parser.parse_args([]))
     if args.smoke:
@@ -297,7 +303,7 @@ def _train(args, info: utils.DistInfo, stop: StopRequest) -> int:
 
 def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started) -> int:
     precision = resolve_precision(args.precision, info.device)
-    config = dict(vars(args), precision=precision)
+    config = dict(vars(args), precision_used=precision)
     fingerprint = run_fingerprint(config)
     config_path = os.path.join(run_dir, "config.json")
 
@@ -363,6 +369,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         del state
     else:
         utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+    if info.is_main:  # events logged after the checkpoint are logged again as the steps replay
+        utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"])
     ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.is_distributed else model
     wandb_run = utils.WandbRun(args, config, run_dir, info, log)

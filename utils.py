@@ -220,6 +220,15 @@ def append_jsonl(path: str, obj) -> None:
         f.write(json.dumps(obj) + "\n")
 
 
+def truncate_jsonl(path: str, max_step: int) -> None:
+    """Keep only the events at or before max_step."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
 def git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:

@@ -1,0 +1,93 @@
+"""Grid files: expand them into runs and check every run's flags with train.py's own parser.
+
+Grid syntax (one run per non-comment line; the train.py flags that differ from the defaults):
+
+    # comment
+    --model bert --pool mean                   one run
+    --model {bert,modernbert} --dropout 0.3    {a,b} expands: two runs
+    --pool {cls,mean} --max_len {128,256}      braces multiply: four runs
+
+Text after '#' is a comment; quoting follows the shell (shlex), nothing is evaluated.
+
+Used by run_grid.sh:
+    python grid.py expand GRID   ->  one line per run: LINE_NO <US> RUN_NAME <US> ARG <US> ARG ...
+                                     (<US> = the ASCII unit separator, \\x1f)
+"""
+import itertools
+import re
+import shlex
+import sys
+
+BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
+SEP = "\x1f"
+
+
+class GridError(Exception):
+    pass
+
+
+def expand_token(token: str) -> list[str]:
+    """'{a,b}' -> ['a', 'b']; 'x{1,2}y' -> ['x1y', 'x2y']; braces in one token multiply."""
+    match = BRACES.search(token)
+    if not match:
+        return [token]
+    head, tail = token[:match.start()], token[match.end():]
+    return [head + choice + rest for choice in match.group(1).split(",") for rest in expand_token(tail)]
+
+
+def expand_line(line: str) -> list[list[str]]:
+    tokens = shlex.split(line, comments=True)
+    return [list(combo) for combo in itertools.product(*(expand_token(t) for t in tokens))] if tokens else []
+
+
+def expand_file(path: str) -> list[tuple[int, list[str]]]:
+    """(line number, train.py args) for every run of the grid, in file order."""
+    runs = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            try:
+                runs += [(number, args) for args in expand_line(line)]
+            except ValueError as e:  # shlex: unbalanced quotes
+                raise GridError(f"{path}:{number}: {e}") from None
+    if not runs:
+        raise GridError(f"{path}: no runs (every line is empty or a comment)")
+    return runs
+
+
+def resolve(path: str) -> list[tuple[int, str, list[str]]]:
+    """Expand and check each run with train.py's parser; (line, run name, args)."""
+    import train
+    from utils import UserError
+
+    resolved, seen = [], {}
+    for number, args in expand_file(path):
+        try:
+            parsed = train.parse_args(args, on_error=GridError)
+        except (GridError, UserError) as e:
+            raise GridError(f"{path}:{number}: {e}") from None
+        if parsed.run_name in seen:
+            raise GridError(f"{path}:{number}: run {parsed.run_name} is already on line {seen[parsed.run_name]}")
+        seen[parsed.run_name] = number
+        resolved.append((number, parsed.run_name, args))
+    return resolved
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "expand":
+        print("usage: python grid.py expand GRID", file=sys.stderr)
+        return 2
+    try:
+        runs = resolve(argv[1])
+    except OSError as e:
+        print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)
+        return 2
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for number, name, args in runs:
+        print(SEP.join([str(number), name, *args]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

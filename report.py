@@ -1,0 +1,246 @@
+"""Turn a folder of runs into the experiment table, with the statistics single runs hide.
+
+    python report.py RUNS_DIR [--baseline RUN_NAME] [--plot]
+
+Writes RUNS_DIR/results.md and RUNS_DIR/results.csv and prints the markdown:
+- one row per setting; runs that differ only in --seed are one row, mean ± std over n seeds;
+- Δ test_acc against the model's baseline row (default settings, or --baseline) with a paired
+  bootstrap 95% CI over the same test examples; * marks rows whose CI excludes 0;
+- collapsed runs (accuracy at the majority rate, loss at or above ln K) flagged, never bolded;
+- test accuracy by review length in tokens, so the effect of max_len / truncation is visible.
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+
+import numpy as np
+
+import train
+from utils import read_json
+
+BUCKETS = [(0, 128, "≤128"), (129, 256, "129–256"), (257, 512, "257–512"), (513, math.inf, ">512")]
+COLUMNS = [("val_acc", max), ("test_acc", max), ("test_loss", min), ("test_ece", min)]
+BOOTSTRAP_SAMPLES = 2000
+
+
+class ReportError(Exception):
+    pass
+
+
+def load_runs(runs_dir: str) -> list[dict]:
+    if not os.path.isdir(runs_dir):
+        raise ReportError(f"{runs_dir} is not a folder")
+    runs = []
+    for name in sorted(os.listdir(runs_dir)):
+        folder = os.path.join(runs_dir, name)
+        paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
+        if name == "smoke" or not all(os.path.exists(p) for p in paths):
+            continue
+        results, config = read_json(paths[0]), read_json(paths[1])
+        with np.load(paths[2]) as preds:
+            runs.append({"name": name, "results": results, "config": config,
+                         "probs": preds["probs"], "labels": preds["labels"], "n_tokens": preds["n_tokens"]})
+    if not runs:
+        raise ReportError(f"no finished runs (folders with results.json) in {runs_dir}")
+    return runs
+
+
+def settings_of(config: dict) -> dict:
+    """{setting: shown text} for the settings that differ from train.py's defaults (pool always
+    shown; seed and model aside)."""
+    defaults = vars(train.build_parser().parse_args([]))
+    shown = {"pool": config["pool"]}
+    for key, short in train.NAME_KEYS.items():
+        value = config.get(key)
+        if key == "lr" or value == defaults[key] or value is None:
+            continue
+        shown[key] = f"{short or key + '='}{'+'.join(value) if isinstance(value, list) else value}"
+    if config.get("lr") is not None and not math.isclose(config["lr"], _default_lr(config["model"])):
+        shown["lr"] = f"lr{config['lr']:g}"
+    return shown
+
+
+def _default_lr(model_name: str) -> float:
+    import model as models
+    return models.resolve_model(model_name).default_lr if model_name in models.MODELS else 5e-5
+
+
+def is_collapsed(run: dict) -> bool:
+    if run["results"].get("collapsed"):
+        return True
+    labels, k = run["labels"], run["probs"].shape[1]
+    majority = np.bincount(labels, minlength=k).max() / len(labels)
+    return abs(run["results"]["test_acc"] - majority) <= 0.01 and run["results"]["test_loss"] >= 0.95 * math.log(k)
+
+
+def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
+    """Rows of runs that differ only in seed, and the settings every row shares."""
+    settings = [settings_of(run["config"]) for run in runs]
+    common = {k: v for k, v in settings[0].items() if k != "pool" and all(s.get(k) == v for s in settings)}
+    groups = {}
+    for run, shown in zip(runs, settings):
+        setup = ", ".join(v for k, v in shown.items() if k not in common)
+        key = (os.path.basename(os.path.normpath(run["config"]["model"])), setup)
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for (model_name, setup), members in sorted(groups.items()):
+        row = {"model": model_name, "setup": setup, "n": len(members), "runs": members,
+               "collapsed": any(is_collapsed(r) for r in members),
+               "names": [r["name"] for r in members]}
+        for col, _ in COLUMNS:
+            values = np.array([r["results"][col] for r in members], dtype=float)
+            row[col] = values.mean()
+            row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
+        # per-example correctness averaged over seeds: the unit the bootstrap resamples
+        row["correct"] = np.mean([r["probs"].argmax(1) == r["labels"] for r in members], axis=0)
+        row["n_tokens"] = members[0]["n_tokens"]
+        row["buckets"] = bucket_accuracy(row["correct"], row["n_tokens"])
+        rows.append(row)
+    return rows, ", ".join(common.values())
+
+
+def bucket_accuracy(correct: np.ndarray, n_tokens: np.ndarray) -> dict:
+    out = {}
+    for low, high, label in BUCKETS:
+        mask = (n_tokens >= low) & (n_tokens <= high)
+        out[label] = (float(correct[mask].mean()), int(mask.sum())) if mask.any() else (None, 0)
+    return out
+
+
+def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over the same examples and its 95% percentile CI (resampling examples)."""
+    diff = np.asarray(correct_a, float) - np.asarray(correct_b, float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
+def add_significance(rows: list[dict], baseline: str | None) -> None:
+    for model_name in {r["model"] for r in rows}:
+        group = [r for r in rows if r["model"] == model_name]
+        if baseline:
+            base = next((r for r in group if baseline in r["names"] or r["setup"] == baseline), None)
+        else:
+            base = next((r for r in group if r["setup"] == "cls"), None)
+        for row in group:
+            row["is_baseline"] = row is base
+            row["delta"] = None
+            if base is None or row is base or len(row["correct"]) != len(base["correct"]):
+                continue
+            if not np.array_equal(row["runs"][0]["labels"], base["runs"][0]["labels"]):
+                continue  # not the same test examples: no paired comparison
+            row["delta"] = paired_bootstrap(row["correct"], base["correct"])
+
+
+def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
+    best = {}
+    for model_name in {r["model"] for r in rows}:
+        ranked = [r for r in rows if r["model"] == model_name and not r["collapsed"]]
+        for col, pick in COLUMNS:
+            if ranked:
+                best[(model_name, col)] = pick(r[col] for r in ranked)
+    lines = ["| model | setup | val_acc | test_acc | test_loss | test_ece | n | Δ test_acc vs baseline [95% CI] |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    table = []
+    for row in sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"])):
+        cells = []
+        for col, _ in COLUMNS:
+            text = f"{row[col]:.4f}" + (f" ± {row[col + '_std']:.4f}" if row["n"] > 1 else "")
+            if not row["collapsed"] and math.isclose(row[col], best.get((row["model"], col), math.nan)):
+                text = f"**{text}**"
+            cells.append(text)
+        if row.get("is_baseline"):
+            delta = "baseline"
+        elif row["delta"] is None:
+            delta = "–"
+        else:
+            d, low, high = row["delta"]
+            delta = f"{d:+.4f} [{low:+.4f}, {high:+.4f}]" + (" *" if low > 0 or high < 0 else "")
+        setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
+        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {row['n']} | {delta} |")
+        table.append({"model": row["model"], "setup": setup, "n": row["n"],
+                      **{c: row[c] for c, _ in COLUMNS}, **{c + "_std": row[c + "_std"] for c, _ in COLUMNS},
+                      "delta_test_acc": row["delta"][0] if row["delta"] else "",
+                      "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
+                      "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
+                      **{f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS}})
+    lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
+    counts = rows[0]["buckets"]
+    lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS) + " |")
+    lines.append("|---|---|" + "---:|" * len(BUCKETS))
+    for row in sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"])):
+        cells = [f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
+                 for _, _, label in BUCKETS]
+        lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Shared by every row: {common or 'nothing beyond the defaults'}. ± is the std over "
+              "seeds (n); * = the 95% paired bootstrap CI of the difference excludes 0. Bold = best of "
+              "its model, collapsed rows excluded."]
+    return "\n".join(lines) + "\n", table
+
+
+def plot(rows: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"]))
+    labels = [f"{r['model']}\n{r['setup']}" for r in ordered]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    acc = [r["test_acc"] for r in ordered]
+    errors = [[r["test_acc"] - (r["test_acc"] + r["delta"][1] - r["delta"][0]) if r["delta"] else 0 for r in ordered],
+              [(r["test_acc"] + r["delta"][2] - r["delta"][0]) - r["test_acc"] if r["delta"] else 0 for r in ordered]]
+    ax.bar(range(len(ordered)), acc, yerr=errors, capsize=4,
+           color=["lightgray" if r["collapsed"] else "tab:blue" for r in ordered])
+    ax.set_xticks(range(len(ordered)), labels, fontsize=7)
+    ax.set_ylabel("test accuracy (error bars: 95% CI of Δ vs baseline)")
+    ax.set_ylim(max(0, min(acc) - 0.05), min(1, max(acc) + 0.05))
+    fig.tight_layout()
+    paths = [os.path.join(out_dir, "test_acc.png")]
+    fig.savefig(paths[0], dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r, label in zip(ordered, labels):
+        ys = [r["buckets"][b][0] for _, _, b in BUCKETS]
+        ax.plot([b for _, _, b in BUCKETS], [np.nan if y is None else y for y in ys], marker="o",
+                label=label.replace("\n", " "))
+    ax.set_xlabel("review length (tokens)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "acc_by_length.png"))
+    fig.savefig(paths[1], dpi=120)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs_dir", help="folder of run folders (e.g. runs/exp1)")
+    p.add_argument("--baseline", default=None, help="run name or setup of the rows' reference "
+                   "(default: each model's row with default settings)")
+    p.add_argument("--plot", action="store_true", help="also write test_acc.png and acc_by_length.png")
+    args = p.parse_args(argv)
+    try:
+        rows, common = build_rows(load_runs(args.runs_dir))
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    add_significance(rows, args.baseline)
+    markdown, table = render(rows, common)
+    with open(os.path.join(args.runs_dir, "results.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.runs_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    print(markdown, end="")
+    if args.plot:
+        for path in plot(rows, args.runs_dir):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

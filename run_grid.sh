@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Run every run of a grid file: smoke-check them all first, then the real runs, then the table.
+#
+#   bash run_grid.sh [GRID] [--nproc N] [--gpus 0,1,...] [--smoke|--no-smoke] [--dry-run] [--out_dir D]
+#
+#   GRID        grid file (default grids/exp1.grid; syntax in its header and in grid.py)
+#   --nproc N   processes (GPUs) per run, launched with torchrun (default 1)
+#   --gpus L    run the grid as a queue over these GPUs: N per run, as many runs at once as fit,
+#               each with its own CUDA_VISIBLE_DEVICES and rendezvous port
+#   --smoke     smoke phase first: every run with train.py --smoke (the default); --no-smoke skips it
+#   --dry-run   print the expanded commands and nothing else
+#   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
+#
+# Finished runs (results.json present) are skipped; interrupted ones resume: rerun the same command.
+# A failing run does not stop the grid; the exit code is non-zero if any run failed.
+set -uo pipefail
+cd "$(dirname "$0")"
+
+grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
+die() { echo "error: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; nproc=$2; shift 2 ;;
+    --gpus) [ $# -ge 2 ] || die "--gpus needs a value"; gpus=$2; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    --no-smoke) smoke=0; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) grid=$1; shift ;;
+  esac
+done
+[[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer (got $nproc)"
+[ -f "$grid" ] || die "grid file $grid not found"
+name=$(basename "$grid" .grid)
+out="$out_root/$name"
+PYTHON=${PYTHON:-python}
+
+# Expand and check every line with train.py's own parser before anything runs.
+expanded=$("$PYTHON" grid.py expand "$grid") || exit 2
+runs=()
+while IFS= read -r line; do runs+=("$line"); done <<< "$expanded"
+
+# Device slots: one per group of N GPUs (--gpus), or a single slot that uses what it sees.
+slots=()
+if [ -n "$gpus" ]; then
+  IFS=',' read -r -a gpu_list <<< "$gpus"
+  (( ${#gpu_list[@]} >= nproc )) || die "--gpus lists ${#gpu_list[@]} GPUs but each run needs --nproc $nproc"
+  for ((i = 0; i + nproc <= ${#gpu_list[@]}; i += nproc)); do
+    slots+=("$(IFS=,; echo "${gpu_list[*]:i:nproc}")")
+  done
+else
+  slots+=("")
+fi
+
+TORCHRUN=$(command -v torchrun >/dev/null && echo torchrun || echo "$PYTHON -m torch.distributed.run")
+launcher() {  # $1 = slot index; prints the launcher words, one per line
+  printf '%s\n' $TORCHRUN
+  if [ -n "$gpus" ]; then
+    printf '%s\n'  --nnodes=1 "--nproc_per_node=$nproc" --rdzv-backend=c10d \
+      "--rdzv-endpoint=localhost:$((port_base + $1))" train.py
+  else
+    printf '%s\n' --standalone "--nproc_per_node=$nproc" train.py
+  fi
+}
+
+devices_env() {  # $1 = slot index; the CUDA_VISIBLE_DEVICES setting for it, if --gpus was given
+  [ -n "${slots[$1]}" ] && echo "CUDA_VISIBLE_DEVICES=${slots[$1]}"
+}
+
+run_args() {  # $1 = one expanded line; sets: line_no run_name args
+  IFS=$'\x1f' read -r -a fields <<< "$1"
+  line_no=${fields[0]} run_name=${fields[1]} args=("${fields[@]:2}")
+}
+
+if [ "$dry_run" = 1 ]; then
+  for run in "${runs[@]}"; do
+    run_args "$run"
+    mapfile -t cmd < <(launcher 0)
+    printf '%q ' "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name"
+    echo
+  done
+  exit 0
+fi
+
+mkdir -p "$out/logs"
+echo "$$" > "$out/.grid.pid"
+stopping=0 child=""
+on_signal() {
+  stopping=1
+  echo "run_grid: interrupted; letting running runs checkpoint..."
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+  for pid in "${slot_pid[@]:-}"; do [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; done
+}
+trap on_signal INT TERM HUP
+
+# ---- smoke phase: same code path, 64 examples, 1 epoch, every run; stop on any failure
+if [ "$smoke" = 1 ]; then
+  echo "== smoke phase: ${#runs[@]} runs"
+  for run in "${runs[@]}"; do
+    [ "$stopping" = 1 ] && break
+    run_args "$run"
+    log="$out/logs/$run_name-smoke.log"
+    mapfile -t cmd < <(launcher 0)
+    env $(devices_env 0) "${cmd[@]}" "${args[@]}" --smoke --out_dir "$out/smoke" > "$log" 2>&1 &
+    child=$!
+    wait "$child"; status=$?
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
+    child=""
+    if [ "$status" != 0 ]; then
+      echo "smoke FAILED: $grid line $line_no ($run_name), log $log, its last lines:" >&2
+      grep -v '^\s*$' "$log" | tail -n 8 | sed 's/^/    /' >&2
+      echo "stopping before the real runs." >&2
+      exit 1
+    fi
+    echo "smoke ok: $run_name"
+  done
+  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; exit 130; }
+fi
+
+# ---- real runs: a queue over the device slots
+echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
+declare -a slot_pid slot_name
+done_runs=() skipped=() failed=()
+finish_slot() {  # $1 = slot index: reap its run and record the outcome
+  local s=$1 pid=${slot_pid[$1]} status
+  wait "$pid"; status=$?
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; status=$?; done
+  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
+  else failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)"); echo "[failed] ${slot_name[$s]} exit $status"; fi
+  slot_pid[$s]=""
+}
+for run in "${runs[@]}"; do
+  [ "$stopping" = 1 ] && break
+  run_args "$run"
+  if [ -f "$out/$run_name/results.json" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  # reap here, not in a subshell, so the outcome lists stay in this shell
+  s=""
+  while [ -z "$s" ]; do
+    for i in "${!slots[@]}"; do
+      if [ -z "${slot_pid[$i]:-}" ]; then s=$i; break; fi
+      if ! kill -0 "${slot_pid[$i]}" 2>/dev/null; then finish_slot "$i"; s=$i; break; fi
+    done
+    [ -z "$s" ] && sleep 1
+    [ "$stopping" = 1 ] && break 2
+  done
+  mapfile -t cmd < <(launcher "$s")
+  port=$([ -n "$gpus" ] && echo $((port_base + s)) || echo auto)
+  echo "[start] $run_name devices=${slots[$s]:-default} port=$port"
+  env $(devices_env "$s") "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name" \
+    > "$out/logs/$run_name.log" 2>&1 &
+  slot_pid[$s]=$! slot_name[$s]=$run_name
+done
+for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && finish_slot "$s"; done
+
+# ---- summary and table
+echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed"
+for f in "${failed[@]}"; do echo "  failed: $f"; done
+if [ "$stopping" = 1 ]; then
+  echo "run_grid: interrupted — rerun the same command to resume"
+  rm -f "$out/.grid.pid"; exit 130
+fi
+"$PYTHON" report.py "$out" || true
+rm -f "$out/.grid.pid"
+[ ${#failed[@]} = 0 ]

@@ -1,0 +1,181 @@
+"""Crash safety: whatever kills a run, rerunning the same command finishes it with the numbers
+an uninterrupted run gets."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
+
+# 256 train examples, batch 16: 16 steps per epoch; checkpoints every 5 steps and at epoch ends
+RUN = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64, "--epochs", 2,
+       "--save_every", 5, "--log_every", 1, "--wandb", "disabled", "--run_name", "r"]
+KILL_POINTS = {
+    "early": "step:3",              # before the first checkpoint: starts over
+    "mid-epoch": "step:12",         # resumes from step 10, mid-epoch
+    "after-epoch-boundary": "step:18",
+    "during-eval": "eval:2",        # inside the first epoch's validation
+    "during-checkpoint-write": "ckpt_write:2",
+}
+
+
+def assert_same_run(run_dir, reference_dir):
+    got, want = read_results(run_dir), read_results(reference_dir)
+    for key in ("val_acc", "val_loss", "test_acc", "test_loss"):
+        assert abs(got[key] - want[key]) <= 1e-6, (key, got[key], want[key])
+    got_loss = [(e["step"], e["loss"]) for e in read_events(run_dir, "train")]
+    want_loss = [(e["step"], e["loss"]) for e in read_events(reference_dir, "train")]
+    assert [s for s, _ in got_loss] == [s for s, _ in want_loss]  # each step logged once
+    assert max(abs(a[1] - b[1]) for a, b in zip(got_loss, want_loss)) <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def reference(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    ran = run_cli(*RUN, "--out_dir", out)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return out / "r"
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_then_rerun_gives_identical_results(point, reference, tmp_path):
+    args = [*RUN, "--out_dir", tmp_path]
+    killed = run_cli(*args, env={"FTKIT_KILL_AT": KILL_POINTS[point]})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "r" / "results.json").exists()
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    if point != "early":
+        assert "resumed from" in resumed.stdout
+    assert "taking over a stale lock" in resumed.stdout
+    assert_same_run(tmp_path / "r", reference)
+
+
+@pytest.fixture(scope="module")
+def reference_2proc(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference2")
+    ran = run_cli(*RUN, "--out_dir", out, nproc=2)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return out / "r"
+
+
+def test_kill_9_under_torchrun_at_three_points_then_rerun_gives_identical_results(reference_2proc, tmp_path):
+    """One 2-process run killed at three points in turn (each rerun resumes, then is killed at the
+    next point); the last rerun finishes with the uninterrupted run's numbers."""
+    args = [*RUN, "--out_dir", tmp_path]
+    for point in ("mid-epoch", "during-checkpoint-write", "during-eval"):
+        killed = run_cli(*args, nproc=2, env={"FTKIT_KILL_AT": KILL_POINTS[point]})
+        assert killed.returncode != 0 and not (tmp_path / "r" / "results.json").exists(), point
+    resumed = run_cli(*args, nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    assert_same_run(tmp_path / "r", reference_2proc)
+
+
+def launch(args, nproc):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    return subprocess.Popen(launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def wait_for_log(run_dir, text, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "train.log"
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise TimeoutError(text)
+
+
+@pytest.mark.parametrize("sig, nproc", [(signal.SIGTERM, 2), (signal.SIGHUP, 2), (signal.SIGINT, 1)])
+def test_signal_checkpoints_and_the_same_command_resumes(sig, nproc, cache_dir, tmp_path, request):
+    args = [*RUN, "--out_dir", tmp_path]
+    proc = launch(args, nproc)
+    # logged once every rank holds its handler (the run lock is taken collectively first)
+    wait_for_log(tmp_path / "r", "environment:", proc)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    assert "rerun the same command to resume" in output
+    (ckpt,) = checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))
+    step = int(ckpt.split("_")[-1].split(".")[0])
+    assert step >= 1 and f"checkpointed at step {step}" in output
+    resumed = run_cli(*args, nproc=nproc)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"step {step}/32" in resumed.stdout
+    assert_same_run(tmp_path / "r", request.getfixturevalue("reference_2proc" if nproc > 1 else "reference"))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    for step in (5, 10):
+        checkpoint.save_checkpoint(str(tmp_path), step, {"progress": {"global_step": step}, "w": torch.ones(100)})
+    newest = tmp_path / "step_00000010.pt"
+    newest.write_bytes(newest.read_bytes()[:200])
+    warnings = []
+    state = checkpoint.load_latest_checkpoint(str(tmp_path), warnings.append)
+    assert state["progress"]["global_step"] == 5
+    assert "step_00000010.pt is unreadable" in warnings[0]
+
+
+def test_checkpoints_keep_the_newest_two_and_load_without_running_code(tmp_path):
+    for step in (1, 2, 3):
+        checkpoint.save_checkpoint(str(tmp_path), step, {"progress": {"global_step": step}})
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == \
+        ["step_00000003.pt", "step_00000002.pt"]
+    torch.save({"progress": {"global_step": 9}, "code": subprocess.Popen}, tmp_path / "step_00000009.pt")
+    warnings = []
+    state = checkpoint.load_latest_checkpoint(str(tmp_path), warnings.append)
+    assert state["progress"]["global_step"] == 3 and "step_00000009.pt is unreadable" in warnings[0]
+
+
+def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_path, capsys):
+    args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
+            "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
+    assert run_inprocess(*args) == 0
+    assert run_inprocess(*args) == 0 and "already finished" in capsys.readouterr().out
+    assert run_inprocess(*args, "--lr", 0.01, "--dropout", 0.2) == 2
+    assert "holds a run with other settings (dropout, lr)" in capsys.readouterr().err
+    assert run_inprocess(*args, "--lr", 0.01, "--fresh") == 0
+    assert read_results(tmp_path / "r")  # rerun from scratch with the new settings
+
+
+def test_concurrent_launch_is_refused_and_a_stale_lock_taken_over(syn_folder, cache_dir, tmp_path, capsys):
+    import socket
+    args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
+            "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
+    (tmp_path / "r").mkdir()
+    lock = tmp_path / "r" / ".lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process: this test
+    assert run_inprocess(*args) == 2
+    assert f"is in use by process {os.getpid()}" in capsys.readouterr().err
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    assert run_inprocess(*args) == 0
+    assert "taking over a stale lock" in capsys.readouterr().out
+    assert not lock.exists()
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path):
+    args = [*RUN, "--out_dir", tmp_path]
+    out = run_cli(*args, env={"FTKIT_NAN_AT": "7"})
+    assert out.returncode == 3
+    assert "loss is not finite at step 8" in out.stdout + out.stderr
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))] == ["step_00000005.pt"]
+    skipped = run_cli(*args, "--on_nan", "skip", "--run_name", "s", env={"FTKIT_NAN_AT": "7"})
+    assert skipped.returncode == 0 and "step skipped" in skipped.stdout + skipped.stderr
+
+
+def test_a_collapsing_run_is_marked(syn_folder, cache_dir, tmp_path, capsys):
+    assert run_inprocess("--model", "tiny-bert", "--lr", 0.1, "--max_train_samples", 512, "--max_eval_samples", 200,
+                         "--epochs", 1, "--wandb", "disabled", "--run_name", "r", "--data", syn_folder,
+                         "--out_dir", tmp_path) == 0
+    assert read_results(tmp_path / "r")["collapsed"] is True
+    assert "COLLAPSED RUN" in capsys.readouterr().out

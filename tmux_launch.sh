@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Run a grid inside a detached tmux session, so it survives a dropped SSH connection.
+#
+#   bash tmux_launch.sh [GRID] [run_grid.sh options]   start (session "grid-<name>"; output teed
+#                                                      to <out_dir>/<name>/grid.log)
+#   bash tmux_launch.sh --status                       sessions and their progress (runs done / total)
+#   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
+#                                                      exit; start again to resume
+set -uo pipefail
+cd "$(dirname "$0")"
+die() { echo "error: $*" >&2; exit 2; }
+command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
+PYTHON=${PYTHON:-python}
+
+session_of() { echo "grid-$(basename "$1" .grid | tr -c 'A-Za-z0-9_-' '_')"; }
+sessions() { tmux list-sessions -F '#{session_name}' 2>/dev/null | grep '^grid-' || true; }
+
+progress() {  # $1 = session: "done/total" from the run folders and the grid file
+  local grid out total finished
+  grid=$(tmux show-options -t "$1" -v @grid_file 2>/dev/null) out=$(tmux show-options -t "$1" -v @grid_out 2>/dev/null)
+  total=$("$PYTHON" grid.py expand "$grid" 2>/dev/null | wc -l)
+  finished=$(find "$out" -mindepth 2 -maxdepth 2 -name results.json -not -path '*/smoke/*' 2>/dev/null | wc -l)
+  echo "$finished/$total runs done  (grid $grid, log $out/grid.log)"
+}
+
+case "${1:-}" in
+  --status)
+    list=$(sessions)
+    [ -n "$list" ] || { echo "no grid sessions running"; exit 0; }
+    for s in $list; do echo "$s: $(progress "$s")"; done
+    exit 0 ;;
+  --stop)
+    [ $# -ge 2 ] || die "--stop needs the grid (file or name)"
+    s=$(session_of "$2")
+    tmux has-session -t "=$s" 2>/dev/null || die "no session $s (see --status)"
+    out=$(tmux show-options -t "$s" -v @grid_out)
+    pid=$(cat "$out/.grid.pid" 2>/dev/null) || die "grid of $s has not started its runs yet; try again"
+    echo "stopping $s: running runs checkpoint, then exit..."
+    kill -TERM "$pid"
+    for _ in $(seq 1 120); do tmux has-session -t "=$s" 2>/dev/null || break; sleep 1; done
+    tmux has-session -t "=$s" 2>/dev/null && die "$s still running after 120 s; attach with: tmux attach -t $s"
+    echo "stopped; $(tail -n 1 "$out/grid.log")"
+    echo "resume with: bash tmux_launch.sh $(tmux show-options -t "$s" -v @grid_file 2>/dev/null || echo GRID)"
+    exit 0 ;;
+esac
+
+grid=grids/exp1.grid out_root=runs args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
+    --nproc|--gpus) [ $# -ge 2 ] || die "$1 needs a value"; args+=("$1" "$2"); shift 2 ;;
+    -*) args+=("$1"); shift ;;
+    *) grid=$1; shift ;;
+  esac
+done
+[ -f "$grid" ] || die "grid file $grid not found"
+s=$(session_of "$grid")
+tmux has-session -t "=$s" 2>/dev/null && die "session $s is already running this grid (attach: tmux attach -t $s)"
+out="$out_root/$(basename "$grid" .grid)"
+mkdir -p "$out"
+cmd="bash run_grid.sh $(printf '%q ' "$grid" "${args[@]}")2>&1 | tee -a $(printf '%q' "$out/grid.log"); \
+echo \"grid exited with status \${PIPESTATUS[0]}\" | tee -a $(printf '%q' "$out/grid.log")"
+tmux new-session -d -s "$s" -c "$PWD" "bash -c $(printf '%q' "$cmd")" || die "tmux could not start session $s"
+tmux set-option -t "$s" @grid_file "$grid" >/dev/null
+tmux set-option -t "$s" @grid_out "$out" >/dev/null
+echo "started grid $grid in tmux session $s (detached; it keeps running if you log out)"
+echo "  follow:   tail -f $out/grid.log"
+echo "  attach:   tmux attach -t $s     (detach again: Ctrl-b d)"
+echo "  progress: bash tmux_launch.sh --status"
+echo "  stop:     bash tmux_launch.sh --stop $grid"
