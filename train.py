@@ -369,11 +369,12 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         del state
     else:
         utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+    earlier_events = []
     if info.is_main:  # events logged after the checkpoint are logged again as the steps replay
-        utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"])
+        earlier_events = utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"])
     ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.is_distributed else model
-    wandb_run = utils.WandbRun(args, config, run_dir, info, log)
+    wandb_run = utils.WandbRun(args, config, run_dir, info, log, earlier_events)
 
     def save(reason: str) -> str:
         rng = utils.all_gather_objects(utils.get_rng_state(), info)
@@ -526,6 +527,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                             labels=labels["test"], n_tokens=encoded["test"].n_tokens)
         utils.write_json(os.path.join(run_dir, "results.json"), results)
     wandb_run.summary(results)
+    wandb_run.final_plots(test_probs, labels["test"], splits["test"].texts, label_names)
     wandb_run.finish()
     log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
              f"test_loss {results['test_loss']:.4f}  ({run_dir}/results.json)")

@@ -7,6 +7,7 @@ import platform
 import random
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,13 +221,14 @@ def append_jsonl(path: str, obj) -> None:
         f.write(json.dumps(obj) + "\n")
 
 
-def truncate_jsonl(path: str, max_step: int) -> None:
-    """Keep only the events at or before max_step."""
+def truncate_jsonl(path: str, max_step: int) -> list[dict]:
+    """Keep only the events at or before max_step, and return them."""
     if not os.path.exists(path):
-        return
+        return []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
-    atomic_write_bytes(path, "".join(kept).encode())
+        events = [e for line in f if line.strip() and (e := json.loads(line))["step"] <= max_step]
+    atomic_write_bytes(path, "".join(json.dumps(e) + "\n" for e in events).encode())
+    return events
 
 
 def git_commit() -> str | None:
@@ -266,7 +268,9 @@ class WandbRun:
     """W&B on rank 0. A failure to start or log is one warning, never a stopped run; a resumed
     run continues the same W&B run (its id is kept in the run folder)."""
 
-    def __init__(self, args, config: dict, run_dir: str, info: DistInfo, log):
+    def __init__(self, args, config: dict, run_dir: str, info: DistInfo, log, earlier_events=()):
+        """earlier_events: what a resumed run logged before its checkpoint. They are sent again:
+        a killed process may not have flushed them, and W&B drops steps it already has."""
         self.run = None
         self.log_ = log
         if not info.is_main or args.wandb == "disabled":
@@ -280,11 +284,12 @@ class WandbRun:
         try:
             import wandb
             id_path = os.path.join(run_dir, "wandb_id")
-            run_id = open(id_path).read().strip() if os.path.exists(id_path) else wandb.util.generate_id()
+            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
             atomic_write_bytes(id_path, run_id.encode())
             kwargs = dict(project=args.wandb_project, group=args.wandb_group, name=args.run_name,
                           id=run_id, resume="allow", dir=run_dir, config=config,
                           tags=[os.path.basename(os.path.normpath(args.model)), args.pool])
+            kwargs["settings"] = wandb.Settings(init_timeout=float(os.environ.get("FTKIT_WANDB_INIT_TIMEOUT", 60)))
             try:
                 self.run = wandb.init(mode=mode, **kwargs)
             except Exception as e:
@@ -292,9 +297,9 @@ class WandbRun:
                     raise
                 log.warning(f"warning: W&B online failed ({_first_line(e)}); logging offline")
                 self.run = wandb.init(mode="offline", **kwargs)
-            # charts use the optimizer step; a resumed run may re-log steps it already logged
-            self.run.define_metric("global_step")
-            self.run.define_metric("*", step_metric="global_step")
+            self.run.define_metric("val/acc", summary="max")
+            for event in earlier_events:
+                self.log(event)
         except Exception as e:
             log.warning(f"warning: W&B unavailable ({_first_line(e)}); continuing without it")
             self.run = None
@@ -304,12 +309,41 @@ class WandbRun:
             return
         prefix = event.get("split", event["event"])
         values = {f"{prefix}/{k}": v for k, v in event.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step",)}
-        self._safe(self.run.log, {**values, "global_step": event["step"]})
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        self._safe(self.run.log, values, step=event["step"])
 
     def summary(self, results: dict) -> None:
         if self.run is not None:
-            self._safe(self.run.summary.update, {f"final/{k}": v for k, v in results.items()})
+            self._safe(self.run.summary.update, {
+                **{f"test/{k[5:]}": v for k, v in results.items() if k.startswith("test_")},
+                **{k: v for k, v in results.items() if not k.startswith(("test_", "val_"))}})
+
+    def final_plots(self, probs: np.ndarray, labels: np.ndarray, texts: list[str], label_names: list[str],
+                    n_wrong: int = 20) -> None:
+        """Confusion matrix, reliability diagram and the most confidently wrong test examples."""
+        if self.run is None:
+            return
+
+        def make():
+            import wandb
+            pred = probs.argmax(1)
+            confidence = probs.max(1)
+            bins = np.minimum((confidence * 15).astype(int), 14)
+            reliability = wandb.Table(columns=["confidence", "accuracy", "count"], data=[
+                [float(confidence[bins == b].mean()), float((pred == labels)[bins == b].mean()), int((bins == b).sum())]
+                for b in range(15) if (bins == b).any()])
+            wrong = np.flatnonzero(pred != labels)
+            wrong = wrong[np.argsort(-confidence[wrong])][:n_wrong]
+            examples = wandb.Table(columns=["text", "label", "predicted", "p_predicted"], data=[
+                [texts[i][:500], label_names[labels[i]], label_names[pred[i]], float(confidence[i])] for i in wrong])
+            self.run.log({
+                "test/confusion_matrix": wandb.plot.confusion_matrix(
+                    y_true=labels.tolist(), preds=pred.tolist(), class_names=label_names),
+                "test/reliability": wandb.plot.line(reliability, "confidence", "accuracy",
+                                                    title="Reliability (perfect calibration: y = x)"),
+                "test/confidently_wrong": examples})
+
+        self._safe(make)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
