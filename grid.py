@@ -10,8 +10,9 @@ Grid syntax (one run per non-comment line; the train.py flags that differ from t
 Text after '#' is a comment; quoting follows the shell (shlex), nothing is evaluated.
 
 Used by run_grid.sh:
-    python grid.py expand GRID   ->  one line per run: LINE_NO <US> RUN_NAME <US> ARG <US> ARG ...
-                                     (<US> = the ASCII unit separator, \\x1f)
+    python grid.py expand GRID [-- EXTRA ARGS]
+        ->  one line per run: LINE_NO <US> RUN_NAME <US> ARG <US> ARG ...  (<US> = \\x1f)
+        EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
 """
 import itertools
 import re
@@ -54,13 +55,14 @@ def expand_file(path: str) -> list[tuple[int, list[str]]]:
     return runs
 
 
-def resolve(path: str) -> list[tuple[int, str, list[str]]]:
-    """Expand and check each run with train.py's parser; (line, run name, args)."""
+def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]]:
+    """Expand, append `extra`, and check each run with train.py's parser; (line, run name, args)."""
     import train
     from utils import UserError
 
     resolved, seen = [], {}
     for number, args in expand_file(path):
+        args = [*args, *extra]
         try:
             parsed = train.parse_args(args, on_error=GridError)
         except (GridError, UserError) as e:
@@ -73,11 +75,13 @@ def resolve(path: str) -> list[tuple[int, str, list[str]]]:
 
 
 def main(argv: list[str]) -> int:
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     if len(argv) != 2 or argv[0] != "expand":
-        print("usage: python grid.py expand GRID", file=sys.stderr)
+        print("usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]", file=sys.stderr)
         return 2
     try:
-        runs = resolve(argv[1])
+        runs = resolve(argv[1], extra)
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)
         return 2

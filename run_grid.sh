@@ -2,21 +2,23 @@
 # Run every run of a grid file: smoke-check them all first, then the real runs, then the table.
 #
 #   bash run_grid.sh [GRID] [--nproc N] [--gpus 0,1,...] [--smoke|--no-smoke] [--dry-run] [--out_dir D]
+#                    [-- TRAIN.PY ARGS]
 #
 #   GRID        grid file (default grids/exp1.grid; syntax in its header and in grid.py)
-#   --nproc N   processes (GPUs) per run, launched with torchrun (default 1)
+#   --nproc N   processes (GPUs) per run, launched with torchrun (default 1: plain python)
 #   --gpus L    run the grid as a queue over these GPUs: N per run, as many runs at once as fit,
 #               each with its own CUDA_VISIBLE_DEVICES and rendezvous port
 #   --smoke     smoke phase first: every run with train.py --smoke (the default); --no-smoke skips it
 #   --dry-run   print the expanded commands and nothing else
 #   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
+#   -- ARGS     appended to every run of the grid (e.g. -- --epochs 1)
 #
 # Finished runs (results.json present) are skipped; interrupted ones resume: rerun the same command.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
+extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
 die() { echo "error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --no-smoke) smoke=0; shift ;;
     --dry-run) dry_run=1; shift ;;
     --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;
   esac
@@ -38,7 +41,7 @@ out="$out_root/$name"
 PYTHON=${PYTHON:-python}
 
 # Expand and check every line with train.py's own parser before anything runs.
-expanded=$("$PYTHON" grid.py expand "$grid") || exit 2
+expanded=$("$PYTHON" grid.py expand "$grid" -- "${extra[@]}") || exit 2
 runs=()
 while IFS= read -r line; do runs+=("$line"); done <<< "$expanded"
 
@@ -56,6 +59,10 @@ fi
 
 TORCHRUN=$(command -v torchrun >/dev/null && echo torchrun || echo "$PYTHON -m torch.distributed.run")
 launcher() {  # $1 = slot index; prints the launcher words, one per line
+  if [ "$nproc" = 1 ]; then  # one process: the same code path without torchrun's start-up
+    printf '%s\n' "$PYTHON" train.py
+    return
+  fi
   printf '%s\n' $TORCHRUN
   if [ -n "$gpus" ]; then
     printf '%s\n'  --nnodes=1 "--nproc_per_node=$nproc" --rdzv-backend=c10d \
@@ -108,9 +115,10 @@ if [ "$smoke" = 1 ]; then
     wait "$child"; status=$?
     while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
     child=""
+    [ "$stopping" = 1 ] && break
     if [ "$status" != 0 ]; then
-      echo "smoke FAILED: $grid line $line_no ($run_name), log $log, its last lines:" >&2
-      grep -v '^\s*$' "$log" | tail -n 8 | sed 's/^/    /' >&2
+      echo "smoke FAILED: $grid line $line_no ($run_name), log $log:" >&2
+      { grep -m 3 '^error:' "$log" || grep -v '^\s*$' "$log" | tail -n 8; } | sed 's/^/    /' >&2
       echo "stopping before the real runs." >&2
       exit 1
     fi

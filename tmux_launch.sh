@@ -12,7 +12,7 @@ die() { echo "error: $*" >&2; exit 2; }
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 
-session_of() { echo "grid-$(basename "$1" .grid | tr -c 'A-Za-z0-9_-' '_')"; }
+session_of() { local n; n=$(basename "$1" .grid); echo "grid-${n//[^A-Za-z0-9_-]/_}"; }
 sessions() { tmux list-sessions -F '#{session_name}' 2>/dev/null | grep '^grid-' || true; }
 
 progress() {  # $1 = session: "done/total" from the run folders and the grid file

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache_dir", default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
       help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)")
     a("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B "
-      "logging; auto = online when logged in, else offline (default: %(default)s)")
+      "logging; auto = $WANDB_MODE if set, else online when logged in, else offline "
+      "(default: %(default)s)")
     a("--wandb_project", default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
       help="W&B project (default: $WANDB_PROJECT or %(default)s)")
     a("--wandb_group", default=None, help="W&B group, e.g. the grid name (default: none)")
@@ -395,6 +396,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     model.train()
     window = {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "time": time.time()}
     last_saved_step = progress["global_step"]
+    best_weights = None
     bar = _progress_bar(info, total_steps, progress["global_step"])
     while progress["epoch"] < args.epochs:
         epoch = progress["epoch"]
@@ -490,8 +492,11 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         if improved:
             progress["best_val_acc"], progress["best_epoch"] = val["acc"], epoch
             progress["best_file"] = f"best_step{progress['global_step']}.pt"
+            # every rank keeps a copy, so the test needs no shared file system across nodes;
+            # the file (rank 0) serves a resumed run
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if info.is_main:
-                checkpoint.save_weights(os.path.join(run_dir, progress["best_file"]), model.state_dict())
+                checkpoint.save_weights(os.path.join(run_dir, progress["best_file"]), best_weights)
         _record({"event": "eval", "split": "val", "step": progress["global_step"], "epoch": epoch,
                  **val, "best": improved}, run_dir, info, log, wandb_run)
         progress["epoch"] += 1
@@ -504,7 +509,9 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         bar.close()
 
     # ---- test with the best weights
-    model.load_state_dict(checkpoint.load_weights(os.path.join(run_dir, progress["best_file"])))
+    if best_weights is None:
+        best_weights = checkpoint.load_weights(os.path.join(run_dir, progress["best_file"]))
+    model.load_state_dict(best_weights)
     test_probs = predict(model, encoded["test"], info, args, pad_id, autocast)
     test = utils.classification_metrics(test_probs, labels["test"])
     best = progress["history"][progress["best_epoch"]]

@@ -9,9 +9,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# One thread per process, inherited by every run the tests start: with `pytest -n 2` two tests
+# share the 2 cores, and more threads than cores makes torch's spinning threads crawl.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 
 import data  # noqa: E402
 import train  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,165 @@
+"""run_grid.sh and tmux_launch.sh, driven from pytest (CPU, offline)."""
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import grid
+from conftest import ROOT
+
+SMALL = "--model tiny-bert --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
+
+
+def write_grid(path, *lines):
+    path.write_text("# test grid\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def run_grid(*args, timeout=600):
+    env = dict(os.environ, WANDB_MODE="disabled", GRID_PORT_BASE=str(20000 + os.getpid() % 20000))
+    return subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_brace_expansion_multiplies_and_keeps_quotes():
+    assert grid.expand_line("--pool {cls,mean} --dropout {0.1,0.3}  # four") == [
+        ["--pool", "cls", "--dropout", "0.1"], ["--pool", "cls", "--dropout", "0.3"],
+        ["--pool", "mean", "--dropout", "0.1"], ["--pool", "mean", "--dropout", "0.3"]]
+    assert grid.expand_line("--text_col 'a b' --run_name x{1,2}y") == [
+        ["--text_col", "a b", "--run_name", "x1y"], ["--text_col", "a b", "--run_name", "x2y"]]
+    assert grid.expand_line("   # only a comment") == []
+    assert grid.expand_line("--data $(rm -rf ~)") == [["--data", "$(rm", "-rf", "~)"]]  # never evaluated
+
+
+def test_shipped_grids_expand_to_the_experiment():
+    exp1 = grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))
+    names = [name for _, name, _ in exp1]
+    assert len(names) == len(set(names)) == 10
+    assert "bert-cls-bs32-wd0.01-clip1-s42" in names and "modernbert-cls-L256-s42" in names
+    assert len(grid.resolve(os.path.join(ROOT, "grids", "demo.grid"))) == 4
+
+
+def test_dry_run_prints_only_the_commands(tmp_path):
+    g = write_grid(tmp_path / "g.grid", f"{SMALL} --pool {{cls,mean}}")
+    out = run_grid(g, "--dry-run", "--nproc", 2, "--out_dir", tmp_path / "runs")
+    assert out.returncode == 0
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("--nproc_per_node=2 train.py --model tiny-bert" in line for line in lines)
+    assert "--pool cls" in lines[0] and "--pool mean" in lines[1]
+    queued = run_grid(g, "--dry-run", "--gpus", "0,1,2,3", "--nproc", 2, "--out_dir", tmp_path / "runs", "--", "--epochs", 2)
+    assert "--rdzv-endpoint=localhost:" in queued.stdout and queued.stdout.count("--epochs 2") == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_line_is_reported_with_its_number_before_anything_runs(tmp_path):
+    g = write_grid(tmp_path / "bad.grid", SMALL, f"{SMALL} --pool max")
+    out = run_grid(g, "--out_dir", tmp_path / "runs")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {g}:3: argument --pool: invalid choice: 'max' (choose from 'cls', 'mean')"
+    missing = run_grid(tmp_path / "nope.grid")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: grid file {tmp_path / 'nope.grid'} not found"
+
+
+def test_a_failing_smoke_run_stops_the_grid_and_names_the_line(tmp_path):
+    g = write_grid(tmp_path / "broken.grid", f"{SMALL} --data {tmp_path / 'missing'}", SMALL)
+    out = run_grid(g, "--out_dir", tmp_path / "runs")
+    assert out.returncode == 1
+    assert f"smoke FAILED: {g} line 2" in out.stderr
+    assert "no such file or folder" in out.stderr and "stopping before the real runs" in out.stderr
+    assert "real runs" not in out.stdout
+    assert not list((tmp_path / "runs" / "broken").glob("*/results.json"))
+
+
+def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
+    out_dir = tmp_path / "runs"
+    shrink = ["--", "--max_train_samples", 200, "--max_eval_samples", 100]  # the demo's path, smaller
+    first = run_grid("grids/demo.grid", "--out_dir", out_dir, *shrink)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.index("smoke phase") < first.stdout.index("real runs")
+    runs = sorted(p.parent.name for p in (out_dir / "demo").glob("*/results.json"))
+    assert runs == ["tiny-bert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42",
+                    "tiny-modernbert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-modernbert-mean-ep2-ntr200-nev100-synthetic-s42"]
+    assert "| tiny-bert | cls |" in first.stdout and (out_dir / "demo" / "results.md").exists()
+    assert "4 done, 0 skipped, 0 failed" in first.stdout
+
+    started = time.time()
+    again = run_grid("grids/demo.grid", "--no-smoke", "--out_dir", out_dir, *shrink)
+    assert again.returncode == 0 and "0 done, 4 skipped, 0 failed" in again.stdout
+    assert time.time() - started < 30
+
+    # a run killed mid-grid: its folder has checkpoints but no results.json -> rerun resumes it
+    victim = out_dir / "demo" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42"
+    (victim / "results.json").unlink()
+    shutil.rmtree(victim / "ckpt")
+    for p in victim.glob("best_step*.pt"):
+        p.unlink()
+    subprocess.run(["python", "train.py", "--model", "tiny-bert", "--pool", "mean", "--data", "synthetic",
+                    "--epochs", "2", *map(str, shrink[1:]), "--out_dir", out_dir / "demo", "--wandb", "disabled",
+                    "--save_every", "5"], cwd=ROOT, env=dict(os.environ, FTKIT_KILL_AT="step:18"), capture_output=True)
+    resumed = run_grid("grids/demo.grid", "--no-smoke", "--out_dir", out_dir, *shrink)
+    assert resumed.returncode == 0 and "1 done, 3 skipped, 0 failed" in resumed.stdout
+    assert "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
+
+
+def test_gpu_queue_never_shares_a_device_or_port(tmp_path, cache_dir):
+    g = write_grid(tmp_path / "q.grid", f"{SMALL} --seed {{1,2,3}}")  # 2 slots: the third run waits
+    out = run_grid(g, "--no-smoke", "--gpus", "0,1", "--out_dir", tmp_path / "runs")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    busy, max_concurrent = {}, 0
+    for line in out.stdout.splitlines():
+        if m := re.match(r"\[start\] (\S+) devices=(\S+) port=(\d+)", line):
+            name, devices, port = m.groups()
+            for other, (d, p) in busy.items():
+                assert not set(devices.split(",")) & set(d.split(",")), (name, other)
+                assert port != p, (name, other)
+            busy[name] = (devices, port)
+            max_concurrent = max(max_concurrent, len(busy))
+        elif m := re.match(r"\[done\] (\S+)", line):
+            busy.pop(m.group(1))
+    assert max_concurrent == 2
+    assert len(list((tmp_path / "runs" / "q").glob("*/results.json"))) == 3
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", *args], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir):
+    launch = os.path.join(ROOT, "tmux_launch.sh")
+    name = f"t{os.getpid()}"
+    quick = write_grid(tmp_path / f"{name}.grid", f"{SMALL} --seed {{1,2}}")
+    try:
+        out = subprocess.run(["bash", launch, quick, "--no-smoke", "--out_dir", tmp_path / "runs"],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0 and f"grid-{name}" in out.stdout
+        # the launching shell is gone; the session (no client attached) keeps running the grid
+        assert tmux("has-session", "-t", f"grid-{name}").returncode == 0
+        twice = subprocess.run(["bash", launch, quick], capture_output=True, text=True, cwd=ROOT)
+        assert twice.returncode == 2 and "already running" in twice.stderr
+        status = subprocess.run(["bash", launch, "--status"], capture_output=True, text=True, cwd=ROOT)
+        assert re.search(rf"grid-{name}: [0-2]/2 runs done", status.stdout)
+        deadline = time.time() + 180
+        while tmux("has-session", "-t", f"grid-{name}").returncode == 0 and time.time() < deadline:
+            time.sleep(1)
+        log = (tmp_path / "runs" / name / "grid.log").read_text()
+        assert "2 done, 0 skipped, 0 failed" in log and "grid exited with status 0" in log
+
+        slow = write_grid(tmp_path / f"{name}s.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled")
+        subprocess.run(["bash", launch, slow, "--no-smoke", "--out_dir", tmp_path / "runs"], check=True, cwd=ROOT)
+        run_dir = tmp_path / "runs" / f"{name}s" / "tiny-bert-cls-ep20-synthetic-s42"
+        deadline = time.time() + 120
+        while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
+            assert time.time() < deadline
+            time.sleep(0.5)
+        stop = subprocess.run(["bash", launch, "--stop", slow], capture_output=True, text=True, cwd=ROOT)
+        assert stop.returncode == 0, stop.stderr
+        assert "rerun the same command to resume" in (run_dir / "train.log").read_text()
+        assert list((run_dir / "ckpt").glob("step_*.pt")) and not (run_dir / "results.json").exists()
+        assert "interrupted" in (tmp_path / "runs" / f"{name}s" / "grid.log").read_text()
+    finally:
+        for session in (f"grid-{name}", f"grid-{name}s"):
+            tmux("kill-session", "-t", session)

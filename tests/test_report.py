@@ -1,0 +1,91 @@
+"""report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
+collapsed runs flagged, length buckets."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import report
+from conftest import read_results, run_inprocess
+
+BASE = ["--model", "tiny-bert", "--data", "synthetic", "--max_eval_samples", 120,
+        "--epochs", 1, "--wandb", "disabled", "--max_len", 32]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("grid")
+    for seed in (1, 2, 3):
+        for pool in ("cls", "mean"):
+            assert run_inprocess(*BASE, "--pool", pool, "--seed", seed, "--out_dir", out) == 0
+    # a planted collapsed run: the absurd lr of the original bs32 row's failure mode
+    assert run_inprocess(*BASE, "--lr", 0.1, "--out_dir", out) == 0
+    return out
+
+
+def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
+    assert report.main([str(runs_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (runs_dir / "results.md").read_text()
+    main_table = printed.split("\n\n")[0]
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in main_table.splitlines() if line.startswith("| tiny-bert")}
+    per_setup = {}
+    for pool in ("cls", "mean"):
+        per_setup[pool] = [read_results(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}")
+                           for s in (1, 2, 3)]
+    for pool, results in per_setup.items():
+        acc = np.array([r["test_acc"] for r in results])
+        cells = rows[pool]
+        assert cells[3].strip("*") == f"{acc.mean():.4f} ± {acc.std(ddof=1):.4f}"
+        assert cells[6] == "3"
+    best = max(per_setup, key=lambda p: np.mean([r["test_acc"] for r in per_setup[p]]))
+    other = "mean" if best == "cls" else "cls"
+    assert rows[best][3].startswith("**") and not rows[other][3].startswith("**")
+    collapsed = [k for k in rows if "COLLAPSED" in k]
+    assert len(collapsed) == 1 and "**" not in "".join(rows[collapsed[0]])
+    assert rows["cls"][7] == "baseline"
+    csv_text = (runs_dir / "results.csv").read_text()
+    assert csv_text.startswith("model,setup,n,val_acc") and csv_text.count("\n") == 4
+
+
+def test_bootstrap_ci_matches_a_direct_computation(runs_dir):
+    rows, _ = report.build_rows(report.load_runs(str(runs_dir)))
+    report.add_significance(rows, None)
+    mean_row = next(r for r in rows if r["setup"] == "mean")
+
+    def correct(pool):
+        preds = [np.load(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" / "test_predictions.npz")
+                 for s in (1, 2, 3)]
+        return np.mean([p["probs"].argmax(1) == p["labels"] for p in preds], axis=0)
+
+    diff = correct("mean") - correct("cls")
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), size=(2000, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert mean_row["delta"] == pytest.approx((diff.mean(), low, high))
+    assert math.isclose(diff.mean(), np.mean([read_results(runs_dir / f"tiny-bert-mean-L32-ep1-nev120-synthetic-s{s}")["test_acc"]
+                                               for s in (1, 2, 3)]) - next(r for r in rows if r["setup"] == "cls")["test_acc"])
+
+
+def test_length_buckets_match_a_direct_computation(runs_dir):
+    rows, _ = report.build_rows(report.load_runs(str(runs_dir)))
+    row = next(r for r in rows if r["setup"] == "cls")
+    preds = np.load(runs_dir / "tiny-bert-cls-L32-ep1-nev120-synthetic-s1" / "test_predictions.npz")
+    lengths = preds["n_tokens"]
+    assert (lengths > 32).any()  # texts longer than max_len: the buckets use untruncated lengths
+    correct = row["correct"]
+    assert row["buckets"]["≤128"] == (pytest.approx(correct[lengths <= 128].mean()), int((lengths <= 128).sum()))
+
+
+def test_plots_are_written(runs_dir):
+    assert report.main([str(runs_dir), "--plot"]) == 0
+    assert (runs_dir / "test_acc.png").stat().st_size > 1000 and (runs_dir / "acc_by_length.png").exists()
+
+
+def test_bad_runs_dir_is_one_line(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'} is not a folder"
+    assert report.main([str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
