@@ -49,10 +49,9 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     for name in ("train", "val", "test"):
         rows = raw[name]
         labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
-        texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in range(len(labels))]
-        limit = max_train_samples if name == "train" else max_eval_samples
-        keep = balanced_subset(labels, limit)
-        splits[name] = Split([texts[i] for i in keep], labels[keep])
+        keep = balanced_subset(labels, max_train_samples if name == "train" else max_eval_samples)
+        texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in keep]
+        splits[name] = Split(texts, labels[keep])
     return splits, label_names
 
 

@@ -376,6 +376,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.is_distributed else model
     wandb_run = utils.WandbRun(args, config, run_dir, info, log, earlier_events)
+    progress["wandb_id"] = wandb_run.run_id
 
     def save(reason: str) -> str:
         rng = utils.all_gather_objects(utils.get_rng_state(), info)

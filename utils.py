@@ -272,6 +272,7 @@ class WandbRun:
         """earlier_events: what a resumed run logged before its checkpoint. They are sent again:
         a killed process may not have flushed them, and W&B drops steps it already has."""
         self.run = None
+        self.run_id = None
         self.log_ = log
         if not info.is_main or args.wandb == "disabled":
             return
@@ -301,6 +302,7 @@ class WandbRun:
                     raise
                 log.warning(f"warning: W&B online failed ({_first_line(e)}); logging offline")
                 self.run = wandb.init(mode="offline", **kwargs)
+            self.run_id = run_id
             self.run.define_metric("val/acc", summary="max")
             for event in earlier_events:
                 self.log(event)

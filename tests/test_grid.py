@@ -104,6 +104,16 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     assert "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
 
 
+def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, cache_dir):
+    g = write_grid(tmp_path / "f.grid", f"{SMALL} --seed {{1,2}}")
+    env_nan = dict(os.environ, FTKIT_NAN_AT="0")  # every run diverges at its first step
+    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", str(tmp_path / "runs")],
+                         capture_output=True, text=True, cwd=ROOT, env=env_nan, timeout=300)
+    assert out.returncode == 1
+    assert out.stdout.count("[start]") == 2 and "0 done, 0 skipped, 2 failed" in out.stdout
+    assert "exit 3, log" in out.stdout
+
+
 def test_gpu_queue_never_shares_a_device_or_port(tmp_path, cache_dir):
     g = write_grid(tmp_path / "q.grid", f"{SMALL} --seed {{1,2,3}}")  # 2 slots: the third run waits
     out = run_grid(g, "--no-smoke", "--gpus", "0,1", "--out_dir", tmp_path / "runs")
