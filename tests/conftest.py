@@ -50,9 +50,8 @@ def run_cli(*argv, nproc: int = 1, env: dict | None = None, timeout: int = 300, 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
     cmd = launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("FTKIT_KILL_AT", None) if env is None or "FTKIT_KILL_AT" not in env else None
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT, **popen)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})),
+                          cwd=ROOT, **popen)
 
 
 def read_results(run_dir) -> dict:

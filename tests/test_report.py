@@ -1,6 +1,5 @@
 """report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
 collapsed runs flagged, length buckets."""
-import json
 import math
 
 import numpy as np
