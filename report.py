@@ -72,7 +72,8 @@ def is_collapsed(run: dict) -> bool:
         return True
     labels, k = run["labels"], run["probs"].shape[1]
     majority = np.bincount(labels, minlength=k).max() / len(labels)
-    return abs(run["results"]["test_acc"] - majority) <= 0.01 and run["results"]["test_loss"] >= 0.95 * math.log(k)
+    test = {"acc": run["results"]["test_acc"], "loss": run["results"]["test_loss"]}
+    return train.is_collapsed([test], majority, k)
 
 
 def build_rows(runs: list[dict]) -> tuple[list[dict], str]:

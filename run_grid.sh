@@ -94,6 +94,12 @@ fi
 mkdir -p "$out/logs"
 echo "$$" > "$out/.grid.pid"
 stopping=0 child=""
+exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
+  local status
+  wait "$1"; status=$?
+  while kill -0 "$1" 2>/dev/null; do wait "$1"; status=$?; done
+  return "$status"
+}
 on_signal() {
   stopping=1
   echo "run_grid: interrupted; letting running runs checkpoint..."
@@ -112,8 +118,7 @@ if [ "$smoke" = 1 ]; then
     mapfile -t cmd < <(launcher 0)
     env $(devices_env 0) "${cmd[@]}" "${args[@]}" --smoke --out_dir "$out/smoke" > "$log" 2>&1 &
     child=$!
-    wait "$child"; status=$?
-    while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
+    exit_status_of "$child"; status=$?
     child=""
     [ "$stopping" = 1 ] && break
     if [ "$status" != 0 ]; then
@@ -133,8 +138,7 @@ declare -a slot_pid slot_name
 done_runs=() skipped=() failed=()
 finish_slot() {  # $1 = slot index: reap its run and record the outcome
   local s=$1 pid=${slot_pid[$1]} status
-  wait "$pid"; status=$?
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; status=$?; done
+  exit_status_of "$pid"; status=$?
   if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
   else failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)"); echo "[failed] ${slot_name[$s]} exit $status"; fi
   slot_pid[$s]=""

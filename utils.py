@@ -148,14 +148,16 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 
             "ece": expected_calibration_error(probs.max(1), correct, n_bins)}
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[tuple]:
+    """(mean confidence, accuracy, count) of each non-empty equal-width confidence bin."""
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    return [(float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
+            for b in range(n_bins) if (bins == b).any()]
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    return float(sum(count / len(confidence) * abs(acc - conf)
+                     for conf, acc, count in calibration_bins(confidence, correct, n_bins)))
 
 
 # ----------------------------------------------------------------------------- fault injection
@@ -334,10 +336,8 @@ class WandbRun:
             import wandb
             pred = probs.argmax(1)
             confidence = probs.max(1)
-            bins = np.minimum((confidence * 15).astype(int), 14)
-            reliability = wandb.Table(columns=["confidence", "accuracy", "count"], data=[
-                [float(confidence[bins == b].mean()), float((pred == labels)[bins == b].mean()), int((bins == b).sum())]
-                for b in range(15) if (bins == b).any()])
+            reliability = wandb.Table(columns=["confidence", "accuracy", "count"],
+                                      data=[list(b) for b in calibration_bins(confidence, pred == labels)])
             wrong = np.flatnonzero(pred != labels)
             wrong = wrong[np.argsort(-confidence[wrong])][:n_wrong]
             examples = wandb.Table(columns=["text", "label", "predicted", "p_predicted"], data=[

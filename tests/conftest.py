@@ -45,13 +45,17 @@ def run_inprocess(*argv) -> int:
         return e.code
 
 
-def run_cli(*argv, nproc: int = 1, env: dict | None = None, timeout: int = 300, **popen):
-    """train.py in a fresh process (python, or torchrun when nproc > 1)."""
+def train_command(argv, nproc: int = 1) -> list[str]:
+    """python train.py ARGS, or torchrun (--standalone) when nproc > 1."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    cmd = launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **(env or {})),
-                          cwd=ROOT, **popen)
+    return launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
+
+
+def run_cli(*argv, nproc: int = 1, env: dict | None = None, timeout: int = 300):
+    """train.py in a fresh process, to completion."""
+    return subprocess.run(train_command(argv, nproc), capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})), cwd=ROOT)
 
 
 def read_results(run_dir) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
+from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
 # 256 train examples, batch 16: 16 steps per epoch; checkpoints every 5 steps and at epoch ends
 RUN = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64, "--epochs", 2,
@@ -85,10 +85,8 @@ def test_kill_9_under_torchrun_at_three_points_then_rerun_gives_identical_result
 
 
 def launch(args, nproc):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    return subprocess.Popen(launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    return subprocess.Popen(train_command(args, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
 
 
 def wait_for_log(run_dir, text, proc, timeout=120):
