@@ -48,23 +48,14 @@ def load_runs(runs_dir: str) -> list[dict]:
 
 
 def settings_of(config: dict) -> dict:
-    """{setting: shown text} for the settings that differ from train.py's defaults (pool always
-    shown; seed and model aside)."""
-    defaults = vars(train.build_parser().parse_args([]))
-    shown = {"pool": config["pool"]}
-    for key, short in train.NAME_KEYS.items():
-        value = config.get(key)
-        if key == "lr" or value == defaults[key] or value is None:
-            continue
-        shown[key] = f"{short or key + '='}{'+'.join(value) if isinstance(value, list) else value}"
-    if config.get("lr") is not None and not math.isclose(config["lr"], _default_lr(config["model"])):
-        shown["lr"] = f"lr{config['lr']:g}"
-    return shown
-
-
-def _default_lr(model_name: str) -> float:
+    """{setting: label} for the settings that differ from train.py's defaults (pool always shown;
+    seed and model aside), labelled as in run names."""
     import model as models
-    return models.resolve_model(model_name).default_lr if model_name in models.MODELS else 5e-5
+    defaults = vars(train.build_parser().parse_args([]))
+    # config.json holds the resolved lr; its default depends on the model
+    entry = models.MODELS.get(config["model"])
+    defaults["lr"] = entry.default_lr if entry else models.ModelEntry().default_lr
+    return {"pool": config["pool"], **train.setting_labels(config, defaults)}
 
 
 def is_collapsed(run: dict) -> bool:

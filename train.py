@@ -140,19 +140,29 @@ def parse_args(argv=None, on_error=None) -> argparse.Namespace:
     return args
 
 
+def setting_labels(values: dict, defaults: dict) -> dict:
+    """{setting: short label} for the NAME_KEYS settings that differ from `defaults`, e.g.
+    {"batch_size": "bs32", "clip": "clip1"}: the run name's middle, and report.py's setup column."""
+    labels = {}
+    for key, short in NAME_KEYS.items():
+        value = values.get(key)
+        if value == defaults[key]:
+            continue
+        if isinstance(value, list):
+            value = "+".join(value)
+        if key == "data":
+            value = os.path.basename(os.path.normpath(value))
+        labels[key] = f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}"
+    return labels
+
+
 def derive_run_name(args, defaults: dict) -> str:
     model_name = os.path.basename(os.path.normpath(args.model)).replace("/", "_")
-    parts = [model_name, args.pool]
-    for key, short in NAME_KEYS.items():
-        value = getattr(args, key)
-        if value != defaults[key] and not (args.smoke and key in ("max_train_samples", "max_eval_samples", "epochs")):
-            if isinstance(value, list):
-                value = "+".join(value)
-            if key == "data":
-                value = os.path.basename(os.path.normpath(value))
-            parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
-    parts.append(f"s{args.seed}")
-    return "-".join(parts) + ("-smoke" if args.smoke else "")
+    labels = setting_labels(vars(args), defaults)
+    if args.smoke:  # --smoke sets these itself; the -smoke suffix says so
+        for key in ("max_train_samples", "max_eval_samples", "epochs"):
+            labels.pop(key, None)
+    return "-".join([model_name, args.pool, *labels.values(), f"s{args.seed}"]) + ("-smoke" if args.smoke else "")
 
 
 def run_fingerprint(config: dict) -> dict:
