@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
 
 from utils import UserError
 
@@ -271,10 +270,11 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 # ----------------------------------------------------------------------------- batching
 
-def collate(ids: list[np.ndarray], pad_id: int, max_len: int) -> dict:
-    """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly)."""
+def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False) -> dict:
+    """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly),
+    or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons)."""
     longest = max(len(x) for x in ids)
-    width = min(math.ceil(longest / 8) * 8, max(max_len, longest))
+    width = max_len if pad_to_max else min(math.ceil(longest / 8) * 8, max(max_len, longest))
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
     for row, x in enumerate(ids):
@@ -283,12 +283,39 @@ def collate(ids: list[np.ndarray], pad_id: int, max_len: int) -> dict:
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
 
-def train_order(n: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:
-    """This rank's example indices for one epoch: DistributedSampler's seeded shuffle, so the
-    global order is the same for any world size."""
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return list(sampler)
+MEGABATCH = 50  # batches per length-sorted group, as in HF's LengthGroupedSampler
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, world_size: int,
+                  group_by_length: bool) -> list[np.ndarray]:
+    """The GLOBAL batches of one epoch (example indices), the same for every rank.
+
+    Seeded shuffle, padded by wrap-around to a multiple of the world size so every rank gets
+    the same number of examples each step. With group_by_length, the shuffled order is cut into
+    mega-batches of 50 batches, each sorted by length and cut into batches (so a batch holds
+    similar lengths and little padding), the batches are shuffled, and the one holding the
+    longest example goes first (an out-of-memory error shows at step 1, not hours in).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    order = np.resize(order, math.ceil(len(order) / world_size) * world_size)  # repeats from the start
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    for start in range(0, len(order), MEGABATCH * batch_size):
+        mega = order[start:start + MEGABATCH * batch_size]
+        mega = mega[np.argsort(-lengths[mega], kind="stable")]
+        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
+    batches.insert(0, batches.pop(longest))
+    return batches
+
+
+def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's equal share of a global batch."""
+    share = len(batch) // world_size
+    return batch[rank * share:(rank + 1) * share]
 
 
 def eval_shard(lengths: np.ndarray, rank: int, world_size: int) -> np.ndarray:

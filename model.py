@@ -4,7 +4,9 @@ Everything that differs between model families lives in the two tables below; th
 loop never asks which family it is running.
 """
 import hashlib
+import importlib.util
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -19,13 +21,15 @@ class Family:
     """How one encoder family (a config.model_type) names things."""
     dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
     model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
+    flash_attention: bool = False           # use flash_attention_2 on CUDA when flash-attn is installed
 
 
 FAMILIES = {
     # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
     "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
     "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
-    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout")),
+    # ModernBERT unpads the batch itself under flash_attention_2: no compute spent on padding.
+    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True),
     "distilbert": Family(("dropout", "attention_dropout")),
 }
 
@@ -148,7 +152,7 @@ class Classifier(nn.Module):
 
 
 def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropout: float,
-                encoder_dropout: float | None, attn_implementation: str = "sdpa") -> Classifier:
+                encoder_dropout: float | None, device: torch.device | None = None) -> Classifier:
     if entry.tiny_config is not None:
         config = entry.tiny_config(vocab_size=len(tokenizer), **entry.tiny_kwargs)
     else:
@@ -160,7 +164,7 @@ def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropou
                             f"registry (known: {', '.join(FAMILIES)}); add it to FAMILIES in model.py")
         for key in family.dropout_keys:
             setattr(config, key, encoder_dropout)
-    kwargs = dict(family.model_kwargs if family else {}, attn_implementation=attn_implementation)
+    kwargs = dict(family.model_kwargs if family else {}, attn_implementation=attention_for(family, device))
     if entry.tiny_config is not None:
         encoder = AutoModel.from_config(config, **kwargs)
     else:
@@ -172,3 +176,36 @@ def encoder_dropout_values(model: Classifier) -> dict:
     """The encoder's internal dropout settings, for the run log."""
     family = FAMILIES.get(model.encoder.config.model_type)
     return {k: getattr(model.encoder.config, k) for k in (family.dropout_keys if family else ())}
+
+
+def attention_for(family: Family | None, device: torch.device | None) -> str:
+    """flash_attention_2 where the family benefits and flash-attn can run, else PyTorch SDPA."""
+    if family is not None and family.flash_attention and device is not None and device.type == "cuda" \
+            and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def training_flops(model: Classifier) -> tuple[int, int]:
+    """(a, b) with training FLOPs for a sequence of n real tokens = a*n + b*n^2 (forward and
+    backward): a = 6N for the N parameters outside embeddings, b = 12 x layers x hidden for the
+    attention scores (Chowdhery et al. 2022, appendix B)."""
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+    n = sum(p.numel() for p in model.parameters()) - embedding
+    config = model.encoder.config
+    return 6 * n, 12 * config.num_hidden_layers * config.hidden_size
+
+
+def compile_or_explain(module: nn.Module, device: torch.device, say) -> nn.Module:
+    """torch.compile(module), or the module itself with one line saying why not."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        missing = "a C++ compiler (g++ or clang++), which torch.compile needs on CPU"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        missing = "triton, which torch.compile needs on GPUs"
+    else:
+        # a graph that fails to compile later runs eagerly with a warning instead of stopping the run
+        torch._dynamo.config.suppress_errors = True
+        say("--compile: compiling the model (the first steps are slow while it compiles)")
+        return torch.compile(module)
+    say(f"--compile: cannot compile here (no {missing}); training without compile")
+    return module

@@ -37,13 +37,14 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 # fingerprint that guards resume.
 OPERATIONAL = {"out_dir", "run_name", "cache_dir", "wandb", "wandb_project", "wandb_group",
                "log_every", "save_every", "keep_checkpoints", "resume", "fresh", "eval_batch_size",
-               "on_nan"}
+               "on_nan", "padding", "compile"}
 # Short names for the run name, in the order they appear there.
 NAME_KEYS = {"max_len": "L", "batch_size": "bs", "grad_accum": "ga", "lr": "lr", "optimizer": "",
              "scheduler": "", "warmup_ratio": "wu", "dropout": "d", "encoder_dropout": "ed",
              "weight_decay": "wd", "clip": "clip", "epochs": "ep", "truncation": "",
              "precision": "", "val_ratio": "val", "max_train_samples": "ntr",
-             "max_eval_samples": "nev", "data": "", "text_col": "", "label_col": ""}
+             "max_eval_samples": "nev", "data": "", "text_col": "", "label_col": "",
+             "group_by_length": "group"}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
 
@@ -96,7 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_train_samples", type=int, default=None, help="balanced seeded subset of train (default: all)")
     a("--max_eval_samples", type=int, default=None, help="balanced seeded subset of val and test (default: all)")
     a("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype; "
-      "auto = bf16 on GPUs that support it, else fp16 with loss scaling; fp32 on CPU (default: %(default)s)")
+      "auto = bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16 where oneDNN "
+      "has fast bf16 kernels (AVX512 and newer), else fp32 (default: %(default)s)")
+    a("--group_by_length", action=argparse.BooleanOptionalAction, default=True, help="batch "
+      "examples of similar length together (shuffled within groups of 50 batches, batches in "
+      "random order) so little compute goes to padding (default: %(default)s)")
+    a("--padding", default="longest", choices=["longest", "max_len"], help="pad each batch to its "
+      "longest example (rounded up to a multiple of 8), or always to --max_len (default: %(default)s)")
+    a("--compile", action="store_true", help="torch.compile the model for training; falls back "
+      "to eager with a message where it cannot compile")
     a("--out_dir", default="runs", help="runs are written to OUT_DIR/RUN_NAME (default: %(default)s)")
     a("--run_name", default=None, help="default: model, pooling, the settings that differ from "
       "the defaults, and the seed")
@@ -152,7 +161,10 @@ def setting_labels(values: dict, defaults: dict) -> dict:
             value = "+".join(value)
         if key == "data":
             value = os.path.basename(os.path.normpath(value))
-        labels[key] = f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}"
+        if isinstance(value, bool):
+            labels[key] = short if value else f"no{short}"
+        else:
+            labels[key] = f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}"
     return labels
 
 
@@ -187,12 +199,18 @@ def validate(args, entry, info: utils.DistInfo) -> int:
     return args.batch_size // shards
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
+def resolve_precision(name: str, device: torch.device, warn) -> str:
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    native_bf16 = utils.cpu_has_native_bf16()
+    if name == "auto":
+        return "bf16" if native_bf16 else "fp32"
+    if name == "bf16" and not native_bf16:
+        warn("warning: this CPU has no fast bf16 kernels (needs AVX512 or newer): bf16 matrix "
+             "products take a fallback path many times slower than --precision fp32")
+    return name
 
 
 def make_optimizer(model, args, device):
@@ -202,7 +220,7 @@ def make_optimizer(model, args, device):
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=args.lr, fused=device.type == "cuda")
+    return cls(groups, lr=args.lr, fused=True)  # one kernel for all parameters, on CPU too
 
 
 def make_scheduler(optimizer, args, total_steps: int):
@@ -232,7 +250,7 @@ def predict(model, encoded: data.Encoded, info, args, pad_id, autocast) -> np.nd
     probs = []
     for start in range(0, len(shard), args.eval_batch_size):
         batch = data.collate([encoded.ids[i] for i in shard[start:start + args.eval_batch_size]],
-                             pad_id, args.max_len)
+                             pad_id, args.max_len, args.padding == "max_len")
         with autocast:
             logits = model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
@@ -313,7 +331,7 @@ def _train(args, info: utils.DistInfo, stop: StopRequest) -> int:
 
 
 def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started) -> int:
-    precision = resolve_precision(args.precision, info.device)
+    precision = resolve_precision(args.precision, info.device, log.warning)
     config = dict(vars(args), precision_used=precision)
     fingerprint = run_fingerprint(config)
     config_path = os.path.join(run_dir, "config.json")
@@ -340,11 +358,14 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
              f"labels {label_names}")
 
     model = models.build_model(entry, tokenizer, num_labels, args.pool, args.dropout,
-                               args.encoder_dropout).to(info.device)
+                               args.encoder_dropout, info.device).to(info.device)
+    flops_per_token, flops_per_token_pair = models.training_flops(model)
+    peak_flops = utils.device_peak_flops(info.device)
     log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters, encoder dropouts {models.encoder_dropout_values(model)}, "
-             f"attention {model.encoder.config._attn_implementation}")
-    n_train = len(labels["train"])
+             f"parameters ({flops_per_token // 6:,} outside embeddings), encoder dropouts "
+             f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
+    train_lengths = np.array([len(x) for x in encoded["train"].ids])
+    n_train = len(train_lengths)
     steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
     total_steps = steps_per_epoch * args.epochs
     optimizer = make_optimizer(model, args, info.device)
@@ -361,7 +382,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     # ---- resume
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0,
                 "best_epoch": -1, "best_file": None, "history": [], "train_time": 0.0,
-                "train_samples": 0, "train_tokens": 0, "wandb_id": None}
+                "train_samples": 0, "train_tokens": 0, "train_positions": 0, "train_flops": 0,
+                "wandb_id": None}
     state = checkpoint.load_latest_checkpoint(ckpt_dir, log.warning) if args.resume == "auto" else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -385,6 +407,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         earlier_events = utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"])
     ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.is_distributed else model
+    if args.compile:
+        ddp_model = models.compile_or_explain(ddp_model, info.device, log.info)
     wandb_run = utils.WandbRun(args, config, run_dir, info, log, earlier_events)
     progress["wandb_id"] = wandb_run.run_id
 
@@ -405,26 +429,28 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
              f"batch {args.batch_size} = {info.world_size} processes x {per_proc_batch} x "
              f"{args.grad_accum} accumulation, precision {precision}")
     model.train()
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "time": time.time()}
+    window = _new_window()
     last_saved_step = progress["global_step"]
     best_weights = None
     bar = _progress_bar(info, total_steps, progress["global_step"])
     while progress["epoch"] < args.epochs:
         epoch = progress["epoch"]
-        order = data.train_order(n_train, epoch, args.seed, info.rank, info.world_size)
-        rank_step = per_proc_batch * args.grad_accum
+        batches = data.train_batches(train_lengths, args.batch_size, epoch, args.seed, info.world_size,
+                                     args.group_by_length)
         while progress["step_in_epoch"] < steps_per_epoch:
             step_start = time.time()
-            start = progress["step_in_epoch"] * rank_step
-            step_indices = order[start:start + rank_step]
+            step_indices = data.rank_slice(batches[progress["step_in_epoch"]], info.rank, info.world_size)
             loss_sum = torch.zeros((), device=info.device)
-            real_tokens = 0
+            counts = np.zeros(3)  # real tokens, padded positions, useful FLOPs
             micro = [step_indices[i:i + per_proc_batch] for i in range(0, len(step_indices), per_proc_batch)]
             for k, mb in enumerate(micro):
-                batch = data.collate([encoded["train"].ids[i] for i in mb], pad_id, args.max_len)
+                batch = data.collate([encoded["train"].ids[i] for i in mb], pad_id, args.max_len,
+                                     args.padding == "max_len")
+                lengths = train_lengths[mb]
+                counts += [lengths.sum(), batch["input_ids"].numel(),
+                           flops_per_token * lengths.sum() + flops_per_token_pair * (lengths ** 2).sum()]
                 batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
                 target = torch.from_numpy(labels["train"][mb]).to(info.device, non_blocking=True)
-                real_tokens += int(batch["attention_mask"].sum())
                 sync_now = k == len(micro) - 1
                 with ddp_model.no_sync() if info.is_distributed and not sync_now else contextlib.nullcontext():
                     with autocast:
@@ -437,8 +463,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
 
-            # one small all-reduce per step: global loss, real tokens, and whether any rank got a signal
-            stats = torch.tensor([loss_sum.item(), real_tokens, stop.signum], dtype=torch.float64,
+            # one small all-reduce per step: global loss, token counts, and whether any rank got a signal
+            stats = torch.tensor([loss_sum.item(), *counts, stop.signum], dtype=torch.float64,
                                  device=info.device)
             if info.is_distributed:
                 torch.distributed.all_reduce(stats)
@@ -465,25 +491,25 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
             progress["global_step"] += 1
             step_time = time.time() - step_start
             progress["train_time"] += step_time
-            progress["train_samples"] += len(step_indices) * info.world_size
-            progress["train_tokens"] += int(stats[1].item())
+            step_counts = {"samples": len(step_indices) * info.world_size, "tokens": stats[1].item(),
+                           "positions": stats[2].item(), "flops": stats[3].item()}
+            for key, value in step_counts.items():
+                progress[f"train_{key}"] += value
+                window[key] += value
             window["loss"] += step_loss if math.isfinite(step_loss) else 0.0
             window["steps"] += 1
-            window["samples"] += len(step_indices) * info.world_size
-            window["tokens"] += int(stats[1].item())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if progress["global_step"] % args.log_every == 0 or progress["step_in_epoch"] == steps_per_epoch:
-                elapsed = max(time.time() - window["time"], 1e-9)
                 event = {"event": "train", "step": progress["global_step"], "epoch": epoch,
                          "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm),
-                         "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed}
+                         **throughput(window, time.time() - window["time"], peak_flops, info.world_size)}
                 _record(event, run_dir, info, log, wandb_run)
-                window = {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "time": time.time()}
+                window = _new_window()
             utils.fault_point("step")
-            if stats[2].item() > 0:
+            if stats[4].item() > 0:
                 path = save("signal") if progress["global_step"] > last_saved_step else ""
                 signum = stop.signum or signal.SIGTERM  # another rank may have got it
                 log.info(f"checkpointed at step {progress['global_step']} — rerun the same command to resume"
@@ -523,7 +549,9 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     if best_weights is None:
         best_weights = checkpoint.load_weights(os.path.join(run_dir, progress["best_file"]))
     model.load_state_dict(best_weights)
+    eval_start = time.time()
     test_probs = predict(model, encoded["test"], info, args, pad_id, autocast)
+    test_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
     test = utils.classification_metrics(test_probs, labels["test"])
     best = progress["history"][progress["best_epoch"]]
     majority = np.bincount(labels["val"], minlength=num_labels).max() / len(labels["val"])
@@ -531,8 +559,9 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                "test_acc": test["acc"], "test_loss": test["loss"], "test_f1": test["f1"], "test_ece": test["ece"],
                "best_epoch": progress["best_epoch"], "epochs": args.epochs, "global_step": progress["global_step"],
                "collapsed": is_collapsed(progress["history"], majority, num_labels),
-               "train_samples_per_s": progress["train_samples"] / max(progress["train_time"], 1e-9),
-               "train_tokens_per_s": progress["train_tokens"] / max(progress["train_time"], 1e-9),
+               **{f"train_{k}": v for k, v in throughput(progress, progress["train_time"], peak_flops,
+                                                          info.world_size, prefix="train_").items()},
+               "eval_samples_per_s": test_samples_per_s,
                "wall_s": time.time() - started, "run_name": args.run_name}
     _record({"event": "eval", "split": "test", "step": progress["global_step"], "epoch": progress["best_epoch"],
              **test}, run_dir, info, log, wandb_run)
@@ -550,6 +579,22 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
              f"test_loss {results['test_loss']:.4f}  ({run_dir}/results.json)")
     return 0
+
+
+def _new_window() -> dict:
+    return {"loss": 0.0, "steps": 0, "samples": 0, "tokens": 0, "positions": 0, "flops": 0, "time": time.time()}
+
+
+def throughput(counts: dict, seconds: float, peak_flops: float | None, world_size: int, prefix: str = "") -> dict:
+    """samples/s, real tokens/s, the share of padding in the batches, useful (real-token)
+    TFLOP/s and, where the device's bf16 peak is known, model FLOPs utilisation."""
+    seconds = max(seconds, 1e-9)
+    flops_per_s = counts[f"{prefix}flops"] / seconds
+    return {"samples_per_s": counts[f"{prefix}samples"] / seconds,
+            "tokens_per_s": counts[f"{prefix}tokens"] / seconds,
+            "padding_share": 1 - counts[f"{prefix}tokens"] / max(counts[f"{prefix}positions"], 1),
+            "tflops_per_s": flops_per_s / 1e12,
+            **({"mfu": flops_per_s / (peak_flops * world_size)} if peak_flops else {})}
 
 
 def _prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:

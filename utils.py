@@ -46,12 +46,34 @@ def setup_distributed() -> DistInfo:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     else:
         device = torch.device("cpu")
     if world_size > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched in order against
+# torch.cuda.get_device_name(); MFU is reported only for devices listed here.
+BF16_PEAK_FLOPS = [("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
+                   ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
+                   ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12),
+                   ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_FLOPS if key in name), None)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512 or newer); on AVX2-only CPUs bf16
+    matrix products take a fallback path about 100x slower than fp32 (measured: bench/README.md)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def cleanup_distributed() -> None:

@@ -37,6 +37,7 @@ def test_collate_pads_to_a_multiple_of_8_with_mask():
     assert batch["attention_mask"].sum(1).tolist() == [3, 10]
     assert batch["input_ids"][0, 3:].eq(0).all()
     assert data.collate([np.array([1] * 100)], 0, 100)["input_ids"].shape == (1, 100)
+    assert data.collate([np.array([5, 6, 7])], 0, 128, pad_to_max=True)["input_ids"].shape == (1, 128)
 
 
 def test_eval_shards_cover_every_example_exactly_once_on_uneven_split():
@@ -48,12 +49,38 @@ def test_eval_shards_cover_every_example_exactly_once_on_uneven_split():
             assert (np.diff(lengths[s]) >= 0).all()
 
 
-def test_train_order_global_batches_match_across_world_sizes():
-    one = data.train_order(64, epoch=1, seed=3, rank=0, world_size=1)
-    two = [data.train_order(64, epoch=1, seed=3, rank=r, world_size=2) for r in range(2)]
-    for step in range(4):  # global batch 16 = 2 ranks x 8
-        assert sorted(one[16 * step:16 * step + 16]) == sorted(two[0][8 * step:8 * step + 8] + two[1][8 * step:8 * step + 8])
-    assert one != data.train_order(64, epoch=2, seed=3, rank=0, world_size=1)
+def test_train_batches_cover_each_example_once_and_split_equally_across_ranks():
+    lengths = np.random.default_rng(0).integers(5, 300, size=203)
+    for grouped in (False, True):
+        batches = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=grouped)
+        flat = np.concatenate(batches)
+        assert len(flat) == 204 and sorted(set(flat.tolist())) == list(range(203))  # one wrap-around repeat
+        assert all(len(b) % 2 == 0 for b in batches) and len(batches) == 13
+        for b in batches:  # the ranks' shares partition the global batch
+            shares = [data.rank_slice(b, r, 2) for r in range(2)]
+            assert sorted(np.concatenate(shares).tolist()) == sorted(b.tolist())
+        again = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=grouped)
+        assert all((a == b).all() for a, b in zip(batches, again))
+        other = data.train_batches(lengths, 16, epoch=2, seed=3, world_size=2, group_by_length=grouped)
+        assert not all((a == b).all() for a, b in zip(batches, other))
+    # the global batches do not depend on the world size (when it divides the data)
+    one = data.train_batches(lengths[:200], 16, 0, 3, 1, True)
+    two = data.train_batches(lengths[:200], 16, 0, 3, 2, True)
+    assert all((a == b).all() for a, b in zip(one, two))
+
+
+def test_length_grouping_cuts_padding_and_still_mixes_lengths_across_steps():
+    lengths = np.random.default_rng(1).integers(20, 512, size=2000)
+
+    def padding_share(batches):
+        return 1 - sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
+
+    random_batches = data.train_batches(lengths, 16, 0, 0, 1, group_by_length=False)
+    grouped = data.train_batches(lengths, 16, 0, 0, 1, group_by_length=True)
+    assert padding_share(random_batches) > 0.3 and padding_share(grouped) < 0.05
+    assert lengths[grouped[0]].max() == lengths.max()  # the longest batch first: OOM shows at step 1
+    batch_means = [lengths[b].mean() for b in grouped[1:]]
+    assert abs(np.corrcoef(np.arange(len(batch_means)), batch_means)[0, 1]) < 0.3  # not sorted over time
 
 
 def write(folder, split, frame):

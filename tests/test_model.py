@@ -76,3 +76,31 @@ def test_tiny_tokenizer_is_trained_once_and_cached(tmp_path):
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="unknown --model"):
         models.resolve_model("nosuchmodel")
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert"])
+def test_training_flop_formula_matches_a_counted_forward_and_backward(name, tmp_path):
+    """The MFU numerator (6N per token + 12 x layers x hidden per token pair) against the
+    matrix-product FLOPs torch counts for one training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model, tok = build(name, "mean", cache_dir=str(tmp_path))
+    model.encoder.set_attn_implementation("eager")  # the counter does not see CPU SDPA kernels
+    per_token, per_pair = models.training_flops(model)
+    for n in (32, 128):
+        ids = torch.randint(5, len(tok), (4, n))
+        with FlopCounterMode(display=False) as counter:
+            model(ids, torch.ones_like(ids)).logsumexp(-1).sum().backward()
+        assert counter.get_total_flops() == pytest.approx(4 * (per_token * n + per_pair * n * n), rel=0.05)
+
+
+def test_compile_falls_back_with_a_message_when_it_cannot_compile(monkeypatch):
+    module, said = torch.nn.Linear(2, 2), []
+    monkeypatch.setattr(models.shutil, "which", lambda name: None)
+    assert models.compile_or_explain(module, torch.device("cpu"), said.append) is module
+    assert said and "cannot compile" in said[0] and "C++ compiler" in said[0]
+
+
+def test_sdpa_attention_unless_flash_attention_can_run():
+    modernbert = models.FAMILIES["modernbert"]
+    assert models.attention_for(modernbert, torch.device("cpu")) == "sdpa"
+    assert models.attention_for(models.FAMILIES["bert"], torch.device("cuda")) == "sdpa"

@@ -4,11 +4,13 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import read_events, read_results, run_cli, run_inprocess
 
 RESULT_FIELDS = {"val_acc", "val_loss", "test_acc", "test_loss", "test_f1", "test_ece", "best_epoch",
-                 "train_samples_per_s", "train_tokens_per_s", "wall_s", "collapsed"}
+                 "train_samples_per_s", "train_tokens_per_s", "train_padding_share", "train_tflops_per_s",
+                 "eval_samples_per_s", "wall_s", "collapsed"}
 
 
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-modernbert"])
@@ -73,6 +75,7 @@ def test_run_name_lists_only_settings_that_differ(tmp_path):
     assert args.run_name == "bert-cls-bs32-wd0.01-clip1-s42"
     assert train.parse_args(["--model", "modernbert", "--pool", "mean"]).run_name == "modernbert-mean-s42"
     assert train.parse_args([]).lr == 5e-5
+    assert train.parse_args(["--no-group_by_length", "--compile"]).run_name == "bert-cls-nogroup-s42"
 
 
 def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path):
@@ -83,3 +86,30 @@ def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path)
     a = [e["loss"] for e in read_events(tmp_path / "a" / "r", "train")]
     b = [e["loss"] for e in read_events(tmp_path / "b" / "r", "train")]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_dir, tmp_path):
+    """Padding to max_len or to the longest in the batch computes the same losses (the mask hides
+    padding); grouping by length changes the order (so the losses), and cuts the padding."""
+    runs = {"max_len": ["--no-group_by_length", "--padding", "max_len"], "longest": ["--no-group_by_length"],
+            "grouped": []}
+    for name, extra in runs.items():
+        assert run_inprocess(*SAME_RUN, *extra, "--data", syn_folder, "--out_dir", tmp_path / name) == 0
+    loss = {name: [e["loss"] for e in read_events(tmp_path / name / "r", "train")] for name in runs}
+    np.testing.assert_allclose(loss["longest"], loss["max_len"], rtol=1e-4, atol=1e-5)
+    results = {name: read_results(tmp_path / name / "r") for name in runs}
+    assert abs(results["longest"]["test_loss"] - results["max_len"]["test_loss"]) < 1e-5
+    share = {name: r["train_padding_share"] for name, r in results.items()}
+    assert share["max_len"] > 0.4 and share["grouped"] < 0.1 and share["grouped"] < share["longest"] / 2 < share["max_len"]
+
+
+def test_precision_auto_picks_bf16_only_where_the_cpu_has_fast_kernels(monkeypatch):
+    import train
+    import utils
+    cpu, warnings = torch.device("cpu"), []
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
+    assert train.resolve_precision("auto", cpu, warnings.append) == "bf16" and not warnings
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
+    assert train.resolve_precision("auto", cpu, warnings.append) == "fp32" and not warnings
+    assert train.resolve_precision("bf16", cpu, warnings.append) == "bf16"
+    assert len(warnings) == 1 and "slower" in warnings[0]
