@@ -469,6 +469,9 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
             if info.is_distributed:
                 torch.distributed.all_reduce(stats)
             step_loss = stats[0].item() / info.world_size
+            log_now = (progress["global_step"] + 1) % args.log_every == 0 or \
+                progress["step_in_epoch"] + 1 == steps_per_epoch
+            grad_norm = math.nan
             if not math.isfinite(step_loss):
                 optimizer.zero_grad(set_to_none=True)
                 if args.on_nan == "stop":
@@ -479,10 +482,12 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                     return EXIT_DIVERGED
                 log.warning(f"warning: non-finite loss at step {progress['global_step'] + 1}: step skipped")
                 scaler.update()
-                grad_norm = math.nan
             else:
                 scaler.unscale_(optimizer)  # clip and report the norm of the true gradients
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)
+                if args.clip:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                elif log_now:  # a pass over all gradients: only for steps whose norm is shown
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -501,7 +506,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if progress["global_step"] % args.log_every == 0 or progress["step_in_epoch"] == steps_per_epoch:
+            if log_now:
                 event = {"event": "train", "step": progress["global_step"], "epoch": epoch,
                          "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0],
                          "grad_norm": float(grad_norm),

@@ -35,11 +35,13 @@ class DistInfo:
 
     @property
     def is_distributed(self) -> bool:
-        return self.world_size > 1
+        return dist.is_available() and dist.is_initialized()
 
 
 def setup_distributed() -> DistInfo:
-    """Read torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process."""
+    """Read torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process.
+    Under torchrun the process group is set up even for one process, so
+    `torchrun --nproc_per_node=1` runs the same DDP code path as N GPUs."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -49,7 +51,7 @@ def setup_distributed() -> DistInfo:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     else:
         device = torch.device("cpu")
-    if world_size > 1:
+    if world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, device)
@@ -72,7 +74,7 @@ def device_peak_flops(device: torch.device) -> float | None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bf16 kernels for this CPU (AVX512 or newer); on AVX2-only CPUs bf16
-    matrix products take a fallback path about 100x slower than fp32 (measured: bench/README.md)."""
+    matrix products take a fallback path far slower than fp32 (measured: README.md, Speed)."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -279,6 +281,7 @@ def environment_info(info: DistInfo) -> dict:
         else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "world_size": info.world_size,
+        "backend": dist.get_backend() if info.is_distributed else None,
         "git_commit": git_commit(),
     }
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):

@@ -45,16 +45,16 @@ def run_inprocess(*argv) -> int:
         return e.code
 
 
-def train_command(argv, nproc: int = 1) -> list[str]:
-    """python train.py ARGS, or torchrun (--standalone) when nproc > 1."""
+def train_command(argv, nproc: int = 1, torchrun: bool = False) -> list[str]:
+    """python train.py ARGS, or torchrun (--standalone) when nproc > 1 or asked."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
+        if nproc > 1 or torchrun else [sys.executable]
     return launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
 
 
-def run_cli(*argv, nproc: int = 1, env: dict | None = None, timeout: int = 300):
+def run_cli(*argv, nproc: int = 1, torchrun: bool = False, env: dict | None = None, timeout: int = 300):
     """train.py in a fresh process, to completion."""
-    return subprocess.run(train_command(argv, nproc), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(train_command(argv, nproc, torchrun), capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})), cwd=ROOT)
 
 
@@ -67,3 +67,17 @@ def read_events(run_dir, kind=None) -> list[dict]:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         events = [json.loads(line) for line in f]
     return [e for e in events if kind is None or e["event"] == kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory, syn_folder, cache_dir):
+    """A random-init tiny BERT saved like a hub checkpoint: config, weights and tokenizer."""
+    import model as models
+    from transformers import AutoModel
+    folder = tmp_path_factory.mktemp("tiny-bert-folder")
+    entry = models.MODELS["tiny-bert"]
+    tokenizer = models.load_tokenizer(entry, data.make_synthetic()["train"]["text"], cache_dir)
+    config = entry.tiny_config(vocab_size=len(tokenizer), **entry.tiny_kwargs)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
