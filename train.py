@@ -213,7 +213,7 @@ def resolve_precision(name: str, device: torch.device, warn) -> str:
     return name
 
 
-def make_optimizer(model, args, device):
+def make_optimizer(model, args):
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 else decay).append(param)  # biases and norm weights
@@ -368,7 +368,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     n_train = len(train_lengths)
     steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
     total_steps = steps_per_epoch * args.epochs
-    optimizer = make_optimizer(model, args, info.device)
+    optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, total_steps)
     scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
     autocast = torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
@@ -468,7 +468,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                                  device=info.device)
             if info.is_distributed:
                 torch.distributed.all_reduce(stats)
-            step_loss = stats[0].item() / info.world_size
+            loss_total, tokens, positions, flops, signal = stats.tolist()
+            step_loss = loss_total / info.world_size
             log_now = (progress["global_step"] + 1) % args.log_every == 0 or \
                 progress["step_in_epoch"] + 1 == steps_per_epoch
             grad_norm = math.nan
@@ -496,8 +497,8 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
             progress["global_step"] += 1
             step_time = time.time() - step_start
             progress["train_time"] += step_time
-            step_counts = {"samples": len(step_indices) * info.world_size, "tokens": stats[1].item(),
-                           "positions": stats[2].item(), "flops": stats[3].item()}
+            step_counts = {"samples": len(step_indices) * info.world_size, "tokens": tokens,
+                           "positions": positions, "flops": flops}
             for key, value in step_counts.items():
                 progress[f"train_{key}"] += value
                 window[key] += value
@@ -514,7 +515,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                 _record(event, run_dir, info, log, wandb_run)
                 window = _new_window()
             utils.fault_point("step")
-            if stats[4].item() > 0:
+            if signal > 0:
                 path = save("signal") if progress["global_step"] > last_saved_step else ""
                 signum = stop.signum or signal.SIGTERM  # another rank may have got it
                 log.info(f"checkpointed at step {progress['global_step']} — rerun the same command to resume"

@@ -83,10 +83,12 @@ def main(argv=None) -> int:
     variants = args.ours if args.ours is not None else [IDENTICAL, ""]
     machine = machine_info()
     print(f"machine: {machine}", flush=True)
-    work = describe_work(args)
+    import data
+    splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
+    work = describe_work(args, splits)
     print(f"work: {work}", flush=True)
 
-    flops = flops_per_sample(args)
+    flops = flops_per_sample(args, splits["train"].texts)
     rows = []
     if not args.no_trainer:
         rows.append(run_trainer(args, out_dir, flops))
@@ -108,10 +110,8 @@ def main(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- the work
 
-def describe_work(args) -> dict:
+def describe_work(args, splits: dict) -> dict:
     """Steps per epoch and the timed slices, from the same subsets train.py will use."""
-    import data
-    splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
     n_train = len(splits["train"].labels)
     steps = math.ceil(n_train / args.batch_size)
     return {"n_train": n_train, "n_test": len(splits["test"].labels), "steps_per_epoch": steps,
@@ -132,15 +132,13 @@ def row_from_slices(slices: list[dict], test: dict, eval_seconds: float, flops_p
             "eval_samples_per_s": test["n"] / eval_seconds, "test_acc": test["acc"], "test_loss": test["loss"]}
 
 
-def flops_per_sample(args) -> float:
+def flops_per_sample(args, train_texts: list[str]) -> float:
     """Mean useful training FLOPs per example of the train subset (real, truncated tokens)."""
-    import data
     import model as models
     from transformers import AutoTokenizer, logging
     logging.set_verbosity_error()  # the load report of a headless encoder says nothing here
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
-    encoded = tokenizer(splits["train"].texts, truncation=True, max_length=args.max_len)["input_ids"]
+    encoded = tokenizer(train_texts, truncation=True, max_length=args.max_len)["input_ids"]
     lengths = np.array([len(x) for x in encoded], dtype=np.float64)
     model = models.build_model(models.resolve_model(args.model), tokenizer, 2, "cls", 0.0, None)
     per_token, per_pair = models.training_flops(model)
