@@ -145,6 +145,13 @@ def flops_per_sample(args, train_texts: list[str]) -> float:
     return float(np.mean(per_token * lengths + per_pair * lengths ** 2))
 
 
+def run_offline(cmd: list[str], what: str) -> None:
+    """One side in its own process, never touching the hub; its stderr tail if it fails."""
+    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"error: {what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
 # ----------------------------------------------------------------------------- our loop
 
 def run_ours(args, out_dir: str, name: str, flags: str, work: dict, flops: float) -> dict:
@@ -157,9 +164,7 @@ def run_ours(args, out_dir: str, name: str, flags: str, work: dict, flops: float
            "--fresh", *shlex.split(flags)]
     print(f"\n[{name}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     started = time.time()
-    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"error: our run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    run_offline(cmd, "our run")
     run_dir = os.path.join(out_dir, name)
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
@@ -190,9 +195,7 @@ def run_trainer(args, out_dir: str, flops: float) -> dict:
              for x in (f"--{key}", str(value))]]
     print(f"\n[trainer] HF Trainer, padding {args.trainer_padding}", flush=True)
     started = time.time()
-    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"error: the HF Trainer run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    run_offline(cmd, "the HF Trainer run")
     with open(result_path) as f:
         raw = json.load(f)
     row = row_from_slices(raw["slices"], raw["test"], raw["eval_seconds"], flops)

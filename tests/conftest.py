@@ -70,14 +70,10 @@ def read_events(run_dir, kind=None) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_folder(tmp_path_factory, syn_folder, cache_dir):
+def tiny_model_folder(tmp_path_factory, syn_folder):
     """A random-init tiny BERT saved like a hub checkpoint: config, weights and tokenizer."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_check
     import model as models
-    from transformers import AutoModel
-    folder = tmp_path_factory.mktemp("tiny-bert-folder")
-    entry = models.MODELS["tiny-bert"]
-    tokenizer = models.load_tokenizer(entry, data.make_synthetic()["train"]["text"], cache_dir)
-    config = entry.tiny_config(vocab_size=len(tokenizer), **entry.tiny_kwargs)
-    AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    folder = str(tmp_path_factory.mktemp("tiny-bert-folder"))
+    return gpu_check.write_model_folder(folder, "BertConfig", models._TINY, data.make_synthetic()["train"]["text"])
