@@ -1,35 +1,34 @@
 """Crash-safe run state: atomic checkpoints, resume from the newest valid one, a run-dir lock."""
 import contextlib
+import fcntl
 import glob
-import io
 import os
 import re
 import socket
 
 import torch
 
-from utils import UserError, atomic_write_bytes
+from utils import UserError, atomic_write
 
 CKPT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 
 
-def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int = 2) -> str:
-    """Write state atomically and keep the newest `keep` checkpoint files."""
+def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int = 2, drop_newer: bool = False) -> str:
+    """Write state atomically and keep the newest `keep` checkpoint files. drop_newer: first
+    delete checkpoints of later steps (left by an earlier run that this one started over)."""
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, f"step_{step:08d}.pt")
     for stale in glob.glob(os.path.join(ckpt_dir, "*.tmp*")):  # left by a process killed mid-write
         os.remove(stale)
-    atomic_write_bytes(path, _serialize(state), fault_name="ckpt_write")
+    if drop_newer:
+        for newer in list_checkpoints(ckpt_dir):
+            if int(CKPT_PATTERN.search(newer).group(1)) > step:
+                os.remove(newer)
+    atomic_write(path, lambda f: torch.save(state, f), fault_name="ckpt_write")  # streamed, no copy in RAM
     _fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
     return path
-
-
-def _serialize(obj) -> memoryview:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getbuffer()
 
 
 def list_checkpoints(ckpt_dir: str) -> list[str]:
@@ -52,7 +51,7 @@ def load_latest_checkpoint(ckpt_dir: str, warn) -> dict | None:
 
 
 def save_weights(path: str, state_dict: dict) -> None:
-    atomic_write_bytes(path, _serialize(state_dict))
+    atomic_write(path, lambda f: torch.save(state_dict, f))
 
 
 def remove_unreferenced_weights(run_dir: str, ckpt_dir: str) -> None:
@@ -82,55 +81,61 @@ def _fsync_dir(path: str) -> None:
 # ----------------------------------------------------------------------------- lock
 
 class RunLock:
-    """One live process per run dir. The lock file holds host and pid; a lock left by a dead
-    process on this host is taken over."""
+    """One live process per run dir, as a context manager. Held with flock on `.lock` (which
+    also records host and pid for the message): the kernel releases it when its owner dies, so a
+    dead owner's lock is simply taken, and two processes can never both take it. `active=False`
+    (ranks other than 0) makes it a no-op. flock is per host: on a shared file system, runs of
+    one folder from two machines are not excluded (use one --run_name per run there)."""
 
-    def __init__(self, run_dir: str, say):
+    def __init__(self, run_dir: str, say, active: bool = True):
         self.path = os.path.join(run_dir, ".lock")
         self.say = say
-        self.held = False
+        self.active = active
+        self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
     def acquire(self) -> None:
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner[0] == socket.gethostname() and not _pid_alive(owner[1]):
-                    self.say(f"taking over a stale lock left by dead process {owner[1]}")
-                    os.remove(self.path)
-                    continue
-                who = f"process {owner[1]} on {owner[0]}" if owner else "another process"
-                raise UserError(f"{os.path.dirname(self.path)} is in use by {who}; "
-                                f"if that process is gone, delete {self.path}")
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
+        if not self.active:
             return
-        raise UserError(f"could not take the lock {self.path}")
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise UserError(f"{os.path.dirname(self.path)} is in use by {owner or 'another process'}; "
+                                "wait for it, or stop it first") from None
+            try:  # a releasing owner may have unlinked the file we locked: lock the current one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_owner(fd)
+        if previous:
+            self.say(f"taking over a stale lock left by dead {previous}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
+        self.fd = fd
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
-
-    def _owner(self):
-        try:
-            host, pid = open(self.path).read().split()
-            return host, int(pid)
-        except (OSError, ValueError):
-            return None
+        if self.fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)  # while still holding it: see the inode check in acquire
+            os.close(self.fd)
+            self.fd = None
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_owner(fd: int) -> str | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        host, pid = os.pread(fd, 200, 0).decode().split()
+        return f"process {int(pid)} on {host}"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None

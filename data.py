@@ -1,6 +1,7 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
 import glob
 import hashlib
+import json
 import math
 import os
 import random
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils import UserError
+from utils import UserError, first_line
 
 HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
@@ -26,12 +27,14 @@ class Split:
 # ----------------------------------------------------------------------------- loading
 
 def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
-                max_train_samples: int | None, max_eval_samples: int | None):
+                max_train_samples: int | None, max_eval_samples: int | None, warn=print):
     """Return ({"train", "val", "test"} -> Split, label_names)."""
     raw = _load_raw(data)
-    for rows in raw.values():
+    for split, rows in raw.items():
         check_columns(rows, text_cols, label_col)
-    values, label_names = _label_values(raw, label_col)
+        for col in text_cols:
+            check_texts(rows[col], f"column {col!r} of the {split} split of {data}")
+    values, label_names = _label_values(raw, label_col, warn)
     if "test" not in raw:
         raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
     if "validation" in raw:
@@ -60,22 +63,22 @@ def _load_raw(data: str) -> dict:
         return make_synthetic()
     import datasets
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # errors are reported once, below
     if os.path.exists(data):
         loaded = {}
         for split, path in _local_files(data).items():
             try:
                 loaded[split] = datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]],
                                                       data_files={split: path}, split=split)
-            except Exception as e:  # parser errors come in many types; the first line says which
-                raise UserError(f"the {split} split of {data} ({path}) is empty or unreadable: "
-                                f"{str(e).splitlines()[0]}") from None
+            except Exception as e:  # parser errors come in many types
+                raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
     elif data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES:
         raise UserError(f"--data {data}: no such file or folder")
     else:
         try:
             loaded = datasets.load_dataset(HUB_ALIASES.get(data, data))
         except Exception as e:  # hub errors come in many types; the first line says which
-            raise UserError(f"cannot load dataset {data!r}: {str(e).splitlines()[0]} "
+            raise UserError(f"cannot load dataset {data!r}: {first_line(e)} "
                             "(offline? pass a local folder with --data)") from None
     out = {}
     for name in ("train", "validation", "test"):
@@ -84,6 +87,31 @@ def _load_raw(data: str) -> dict:
     if "train" not in out:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
     return out
+
+
+def _read_error(path: str, e: Exception) -> str:
+    """What is wrong with a data file datasets could not parse, with the row where known."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as u:
+        if u.start < len(head) - 4:  # not a character cut at the end of the 1 MiB read
+            return f"not UTF-8 text (byte {u.start}); is it really a {os.path.splitext(path)[1]} file?"
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    line.strip() and json.loads(line)
+                except json.JSONDecodeError as j:
+                    return f"line {number} is not valid JSON ({j.msg})"
+    if "corresponds to no data" in str(e):  # datasets' words for a file with a header only
+        return "the file has no data rows"
+    while e.__cause__ is not None or e.__context__ is not None:  # the parser's own message
+        e = e.__cause__ or e.__context__
+    return first_line(e)
 
 
 def _columns(ds) -> dict:
@@ -110,22 +138,45 @@ def _local_files(path: str) -> dict:
     return files
 
 
-def _label_values(raw: dict, label_col: str) -> tuple[list, list[str]]:
-    """The label values in id order, and their names."""
+def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
+    """The label values in id order (those of train), and their names."""
     if "__label_names__" in raw["train"]:  # already ids 0..K-1
         names = list(raw["train"]["__label_names__"])
         return list(range(len(names))), names
-    values = set()
-    for rows in raw.values():
+    seen = {}
+    for split, rows in raw.items():
+        seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
                 raise UserError(f"label column {label_col!r} holds {type(v).__name__} values like "
                                 f"{v!r}: labels must be integers or strings")
-            values.add(v)
-    if all(isinstance(v, str) for v in values) or all(not isinstance(v, str) for v in values):
-        ordered = sorted(values)
-        return ordered, [str(v) for v in ordered]
-    raise UserError(f"label column {label_col!r} mixes integers and strings")
+            seen[split].add(v)
+    values = seen["train"]
+    for split, found in seen.items():
+        unseen = found - values
+        if unseen:  # it would become a class the model never trains on
+            raise UserError(f"the {split} split has label(s) {', '.join(map(repr, sorted(unseen, key=str)))} "
+                            f"that train does not have (train's: {', '.join(map(repr, sorted(values, key=str)))})")
+    if not (all(isinstance(v, str) for v in values) or all(not isinstance(v, str) for v in values)):
+        raise UserError(f"label column {label_col!r} mixes integers and strings")
+    stripped = {}
+    for v in values:
+        if isinstance(v, str):
+            stripped.setdefault(v.strip(), []).append(v)
+    twins = [sorted(group) for group in stripped.values() if len(group) > 1]
+    if twins:
+        warn(f"warning: labels that differ only by surrounding spaces are separate classes here: "
+             f"{'; '.join(' / '.join(map(repr, group)) for group in twins)}")
+    ordered = sorted(values)
+    return ordered, [str(v) for v in ordered]
+
+
+def check_texts(values, where: str) -> None:
+    """Every cell a non-empty string: None would train on the text "None", a list on its repr."""
+    for row, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            what = "empty" if isinstance(v, str) else ("missing (null)" if v is None else f"a {type(v).__name__}, not text")
+            raise UserError(f"{where}: data row {row + 1} is {what} (value {v!r:.60}); clean or drop such rows")
 
 
 def check_columns(columns, text_cols: list[str], label_col: str) -> None:
@@ -216,7 +267,7 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
     for t in texts:
         key.update(t.encode())
         key.update(b"\0")
-    key.update(_tokenizer_fingerprint(tokenizer).encode())
+    key.update(tokenizer_fingerprint(tokenizer).encode())
     key.update(f"{max_len}/{truncation}".encode())
     path = os.path.join(cache_dir, f"tokens-{key.hexdigest()[:24]}.npz")
     if os.path.exists(path):
@@ -226,6 +277,9 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
 
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)
+    if budget < 1:
+        raise UserError(f"--max_len {max_len} leaves no room for text after the model's "
+                        f"{len(prefix) + len(suffix)} special tokens; use at least {len(prefix) + len(suffix) + 1}")
     ids, n_tokens = [], []
     for start in range(0, len(texts), 1000):
         for body in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
@@ -262,7 +316,7 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts its special tokens")
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}/{len(tokenizer)}"
     return hashlib.sha256(text.encode()).hexdigest()

@@ -3,6 +3,7 @@
 Everything that differs between model families lives in the two tables below; the training
 loop never asks which family it is running.
 """
+import collections
 import hashlib
 import importlib.util
 import os
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
-from utils import UserError
+from utils import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def model_max_positions(entry: ModelEntry) -> int:
 def load_config(source: str):
     try:
         return AutoConfig.from_pretrained(source)
-    except OSError as e:
-        raise UserError(f"cannot load model {source!r}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError) as e:  # missing, unknown model_type, config without one
+        raise UserError(f"cannot load model {source!r}: {first_line(e)}") from None
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -94,14 +95,14 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
     if entry.tiny_config is None:
         try:
             return AutoTokenizer.from_pretrained(entry.source)
-        except OSError as e:
-            raise UserError(f"cannot load tokenizer for {entry.source!r}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"cannot load tokenizer for {entry.source!r}: {first_line(e)}") from None
     from transformers import PreTrainedTokenizerFast
 
     digest = hashlib.sha256()
     for t in train_texts:
         digest.update(t.encode())
-    path = os.path.join(cache_dir, f"wordpiece-{TINY_VOCAB_SIZE}-{digest.hexdigest()[:16]}.json")
+    path = os.path.join(cache_dir, f"wordpiece-v2-{TINY_VOCAB_SIZE}-{digest.hexdigest()[:16]}.json")
     if not os.path.exists(path):
         _train_wordpiece(train_texts, path)
     return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
@@ -110,17 +111,23 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
 
 
 def _train_wordpiece(texts, path: str) -> None:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A deterministic WordPiece vocabulary: the special tokens, every character (alone and as a
+    ## continuation), then the most frequent words, ties broken alphabetically. (The `tokenizers`
+    trainer breaks ties in hash order, which differs from process to process: a resume elsewhere
+    would then look up the checkpoint's embeddings with other ids.)"""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=specials))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter(word for t in texts
+                                 for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[:max(0, TINY_VOCAB_SIZE - len(vocab))]
+    tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     tok.save(tmp)
@@ -168,7 +175,10 @@ def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropou
     if entry.tiny_config is not None:
         encoder = AutoModel.from_config(config, **kwargs)
     else:
-        encoder = AutoModel.from_pretrained(entry.source, config=config, **kwargs)
+        try:
+            encoder = AutoModel.from_pretrained(entry.source, config=config, **kwargs)
+        except (OSError, ValueError) as e:  # no weights file, or weights that do not fit the config
+            raise UserError(f"cannot load the weights of {entry.source!r}: {first_line(e)}") from None
     return Classifier(encoder, num_labels, pool, dropout)
 
 

@@ -14,6 +14,8 @@ Rerunning the same command resumes an interrupted run from its newest checkpoint
 """
 import argparse
 import contextlib
+import errno
+import glob
 import math
 import os
 import shutil
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
+import config as settings
 import data
 import model as models
 import utils
@@ -34,17 +37,18 @@ from utils import UserError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings that do not change what a run computes: left out of the run name and the config
-# fingerprint that guards resume.
+# fingerprint that guards resume. (--padding and --compile are not among them: dropout masks are
+# drawn over the padded width, and compiled dropout draws its masks differently.)
 OPERATIONAL = {"out_dir", "run_name", "cache_dir", "wandb", "wandb_project", "wandb_group",
                "log_every", "save_every", "keep_checkpoints", "resume", "fresh", "eval_batch_size",
-               "on_nan", "padding", "compile"}
+               "on_nan"}
 # Short names for the run name, in the order they appear there.
 NAME_KEYS = {"max_len": "L", "batch_size": "bs", "grad_accum": "ga", "lr": "lr", "optimizer": "",
              "scheduler": "", "warmup_ratio": "wu", "dropout": "d", "encoder_dropout": "ed",
              "weight_decay": "wd", "clip": "clip", "epochs": "ep", "truncation": "",
              "precision": "", "val_ratio": "val", "max_train_samples": "ntr",
              "max_eval_samples": "nev", "data": "", "text_col": "", "label_col": "",
-             "group_by_length": "group"}
+             "group_by_length": "group", "padding": "pad", "compile": "compile"}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
 
@@ -136,17 +140,53 @@ def parse_args(argv=None, on_error=None) -> argparse.Namespace:
     parser.raise_as = on_error
     args = parser.parse_args(argv)
     defaults = vars(parser.parse_args([]))
-    if args.smoke:
-        args.max_train_samples = min(args.max_train_samples or 64, 64)
-        args.max_eval_samples = min(args.max_eval_samples or 64, 64)
+    if args.smoke:  # keeps a user's smaller (or invalid) subset, so the smoke run fails like the real one
+        args.max_train_samples = 64 if args.max_train_samples is None else min(args.max_train_samples, 64)
+        args.max_eval_samples = 64 if args.max_eval_samples is None else min(args.max_eval_samples, 64)
         args.epochs = 1
         args.wandb = "disabled"
+    check_args(args)
     entry = models.resolve_model(args.model)
     if args.run_name is None:
         args.run_name = derive_run_name(args, defaults)
+    check_run_name(args.run_name)
     if args.lr is None:
         args.lr = entry.default_lr
     return args
+
+
+def check_args(args) -> None:
+    """Range checks that need neither the model nor the world size; a UserError names the flag."""
+    def bad(flag, rule):
+        raise UserError(f"--{flag} must be {rule} (got {getattr(args, flag)})")
+
+    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every",
+                "save_every", "keep_checkpoints"):
+        if getattr(args, key) < 1:
+            bad(key, "at least 1")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            bad(key, "at least 1 (leave it out for all examples)")
+    for key in ("dropout", "val_ratio", "warmup_ratio", "encoder_dropout"):
+        value = getattr(args, key)
+        if value is not None and not 0 <= value < 1:  # also false for nan
+            bad(key, "in [0, 1)")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        bad("lr", "a positive number")
+    for key in ("weight_decay", "clip"):  # a negative clip would scale gradients by a negative factor
+        if not (math.isfinite(getattr(args, key)) and getattr(args, key) >= 0):
+            bad(key, "a number >= 0")
+    if not 0 <= args.seed < 2 ** 31:
+        bad("seed", "in [0, 2^31)")
+    if args.label_col in args.text_col:
+        raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part "
+                        "of the input")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain folder name inside --out_dir: --fresh deletes inside it."""
+    if name in ("", ".", "..") or os.sep in name or "/" in name or name != name.strip():
+        raise UserError(f"--run_name {name!r} must be one plain folder name (no '/', not '.' or '..')")
 
 
 def setting_labels(values: dict, defaults: dict) -> dict:
@@ -182,13 +222,7 @@ def run_fingerprint(config: dict) -> dict:
 
 
 def validate(args, entry, info: utils.DistInfo) -> int:
-    """Check settings before any work; returns the per-process batch size."""
-    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every", "save_every"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be at least 1 (got {getattr(args, key)})")
-    for key in ("dropout", "val_ratio", "warmup_ratio"):
-        if not 0 <= getattr(args, key) < 1:
-            raise UserError(f"--{key} must be in [0, 1) (got {getattr(args, key)})")
+    """Checks that need the world size or the model; returns the per-process batch size."""
     shards = info.world_size * args.grad_accum
     if args.batch_size % shards:
         raise UserError(f"--batch_size {args.batch_size} is not divisible by world size "
@@ -239,10 +273,17 @@ def make_scheduler(optimizer, args, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @torch.inference_mode()
-def predict(model, encoded: data.Encoded, info, args, pad_id, autocast) -> np.ndarray:
+def predict(model, encoded: data.Encoded, info, args, pad_id, autocast, stop=None) -> np.ndarray:
     """Class probabilities for every example of a split, in split order, exact across ranks:
-    each rank scores its own shard and the shards are gathered."""
+    each rank scores its own shard and the shards are gathered. Raises Interrupted on every
+    rank when any rank got a stop signal."""
     lengths = np.array([len(x) for x in encoded.ids])
     shard = data.eval_shard(lengths, info.rank, info.world_size)
     was_training = model.training
@@ -255,10 +296,14 @@ def predict(model, encoded: data.Encoded, info, args, pad_id, autocast) -> np.nd
             logits = model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
         utils.fault_point("eval")
+        if stop is not None and stop.poll():
+            break
     model.train(was_training)
     num_labels = model.head.out_features
     local = np.concatenate(probs) if probs else np.zeros((0, num_labels), np.float32)
-    gathered = utils.all_gather_objects((shard, local), info)
+    gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), info)
+    if any(g[2] for g in gathered):
+        raise Interrupted(stop.signum or signal.SIGTERM)
     index = np.concatenate([g[0] for g in gathered])
     out = np.concatenate([g[1] for g in gathered])
     if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
@@ -276,13 +321,23 @@ def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> 
 
 class StopRequest:
     """While active, SIGTERM / SIGINT / SIGHUP only set a flag: the loop finishes its step,
-    checkpoints and exits."""
+    checkpoints and exits. Under torchrun the death of the launcher counts as SIGTERM: a
+    `kill -9` of torchrun (whose workers run in their own sessions) must not leave orphans
+    holding the run lock and the GPUs."""
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __enter__(self):
         self.signum = 0
+        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
+
+    def poll(self) -> int:
+        """The signal to stop for, or 0."""
+        if not self.signum and self.launcher is not None and os.getppid() != self.launcher:
+            print(f"the launcher (pid {self.launcher}) is gone: stopping", file=sys.stderr, flush=True)
+            self.signum = signal.SIGTERM
+        return self.signum
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -294,19 +349,31 @@ class StopRequest:
 
 def main(argv=None) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(e, is_main=True)
     info = utils.setup_distributed()
     try:
         return train(args, info)
     except UserError as e:
-        if info.is_main:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(e, info.is_main)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        return _user_error(UserError(f"no space left on the device{where}; free space, then rerun "
+                                     "(what was written before is kept)"), info.is_main)
     finally:
         utils.cleanup_distributed()
+
+
+def _user_error(e: UserError, is_main: bool) -> int:
+    """One line on stderr and exit 2; under torchrun also torchrun's error file, so its failure
+    summary shows this line instead of a traceback."""
+    if is_main:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    utils.write_torchrun_error_file(f"error: {e}")
+    return 2
 
 
 def train(args, info: utils.DistInfo) -> int:
@@ -320,14 +387,14 @@ def _train(args, info: utils.DistInfo, stop: StopRequest) -> int:
     per_proc_batch = validate(args, entry, info)
     run_dir = os.path.join(args.out_dir, args.run_name)
     ckpt_dir = os.path.join(run_dir, "ckpt")
-    os.makedirs(run_dir, exist_ok=True)
-    log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
-    lock = checkpoint.RunLock(run_dir, log.info)
     try:
-        utils.main_process_first(info, lock.acquire if info.is_main else lambda: None)
+        os.makedirs(run_dir, exist_ok=True)
+        log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
+    except OSError as e:
+        raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
+    with checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
+        utils.main_process_first(info, lock.acquire)
         return _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started)
-    finally:
-        lock.release()
 
 
 def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started) -> int:
@@ -347,8 +414,11 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
 
     splits, label_names = utils.main_process_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-        args.max_train_samples, args.max_eval_samples)
+        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
     tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
+    config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
+    fingerprint = run_fingerprint(config)
     encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
                                               args.truncation, args.cache_dir)
                for name, split in splits.items()}
@@ -374,11 +444,6 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     autocast = torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
     pad_id = tokenizer.pad_token_id
 
-    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
-                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env)
-    if info.is_main:
-        utils.write_json(config_path, config)
-
     # ---- resume
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0,
                 "best_epoch": -1, "best_file": None, "history": [], "train_time": 0.0,
@@ -386,6 +451,7 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                 "wandb_id": None}
     state = checkpoint.load_latest_checkpoint(ckpt_dir, log.warning) if args.resume == "auto" else None
     if state is not None:
+        _check_same_settings(state, fingerprint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -402,9 +468,15 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         del state
     else:
         utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
+                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
+                  code_version=settings.code_version())
+    if info.is_main:
+        utils.write_json(config_path, config)
     earlier_events = []
     if info.is_main:  # events logged after the checkpoint are logged again as the steps replay
-        earlier_events = utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"])
+        earlier_events = utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"],
+                                              log.warning)
     ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
         if info.is_distributed else model
     if args.compile:
@@ -412,17 +484,34 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
     wandb_run = utils.WandbRun(args, config, run_dir, info, log, earlier_events)
     progress["wandb_id"] = wandb_run.run_id
 
+    drop_newer = args.resume == "never"  # a run started over: older runs' later checkpoints must go
+
     def save(reason: str) -> str:
+        nonlocal drop_newer, last_saved_step
         rng = utils.all_gather_objects(utils.get_rng_state(), info)
+        last_saved_step = progress["global_step"]
         if not info.is_main:
             return ""
         path = checkpoint.save_checkpoint(ckpt_dir, progress["global_step"], {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "progress": dict(progress), "rng": rng, "fingerprint": fingerprint},
-            keep=args.keep_checkpoints)
+            keep=args.keep_checkpoints, drop_newer=drop_newer)
+        drop_newer = False
         log.info(f"checkpoint ({reason}): {path}")
         return path
+
+    def stop_for_signal(signum: int, unsaved: bool) -> int:
+        """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
+        path = save("signal") if unsaved else ""
+        if info.is_main and not path:
+            path = next(iter(checkpoint.list_checkpoints(ckpt_dir)), "")
+        rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
+            (" without --resume never" if args.resume == "never" else "")
+        log.info(f"checkpointed at step {progress['global_step']} — {rerun} to resume"
+                 + (f" ({path})" if path else ""))
+        wandb_run.finish(exit_code=EXIT_SIGNAL + signum)
+        return EXIT_SIGNAL + signum
 
     # ---- train
     log.info(f"training: {n_train} examples, {args.epochs} epochs x {steps_per_epoch} steps, "
@@ -458,17 +547,17 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                     # sum / this rank's examples in the step; DDP's gradient mean over ranks
                     # then gives the mean over the whole global batch
                     loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
-                    if _nan_injected(progress["global_step"]):
+                    if utils.NAN_AT_STEP == progress["global_step"]:  # divergence tests
                         loss = loss * float("nan")
                     scaler.scale(loss).backward()
                 loss_sum += loss.detach()
 
             # one small all-reduce per step: global loss, token counts, and whether any rank got a signal
-            stats = torch.tensor([loss_sum.item(), *counts, stop.signum], dtype=torch.float64,
+            stats = torch.tensor([loss_sum.item(), *counts, stop.poll()], dtype=torch.float64,
                                  device=info.device)
             if info.is_distributed:
                 torch.distributed.all_reduce(stats)
-            loss_total, tokens, positions, flops, signal = stats.tolist()
+            loss_total, tokens, positions, flops, signal_sum = stats.tolist()
             step_loss = loss_total / info.world_size
             log_now = (progress["global_step"] + 1) % args.log_every == 0 or \
                 progress["step_in_epoch"] + 1 == steps_per_epoch
@@ -515,20 +604,17 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
                 _record(event, run_dir, info, log, wandb_run)
                 window = _new_window()
             utils.fault_point("step")
-            if signal > 0:
-                path = save("signal") if progress["global_step"] > last_saved_step else ""
-                signum = stop.signum or signal.SIGTERM  # another rank may have got it
-                log.info(f"checkpointed at step {progress['global_step']} — rerun the same command to resume"
-                         + (f" ({path})" if path else ""))
-                wandb_run.finish(exit_code=EXIT_SIGNAL + signum)
-                return EXIT_SIGNAL + signum
+            if signal_sum > 0:  # another rank may have got it: stop with the usual SIGTERM code
+                return stop_for_signal(stop.signum or signal.SIGTERM, progress["global_step"] > last_saved_step)
             if progress["global_step"] % args.save_every == 0 and progress["step_in_epoch"] < steps_per_epoch:
                 save("every")
-                last_saved_step = progress["global_step"]
 
         # ---- end of epoch: validate, keep the best weights, checkpoint
         utils.fault_point("epoch_end")
-        val_probs = predict(model, encoded["val"], info, args, pad_id, autocast)
+        try:
+            val_probs = predict(model, encoded["val"], info, args, pad_id, autocast, stop)
+        except Interrupted as e:  # saved with the epoch trained and not yet validated
+            return stop_for_signal(e.signum, progress["global_step"] > last_saved_step)
         val = utils.classification_metrics(val_probs, labels["val"])
         progress["history"].append(val)
         improved = val["acc"] > progress["best_val_acc"]
@@ -545,7 +631,6 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
         progress["epoch"] += 1
         progress["step_in_epoch"] = 0
         save(f"end of epoch {epoch}")
-        last_saved_step = progress["global_step"]
         if info.is_main:
             checkpoint.remove_unreferenced_weights(run_dir, ckpt_dir)
     if bar is not None:
@@ -553,10 +638,13 @@ def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, sto
 
     # ---- test with the best weights
     if best_weights is None:
-        best_weights = checkpoint.load_weights(os.path.join(run_dir, progress["best_file"]))
+        best_weights = _load_best_weights(run_dir, progress, model, log)
     model.load_state_dict(best_weights)
     eval_start = time.time()
-    test_probs = predict(model, encoded["test"], info, args, pad_id, autocast)
+    try:
+        test_probs = predict(model, encoded["test"], info, args, pad_id, autocast, stop)
+    except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
+        return stop_for_signal(e.signum, False)
     test_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
     test = utils.classification_metrics(test_probs, labels["test"])
     best = progress["history"][progress["best_epoch"]]
@@ -605,13 +693,19 @@ def throughput(counts: dict, seconds: float, peak_flops: float | None, world_siz
 
 def _prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:
     """Apply --fresh, refuse a run dir that holds other settings; True if already finished."""
-    if args.fresh and is_main:
-        log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
-        for name in os.listdir(run_dir):
-            path = os.path.join(run_dir, name)
-            if name not in ("train.log", ".lock"):
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     config_path = os.path.join(run_dir, "config.json")
+    if is_main:
+        for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):  # from a kill mid-write
+            os.remove(stale)
+    if args.fresh and is_main:
+        ours = {"train.log", ".lock"}
+        if not _is_our_config(config_path) and set(os.listdir(run_dir)) - ours:
+            raise UserError(f"--fresh: {run_dir} holds files but no config.json of a run of this "
+                            "toolkit; not deleting anything there")
+        log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
+        for name in set(os.listdir(run_dir)) - ours:
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if not os.path.exists(config_path):
         return False
     old, new = run_fingerprint(utils.read_json(config_path)), run_fingerprint(config)
@@ -622,10 +716,37 @@ def _prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bo
     return os.path.exists(os.path.join(run_dir, "results.json"))
 
 
-def _nan_injected(global_step: int) -> bool:
-    """Divergence tests: FTKIT_NAN_AT=N makes the loss of optimizer step N+1 NaN."""
-    at = os.environ.get("FTKIT_NAN_AT")
-    return at is not None and int(at) == global_step
+def _is_our_config(path: str) -> bool:
+    try:
+        config = utils.read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"run_name", "model", "pool", "seed"} <= set(config)
+
+
+def _check_same_settings(state: dict, fingerprint: dict) -> None:
+    """The checkpoint's settings must be this run's (config.json may be gone or edited)."""
+    saved = state.get("fingerprint", {})
+    differing = sorted(k for k in saved if k in fingerprint and saved[k] != fingerprint[k])
+    if differing:
+        shown = ", ".join(f"{k}: {saved[k]!r} there, {fingerprint[k]!r} now" for k in differing)
+        raise UserError(f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
+                        "its settings, or use --fresh / another --run_name")
+
+
+def _load_best_weights(run_dir: str, progress: dict, model, log) -> dict:
+    """The best epoch's weights from their file; if that file is unreadable and the best epoch is
+    the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
+    path = os.path.join(run_dir, progress["best_file"])
+    try:
+        return checkpoint.load_weights(path)
+    except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
+        if progress["best_file"] == f"best_step{progress['global_step']}.pt":
+            log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
+                        "from the last checkpoint")
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
+                        "holds them; rerun with --fresh to train again") from None
 
 
 def _record(event: dict, run_dir: str, info, log, wandb_run) -> None:

@@ -6,8 +6,10 @@ import logging
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -186,20 +188,36 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
 
 # ----------------------------------------------------------------------------- fault injection
 
+# Crash tests, read once at start so they cost nothing on the hot path:
+# FTKIT_KILL_AT=NAME:N[:SIG] sends this process SIGKILL (or SIG, e.g. TERM) at its N-th arrival at
+# point NAME (step, eval, epoch_end, ckpt_write); FTKIT_NAN_AT=N makes the loss of step N+1 NaN.
+_KILL_POINT, _KILL_COUNT, _KILL_SIGNAL = (os.environ.get("FTKIT_KILL_AT", "").split(":") + ["", ""])[:3]
+NAN_AT_STEP = int(os.environ["FTKIT_NAN_AT"]) if os.environ.get("FTKIT_NAN_AT") else None
 _fault_counts: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """Crash tests: FTKIT_KILL_AT=NAME:N makes the N-th arrival at point NAME kill -9 this
-    process (points: step, eval, epoch_end, ckpt_write). Unset, it costs one dict lookup."""
-    spec = os.environ.get("FTKIT_KILL_AT")
-    if not spec:
-        return
-    point, _, count = spec.partition(":")
-    if point == name:
+    if name == _KILL_POINT:
         _fault_counts[name] = _fault_counts.get(name, 0) + 1
-        if _fault_counts[name] == int(count or 1):
-            os.kill(os.getpid(), 9)
+        if _fault_counts[name] == int(_KILL_COUNT or 1):
+            os.kill(os.getpid(), getattr(signal, f"SIG{_KILL_SIGNAL}") if _KILL_SIGNAL else signal.SIGKILL)
+
+
+class _KillMidWrite:
+    """A file whose first write is followed by the fault point: the kill leaves a partial file."""
+
+    def __init__(self, f, name: str):
+        self.f, self.name, self.arrived = f, name, False
+
+    def write(self, data):
+        written = self.f.write(data)
+        if not self.arrived:
+            self.arrived = True
+            fault_point(self.name)
+        return written
+
+    def __getattr__(self, attr):
+        return getattr(self.f, attr)
 
 
 # ----------------------------------------------------------------------------- logging / files
@@ -220,18 +238,36 @@ def get_logger(log_file: str | None, enabled: bool) -> logging.Logger:
     return logger
 
 
-def atomic_write_bytes(path: str, data, fault_name: str | None = None) -> None:
-    """Write to a temp file, fsync, rename: a reader never sees a half-written file."""
+def atomic_write(path: str, write, fault_name: str | None = None) -> None:
+    """write(f) into a temp file, fsync, rename: a reader never sees a half-written file, and a
+    failed write (a full disk) leaves the previous file and no temp file behind."""
     tmp = f"{path}.tmp{os.getpid()}"
-    view = memoryview(data)
-    with open(tmp, "wb") as f:
-        f.write(view[:len(view) // 2])
-        if fault_name:
-            fault_point(fault_name)  # tests kill here: a half-written temp file is never loaded
-        f.write(view[len(view) // 2:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(_KillMidWrite(f, fault_name) if fault_name == _KILL_POINT else f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_torchrun_error_file(message: str) -> None:
+    """Under torchrun, its error file: torchrun's failure summary then shows `message` as the
+    root cause instead of "<N/A>" (format of torch.distributed.elastic's ErrorHandler)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            json.dump({"message": {"message": message, "extraInfo": {
+                "py_callstack": message, "timestamp": str(int(time.time()))}}}, f)
 
 
 def write_json(path: str, obj) -> None:
@@ -248,12 +284,24 @@ def append_jsonl(path: str, obj) -> None:
         f.write(json.dumps(obj) + "\n")
 
 
-def truncate_jsonl(path: str, max_step: int) -> list[dict]:
-    """Keep only the events at or before max_step, and return them."""
+def truncate_jsonl(path: str, max_step: int, warn=print) -> list[dict]:
+    """Keep only the events at or before max_step, and return them. A last line cut short (a
+    kill or a full disk during an append) is dropped with a warning."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        events = [e for line in f if line.strip() and (e := json.loads(line))["step"] <= max_step]
+        lines = [line for line in f if line.strip()]
+    events = []
+    for number, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}: line {number} is not JSON; fix or delete that line") from None
+            warn(f"warning: {path}: dropped its unreadable last line ({line.strip()[:60]!r})")
+            continue
+        if event["step"] <= max_step:
+            events.append(event)
     atomic_write_bytes(path, "".join(json.dumps(e) + "\n" for e in events).encode())
     return events
 
@@ -327,14 +375,14 @@ class WandbRun:
             except Exception as e:
                 if mode != "online":
                     raise
-                log.warning(f"warning: W&B online failed ({_first_line(e)}); logging offline")
+                log.warning(f"warning: W&B online failed ({first_line(e)}); logging offline")
                 self.run = wandb.init(mode="offline", **kwargs)
             self.run_id = run_id
             self.run.define_metric("val/acc", summary="max")
             for event in earlier_events:
                 self.log(event)
         except Exception as e:
-            log.warning(f"warning: W&B unavailable ({_first_line(e)}); continuing without it")
+            log.warning(f"warning: W&B unavailable ({first_line(e)}); continuing without it")
             self.run = None
 
     def log(self, event: dict) -> None:
@@ -385,7 +433,7 @@ class WandbRun:
         try:
             fn(*args, **kwargs)
         except Exception as e:
-            self.log_.warning(f"warning: W&B call failed ({_first_line(e)}); W&B logging stops here")
+            self.log_.warning(f"warning: W&B call failed ({first_line(e)}); W&B logging stops here")
             self.run = None
 
 
@@ -396,5 +444,5 @@ def _wandb_logged_in() -> bool:
     return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]

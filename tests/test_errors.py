@@ -1,8 +1,12 @@
 """Every mistake a user can make ends in one clear line on stderr and a non-zero exit."""
+import json
+import os
+import sys
+
 import pandas as pd
 import pytest
 
-from conftest import run_cli, run_inprocess
+from conftest import ROOT, run_cli, run_inprocess
 
 
 def folder(tmp_path, train, test=None):
@@ -26,11 +30,57 @@ CASES = {
                 "--max_len 1024 exceeds the model's limit of 512"),
     "batch": (lambda p: ["--data", folder(p, GOOD), "--grad_accum", "3"],
               "--batch_size 16 is not divisible by world size 1 x grad_accum 3"),
-    "empty split": (lambda p: ["--data", folder(p, GOOD, {"text": [], "label": []})], "split of"),
+    "empty split": (lambda p: ["--data", folder(p, GOOD, {"text": [], "label": []})], "the file has no data rows"),
     "single class": (lambda p: ["--data", folder(p, {"text": ["a"] * 10, "label": [1] * 10})], "single class"),
     "float labels": (lambda p: ["--data", folder(p, {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})],
                      "labels must be integers or strings"),
+    # ranges: each of these once gave a traceback or a silently wrong run
+    "lr nan": (lambda p: ["--lr", "nan"], "--lr must be a positive number (got nan)"),
+    "lr negative": (lambda p: ["--lr=-1e-3"], "--lr must be a positive number"),
+    "encoder dropout": (lambda p: ["--encoder_dropout", "2"], "--encoder_dropout must be in [0, 1) (got 2.0)"),
+    "seed": (lambda p: ["--seed", "-1"], "--seed must be in [0, 2^31)"),
+    "no train samples": (lambda p: ["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
+    "no eval samples": (lambda p: ["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
+    "no eval samples, smoke": (lambda p: ["--max_eval_samples", "0", "--smoke"], "--max_eval_samples must be at least 1"),
+    "clip": (lambda p: ["--clip", "-1"], "--clip must be a number >= 0"),
+    "weight decay": (lambda p: ["--weight_decay", "-1"], "--weight_decay must be a number >= 0"),
+    "keep checkpoints": (lambda p: ["--keep_checkpoints", "0"], "--keep_checkpoints must be at least 1"),
+    "label as text": (lambda p: ["--text_col", "label", "--label_col", "label"], "is also a --text_col"),
+    "max_len 1": (lambda p: ["--data", folder(p, GOOD), "--max_len", "1"], "leaves no room for text"),
+    "max_len 2 tail": (lambda p: ["--data", folder(p, GOOD), "--max_len", "2", "--truncation", "tail"],
+                       "--max_len 2 leaves no room for text after the model's 2 special tokens"),
+    "config {}": (lambda p: ["--model", model_folder(p, {})], "cannot load model"),
+    "unknown model_type": (lambda p: ["--model", model_folder(p, {"model_type": "nosuch"})], "cannot load model"),
+    "no weights": (lambda p: ["--data", folder(p, GOOD), "--model", model_folder(p, "tiny")], "cannot load the weights"),
+    "out_dir under a file": (lambda p: ["--data", folder(p, GOOD), "--out_dir", str(p / "train.csv" / "x")],
+                             "cannot write the run folder"),
+    "empty csv": (lambda p: ["--data", raw_file(p, "train.csv", b"")], "train.csv (train split): the file is empty"),
+    "binary csv": (lambda p: ["--data", raw_file(p, "train.csv", bytes(range(256)) * 4)], "not UTF-8 text"),
+    "bad jsonl line": (lambda p: ["--data", raw_file(p, "train.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')],
+                       "train.jsonl (train split): line 2 is not valid JSON"),
 }
+
+
+def model_folder(tmp_path, config):
+    """A model folder with this config.json ("tiny": a real tiny BERT config) and no weights."""
+    path = tmp_path / "model"
+    path.mkdir(exist_ok=True)
+    if config == "tiny":
+        import data
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import gpu_check
+        import model as models
+        gpu_check.write_model_folder(str(path), "BertConfig", models._TINY, data.make_synthetic()["train"]["text"][:200])
+        for weights in path.glob("*.safetensors"):
+            weights.unlink()
+    else:
+        (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def raw_file(tmp_path, name, content: bytes):
+    (tmp_path / name).write_bytes(content)
+    return str(tmp_path)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -38,6 +88,7 @@ def test_bad_input_gives_one_line(case, tmp_path, capsys, cache_dir):
     make_args, message = CASES[case]
     code = run_inprocess("--model", "tiny-bert", "--wandb", "disabled", "--out_dir", tmp_path / "runs",
                          *make_args(tmp_path))
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert message in err

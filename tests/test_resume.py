@@ -160,9 +160,10 @@ def test_concurrent_launch_is_refused_and_a_stale_lock_taken_over(syn_folder, ca
             "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
     (tmp_path / "r").mkdir()
     lock = tmp_path / "r" / ".lock"
-    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process: this test
-    assert run_inprocess(*args) == 2
-    assert f"is in use by process {os.getpid()}" in capsys.readouterr().err
+    with checkpoint.RunLock(str(tmp_path / "r"), print) as held:  # a live process: this test
+        held.acquire()
+        assert run_inprocess(*args) == 2
+    assert f"is in use by process {os.getpid()} on {socket.gethostname()}" in capsys.readouterr().err
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
     assert run_inprocess(*args) == 0

@@ -75,7 +75,9 @@ def test_run_name_lists_only_settings_that_differ(tmp_path):
     assert args.run_name == "bert-cls-bs32-wd0.01-clip1-s42"
     assert train.parse_args(["--model", "modernbert", "--pool", "mean"]).run_name == "modernbert-mean-s42"
     assert train.parse_args([]).lr == 5e-5
-    assert train.parse_args(["--no-group_by_length", "--compile"]).run_name == "bert-cls-nogroup-s42"
+    # padding and compile change the numbers with dropout on (tests/test_hardening.py): named too
+    assert train.parse_args(["--no-group_by_length", "--compile"]).run_name == "bert-cls-nogroup-compile-s42"
+    assert train.parse_args(["--padding", "max_len"]).run_name == "bert-cls-padmax_len-s42"
 
 
 def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path):
@@ -89,8 +91,11 @@ def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path)
 
 
 def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_dir, tmp_path):
-    """Padding to max_len or to the longest in the batch computes the same losses (the mask hides
-    padding); grouping by length changes the order (so the losses), and cuts the padding."""
+    """With dropout OFF, padding to max_len or to the longest in the batch computes the same losses:
+    the attention mask and the mean pooling hide the padding. (With dropout on they differ, since
+    the masks are drawn over the padded width: --padding is therefore a setting of the run, see
+    tests/test_hardening.py.) Grouping by length changes the order (so the losses), and cuts the
+    padding."""
     runs = {"max_len": ["--no-group_by_length", "--padding", "max_len"], "longest": ["--no-group_by_length"],
             "grouped": []}
     for name, extra in runs.items():
