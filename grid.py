@@ -13,8 +13,12 @@ Used by run_grid.sh:
     python grid.py expand GRID [-- EXTRA ARGS]
         ->  one line per run: LINE_NO <US> RUN_NAME <US> ARG <US> ARG ...  (<US> = \\x1f)
         EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
+    python grid.py smoke-passed GRID OUT_DIR [-- EXTRA ARGS]
+        ->  the run names whose smoke run already passed with these settings and this code
 """
 import itertools
+import json
+import os
 import re
 import shlex
 import sys
@@ -74,11 +78,33 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
     return resolved
 
 
+def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
+    """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
+    same code: the smoke phase of a rerun skips them."""
+    import train
+    from config import code_version
+
+    version, passed = code_version(), []
+    for _, name, args in runs:
+        smoke = train.parse_args([*args, *extra, "--smoke"])
+        folder = os.path.join(out_dir, "smoke", smoke.run_name)
+        try:
+            with open(os.path.join(folder, "config.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            continue
+        same = all(saved.get(k) == v for k, v in vars(smoke).items() if k not in train.OPERATIONAL)
+        if same and saved.get("code_version") == version and os.path.exists(os.path.join(folder, "results.json")):
+            passed.append(name)
+    return passed
+
+
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    if len(argv) != 2 or argv[0] != "expand":
-        print("usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]", file=sys.stderr)
+    if not (len(argv) == 2 and argv[0] == "expand" or len(argv) == 3 and argv[0] == "smoke-passed"):
+        print("usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
+              "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]", file=sys.stderr)
         return 2
     try:
         runs = resolve(argv[1], extra)
@@ -88,6 +114,9 @@ def main(argv: list[str]) -> int:
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if argv[0] == "smoke-passed":
+        print("\n".join(smoke_passed(argv[2], runs)))
+        return 0
     for number, name, args in runs:
         print(SEP.join([str(number), name, *args]))
     return 0

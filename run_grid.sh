@@ -108,12 +108,22 @@ on_signal() {
 }
 trap on_signal INT TERM HUP
 
-# ---- smoke phase: same code path, 64 examples, 1 epoch, every run; stop on any failure
+first_error() {  # $1 = log: the run's one-line error, else its last lines
+  { grep -m 1 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
+}
+
+# ---- smoke phase: same code path, 64 examples, 1 epoch, for every run not yet finished whose
+# smoke run has not passed with these settings and this code; stop on any failure
 if [ "$smoke" = 1 ]; then
+  declare -A smoke_ok=()
+  while IFS= read -r passed; do [ -n "$passed" ] && smoke_ok[$passed]=1; done \
+    < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
   echo "== smoke phase: ${#runs[@]} runs"
   for run in "${runs[@]}"; do
     [ "$stopping" = 1 ] && break
     run_args "$run"
+    if [ -f "$out/$run_name/results.json" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
+    if [ -n "${smoke_ok[$run_name]:-}" ]; then echo "smoke skipped: $run_name (passed before)"; continue; fi
     log="$out/logs/$run_name-smoke.log"
     mapfile -t cmd < <(launcher 0)
     env $(devices_env 0) "${cmd[@]}" "${args[@]}" --smoke --out_dir "$out/smoke" > "$log" 2>&1 &
@@ -123,7 +133,7 @@ if [ "$smoke" = 1 ]; then
     [ "$stopping" = 1 ] && break
     if [ "$status" != 0 ]; then
       echo "smoke FAILED: $grid line $line_no ($run_name), log $log:" >&2
-      { grep -m 3 '^error:' "$log" || grep -v '^\s*$' "$log" | tail -n 8; } | sed 's/^/    /' >&2
+      first_error "$log" >&2
       echo "stopping before the real runs." >&2
       exit 1
     fi
@@ -140,7 +150,11 @@ finish_slot() {  # $1 = slot index: reap its run and record the outcome
   local s=$1 pid=${slot_pid[$1]} status
   exit_status_of "$pid"; status=$?
   if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
-  else failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)"); echo "[failed] ${slot_name[$s]} exit $status"; fi
+  else
+    failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)")
+    echo "[failed] ${slot_name[$s]} exit $status"
+    first_error "$out/logs/${slot_name[$s]}.log"
+  fi
   slot_pid[$s]=""
 }
 for run in "${runs[@]}"; do

@@ -6,6 +6,7 @@
 #   bash tmux_launch.sh --status                       sessions and their progress (runs done / total)
 #   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
 #                                                      exit; start again to resume
+#   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
 set -uo pipefail
 cd "$(dirname "$0")"
 die() { echo "error: $*" >&2; exit 2; }
@@ -24,6 +25,7 @@ progress() {  # $1 = session: "done/total" from the run folders and the grid fil
 }
 
 case "${1:-}" in
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --status)
     list=$(sessions)
     [ -n "$list" ] || { echo "no grid sessions running"; exit 0; }
@@ -34,13 +36,14 @@ case "${1:-}" in
     s=$(session_of "$2")
     tmux has-session -t "=$s" 2>/dev/null || die "no session $s (see --status)"
     out=$(tmux show-options -t "$s" -v @grid_out)
+    launched=$(tmux show-options -t "$s" -v @grid_launch 2>/dev/null || echo "$2")
     pid=$(cat "$out/.grid.pid" 2>/dev/null) || die "grid of $s has not started its runs yet; try again"
     echo "stopping $s: running runs checkpoint, then exit..."
     kill -TERM "$pid"
     for _ in $(seq 1 120); do tmux has-session -t "=$s" 2>/dev/null || break; sleep 1; done
     tmux has-session -t "=$s" 2>/dev/null && die "$s still running after 120 s; attach with: tmux attach -t $s"
     echo "stopped; $(tail -n 1 "$out/grid.log")"
-    echo "resume with: bash tmux_launch.sh $(tmux show-options -t "$s" -v @grid_file 2>/dev/null || echo GRID)"
+    echo "resume with: bash tmux_launch.sh $launched"
     exit 0 ;;
 esac
 
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
     --nproc|--gpus) [ $# -ge 2 ] || die "$1 needs a value"; args+=("$1" "$2"); shift 2 ;;
+    --) args+=("$@"); break ;;
     -*) args+=("$1"); shift ;;
     *) grid=$1; shift ;;
   esac
@@ -63,6 +67,7 @@ echo \"grid exited with status \${PIPESTATUS[0]}\" | tee -a $(printf '%q' "$out/
 tmux new-session -d -s "$s" -c "$PWD" "bash -c $(printf '%q' "$cmd")" || die "tmux could not start session $s"
 tmux set-option -t "$s" @grid_file "$grid" >/dev/null
 tmux set-option -t "$s" @grid_out "$out" >/dev/null
+tmux set-option -t "$s" @grid_launch "$(printf '%q ' "$grid" "${args[@]}")" >/dev/null
 echo "started grid $grid in tmux session $s (detached; it keeps running if you log out)"
 echo "  follow:   tail -f $out/grid.log"
 echo "  attach:   tmux attach -t $s     (detach again: Ctrl-b d)"

@@ -85,10 +85,10 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     assert "| tiny-bert | cls |" in first.stdout and (out_dir / "demo" / "results.md").exists()
     assert "4 done, 0 skipped, 0 failed" in first.stdout
 
-    started = time.time()
-    again = run_grid("grids/demo.grid", "--no-smoke", "--out_dir", out_dir, *shrink)
+    # a rerun smokes nothing that finished
+    again = run_grid("grids/demo.grid", "--out_dir", out_dir, *shrink)
     assert again.returncode == 0 and "0 done, 4 skipped, 0 failed" in again.stdout
-    assert time.time() - started < 30
+    assert again.stdout.count("(finished)") == 8 and "smoke ok" not in again.stdout
 
     # a run killed mid-grid: its folder has checkpoints but no results.json -> rerun resumes it
     victim = out_dir / "demo" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42"
@@ -99,8 +99,11 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     subprocess.run(["python", "train.py", "--model", "tiny-bert", "--pool", "mean", "--data", "synthetic",
                     "--epochs", "2", *map(str, shrink[1:]), "--out_dir", out_dir / "demo", "--wandb", "disabled",
                     "--save_every", "5"], cwd=ROOT, env=dict(os.environ, FTKIT_KILL_AT="step:18"), capture_output=True)
-    resumed = run_grid("grids/demo.grid", "--no-smoke", "--out_dir", out_dir, *shrink)
+    resumed = run_grid("grids/demo.grid", "--out_dir", out_dir, *shrink)
     assert resumed.returncode == 0 and "1 done, 3 skipped, 0 failed" in resumed.stdout
+    # its smoke run passed with these settings and this code: not run again
+    assert "smoke skipped: tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42 (passed before)" in resumed.stdout
+    assert "smoke ok" not in resumed.stdout
     assert "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
 
 
@@ -111,7 +114,7 @@ def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, c
                          capture_output=True, text=True, cwd=ROOT, env=env_nan, timeout=300)
     assert out.returncode == 1
     assert out.stdout.count("[start]") == 2 and "0 done, 0 skipped, 2 failed" in out.stdout
-    assert "exit 3, log" in out.stdout
+    assert "exit 3, log" in out.stdout and "error: loss is not finite at step 1" in out.stdout
 
 
 def test_gpu_queue_never_shares_a_device_or_port(tmp_path, cache_dir):
@@ -159,7 +162,9 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
         assert "2 done, 0 skipped, 0 failed" in log and "grid exited with status 0" in log
 
         slow = write_grid(tmp_path / f"{name}s.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled")
-        subprocess.run(["bash", launch, slow, "--no-smoke", "--out_dir", tmp_path / "runs"], check=True, cwd=ROOT)
+        # flags after -- reach every run, as with run_grid.sh
+        subprocess.run(["bash", launch, slow, "--no-smoke", "--out_dir", tmp_path / "runs", "--", "--log_every", "7"],
+                       check=True, cwd=ROOT)
         run_dir = tmp_path / "runs" / f"{name}s" / "tiny-bert-cls-ep20-synthetic-s42"
         deadline = time.time() + 120
         while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
@@ -167,6 +172,8 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
             time.sleep(0.5)
         stop = subprocess.run(["bash", launch, "--stop", slow], capture_output=True, text=True, cwd=ROOT)
         assert stop.returncode == 0, stop.stderr
+        assert f"resume with: bash tmux_launch.sh {slow} --no-smoke" in stop.stdout and "-- --log_every 7" in stop.stdout
+        assert '"log_every": 7' in (run_dir / "config.json").read_text()
         assert "rerun the same command to resume" in (run_dir / "train.log").read_text()
         assert list((run_dir / "ckpt").glob("step_*.pt")) and not (run_dir / "results.json").exists()
         assert "interrupted" in (tmp_path / "runs" / f"{name}s" / "grid.log").read_text()
