@@ -1,14 +1,17 @@
-"""Crash-safe run state: atomic checkpoints, resume from the newest valid one, a run-dir lock."""
+"""Crash-safe run state: atomic checkpoints, resume from the newest valid one, the run folder's
+checks (finished, same settings, --fresh) and its lock."""
 import contextlib
 import fcntl
 import glob
 import os
 import re
+import shutil
 import socket
 
 import torch
 
-from utils import UserError, atomic_write
+import config as settings
+from utils import UserError, atomic_write, read_json
 
 CKPT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -76,6 +79,66 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:
+    """Apply --fresh, refuse a run dir that holds other settings; True if already finished."""
+    config_path = os.path.join(run_dir, "config.json")
+    if is_main:
+        for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):  # from a kill mid-write
+            os.remove(stale)
+    if args.fresh and is_main:
+        ours = {"train.log", ".lock"}
+        if not _is_our_config(config_path) and set(os.listdir(run_dir)) - ours:
+            raise UserError(f"--fresh: {run_dir} holds files but no config.json of a run of this "
+                            "toolkit; not deleting anything there")
+        log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
+        for name in set(os.listdir(run_dir)) - ours:
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if not os.path.exists(config_path):
+        return False
+    old, new = settings.run_fingerprint(read_json(config_path)), settings.run_fingerprint(config)
+    differing = sorted(k for k in new if old.get(k) != new[k])
+    if differing:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                        "use another --run_name, or --fresh to discard it")
+    return os.path.exists(os.path.join(run_dir, "results.json"))
+
+
+def _is_our_config(path: str) -> bool:
+    try:
+        config = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"run_name", "model", "pool", "seed"} <= set(config)
+
+
+def check_same_settings(state: dict, fingerprint: dict) -> None:
+    """The checkpoint's settings must be this run's (config.json may be gone or edited)."""
+    saved = state.get("fingerprint", {})
+    differing = sorted(k for k in saved if k in fingerprint and saved[k] != fingerprint[k])
+    if differing:
+        shown = ", ".join(f"{k}: {saved[k]!r} there, {fingerprint[k]!r} now" for k in differing)
+        raise UserError(f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
+                        "its settings, or use --fresh / another --run_name")
+
+
+def load_best_weights(run_dir: str, best_file: str, global_step: int, model, log) -> dict:
+    """The best epoch's weights from their file; if that file is unreadable and the best epoch is
+    the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
+    path = os.path.join(run_dir, best_file)
+    try:
+        return load_weights(path)
+    except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
+        if best_file == f"best_step{global_step}.pt":
+            log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
+                        "from the last checkpoint")
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
+                        "holds them; rerun with --fresh to train again") from None
 
 
 # ----------------------------------------------------------------------------- lock

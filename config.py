@@ -1,12 +1,218 @@
-"""Run settings that need no torch: the code version that smoke results are valid for.
+"""The run's settings, in one place: every train.py flag with its default, help and range check,
+the run name and the settings fingerprint derived from them. Importing this module loads no torch,
+so grid.py, report.py and `tmux_launch.sh --status` stay fast.
 
-(Importing this module is cheap: grid.py and report.py use it without loading torch.)
+Each flag says where it is declared whether it is part of the run name (`name=` its short label;
+the run name lists the named settings that differ from the defaults, in declaration order) and
+whether it is operational (`operational=True`: it does not change what a run computes, so it is
+left out of the name and of the fingerprint that guards resume). Adding a flag is one edit here.
 """
+import argparse
 import glob
 import hashlib
+import math
 import os
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in declaration order
+OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing file, wrong column): one line, no traceback."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags end in one line, not the whole usage text; or raise `raise_as` (grid checks)."""
+    raise_as = None
+
+    def error(self, message):
+        if self.raise_as is not None:
+            raise self.raise_as(message)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    p = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)  # a prefix like --drop would silently mean --dropout
+
+    def a(*flags, name=None, operational=False, **kwargs):
+        dest = p.add_argument(*flags, **kwargs).dest
+        if name is not None:
+            NAME_LABELS[dest] = name
+        if operational:
+            OPERATIONAL.add(dest)
+
+    d = " (default: %(default)s)"
+    a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, any hub id or "
+      "name, or a local model folder" + d)
+    a("--pool", default="cls", choices=["cls", "mean"], help="cls = first token; mean = average of "
+      "non-padding tokens" + d)
+    # named settings, in the order the run name lists them
+    a("--max_len", "--max_seq_length", name="L", type=int, default=128, help="tokens per example incl. "
+      "special tokens" + d)
+    a("--batch_size", name="bs", type=int, default=16, help="GLOBAL examples per optimizer step; "
+      "per-process batch = batch_size / (world size x grad_accum)" + d)
+    a("--grad_accum", name="ga", type=int, default=1, help="micro-batches per optimizer step" + d)
+    a("--lr", "--learning_rate", name="lr", type=float, default=None, help="peak learning rate "
+      "(default: 5e-5; 1e-3 for tiny-* models)")
+    a("--optimizer", name="", default="adam", choices=["adam", "adamw"], help="adam: L2 weight decay "
+      "added to the gradient; adamw: decoupled weight decay" + d)
+    a("--scheduler", name="", default="constant", choices=["constant", "linear", "cosine"],
+      help="learning-rate schedule after warmup" + d)
+    a("--warmup_ratio", name="wu", type=float, default=0.0, help="share of steps with linear warmup" + d)
+    a("--dropout", name="d", type=float, default=0.1, help="dropout before the classification head" + d)
+    a("--encoder_dropout", name="ed", type=float, default=None, help="the encoder's internal dropouts, "
+      "mapped to each family's config names (default: the checkpoint's own values)")
+    a("--weight_decay", name="wd", type=float, default=0.0, help="weight decay, not applied to biases "
+      "and norms" + d)
+    a("--clip", name="clip", type=float, default=0.0, help="max gradient norm; 0 = no clipping" + d)
+    a("--epochs", "--num_train_epochs", name="ep", type=int, default=3, help="passes over the training set" + d)
+    a("--truncation", name="", default="head", choices=["head", "tail", "head_tail"], help="which tokens "
+      "a long text keeps: first, last, or first 128 + the rest from the end" + d)
+    a("--precision", name="", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast "
+      "dtype; auto = bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16 where "
+      "oneDNN has fast bf16 kernels (AVX512 and newer), else fp32" + d)
+    a("--val_ratio", name="val", type=float, default=0.1, help="share of train carved out (stratified, "
+      "fixed seed) as validation when the data has no validation split" + d)
+    a("--max_train_samples", name="ntr", type=int, default=None, help="balanced seeded subset of train "
+      "(default: all)")
+    a("--max_eval_samples", name="nev", type=int, default=None, help="balanced seeded subset of val and "
+      "test (default: all)")
+    a("--data", name="", default="imdb", help="hub dataset name (imdb = stanfordnlp/imdb), a local "
+      "folder with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
+      "(a generated task, no network)" + d)
+    a("--text_col", name="", nargs="+", default=["text"], help="text column(s), joined with a space "
+      "(default: text)")
+    a("--label_col", name="", default="label", help="label column: integers or strings" + d)
+    a("--group_by_length", name="group", action=argparse.BooleanOptionalAction, default=True,
+      help="batch examples of similar length together (shuffled within groups of 50 batches, "
+      "batches in random order) so little compute goes to padding" + d)
+    # dropout masks are drawn over the padded width, and compiled dropout draws them differently:
+    # both change the numbers, so both are named settings
+    a("--padding", name="pad", default="longest", choices=["longest", "max_len"], help="pad each batch "
+      "to its longest example (rounded up to a multiple of 8), or always to --max_len" + d)
+    a("--compile", name="compile", action="store_true", help="torch.compile the model for training; "
+      "falls back to eager with a message where it cannot compile")
+    a("--seed", type=int, default=42, help="seed for init, data order and dropout" + d)
+    a("--smoke", action="store_true", help="check the whole path in seconds: 64 train / 64 val / "
+      "64 test examples, 1 epoch, run name suffixed -smoke, no W&B")
+    # operational settings
+    a("--eval_batch_size", operational=True, type=int, default=64, help="per-process batch for "
+      "evaluation" + d)
+    a("--out_dir", "--output_dir", operational=True, default="runs", help="runs are written to "
+      "OUT_DIR/RUN_NAME" + d)
+    a("--run_name", operational=True, default=None, help="default: model, pooling, the settings that "
+      "differ from the defaults, and the seed")
+    a("--cache_dir", operational=True, default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
+      help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)")
+    a("--wandb", operational=True, default="auto", choices=["auto", "online", "offline", "disabled"],
+      help="W&B logging; auto = $WANDB_MODE if set, else online when logged in (W&B cloud or the "
+      "server in $WANDB_BASE_URL), else offline" + d)
+    a("--wandb_project", operational=True, default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
+      help="W&B project (default: $WANDB_PROJECT or %(default)s)")
+    a("--wandb_group", operational=True, default=None, help="W&B group, e.g. the grid name (default: none)")
+    a("--log_every", operational=True, type=int, default=50, help="optimizer steps between train log lines" + d)
+    a("--save_every", operational=True, type=int, default=500, help="optimizer steps between checkpoints; "
+      "one is also written at each epoch end" + d)
+    a("--keep_checkpoints", operational=True, type=int, default=2, help="newest checkpoints kept" + d)
+    a("--resume", operational=True, default="auto", choices=["auto", "never"], help="auto: continue from "
+      "the newest valid checkpoint in the run folder" + d)
+    a("--fresh", operational=True, action="store_true", help="delete this run's old checkpoints and "
+      "results first")
+    a("--on_nan", operational=True, default="stop", choices=["stop", "skip"], help="on a non-finite "
+      "loss: stop (keeping the last good checkpoint) or skip that step" + d)
+    return p
+
+
+DEFAULTS = vars(build_parser().parse_args([]))
+
+
+def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace:
+    """Parse, apply --smoke, check ranges, derive the run name. `--lr` stays None when not given:
+    the model's default is filled in by train.py, which knows the model registry."""
+    parser = build_parser(description)
+    parser.raise_as = on_error
+    args = parser.parse_args(argv)
+    if args.smoke:  # keeps a user's smaller (or invalid) subset, so the smoke run fails like the real one
+        args.max_train_samples = 64 if args.max_train_samples is None else min(args.max_train_samples, 64)
+        args.max_eval_samples = 64 if args.max_eval_samples is None else min(args.max_eval_samples, 64)
+        args.epochs = 1
+        args.wandb = "disabled"
+    check_args(args)
+    if args.run_name is None:
+        args.run_name = derive_run_name(args)
+    check_run_name(args.run_name)
+    return args
+
+
+def check_args(args) -> None:
+    """Range checks that need neither the model nor the world size; a UserError names the flag."""
+    def bad(flag, rule):
+        raise UserError(f"--{flag} must be {rule} (got {getattr(args, flag)})")
+
+    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every",
+                "save_every", "keep_checkpoints"):
+        if getattr(args, key) < 1:
+            bad(key, "at least 1")
+    for key in ("max_train_samples", "max_eval_samples"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            bad(key, "at least 1 (leave it out for all examples)")
+    for key in ("dropout", "val_ratio", "warmup_ratio", "encoder_dropout"):
+        value = getattr(args, key)
+        if value is not None and not 0 <= value < 1:  # also false for nan
+            bad(key, "in [0, 1)")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        bad("lr", "a positive number")
+    for key in ("weight_decay", "clip"):  # a negative clip would scale gradients by a negative factor
+        if not (math.isfinite(getattr(args, key)) and getattr(args, key) >= 0):
+            bad(key, "a number >= 0")
+    if not 0 <= args.seed < 2 ** 31:
+        bad("seed", "in [0, 2^31)")
+    if args.label_col in args.text_col:
+        raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part "
+                        "of the input")
+    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise UserError(f"model folder {args.model} has no config.json")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain folder name inside --out_dir: --fresh deletes inside it."""
+    if name in ("", ".", "..") or os.sep in name or "/" in name or name != name.strip():
+        raise UserError(f"--run_name {name!r} must be one plain folder name (no '/', not '.' or '..')")
+
+
+def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
+    """{setting: short label} for the named settings that differ from `defaults`, e.g.
+    {"batch_size": "bs32", "clip": "clip1"}: the run name's middle, and report.py's setup column."""
+    labels = {}
+    for key, short in NAME_LABELS.items():
+        value = values.get(key)
+        if value == defaults[key]:
+            continue
+        if isinstance(value, list):
+            value = "+".join(value)
+        if key == "data":
+            value = os.path.basename(os.path.normpath(value))
+        if isinstance(value, bool):
+            labels[key] = short if value else f"no{short}"
+        else:
+            labels[key] = f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}"
+    return labels
+
+
+def derive_run_name(args) -> str:
+    model_name = os.path.basename(os.path.normpath(args.model)).replace("/", "_")
+    labels = setting_labels(vars(args))
+    if args.smoke:  # --smoke sets these itself; the -smoke suffix says so
+        for key in ("max_train_samples", "max_eval_samples", "epochs"):
+            labels.pop(key, None)
+    return "-".join([model_name, args.pool, *labels.values(), f"s{args.seed}"]) + ("-smoke" if args.smoke else "")
+
+
+def run_fingerprint(config: dict) -> dict:
+    """The settings that decide what a run computes: a resume must match them."""
+    return {k: v for k, v in config.items() if k not in OPERATIONAL}
 
 
 def code_version() -> str:

@@ -1,6 +1,5 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
 import glob
-import hashlib
 import json
 import math
 import os
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils import UserError, first_line
+from utils import UserError, atomic_write, first_line, hash_texts
 
 HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
@@ -29,12 +28,13 @@ class Split:
 def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
                 max_train_samples: int | None, max_eval_samples: int | None, warn=print):
     """Return ({"train", "val", "test"} -> Split, label_names)."""
-    raw = _load_raw(data)
+    raw, class_names = _load_raw(data, label_col)
     for split, rows in raw.items():
         check_columns(rows, text_cols, label_col)
         for col in text_cols:
             check_texts(rows[col], f"column {col!r} of the {split} split of {data}")
-    values, label_names = _label_values(raw, label_col, warn)
+    values, label_names = (list(range(len(class_names))), class_names) if class_names else \
+        _label_values(raw, label_col, warn)
     if "test" not in raw:
         raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
     if "validation" in raw:
@@ -57,10 +57,11 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     return splits, label_names
 
 
-def _load_raw(data: str) -> dict:
-    """Column dicts per split, from `synthetic`, a local folder or file, or the hub."""
+def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
+    """Column dicts per split, from `synthetic`, a local folder or file, or the hub; and the class
+    names when the labels are already ids 0..K-1 with names (a hub ClassLabel), else None."""
     if data == "synthetic":
-        return make_synthetic()
+        return make_synthetic(), list(SYNTHETIC_LABELS)
     import datasets
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # errors are reported once, below
@@ -80,13 +81,12 @@ def _load_raw(data: str) -> dict:
         except Exception as e:  # hub errors come in many types; the first line says which
             raise UserError(f"cannot load dataset {data!r}: {first_line(e)} "
                             "(offline? pass a local folder with --data)") from None
-    out = {}
-    for name in ("train", "validation", "test"):
-        if name in loaded:
-            out[name] = _columns(loaded[name])
+    out = {name: {c: loaded[name][c] for c in loaded[name].column_names}
+           for name in ("train", "validation", "test") if name in loaded}
     if "train" not in out:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
-    return out
+    feature = loaded["train"].features.get(label_col)
+    return out, list(getattr(feature, "names", None) or []) or None
 
 
 def _read_error(path: str, e: Exception) -> str:
@@ -114,15 +114,6 @@ def _read_error(path: str, e: Exception) -> str:
     return first_line(e)
 
 
-def _columns(ds) -> dict:
-    cols = {c: ds[c] for c in ds.column_names}
-    feature = ds.features.get("label") if hasattr(ds, "features") else None
-    names = getattr(feature, "names", None)
-    if names:  # a hub ClassLabel: keep the names ("neg", "pos"), in their id order
-        cols["__label_names__"] = names
-    return cols
-
-
 def _local_files(path: str) -> dict:
     if os.path.isfile(path):
         if os.path.splitext(path)[1] not in FILE_TYPES:
@@ -140,9 +131,6 @@ def _local_files(path: str) -> dict:
 
 def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
     """The label values in id order (those of train), and their names."""
-    if "__label_names__" in raw["train"]:  # already ids 0..K-1
-        names = list(raw["train"]["__label_names__"])
-        return list(range(len(names))), names
     seen = {}
     for split, rows in raw.items():
         seen[split] = set()
@@ -183,11 +171,7 @@ def check_columns(columns, text_cols: list[str], label_col: str) -> None:
     missing = [c for c in [*text_cols, label_col] if c not in columns]
     if missing:
         raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: "
-                        f"{_shown_columns(columns)}")
-
-
-def _shown_columns(cols) -> str:
-    return ", ".join(c for c in cols if not c.startswith("__"))
+                        f"{', '.join(columns)}")
 
 
 def _stratified_split(rows: dict, ratio: float, label_col: str):
@@ -205,7 +189,7 @@ def _stratified_split(rows: dict, ratio: float, label_col: str):
 
 
 def _take(rows: dict, idx: list[int]) -> dict:
-    return {c: (v if c.startswith("__") else [v[i] for i in idx]) for c, v in rows.items()}
+    return {c: [v[i] for i in idx] for c, v in rows.items()}
 
 
 def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -224,6 +208,7 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- synthetic data
 
+SYNTHETIC_LABELS = ("neg", "pos")
 POSITIVE = ["great", "excellent", "wonderful", "superb", "loved", "brilliant", "delightful", "moving"]
 NEGATIVE = ["awful", "terrible", "boring", "worst", "hated", "dull", "painful", "clumsy"]
 FILLER = [f"{a}{b}" for a in ["ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "vu", "ze"]
@@ -248,7 +233,7 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dic
                 words.insert(rng.randrange(len(words) + 1), cue)
             texts.append(" ".join(words))
             labels.append(label)
-        return {"text": texts, "label": labels, "__label_names__": ["neg", "pos"]}
+        return {"text": texts, "label": labels}
 
     return {"train": make(n_train), "test": make(n_test)}
 
@@ -263,13 +248,8 @@ class Encoded:
 
 def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str) -> Encoded:
     """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation)."""
-    key = hashlib.sha256()
-    for t in texts:
-        key.update(t.encode())
-        key.update(b"\0")
-    key.update(tokenizer_fingerprint(tokenizer).encode())
-    key.update(f"{max_len}/{truncation}".encode())
-    path = os.path.join(cache_dir, f"tokens-{key.hexdigest()[:24]}.npz")
+    key = hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
+    path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
@@ -288,10 +268,8 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
     n_tokens = np.array(n_tokens, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets,
-             n_tokens=n_tokens)
-    os.replace(tmp, path)
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    atomic_write(path, lambda f: np.savez(f, flat=flat, offsets=offsets, n_tokens=n_tokens))
     return Encoded(ids, n_tokens)
 
 
@@ -319,7 +297,7 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}/{len(tokenizer)}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hash_texts([text])
 
 
 # ----------------------------------------------------------------------------- batching

@@ -25,6 +25,7 @@ import sys
 
 BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 SEP = "\x1f"
+RESERVED = ("--out_dir", "--output_dir", "--wandb_group")
 
 
 class GridError(Exception):
@@ -61,14 +62,17 @@ def expand_file(path: str) -> list[tuple[int, list[str]]]:
 
 def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]]:
     """Expand, append `extra`, and check each run with train.py's parser; (line, run name, args)."""
-    import train
-    from utils import UserError
+    from config import UserError, parse_args
 
     resolved, seen = [], {}
     for number, args in expand_file(path):
+        for flag in RESERVED:  # run_grid.sh sets these for every run of the grid
+            if any(a == flag or a.startswith(flag + "=") for a in args):
+                raise GridError(f"{path}:{number}: {flag} is set by run_grid.sh for the whole grid "
+                                "(use run_grid.sh --out_dir; the W&B group is the grid's name)")
         args = [*args, *extra]
         try:
-            parsed = train.parse_args(args, on_error=GridError)
+            parsed = parse_args(args, on_error=GridError)
         except (GridError, UserError) as e:
             raise GridError(f"{path}:{number}: {e}") from None
         if parsed.run_name in seen:
@@ -81,19 +85,20 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
     same code: the smoke phase of a rerun skips them."""
-    import train
-    from config import code_version
+    from config import OPERATIONAL, code_version, parse_args
 
     version, passed = code_version(), []
     for _, name, args in runs:
-        smoke = train.parse_args([*args, *extra, "--smoke"])
+        smoke = parse_args([*args, *extra, "--smoke"])
         folder = os.path.join(out_dir, "smoke", smoke.run_name)
         try:
             with open(os.path.join(folder, "config.json")) as f:
                 saved = json.load(f)
         except (OSError, ValueError):
             continue
-        same = all(saved.get(k) == v for k, v in vars(smoke).items() if k not in train.OPERATIONAL)
+        # lr stays None here when not given; train.py recorded the model's default it used
+        same = all(saved.get(k) == v for k, v in vars(smoke).items()
+                   if k not in OPERATIONAL and not (k == "lr" and v is None))
         if same and saved.get("code_version") == version and os.path.exists(os.path.join(folder, "results.json")):
             passed.append(name)
     return passed

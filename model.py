@@ -4,7 +4,6 @@ Everything that differs between model families lives in the two tables below; th
 loop never asks which family it is running.
 """
 import collections
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -14,7 +13,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
-from utils import UserError, first_line
+from utils import UserError, atomic_write_bytes, first_line, hash_texts
 
 
 @dataclass(frozen=True)
@@ -59,16 +58,11 @@ MODELS = {
 
 
 def resolve_model(name: str) -> ModelEntry:
-    """A short name from MODELS, a local model folder, or any hub id."""
+    """A short name from MODELS, a local model folder, or any name the hub resolves (loading it
+    tells if it does not exist)."""
     if name in MODELS:
         return MODELS[name]
-    if os.path.isdir(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            raise UserError(f"model folder {name} has no config.json")
-        return ModelEntry(source=name)
-    if "/" in name or "-" in name:  # looks like a hub id; loading it will tell if it is not
-        return ModelEntry(source=name)
-    raise UserError(f"unknown --model {name!r}: use one of {', '.join(MODELS)}, a model folder or a hub id")
+    return ModelEntry(source=name)
 
 
 def model_max_positions(entry: ModelEntry) -> int:
@@ -99,10 +93,7 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
             raise UserError(f"cannot load tokenizer for {entry.source!r}: {first_line(e)}") from None
     from transformers import PreTrainedTokenizerFast
 
-    digest = hashlib.sha256()
-    for t in train_texts:
-        digest.update(t.encode())
-    path = os.path.join(cache_dir, f"wordpiece-v2-{TINY_VOCAB_SIZE}-{digest.hexdigest()[:16]}.json")
+    path = os.path.join(cache_dir, f"wordpiece-v2-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
     if not os.path.exists(path):
         _train_wordpiece(train_texts, path)
     return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
@@ -129,9 +120,7 @@ def _train_wordpiece(texts, path: str) -> None:
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    tok.save(tmp)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, tok.to_str().encode())
 
 
 # ----------------------------------------------------------------------------- classifier

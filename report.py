@@ -11,14 +11,15 @@ Writes RUNS_DIR/results.md and RUNS_DIR/results.csv and prints the markdown:
 """
 import argparse
 import csv
+import json
 import math
 import os
 import sys
 
 import numpy as np
 
-import train
-from utils import read_json
+import config as settings
+import metrics
 
 BUCKETS = [(0, 128, "≤128"), (129, 256, "129–256"), (257, 512, "257–512"), (513, math.inf, ">512")]
 COLUMNS = [("val_acc", max), ("test_acc", max), ("test_loss", min), ("test_ece", min)]
@@ -27,6 +28,11 @@ BOOTSTRAP_SAMPLES = 2000
 
 class ReportError(Exception):
     pass
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_runs(runs_dir: str) -> list[dict]:
@@ -38,7 +44,7 @@ def load_runs(runs_dir: str) -> list[dict]:
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
         if name == "smoke" or not all(os.path.exists(p) for p in paths):
             continue
-        results, config = read_json(paths[0]), read_json(paths[1])
+        results, config = _read_json(paths[0]), _read_json(paths[1])
         with np.load(paths[2]) as preds:
             runs.append({"name": name, "results": results, "config": config,
                          "probs": preds["probs"], "labels": preds["labels"], "n_tokens": preds["n_tokens"]})
@@ -50,12 +56,9 @@ def load_runs(runs_dir: str) -> list[dict]:
 def settings_of(config: dict) -> dict:
     """{setting: label} for the settings that differ from train.py's defaults (pool always shown;
     seed and model aside), labelled as in run names."""
-    import model as models
-    defaults = vars(train.build_parser().parse_args([]))
-    # config.json holds the resolved lr; its default depends on the model
-    entry = models.MODELS.get(config["model"])
-    defaults["lr"] = entry.default_lr if entry else models.ModelEntry().default_lr
-    return {"pool": config["pool"], **train.setting_labels(config, defaults)}
+    # config.json holds the resolved lr; its default depends on the model, which train.py recorded
+    defaults = dict(settings.DEFAULTS, lr=config.get("model_default_lr", 5e-5))
+    return {"pool": config["pool"], **settings.setting_labels(config, defaults)}
 
 
 def is_collapsed(run: dict) -> bool:
@@ -64,7 +67,7 @@ def is_collapsed(run: dict) -> bool:
     labels, k = run["labels"], run["probs"].shape[1]
     majority = np.bincount(labels, minlength=k).max() / len(labels)
     test = {"acc": run["results"]["test_acc"], "loss": run["results"]["test_loss"]}
-    return train.is_collapsed([test], majority, k)
+    return metrics.is_collapsed([test], majority, k)
 
 
 def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
@@ -175,7 +178,10 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
 
 
 def plot(rows: list[dict], out_dir: str) -> list[str]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError("--plot needs matplotlib: pip install matplotlib (it is in requirements.txt)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -208,7 +214,8 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("runs_dir", help="folder of run folders (e.g. runs/exp1)")
     p.add_argument("--baseline", default=None, help="run name or setup of the rows' reference "
                    "(default: each model's row with default settings)")
@@ -229,7 +236,12 @@ def main(argv=None) -> int:
         writer.writerows(table)
     print(markdown, end="")
     if args.plot:
-        for path in plot(rows, args.runs_dir):
+        try:
+            paths = plot(rows, args.runs_dir)
+        except ReportError as e:  # the table above is written; only the plots are missing
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(f"wrote {path}")
     return 0
 

@@ -12,16 +12,14 @@ Offline demo in seconds:
 
 Rerunning the same command resumes an interrupted run from its newest checkpoint.
 """
-import argparse
 import contextlib
 import errno
-import glob
 import math
 import os
-import shutil
 import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -31,197 +29,129 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import config as settings
 import data
+import metrics
 import model as models
+import tracking
 import utils
-from utils import UserError
+from config import OPERATIONAL, UserError  # noqa: F401  (OPERATIONAL: read by the tests)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Settings that do not change what a run computes: left out of the run name and the config
-# fingerprint that guards resume. (--padding and --compile are not among them: dropout masks are
-# drawn over the padded width, and compiled dropout draws its masks differently.)
-OPERATIONAL = {"out_dir", "run_name", "cache_dir", "wandb", "wandb_project", "wandb_group",
-               "log_every", "save_every", "keep_checkpoints", "resume", "fresh", "eval_batch_size",
-               "on_nan"}
-# Short names for the run name, in the order they appear there.
-NAME_KEYS = {"max_len": "L", "batch_size": "bs", "grad_accum": "ga", "lr": "lr", "optimizer": "",
-             "scheduler": "", "warmup_ratio": "wu", "dropout": "d", "encoder_dropout": "ed",
-             "weight_decay": "wd", "clip": "clip", "epochs": "ep", "truncation": "",
-             "precision": "", "val_ratio": "val", "max_train_samples": "ntr",
-             "max_eval_samples": "nev", "data": "", "text_col": "", "label_col": "",
-             "group_by_length": "group", "padding": "pad", "compile": "compile"}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Bad flags end in one line, not the whole usage text; or raise `raise_as` (grid checks)."""
-    raise_as = None
-
-    def error(self, message):
-        if self.raise_as is not None:
-            raise self.raise_as(message)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, a hub id, "
-      "or a local model folder (default: %(default)s)")
-    a("--pool", default="cls", choices=["cls", "mean"], help="cls = first token; mean = average "
-      "of non-padding tokens (default: %(default)s)")
-    a("--max_len", type=int, default=128, help="tokens per example incl. special tokens (default: %(default)s)")
-    a("--truncation", default="head", choices=["head", "tail", "head_tail"], help="which tokens "
-      "a long text keeps: first, last, or first 128 + the rest from the end (default: %(default)s)")
-    a("--batch_size", type=int, default=16, help="GLOBAL examples per optimizer step; per-process "
-      "batch = batch_size / (world size x grad_accum) (default: %(default)s)")
-    a("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
-    a("--eval_batch_size", type=int, default=64, help="per-process batch for evaluation (default: %(default)s)")
-    a("--lr", type=float, default=None, help="peak learning rate (default: 5e-5; 1e-3 for tiny-* models)")
-    a("--optimizer", default="adam", choices=["adam", "adamw"], help="adam: L2 weight decay "
-      "added to the gradient; adamw: decoupled weight decay (default: %(default)s)")
-    a("--scheduler", default="constant", choices=["constant", "linear", "cosine"],
-      help="learning-rate schedule after warmup (default: %(default)s)")
-    a("--warmup_ratio", type=float, default=0.0, help="share of steps with linear warmup (default: %(default)s)")
-    a("--dropout", type=float, default=0.1, help="dropout before the classification head (default: %(default)s)")
-    a("--encoder_dropout", type=float, default=None, help="the encoder's internal dropouts, mapped "
-      "to each family's config names (default: the checkpoint's own values)")
-    a("--weight_decay", type=float, default=0.0, help="weight decay, not applied to biases and "
-      "norms (default: %(default)s)")
-    a("--clip", type=float, default=0.0, help="max gradient norm; 0 = no clipping (default: %(default)s)")
-    a("--epochs", type=int, default=3, help="passes over the training set (default: %(default)s)")
-    a("--seed", type=int, default=42, help="seed for init, data order and dropout (default: %(default)s)")
-    a("--data", default="imdb", help="hub dataset name (imdb = stanfordnlp/imdb), a local folder "
-      "with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
-      "(a generated task, no network) (default: %(default)s)")
-    a("--text_col", nargs="+", default=["text"], help="text column(s), joined with a space (default: text)")
-    a("--label_col", default="label", help="label column: integers or strings (default: %(default)s)")
-    a("--val_ratio", type=float, default=0.1, help="share of train carved out (stratified, fixed "
-      "seed) as validation when the data has no validation split (default: %(default)s)")
-    a("--max_train_samples", type=int, default=None, help="balanced seeded subset of train (default: all)")
-    a("--max_eval_samples", type=int, default=None, help="balanced seeded subset of val and test (default: all)")
-    a("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast dtype; "
-      "auto = bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16 where oneDNN "
-      "has fast bf16 kernels (AVX512 and newer), else fp32 (default: %(default)s)")
-    a("--group_by_length", action=argparse.BooleanOptionalAction, default=True, help="batch "
-      "examples of similar length together (shuffled within groups of 50 batches, batches in "
-      "random order) so little compute goes to padding (default: %(default)s)")
-    a("--padding", default="longest", choices=["longest", "max_len"], help="pad each batch to its "
-      "longest example (rounded up to a multiple of 8), or always to --max_len (default: %(default)s)")
-    a("--compile", action="store_true", help="torch.compile the model for training; falls back "
-      "to eager with a message where it cannot compile")
-    a("--out_dir", default="runs", help="runs are written to OUT_DIR/RUN_NAME (default: %(default)s)")
-    a("--run_name", default=None, help="default: model, pooling, the settings that differ from "
-      "the defaults, and the seed")
-    a("--cache_dir", default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
-      help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)")
-    a("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"], help="W&B "
-      "logging; auto = $WANDB_MODE if set, else online when logged in, else offline "
-      "(default: %(default)s)")
-    a("--wandb_project", default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
-      help="W&B project (default: $WANDB_PROJECT or %(default)s)")
-    a("--wandb_group", default=None, help="W&B group, e.g. the grid name (default: none)")
-    a("--log_every", type=int, default=50, help="optimizer steps between train log lines (default: %(default)s)")
-    a("--save_every", type=int, default=500, help="optimizer steps between checkpoints; one is also "
-      "written at each epoch end (default: %(default)s)")
-    a("--keep_checkpoints", type=int, default=2, help="newest checkpoints kept (default: %(default)s)")
-    a("--resume", default="auto", choices=["auto", "never"], help="auto: continue from the newest "
-      "valid checkpoint in the run folder (default: %(default)s)")
-    a("--fresh", action="store_true", help="delete this run's old checkpoints and results first")
-    a("--on_nan", default="stop", choices=["stop", "skip"], help="on a non-finite loss: stop "
-      "(keeping the last good checkpoint) or skip that step (default: %(default)s)")
-    a("--smoke", action="store_true", help="check the whole path in seconds: 64 train / 64 val / "
-      "64 test examples, 1 epoch, run name suffixed -smoke, no W&B")
-    return p
+@dataclass
+class TrainState:
+    """Where the run is: everything a checkpoint restores besides the model, optimizer,
+    scheduler, GradScaler and RNG states (saved as the checkpoint's "progress")."""
+    epoch: int = 0                  # epochs finished: trained, validated and checkpointed
+    step_in_epoch: int = 0          # optimizer steps done in the current epoch
+    global_step: int = 0            # optimizer steps done in all
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    best_file: str | None = None    # best_step<N>.pt in the run folder: the best epoch's weights
+    history: list = field(default_factory=list)  # val metrics of every finished epoch
+    train_time: float = 0.0         # seconds spent in training steps (throughput figures)
+    train_samples: int = 0          # counted over all ranks
+    train_tokens: int = 0           # real (non-padding) tokens
+    train_positions: int = 0        # padded positions
+    train_flops: float = 0.0        # useful FLOPs of the real tokens
+    wandb_id: str | None = None     # the W&B run a resume continues
 
 
-def parse_args(argv=None, on_error=None) -> argparse.Namespace:
-    parser = build_parser()
-    parser.raise_as = on_error
-    args = parser.parse_args(argv)
-    defaults = vars(parser.parse_args([]))
-    if args.smoke:  # keeps a user's smaller (or invalid) subset, so the smoke run fails like the real one
-        args.max_train_samples = 64 if args.max_train_samples is None else min(args.max_train_samples, 64)
-        args.max_eval_samples = 64 if args.max_eval_samples is None else min(args.max_eval_samples, 64)
-        args.epochs = 1
-        args.wandb = "disabled"
-    check_args(args)
-    entry = models.resolve_model(args.model)
-    if args.run_name is None:
-        args.run_name = derive_run_name(args, defaults)
-    check_run_name(args.run_name)
+@dataclass
+class Run:
+    """What stays fixed while a run trains: settings, data, model and its optimizer."""
+    args: object
+    info: utils.DistInfo
+    log: object
+    run_dir: str
+    config: dict
+    fingerprint: dict
+    encoded: dict                   # split -> data.Encoded
+    labels: dict                    # split -> label ids
+    label_names: list
+    test_texts: list
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    autocast: object
+    pad_id: int
+    per_proc_batch: int
+    steps_per_epoch: int
+    flops: tuple                    # (per token, per token pair): training FLOPs of a sequence
+    peak_flops: float | None
+    started: float
+    ddp_model: torch.nn.Module = None
+    wandb: tracking.WandbRun = None
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.run_dir, "ckpt")
+
+
+def parse_args(argv=None, on_error=None):
+    """config.parse_args, with --lr defaulting to the model's own default."""
+    args = settings.parse_args(argv, on_error, description=__doc__)
     if args.lr is None:
-        args.lr = entry.default_lr
+        args.lr = models.resolve_model(args.model).default_lr
     return args
 
 
-def check_args(args) -> None:
-    """Range checks that need neither the model nor the world size; a UserError names the flag."""
-    def bad(flag, rule):
-        raise UserError(f"--{flag} must be {rule} (got {getattr(args, flag)})")
-
-    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every",
-                "save_every", "keep_checkpoints"):
-        if getattr(args, key) < 1:
-            bad(key, "at least 1")
-    for key in ("max_train_samples", "max_eval_samples"):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            bad(key, "at least 1 (leave it out for all examples)")
-    for key in ("dropout", "val_ratio", "warmup_ratio", "encoder_dropout"):
-        value = getattr(args, key)
-        if value is not None and not 0 <= value < 1:  # also false for nan
-            bad(key, "in [0, 1)")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        bad("lr", "a positive number")
-    for key in ("weight_decay", "clip"):  # a negative clip would scale gradients by a negative factor
-        if not (math.isfinite(getattr(args, key)) and getattr(args, key) >= 0):
-            bad(key, "a number >= 0")
-    if not 0 <= args.seed < 2 ** 31:
-        bad("seed", "in [0, 2^31)")
-    if args.label_col in args.text_col:
-        raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part "
-                        "of the input")
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
+    except UserError as e:
+        return _user_error(e, is_main=True)
+    info = utils.setup_distributed()
+    try:
+        return train(args, info)
+    except UserError as e:
+        return _user_error(e, info.is_main)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        return _user_error(UserError(f"no space left on the device{where}; free space, then rerun "
+                                     "(what was written before is kept)"), info.is_main)
+    finally:
+        utils.cleanup_distributed()
 
 
-def check_run_name(name: str) -> None:
-    """A run name is one plain folder name inside --out_dir: --fresh deletes inside it."""
-    if name in ("", ".", "..") or os.sep in name or "/" in name or name != name.strip():
-        raise UserError(f"--run_name {name!r} must be one plain folder name (no '/', not '.' or '..')")
+def _user_error(e: UserError, is_main: bool) -> int:
+    """One line on stderr and exit 2; under torchrun also torchrun's error file, so its failure
+    summary shows this line instead of a traceback."""
+    if is_main:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    utils.write_torchrun_error_file(f"error: {e}")
+    return 2
 
 
-def setting_labels(values: dict, defaults: dict) -> dict:
-    """{setting: short label} for the NAME_KEYS settings that differ from `defaults`, e.g.
-    {"batch_size": "bs32", "clip": "clip1"}: the run name's middle, and report.py's setup column."""
-    labels = {}
-    for key, short in NAME_KEYS.items():
-        value = values.get(key)
-        if value == defaults[key]:
-            continue
-        if isinstance(value, list):
-            value = "+".join(value)
-        if key == "data":
-            value = os.path.basename(os.path.normpath(value))
-        if isinstance(value, bool):
-            labels[key] = short if value else f"no{short}"
-        else:
-            labels[key] = f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}"
-    return labels
+def train(args, info: utils.DistInfo) -> int:
+    """One run, from scratch or from its newest checkpoint, to results.json; the exit code."""
+    started = time.time()
+    if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
+        import transformers
+        transformers.logging.set_verbosity_error()
+    entry = models.resolve_model(args.model)
+    per_proc_batch = check_fits(args, entry, info)
+    run_dir = os.path.join(args.out_dir, args.run_name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
+    except OSError as e:
+        raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
+    with StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
+        utils.main_process_first(info, lock.acquire)
+        run = set_up(args, info, entry, per_proc_batch, run_dir, log, started)
+        if run is None:
+            return 0
+        state = restore(run)
+        return fit(run, state, stop)
 
 
-def derive_run_name(args, defaults: dict) -> str:
-    model_name = os.path.basename(os.path.normpath(args.model)).replace("/", "_")
-    labels = setting_labels(vars(args), defaults)
-    if args.smoke:  # --smoke sets these itself; the -smoke suffix says so
-        for key in ("max_train_samples", "max_eval_samples", "epochs"):
-            labels.pop(key, None)
-    return "-".join([model_name, args.pool, *labels.values(), f"s{args.seed}"]) + ("-smoke" if args.smoke else "")
-
-
-def run_fingerprint(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in OPERATIONAL}
-
-
-def validate(args, entry, info: utils.DistInfo) -> int:
+def check_fits(args, entry, info: utils.DistInfo) -> int:
     """Checks that need the world size or the model; returns the per-process batch size."""
     shards = info.world_size * args.grad_accum
     if args.batch_size % shards:
@@ -231,6 +161,320 @@ def validate(args, entry, info: utils.DistInfo) -> int:
     if args.max_len > limit:
         raise UserError(f"--max_len {args.max_len} exceeds the model's limit of {limit} positions")
     return args.batch_size // shards
+
+
+def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | None:
+    """Run folder, data, tokenizer, model, optimizer; None if the run already finished."""
+    precision = resolve_precision(args.precision, info.device, log.warning)
+    config = dict(vars(args), precision_used=precision)
+    if utils.main_process_first(info, checkpoint.prepare_run_dir, args, config, run_dir, info.is_main, log):
+        log.info(f"{run_dir} is already finished (results.json exists); --fresh reruns it")
+        return None
+    env = utils.environment_info(info)
+    log.info(f"environment: {env}")
+    log.info(f"config: {config}")
+    utils.seed_everything(args.seed)
+
+    splits, label_names = utils.main_process_first(
+        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
+        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
+    tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
+    config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
+    fingerprint = settings.run_fingerprint(config)
+    encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
+                                              args.truncation, args.cache_dir)
+               for name, split in splits.items()}
+    log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
+
+    model = models.build_model(entry, tokenizer, len(label_names), args.pool, args.dropout,
+                               args.encoder_dropout, info.device).to(info.device)
+    flops = models.training_flops(model)
+    log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters ({flops[0] // 6:,} outside embeddings), encoder dropouts "
+             f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
+    n_train = len(encoded["train"].ids)
+    steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
+    optimizer = make_optimizer(model, args)
+    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
+                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
+                  code_version=settings.code_version(), model_default_lr=entry.default_lr)
+    return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
+               fingerprint=fingerprint,
+               encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
+               test_texts=splits["test"].texts, model=model, optimizer=optimizer,
+               scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
+               scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
+               autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
+               pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch, steps_per_epoch=steps_per_epoch,
+               flops=flops, peak_flops=utils.device_peak_flops(info.device), started=started)
+
+
+def restore(run: Run) -> TrainState:
+    """Load the newest valid checkpoint (refusing one made with other settings), or seed a new
+    run; then write config.json, wrap the model for DDP and start W&B."""
+    args, info, log = run.args, run.info, run.log
+    state = TrainState()
+    saved = checkpoint.load_latest_checkpoint(run.ckpt_dir, log.warning) if args.resume == "auto" else None
+    if saved is not None:
+        checkpoint.check_same_settings(saved, run.fingerprint)
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        run.scaler.load_state_dict(saved["scaler"])
+        state = TrainState(**saved["progress"])
+        if len(saved["rng"]) == info.world_size:
+            utils.set_rng_state(saved["rng"][info.rank])
+        else:
+            log.warning(f"warning: resuming with {info.world_size} processes instead of "
+                        f"{len(saved['rng'])}: data order is kept, dropout randomness is not")
+            utils.seed_everything(args.seed + info.rank + state.global_step)
+        log.info(f"resumed from {saved['path']}: epoch {state.epoch}, step "
+                 f"{state.global_step}/{run.steps_per_epoch * args.epochs}")
+        del saved
+    else:
+        utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+    earlier_events = []
+    if info.is_main:
+        utils.write_json(os.path.join(run.run_dir, "config.json"), run.config)
+        # events logged after the checkpoint are logged again as the steps replay
+        earlier_events = utils.truncate_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), state.global_step,
+                                              log.warning)
+    run.ddp_model = DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
+        if info.is_distributed else run.model
+    if args.compile:
+        run.ddp_model = models.compile_or_explain(run.ddp_model, info.device, log.info)
+    run.wandb = tracking.WandbRun(args, run.config, run.run_dir, info, log, earlier_events)
+    state.wandb_id = run.wandb.run_id
+    return state
+
+
+def fit(run: Run, state: TrainState, stop) -> int:
+    """The epoch loop: optimizer steps, then at each epoch end validation and a checkpoint;
+    then the test with the best weights. Returns the exit code."""
+    args, log = run.args, run.log
+    saver = Saver(run, state)
+    log.info(f"training: {len(run.encoded['train'].ids)} examples, {args.epochs} epochs x {run.steps_per_epoch} "
+             f"steps, batch {args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
+             f"{args.grad_accum} accumulation, precision {run.config['precision_used']}")
+    run.model.train()
+    lengths = np.array([len(x) for x in run.encoded["train"].ids])
+    window = _new_window()
+    bar = _progress_bar(run.info, run.steps_per_epoch * args.epochs, state.global_step)
+    best_weights = None
+    while state.epoch < args.epochs:
+        batches = data.train_batches(lengths, args.batch_size, state.epoch, args.seed, run.info.world_size,
+                                     args.group_by_length)
+        while state.step_in_epoch < run.steps_per_epoch:
+            step_start = time.time()
+            step = forward_backward(run, state, batches[state.step_in_epoch], lengths, stop)
+            log_now = (state.global_step + 1) % args.log_every == 0 or state.step_in_epoch + 1 == run.steps_per_epoch
+            if math.isfinite(step["loss"]):
+                grad_norm = optimizer_step(run, log_now)
+            elif args.on_nan == "stop":
+                log.error(f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
+                          "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
+                          "--precision fp32, or --on_nan skip")
+                run.wandb.finish(exit_code=EXIT_DIVERGED)
+                return EXIT_DIVERGED
+            else:
+                log.warning(f"warning: non-finite loss at step {state.global_step + 1}: step skipped")
+                grad_norm = skip_step(run)
+            run.scheduler.step()
+            count_step(state, window, step, time.time() - step_start)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=state.epoch, loss=f"{step['loss']:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+            if log_now:
+                record(run, {"event": "train", "step": state.global_step, "epoch": state.epoch,
+                             "loss": window["loss"] / window["steps"], "lr": run.scheduler.get_last_lr()[0],
+                             "grad_norm": float(grad_norm), **throughput(window, time.time() - window["time"],
+                                                                         run.peak_flops, run.info.world_size)})
+                window = _new_window()
+            utils.fault_point("step")
+            if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
+                return saver.stop(stop.signum or signal.SIGTERM)
+            if state.global_step % args.save_every == 0 and state.step_in_epoch < run.steps_per_epoch:
+                saver.save("every")
+        try:
+            best_weights = end_of_epoch(run, state, saver, stop) or best_weights
+        except Interrupted as e:  # saved with the epoch trained and not yet validated
+            return saver.stop(e.signum)
+    if bar is not None:
+        bar.close()
+    return test_and_write_results(run, state, saver, stop, best_weights)
+
+
+def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -> dict:
+    """Forward and backward over this rank's share of a global batch, in micro-batches
+    (gradients synced across ranks on the last one only), and one small all-reduce of the
+    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal."""
+    args, info = run.args, run.info
+    step_indices = data.rank_slice(global_batch, info.rank, info.world_size)
+    loss_sum = torch.zeros((), device=info.device)
+    counts = np.zeros(3)
+    micro = [step_indices[i:i + run.per_proc_batch] for i in range(0, len(step_indices), run.per_proc_batch)]
+    for k, mb in enumerate(micro):
+        batch = data.collate([run.encoded["train"].ids[i] for i in mb], run.pad_id, args.max_len,
+                             args.padding == "max_len")
+        n = lengths[mb]
+        counts += [n.sum(), batch["input_ids"].numel(), run.flops[0] * n.sum() + run.flops[1] * (n ** 2).sum()]
+        batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
+        target = torch.from_numpy(run.labels["train"][mb]).to(info.device, non_blocking=True)
+        last = k == len(micro) - 1
+        with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
+            with run.autocast:
+                logits = run.ddp_model(**batch)
+            # sum / this rank's examples in the step; DDP's gradient mean over ranks then gives
+            # the mean over the whole global batch
+            loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
+            if utils.NAN_AT_STEP == state.global_step:  # divergence tests
+                loss = loss * float("nan")
+            run.scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    stats = torch.tensor([loss_sum.item(), *counts, stop.poll()], dtype=torch.float64, device=info.device)
+    if info.is_distributed:
+        torch.distributed.all_reduce(stats)
+    loss_total, tokens, positions, flops, signal_sum = stats.tolist()
+    return {"loss": loss_total / info.world_size, "samples": len(step_indices) * info.world_size,
+            "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
+
+
+def count_step(state: TrainState, window: dict, step: dict, seconds: float) -> None:
+    """Advance the position by one step; add its figures to the run's totals and the log window."""
+    state.step_in_epoch += 1
+    state.global_step += 1
+    state.train_time += seconds
+    for key in ("samples", "tokens", "positions", "flops"):
+        setattr(state, f"train_{key}", getattr(state, f"train_{key}") + step[key])
+        window[key] += step[key]
+    window["loss"] += step["loss"] if math.isfinite(step["loss"]) else 0.0
+    window["steps"] += 1
+
+
+def optimizer_step(run: Run, log_now: bool) -> float:
+    """Unscale, clip, step; returns the gradient norm (nan when neither clipping nor logging
+    needs the extra pass over all gradients)."""
+    run.scaler.unscale_(run.optimizer)  # clip and report the norm of the true gradients
+    grad_norm = math.nan
+    if run.args.clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip)
+    elif log_now:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def skip_step(run: Run) -> float:
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.update()
+    return math.nan
+
+
+def end_of_epoch(run: Run, state: TrainState, saver, stop) -> dict | None:
+    """Validate, keep the best weights (returned when they improved), checkpoint."""
+    utils.fault_point("epoch_end")
+    val = metrics.classification_metrics(predict(run, "val", stop), run.labels["val"])
+    state.history.append(val)
+    improved = val["acc"] > state.best_val_acc
+    best_weights = None
+    if improved:
+        state.best_val_acc, state.best_epoch = val["acc"], state.epoch
+        state.best_file = f"best_step{state.global_step}.pt"
+        # every rank keeps a copy, so the test needs no shared file system across nodes;
+        # the file (rank 0) serves a resumed run
+        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+        if run.info.is_main:
+            checkpoint.save_weights(os.path.join(run.run_dir, state.best_file), best_weights)
+    record(run, {"event": "eval", "split": "val", "step": state.global_step, "epoch": state.epoch, **val,
+                 "best": improved})
+    state.epoch += 1
+    state.step_in_epoch = 0
+    saver.save(f"end of epoch {state.epoch - 1}")
+    if run.info.is_main:
+        checkpoint.remove_unreferenced_weights(run.run_dir, run.ckpt_dir)
+    return best_weights
+
+
+def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weights) -> int:
+    """Score the test split with the best epoch's weights; write results.json (last, only on
+    success) and the predictions; finish W&B."""
+    args, info, log = run.args, run.info, run.log
+    if best_weights is None:
+        best_weights = checkpoint.load_best_weights(run.run_dir, state.best_file, state.global_step, run.model, log)
+    run.model.load_state_dict(best_weights)
+    eval_start = time.time()
+    try:
+        test_probs = predict(run, "test", stop)
+    except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
+        return saver.stop(e.signum)
+    eval_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
+    test = metrics.classification_metrics(test_probs, run.labels["test"])
+    best = state.history[state.best_epoch]
+    num_labels = len(run.label_names)
+    majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
+    results = {"val_acc": best["acc"], "val_loss": best["loss"], "val_f1": best["f1"], "val_ece": best["ece"],
+               "test_acc": test["acc"], "test_loss": test["loss"], "test_f1": test["f1"], "test_ece": test["ece"],
+               "best_epoch": state.best_epoch, "epochs": args.epochs, "global_step": state.global_step,
+               "collapsed": metrics.is_collapsed(state.history, majority, num_labels),
+               **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
+                                                          info.world_size, prefix="train_").items()},
+               "eval_samples_per_s": eval_samples_per_s, **utils.peak_memory(info.device),
+               "wall_s": time.time() - run.started, "run_name": args.run_name}
+    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
+    if results["collapsed"]:
+        log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
+                    f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
+                    "Lower --lr or change batch size / clipping.")
+    if info.is_main:
+        np.savez_compressed(os.path.join(run.run_dir, "test_predictions.npz"), probs=test_probs.astype(np.float32),
+                            labels=run.labels["test"], n_tokens=run.encoded["test"].n_tokens)
+        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
+    run.wandb.summary(results)
+    run.wandb.final_plots(test_probs, run.labels["test"], run.test_texts, run.label_names)
+    run.wandb.finish()
+    log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
+             f"test_loss {results['test_loss']:.4f}  ({run.run_dir}/results.json)")
+    return 0
+
+
+class Saver:
+    """Checkpoints of one run; remembers the step of the last one."""
+
+    def __init__(self, run: Run, state: TrainState):
+        self.run, self.state = run, state
+        self.saved_step = state.global_step
+        self.drop_newer = run.args.resume == "never"  # a run started over: the old run's later checkpoints go
+
+    def save(self, reason: str) -> str:
+        run, state = self.run, self.state
+        rng = utils.all_gather_objects(utils.get_rng_state(), run.info)
+        self.saved_step = state.global_step
+        if not run.info.is_main:
+            return ""
+        path = checkpoint.save_checkpoint(run.ckpt_dir, state.global_step, {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "progress": asdict(state), "rng": rng, "fingerprint": run.fingerprint},
+            keep=run.args.keep_checkpoints, drop_newer=self.drop_newer)
+        self.drop_newer = False
+        run.log.info(f"checkpoint ({reason}): {path}")
+        return path
+
+    def stop(self, signum: int) -> int:
+        """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
+        run, args = self.run, self.run.args
+        path = self.save("signal") if self.state.global_step > self.saved_step else ""
+        if run.info.is_main and not path:
+            path = next(iter(checkpoint.list_checkpoints(run.ckpt_dir)), "")
+        rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
+            (" without --resume never" if args.resume == "never" else "")
+        run.log.info(f"checkpointed at step {self.state.global_step} — {rerun} to resume"
+                     + (f" ({path})" if path else ""))
+        run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
+        return EXIT_SIGNAL + signum
 
 
 def resolve_precision(name: str, device: torch.device, warn) -> str:
@@ -280,27 +524,27 @@ class Interrupted(Exception):
 
 
 @torch.inference_mode()
-def predict(model, encoded: data.Encoded, info, args, pad_id, autocast, stop=None) -> np.ndarray:
+def predict(run: Run, split: str, stop=None) -> np.ndarray:
     """Class probabilities for every example of a split, in split order, exact across ranks:
     each rank scores its own shard and the shards are gathered. Raises Interrupted on every
     rank when any rank got a stop signal."""
+    args, info, encoded = run.args, run.info, run.encoded[split]
     lengths = np.array([len(x) for x in encoded.ids])
     shard = data.eval_shard(lengths, info.rank, info.world_size)
-    was_training = model.training
-    model.eval()
+    was_training = run.model.training
+    run.model.eval()
     probs = []
     for start in range(0, len(shard), args.eval_batch_size):
         batch = data.collate([encoded.ids[i] for i in shard[start:start + args.eval_batch_size]],
-                             pad_id, args.max_len, args.padding == "max_len")
-        with autocast:
-            logits = model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
+                             run.pad_id, args.max_len, args.padding == "max_len")
+        with run.autocast:
+            logits = run.model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
         utils.fault_point("eval")
         if stop is not None and stop.poll():
             break
-    model.train(was_training)
-    num_labels = model.head.out_features
-    local = np.concatenate(probs) if probs else np.zeros((0, num_labels), np.float32)
+    run.model.train(was_training)
+    local = np.concatenate(probs) if probs else np.zeros((0, len(run.label_names)), np.float32)
     gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), info)
     if any(g[2] for g in gathered):
         raise Interrupted(stop.signum or signal.SIGTERM)
@@ -309,14 +553,6 @@ def predict(model, encoded: data.Encoded, info, args, pad_id, autocast, stop=Non
     if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
         raise RuntimeError("distributed evaluation did not score every example exactly once")
     return out[np.argsort(index)]
-
-
-def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> bool:
-    """After every epoch, val accuracy at the majority-class rate and loss near ln K or above:
-    the model is no better than the label prior (the original BERT bs32 run, 0.5000 / 0.6944)."""
-    chance_loss = math.log(num_labels)
-    return bool(history) and all(abs(h["acc"] - majority_rate) <= 0.01 and
-                                 h["loss"] >= 0.95 * chance_loss for h in history)
 
 
 class StopRequest:
@@ -347,332 +583,15 @@ class StopRequest:
         self.signum = signum
 
 
-def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
-    except UserError as e:
-        return _user_error(e, is_main=True)
-    info = utils.setup_distributed()
-    try:
-        return train(args, info)
-    except UserError as e:
-        return _user_error(e, info.is_main)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = f" writing {e.filename}" if e.filename else ""
-        return _user_error(UserError(f"no space left on the device{where}; free space, then rerun "
-                                     "(what was written before is kept)"), info.is_main)
-    finally:
-        utils.cleanup_distributed()
-
-
-def _user_error(e: UserError, is_main: bool) -> int:
-    """One line on stderr and exit 2; under torchrun also torchrun's error file, so its failure
-    summary shows this line instead of a traceback."""
-    if is_main:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-    utils.write_torchrun_error_file(f"error: {e}")
-    return 2
-
-
-def train(args, info: utils.DistInfo) -> int:
-    with StopRequest() as stop:
-        return _train(args, info, stop)
-
-
-def _train(args, info: utils.DistInfo, stop: StopRequest) -> int:
-    started = time.time()
-    entry = models.resolve_model(args.model)
-    per_proc_batch = validate(args, entry, info)
-    run_dir = os.path.join(args.out_dir, args.run_name)
-    ckpt_dir = os.path.join(run_dir, "ckpt")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
-    except OSError as e:
-        raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
-    with checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
-        utils.main_process_first(info, lock.acquire)
-        return _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started)
-
-
-def _train_locked(args, info, entry, per_proc_batch, run_dir, ckpt_dir, log, stop, started) -> int:
-    precision = resolve_precision(args.precision, info.device, log.warning)
-    config = dict(vars(args), precision_used=precision)
-    fingerprint = run_fingerprint(config)
-    config_path = os.path.join(run_dir, "config.json")
-
-    if utils.main_process_first(info, _prepare_run_dir, args, config, run_dir, info.is_main, log):
-        log.info(f"{run_dir} is already finished (results.json exists); --fresh reruns it")
-        return 0
-
-    env = utils.environment_info(info)
-    log.info(f"environment: {env}")
-    log.info(f"config: {config}")
-    utils.seed_everything(args.seed)
-
-    splits, label_names = utils.main_process_first(
-        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
-    tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
-    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
-    config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
-    fingerprint = run_fingerprint(config)
-    encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
-                                              args.truncation, args.cache_dir)
-               for name, split in splits.items()}
-    labels = {name: split.labels for name, split in splits.items()}
-    num_labels = len(label_names)
-    log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; "
-             f"labels {label_names}")
-
-    model = models.build_model(entry, tokenizer, num_labels, args.pool, args.dropout,
-                               args.encoder_dropout, info.device).to(info.device)
-    flops_per_token, flops_per_token_pair = models.training_flops(model)
-    peak_flops = utils.device_peak_flops(info.device)
-    log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters ({flops_per_token // 6:,} outside embeddings), encoder dropouts "
-             f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
-    train_lengths = np.array([len(x) for x in encoded["train"].ids])
-    n_train = len(train_lengths)
-    steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
-    total_steps = steps_per_epoch * args.epochs
-    optimizer = make_optimizer(model, args)
-    scheduler = make_scheduler(optimizer, args, total_steps)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
-    autocast = torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
-    pad_id = tokenizer.pad_token_id
-
-    # ---- resume
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_acc": -1.0,
-                "best_epoch": -1, "best_file": None, "history": [], "train_time": 0.0,
-                "train_samples": 0, "train_tokens": 0, "train_positions": 0, "train_flops": 0,
-                "wandb_id": None}
-    state = checkpoint.load_latest_checkpoint(ckpt_dir, log.warning) if args.resume == "auto" else None
-    if state is not None:
-        _check_same_settings(state, fingerprint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        progress.update(state["progress"])
-        if len(state["rng"]) == info.world_size:
-            utils.set_rng_state(state["rng"][info.rank])
-        else:
-            log.warning(f"warning: resuming with {info.world_size} processes instead of "
-                        f"{len(state['rng'])}: data order is kept, dropout randomness is not")
-            utils.seed_everything(args.seed + info.rank + progress["global_step"])
-        log.info(f"resumed from {state['path']}: epoch {progress['epoch']}, step "
-                 f"{progress['global_step']}/{total_steps}")
-        del state
-    else:
-        utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
-    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
-                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
-                  code_version=settings.code_version())
-    if info.is_main:
-        utils.write_json(config_path, config)
-    earlier_events = []
-    if info.is_main:  # events logged after the checkpoint are logged again as the steps replay
-        earlier_events = utils.truncate_jsonl(os.path.join(run_dir, "metrics.jsonl"), progress["global_step"],
-                                              log.warning)
-    ddp_model = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
-        if info.is_distributed else model
-    if args.compile:
-        ddp_model = models.compile_or_explain(ddp_model, info.device, log.info)
-    wandb_run = utils.WandbRun(args, config, run_dir, info, log, earlier_events)
-    progress["wandb_id"] = wandb_run.run_id
-
-    drop_newer = args.resume == "never"  # a run started over: older runs' later checkpoints must go
-
-    def save(reason: str) -> str:
-        nonlocal drop_newer, last_saved_step
-        rng = utils.all_gather_objects(utils.get_rng_state(), info)
-        last_saved_step = progress["global_step"]
-        if not info.is_main:
-            return ""
-        path = checkpoint.save_checkpoint(ckpt_dir, progress["global_step"], {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "progress": dict(progress), "rng": rng, "fingerprint": fingerprint},
-            keep=args.keep_checkpoints, drop_newer=drop_newer)
-        drop_newer = False
-        log.info(f"checkpoint ({reason}): {path}")
-        return path
-
-    def stop_for_signal(signum: int, unsaved: bool) -> int:
-        """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
-        path = save("signal") if unsaved else ""
-        if info.is_main and not path:
-            path = next(iter(checkpoint.list_checkpoints(ckpt_dir)), "")
-        rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
-            (" without --resume never" if args.resume == "never" else "")
-        log.info(f"checkpointed at step {progress['global_step']} — {rerun} to resume"
-                 + (f" ({path})" if path else ""))
-        wandb_run.finish(exit_code=EXIT_SIGNAL + signum)
-        return EXIT_SIGNAL + signum
-
-    # ---- train
-    log.info(f"training: {n_train} examples, {args.epochs} epochs x {steps_per_epoch} steps, "
-             f"batch {args.batch_size} = {info.world_size} processes x {per_proc_batch} x "
-             f"{args.grad_accum} accumulation, precision {precision}")
-    model.train()
-    window = _new_window()
-    last_saved_step = progress["global_step"]
-    best_weights = None
-    bar = _progress_bar(info, total_steps, progress["global_step"])
-    while progress["epoch"] < args.epochs:
-        epoch = progress["epoch"]
-        batches = data.train_batches(train_lengths, args.batch_size, epoch, args.seed, info.world_size,
-                                     args.group_by_length)
-        while progress["step_in_epoch"] < steps_per_epoch:
-            step_start = time.time()
-            step_indices = data.rank_slice(batches[progress["step_in_epoch"]], info.rank, info.world_size)
-            loss_sum = torch.zeros((), device=info.device)
-            counts = np.zeros(3)  # real tokens, padded positions, useful FLOPs
-            micro = [step_indices[i:i + per_proc_batch] for i in range(0, len(step_indices), per_proc_batch)]
-            for k, mb in enumerate(micro):
-                batch = data.collate([encoded["train"].ids[i] for i in mb], pad_id, args.max_len,
-                                     args.padding == "max_len")
-                lengths = train_lengths[mb]
-                counts += [lengths.sum(), batch["input_ids"].numel(),
-                           flops_per_token * lengths.sum() + flops_per_token_pair * (lengths ** 2).sum()]
-                batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
-                target = torch.from_numpy(labels["train"][mb]).to(info.device, non_blocking=True)
-                sync_now = k == len(micro) - 1
-                with ddp_model.no_sync() if info.is_distributed and not sync_now else contextlib.nullcontext():
-                    with autocast:
-                        logits = ddp_model(**batch)
-                    # sum / this rank's examples in the step; DDP's gradient mean over ranks
-                    # then gives the mean over the whole global batch
-                    loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
-                    if utils.NAN_AT_STEP == progress["global_step"]:  # divergence tests
-                        loss = loss * float("nan")
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-
-            # one small all-reduce per step: global loss, token counts, and whether any rank got a signal
-            stats = torch.tensor([loss_sum.item(), *counts, stop.poll()], dtype=torch.float64,
-                                 device=info.device)
-            if info.is_distributed:
-                torch.distributed.all_reduce(stats)
-            loss_total, tokens, positions, flops, signal_sum = stats.tolist()
-            step_loss = loss_total / info.world_size
-            log_now = (progress["global_step"] + 1) % args.log_every == 0 or \
-                progress["step_in_epoch"] + 1 == steps_per_epoch
-            grad_norm = math.nan
-            if not math.isfinite(step_loss):
-                optimizer.zero_grad(set_to_none=True)
-                if args.on_nan == "stop":
-                    log.error(f"error: loss is not finite at step {progress['global_step'] + 1} "
-                              f"(epoch {epoch}); stopped. The last good checkpoint is kept; lower "
-                              f"--lr, try --clip 1.0 or --precision fp32, or --on_nan skip")
-                    wandb_run.finish(exit_code=EXIT_DIVERGED)
-                    return EXIT_DIVERGED
-                log.warning(f"warning: non-finite loss at step {progress['global_step'] + 1}: step skipped")
-                scaler.update()
-            else:
-                scaler.unscale_(optimizer)  # clip and report the norm of the true gradients
-                if args.clip:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                elif log_now:  # a pass over all gradients: only for steps whose norm is shown
-                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            progress["step_in_epoch"] += 1
-            progress["global_step"] += 1
-            step_time = time.time() - step_start
-            progress["train_time"] += step_time
-            step_counts = {"samples": len(step_indices) * info.world_size, "tokens": tokens,
-                           "positions": positions, "flops": flops}
-            for key, value in step_counts.items():
-                progress[f"train_{key}"] += value
-                window[key] += value
-            window["loss"] += step_loss if math.isfinite(step_loss) else 0.0
-            window["steps"] += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if log_now:
-                event = {"event": "train", "step": progress["global_step"], "epoch": epoch,
-                         "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0],
-                         "grad_norm": float(grad_norm),
-                         **throughput(window, time.time() - window["time"], peak_flops, info.world_size)}
-                _record(event, run_dir, info, log, wandb_run)
-                window = _new_window()
-            utils.fault_point("step")
-            if signal_sum > 0:  # another rank may have got it: stop with the usual SIGTERM code
-                return stop_for_signal(stop.signum or signal.SIGTERM, progress["global_step"] > last_saved_step)
-            if progress["global_step"] % args.save_every == 0 and progress["step_in_epoch"] < steps_per_epoch:
-                save("every")
-
-        # ---- end of epoch: validate, keep the best weights, checkpoint
-        utils.fault_point("epoch_end")
-        try:
-            val_probs = predict(model, encoded["val"], info, args, pad_id, autocast, stop)
-        except Interrupted as e:  # saved with the epoch trained and not yet validated
-            return stop_for_signal(e.signum, progress["global_step"] > last_saved_step)
-        val = utils.classification_metrics(val_probs, labels["val"])
-        progress["history"].append(val)
-        improved = val["acc"] > progress["best_val_acc"]
-        if improved:
-            progress["best_val_acc"], progress["best_epoch"] = val["acc"], epoch
-            progress["best_file"] = f"best_step{progress['global_step']}.pt"
-            # every rank keeps a copy, so the test needs no shared file system across nodes;
-            # the file (rank 0) serves a resumed run
-            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if info.is_main:
-                checkpoint.save_weights(os.path.join(run_dir, progress["best_file"]), best_weights)
-        _record({"event": "eval", "split": "val", "step": progress["global_step"], "epoch": epoch,
-                 **val, "best": improved}, run_dir, info, log, wandb_run)
-        progress["epoch"] += 1
-        progress["step_in_epoch"] = 0
-        save(f"end of epoch {epoch}")
-        if info.is_main:
-            checkpoint.remove_unreferenced_weights(run_dir, ckpt_dir)
-    if bar is not None:
-        bar.close()
-
-    # ---- test with the best weights
-    if best_weights is None:
-        best_weights = _load_best_weights(run_dir, progress, model, log)
-    model.load_state_dict(best_weights)
-    eval_start = time.time()
-    try:
-        test_probs = predict(model, encoded["test"], info, args, pad_id, autocast, stop)
-    except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
-        return stop_for_signal(e.signum, False)
-    test_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
-    test = utils.classification_metrics(test_probs, labels["test"])
-    best = progress["history"][progress["best_epoch"]]
-    majority = np.bincount(labels["val"], minlength=num_labels).max() / len(labels["val"])
-    results = {"val_acc": best["acc"], "val_loss": best["loss"], "val_f1": best["f1"], "val_ece": best["ece"],
-               "test_acc": test["acc"], "test_loss": test["loss"], "test_f1": test["f1"], "test_ece": test["ece"],
-               "best_epoch": progress["best_epoch"], "epochs": args.epochs, "global_step": progress["global_step"],
-               "collapsed": is_collapsed(progress["history"], majority, num_labels),
-               **{f"train_{k}": v for k, v in throughput(progress, progress["train_time"], peak_flops,
-                                                          info.world_size, prefix="train_").items()},
-               "eval_samples_per_s": test_samples_per_s,
-               "wall_s": time.time() - started, "run_name": args.run_name}
-    _record({"event": "eval", "split": "test", "step": progress["global_step"], "epoch": progress["best_epoch"],
-             **test}, run_dir, info, log, wandb_run)
-    if results["collapsed"]:
-        log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
-                    f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
-                    "Lower --lr or change batch size / clipping.")
-    if info.is_main:
-        np.savez_compressed(os.path.join(run_dir, "test_predictions.npz"), probs=test_probs.astype(np.float32),
-                            labels=labels["test"], n_tokens=encoded["test"].n_tokens)
-        utils.write_json(os.path.join(run_dir, "results.json"), results)
-    wandb_run.summary(results)
-    wandb_run.final_plots(test_probs, labels["test"], splits["test"].texts, label_names)
-    wandb_run.finish()
-    log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
-             f"test_loss {results['test_loss']:.4f}  ({run_dir}/results.json)")
-    return 0
+def record(run: Run, event: dict) -> None:
+    """An event to metrics.jsonl, W&B and the log (rank 0)."""
+    if not run.info.is_main:
+        return
+    utils.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
+    run.wandb.log(event)
+    shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
+                     if k != "event" and v is not None)
+    run.log.info(f"{event['event']}: {shown}")
 
 
 def _new_window() -> dict:
@@ -689,74 +608,6 @@ def throughput(counts: dict, seconds: float, peak_flops: float | None, world_siz
             "padding_share": 1 - counts[f"{prefix}tokens"] / max(counts[f"{prefix}positions"], 1),
             "tflops_per_s": flops_per_s / 1e12,
             **({"mfu": flops_per_s / (peak_flops * world_size)} if peak_flops else {})}
-
-
-def _prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:
-    """Apply --fresh, refuse a run dir that holds other settings; True if already finished."""
-    config_path = os.path.join(run_dir, "config.json")
-    if is_main:
-        for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):  # from a kill mid-write
-            os.remove(stale)
-    if args.fresh and is_main:
-        ours = {"train.log", ".lock"}
-        if not _is_our_config(config_path) and set(os.listdir(run_dir)) - ours:
-            raise UserError(f"--fresh: {run_dir} holds files but no config.json of a run of this "
-                            "toolkit; not deleting anything there")
-        log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
-        for name in set(os.listdir(run_dir)) - ours:
-            path = os.path.join(run_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    if not os.path.exists(config_path):
-        return False
-    old, new = run_fingerprint(utils.read_json(config_path)), run_fingerprint(config)
-    differing = sorted(k for k in new if old.get(k) != new[k])
-    if differing:
-        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
-                        "use another --run_name, or --fresh to discard it")
-    return os.path.exists(os.path.join(run_dir, "results.json"))
-
-
-def _is_our_config(path: str) -> bool:
-    try:
-        config = utils.read_json(path)
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and {"run_name", "model", "pool", "seed"} <= set(config)
-
-
-def _check_same_settings(state: dict, fingerprint: dict) -> None:
-    """The checkpoint's settings must be this run's (config.json may be gone or edited)."""
-    saved = state.get("fingerprint", {})
-    differing = sorted(k for k in saved if k in fingerprint and saved[k] != fingerprint[k])
-    if differing:
-        shown = ", ".join(f"{k}: {saved[k]!r} there, {fingerprint[k]!r} now" for k in differing)
-        raise UserError(f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
-                        "its settings, or use --fresh / another --run_name")
-
-
-def _load_best_weights(run_dir: str, progress: dict, model, log) -> dict:
-    """The best epoch's weights from their file; if that file is unreadable and the best epoch is
-    the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
-    path = os.path.join(run_dir, progress["best_file"])
-    try:
-        return checkpoint.load_weights(path)
-    except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
-        if progress["best_file"] == f"best_step{progress['global_step']}.pt":
-            log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
-                        "from the last checkpoint")
-            return {k: v.detach().clone() for k, v in model.state_dict().items()}
-        raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
-                        "holds them; rerun with --fresh to train again") from None
-
-
-def _record(event: dict, run_dir: str, info, log, wandb_run) -> None:
-    if not info.is_main:
-        return
-    utils.append_jsonl(os.path.join(run_dir, "metrics.jsonl"), event)
-    wandb_run.log(event)
-    shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
-                     if k != "event" and v is not None)
-    log.info(f"{event['event']}: {shown}")
 
 
 def _progress_bar(info, total: int, done: int):

@@ -1,16 +1,17 @@
-"""Shared helpers: distributed setup, seeding, metrics, logging and file IO."""
+"""Shared helpers: distributed setup, seeding, test hooks, logging and file IO."""
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
 import random
+import resource
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,7 @@ import torch
 import torch.distributed as dist
 
 
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing file, wrong column): one line, no traceback."""
+from config import UserError  # noqa: F401  (raised by every module; defined where torch is not needed)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -152,38 +152,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
-    """Accuracy, mean cross-entropy, macro-F1 and expected calibration error (equal-width bins)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    n, num_classes = probs.shape
-    pred = probs.argmax(1)
-    correct = pred == labels
-    loss = -np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((pred == c) & (labels == c))
-        fp = np.sum((pred == c) & (labels != c))
-        fn = np.sum((pred != c) & (labels == c))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"acc": float(correct.mean()), "loss": float(loss), "f1": float(np.mean(f1s)),
-            "ece": expected_calibration_error(probs.max(1), correct, n_bins)}
-
-
-def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[tuple]:
-    """(mean confidence, accuracy, count) of each non-empty equal-width confidence bin."""
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    return [(float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
-            for b in range(n_bins) if (bins == b).any()]
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
-    return float(sum(count / len(confidence) * abs(acc - conf)
-                     for conf, acc, count in calibration_bins(confidence, correct, n_bins)))
 
 
 # ----------------------------------------------------------------------------- fault injection
@@ -337,111 +305,22 @@ def environment_info(info: DistInfo) -> dict:
     return env
 
 
-# ----------------------------------------------------------------------------- W&B
-
-class WandbRun:
-    """W&B on rank 0. A failure to start or log is one warning, never a stopped run; a resumed
-    run continues the same W&B run (its id is kept in the run folder)."""
-
-    def __init__(self, args, config: dict, run_dir: str, info: DistInfo, log, earlier_events=()):
-        """earlier_events: what a resumed run logged before its checkpoint. They are sent again:
-        a killed process may not have flushed them, and W&B drops steps it already has."""
-        self.run = None
-        self.run_id = None
-        self.log_ = log
-        if not info.is_main or args.wandb == "disabled":
-            return
-        mode = args.wandb
-        if mode == "auto" and os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
-            mode = os.environ["WANDB_MODE"]
-        if mode == "disabled":
-            return
-        if mode == "auto":
-            mode = "online" if _wandb_logged_in() else "offline"
-            if mode == "offline":
-                log.info(f"W&B: not logged in, logging offline under {run_dir}/wandb "
-                         "(upload later with `wandb sync`)")
-        try:
-            import wandb
-            id_path = os.path.join(run_dir, "wandb_id")
-            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
-            atomic_write_bytes(id_path, run_id.encode())
-            kwargs = dict(project=args.wandb_project, group=args.wandb_group, name=args.run_name,
-                          id=run_id, resume="allow", dir=run_dir, config=config,
-                          tags=[os.path.basename(os.path.normpath(args.model)), args.pool])
-            kwargs["settings"] = wandb.Settings(init_timeout=float(os.environ.get("FTKIT_WANDB_INIT_TIMEOUT", 60)))
-            try:
-                self.run = wandb.init(mode=mode, **kwargs)
-            except Exception as e:
-                if mode != "online":
-                    raise
-                log.warning(f"warning: W&B online failed ({first_line(e)}); logging offline")
-                self.run = wandb.init(mode="offline", **kwargs)
-            self.run_id = run_id
-            self.run.define_metric("val/acc", summary="max")
-            for event in earlier_events:
-                self.log(event)
-        except Exception as e:
-            log.warning(f"warning: W&B unavailable ({first_line(e)}); continuing without it")
-            self.run = None
-
-    def log(self, event: dict) -> None:
-        if self.run is None:
-            return
-        prefix = event.get("split", event["event"])
-        values = {f"{prefix}/{k}": v for k, v in event.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
-        self._safe(self.run.log, values, step=event["step"])
-
-    def summary(self, results: dict) -> None:
-        if self.run is not None:
-            self._safe(self.run.summary.update, {
-                **{f"test/{k[5:]}": v for k, v in results.items() if k.startswith("test_")},
-                **{k: v for k, v in results.items() if not k.startswith(("test_", "val_"))}})
-
-    def final_plots(self, probs: np.ndarray, labels: np.ndarray, texts: list[str], label_names: list[str],
-                    n_wrong: int = 20) -> None:
-        """Confusion matrix, reliability diagram and the most confidently wrong test examples."""
-        if self.run is None:
-            return
-
-        def make():
-            import wandb
-            pred = probs.argmax(1)
-            confidence = probs.max(1)
-            reliability = wandb.Table(columns=["confidence", "accuracy", "count"],
-                                      data=[list(b) for b in calibration_bins(confidence, pred == labels)])
-            wrong = np.flatnonzero(pred != labels)
-            wrong = wrong[np.argsort(-confidence[wrong])][:n_wrong]
-            examples = wandb.Table(columns=["text", "label", "predicted", "p_predicted"], data=[
-                [texts[i][:500], label_names[labels[i]], label_names[pred[i]], float(confidence[i])] for i in wrong])
-            self.run.log({
-                "test/confusion_matrix": wandb.plot.confusion_matrix(
-                    y_true=labels.tolist(), preds=pred.tolist(), class_names=label_names),
-                "test/reliability": wandb.plot.line(reliability, "confidence", "accuracy",
-                                                    title="Reliability (perfect calibration: y = x)"),
-                "test/confidently_wrong": examples})
-
-        self._safe(make)
-
-    def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            self._safe(self.run.finish, exit_code=exit_code)
-            self.run = None
-
-    def _safe(self, fn, *args, **kwargs):
-        try:
-            fn(*args, **kwargs)
-        except Exception as e:
-            self.log_.warning(f"warning: W&B call failed ({first_line(e)}); W&B logging stops here")
-            self.run = None
+def hash_texts(texts, *extra: str) -> str:
+    """A hex digest of texts (and extra strings): cache keys for tokenizers and token ids."""
+    digest = hashlib.sha256()
+    for t in [*texts, *extra]:
+        digest.update(t.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = os.path.expanduser("~/.netrc")
-    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory of this process so far, in MiB: resident set on CPU; allocated and reserved
+    by torch's caching allocator on CUDA."""
+    if device.type == "cuda":
+        return {"peak_mem_allocated_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20,
+                "peak_mem_reserved_mb": torch.cuda.max_memory_reserved(device) / 2 ** 20}
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
 
 
 def first_line(e: Exception) -> str:

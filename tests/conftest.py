@@ -12,6 +12,7 @@ sys.path.insert(0, ROOT)
 # One thread per process, inherited by every run the tests start: with `pytest -n 2` two tests
 # share the 2 cores, and more threads than cores makes torch's spinning threads crawl.
 os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: a hub name fails at once, not after retries
 
 import torch  # noqa: E402
 

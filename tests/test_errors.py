@@ -19,7 +19,7 @@ def folder(tmp_path, train, test=None):
 GOOD = {"text": ["good", "bad"] * 20, "label": [1, 0] * 20}
 
 CASES = {
-    "unknown model": (lambda p: ["--model", "nosuchmodel"], "unknown --model 'nosuchmodel'"),
+    "unknown model": (lambda p: ["--model", "nosuchmodel"], "cannot load model 'nosuchmodel'"),
     "unknown pool": (lambda p: ["--pool", "max"], "invalid choice: 'max'"),
     "missing data": (lambda p: ["--data", str(p / "nope")], "no such file or folder"),
     "text column": (lambda p: ["--data", folder(p, {"review": ["a", "b"] * 5, "label": [0, 1] * 5})],

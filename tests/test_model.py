@@ -73,9 +73,12 @@ def test_tiny_tokenizer_is_trained_once_and_cached(tmp_path):
     assert first("alpha")["input_ids"][0] == first.cls_token_id
 
 
-def test_unknown_model_is_a_user_error():
-    with pytest.raises(UserError, match="unknown --model"):
-        models.resolve_model("nosuchmodel")
+def test_any_hub_name_is_accepted_and_a_missing_one_is_a_user_error():
+    """Any name the hub resolves is a model (albert has no '/' or '-'); one that does not
+    resolve fails with one line when it is loaded (offline here: HF_HUB_OFFLINE=1)."""
+    assert models.resolve_model("albert").source == "albert"
+    with pytest.raises(UserError, match="cannot load model 'nosuchmodel'"):
+        models.model_max_positions(models.resolve_model("nosuchmodel"))
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert"])
