@@ -30,7 +30,14 @@ stop_daemon() {  # $1 = pid file: TERM its process, wait for it to go, KILL afte
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$1"
 }
-stop_cluster() {
+stop_cluster() {  # its jobs first (their slurmstepd would outlive the daemons), then the daemons
+  local jobs
+  jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+  if [ -n "$jobs" ]; then
+    echo "cancelling the jobs still in it: $jobs"
+    scancel $jobs
+    for _ in $(seq 1 90); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 1; done
+  fi
   stop_daemon "$pids/slurmd.pid"
   stop_daemon "$pids/slurmctld.pid"
 }
