@@ -32,7 +32,7 @@ stop_daemon() {  # $1 = pid file: TERM its process, wait for it to go, KILL afte
 }
 stop_cluster() {  # its jobs first (their slurmstepd would outlive the daemons), then the daemons
   local jobs
-  jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+  jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ') || true  # no controller: no jobs
   if [ -n "$jobs" ]; then
     echo "cancelling the jobs still in it: $jobs"
     scancel $jobs
