@@ -54,7 +54,7 @@ for tool in munged slurmctld slurmd sinfo sbatch; do
 done
 
 host=$(hostname -s)
-cpus=$(( $(nproc) * 2 ))
+cpus=$(( $(nproc --all) * 2 ))  # --all: nproc alone follows OMP_NUM_THREADS
 wanted="$marker
 ClusterName=ftkit
 SlurmctldHost=$host(127.0.0.1)
