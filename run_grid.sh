@@ -12,6 +12,8 @@
 #   --dry-run   print the expanded commands and nothing else
 #   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
 #   -- ARGS     appended to every run of the grid (e.g. -- --epochs 1)
+#   --slurm     send the grid to a SLURM cluster instead: a job array, one task per run; its own
+#               options: bash run_grid.sh --slurm --help (README: "Grids on a SLURM cluster")
 #
 # Finished runs (results.json present) are skipped; interrupted ones resume: rerun the same command.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
@@ -20,6 +22,11 @@ cd "$(dirname "$0")"
 
 extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
 die() { echo "error: $*" >&2; exit 2; }
+# --slurm: slurm.py writes and submits the jobs; it takes all the options (they differ from these)
+for arg in "$@"; do
+  [ "$arg" = -- ] && break
+  [ "$arg" = --slurm ] && exec "${PYTHON:-python}" slurm.py "$@"
+done
 while [ $# -gt 0 ]; do
   case "$1" in
     --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; nproc=$2; shift 2 ;;

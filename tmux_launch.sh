@@ -3,7 +3,9 @@
 #
 #   bash tmux_launch.sh [GRID] [run_grid.sh options]   start (session "grid-<name>"; output teed
 #                                                      to <out_dir>/<name>/grid.log)
-#   bash tmux_launch.sh --status                       sessions and their progress (runs done / total)
+#   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total),
+#                                                      and the grids under D (default runs) sent to
+#                                                      SLURM with run_grid.sh --slurm
 #   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
 #                                                      exit; start again to resume
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
@@ -25,11 +27,18 @@ progress() {  # $1 = session: "done/total" from the run folders and the grid fil
 }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --status)
     list=$(sessions)
-    [ -n "$list" ] || { echo "no grid sessions running"; exit 0; }
+    [ -n "$list" ] || echo "no grid sessions running"
     for s in $list; do echo "$s: $(progress "$s")"; done
+    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
+    root=runs; [ "${2:-}" = --out_dir ] && root=${3:-runs}
+    for jobs in "$root"/*/slurm/jobs.json; do
+      [ -f "$jobs" ] || continue
+      g=$(basename "$(dirname "$(dirname "$jobs")")")
+      echo "slurm $("$PYTHON" slurm.py "$g" --status --out_dir "$root" 2>&1 | tail -n 1 | sed 's/^== //')"
+    done
     exit 0 ;;
   --stop)
     [ $# -ge 2 ] || die "--stop needs the grid (file or name)"

@@ -1,0 +1,498 @@
+"""Run a grid on a SLURM cluster: SLURM queues, places, limits and requeues; we write the jobs.
+
+    bash run_grid.sh GRID --slurm [options] [-- TRAIN.PY ARGS]    (run_grid.sh hands --slurm here)
+    bash run_grid.sh GRID --slurm --status                        per run: pending / running /
+                                                                  requeued / done / failed
+
+Writes OUT_DIR/<grid>/slurm/: runs.grid (each run's flags, one run per line: line N is array
+task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch and, once submitted,
+jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
+unfinished run, at most --max-parallel at once) waits for it with afterok; the report job runs
+report.py after the array, however it ended (afterany).
+
+Preemption and time limits: SLURM sends the batch script USR1 --grace seconds before the end;
+the script sends TERM to torchrun (which forwards TERM, not USR1), train.py checkpoints and exits,
+and the script requeues its own task, which resumes from the checkpoint when it starts again.
+"""
+import argparse
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+NO_ID = {"smoke": "SMOKE_JOB_ID", "array": "ARRAY_JOB_ID"}  # stand-ins in scripts a dry run writes
+
+
+class SlurmError(Exception):
+    pass
+
+
+class Place(NamedTuple):
+    """Where a grid's jobs run from: the checkout, the Python that submitted, the grid's folder."""
+    root: str
+    python: str
+    out: str
+    name: str
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SlurmError(f"{message} (see run_grid.sh --slurm --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="run_grid.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="-- ARGS: train.py flags appended to every run (as without --slurm)")
+    a = p.add_argument
+    a("grid", nargs="?", default="grids/exp1.grid", help="grid file (default: %(default)s); for "
+      "--status its name is enough")
+    a("--slurm", action="store_true", help="send the grid to SLURM (what run_grid.sh hands over here)")
+    a("--status", action="store_true", help="per run: pending / running / requeued / done / failed, "
+      "from squeue and the run folders; submits nothing")
+    a("--partition", help="SLURM partition (default: the cluster's default)")
+    a("--gpus-per-run", type=int, default=1, help="GPUs per node for each run, one process each; "
+      "0 = a CPU partition, --nproc gloo processes (default: %(default)s)")
+    a("--nodes-per-run", type=int, default=1, help="nodes per run; above 1, srun starts one torchrun "
+      "per node with a c10d rendezvous on the first node (default: %(default)s)")
+    a("--nproc", type=int, default=None, help="with --gpus-per-run 0: gloo processes per run (default: 1)")
+    a("--cpus-per-task", type=int, default=None, help="CPUs per node for each run (default: --nproc "
+      "on CPU partitions, else the cluster's default)")
+    a("--mem", help="memory per node, as sbatch takes it, e.g. 64G (default: the cluster's default)")
+    a("--time", help="time limit per run start, D-HH:MM:SS; a longer run is requeued and resumes "
+      "(default: the partition's limit)")
+    a("--max-parallel", type=int, default=None, help="at most K runs at once (array %%K; default: no limit)")
+    a("--account", help="SLURM account to charge")
+    a("--qos", help="SLURM quality of service")
+    a("--sbatch-arg", action="append", default=[], metavar="ARG", help="one more sbatch option for "
+      "every job, written as --sbatch-arg=--constraint=a100 (repeatable)")
+    a("--grace", type=int, default=180, help="seconds before the time limit (or preemption, where "
+      "the cluster sends the signal then) at which a run is told to checkpoint (default: %(default)s)")
+    a("--max-requeues", type=int, default=10, help="a task is not requeued again after this many "
+      "restarts, so a run that never gets further cannot loop (default: %(default)s)")
+    a("--smoke", action=argparse.BooleanOptionalAction, default=True, help="a smoke job first: "
+      "every run with --smoke; the runs start only if all pass (default: on)")
+    a("--dry-run", action="store_true", help="write and print the scripts; submit nothing (needs no sbatch)")
+    a("--out_dir", default="runs", help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
+    return p
+
+
+def check_options(o) -> None:
+    def at_least(flag, value, low):
+        if value is not None and value < low:
+            raise SlurmError(f"--{flag} must be at least {low} (got {value})")
+    at_least("gpus-per-run", o.gpus_per_run, 0)
+    at_least("nodes-per-run", o.nodes_per_run, 1)
+    at_least("nproc", o.nproc, 1)
+    at_least("cpus-per-task", o.cpus_per_task, 1)
+    at_least("max-parallel", o.max_parallel, 1)
+    at_least("grace", o.grace, 1)
+    at_least("max-requeues", o.max_requeues, 0)
+    if o.grace > 65535:
+        raise SlurmError(f"--grace must be at most 65535 seconds (got {o.grace})")
+    if o.nodes_per_run > 1 and o.gpus_per_run == 0:
+        raise SlurmError("--nodes-per-run above 1 needs GPUs: CPU runs (--gpus-per-run 0) use one node")
+    if o.nproc is not None and o.gpus_per_run > 0:
+        raise SlurmError("--nproc is for CPU partitions (--gpus-per-run 0); with GPUs a run has one "
+                         "process per GPU")
+    for arg in o.sbatch_arg:
+        if not arg.startswith("-"):
+            raise SlurmError(f"--sbatch-arg takes one sbatch option, e.g. --sbatch-arg=--constraint=a100 (got {arg!r})")
+    for value in [o.partition, o.mem, o.time, o.account, o.qos, o.out_dir, *o.sbatch_arg]:
+        if value is not None and re.search(r"\s", value):  # they go into #SBATCH lines
+            raise SlurmError(f"{value!r}: SLURM options and --out_dir must not contain spaces")
+
+
+# ---- the scripts
+
+def array_spec(tasks: list[int], max_parallel: int | None) -> str:
+    """[1, 2, 3, 5] -> '1-3,5' (+ '%K')."""
+    ranges, start = [], None
+    for i, task in enumerate(tasks):
+        start = task if start is None else start
+        if i + 1 == len(tasks) or tasks[i + 1] != task + 1:
+            ranges.append(str(task) if start == task else f"{start}-{task}")
+            start = None
+    return ",".join(ranges) + (f"%{max_parallel}" if max_parallel else "")
+
+
+def resource_lines(o) -> list[str]:
+    """#SBATCH lines for where one run goes: nodes, GPUs, CPUs, memory, time, account."""
+    cpus = o.cpus_per_task or (o.nproc or 1 if o.gpus_per_run == 0 else None)
+    lines = [f"--nodes={o.nodes_per_run}", "--ntasks-per-node=1"]
+    lines += [f"--gres=gpu:{o.gpus_per_run}"] if o.gpus_per_run else []
+    lines += [f"--cpus-per-task={cpus}"] if cpus else []
+    lines += [f"--mem={o.mem}"] if o.mem else []
+    lines += [f"--time={o.time}"] if o.time else []
+    return lines + queue_lines(o)
+
+
+def queue_lines(o) -> list[str]:
+    return ([f"--partition={o.partition}"] if o.partition else []) + \
+        ([f"--account={o.account}"] if o.account else []) + ([f"--qos={o.qos}"] if o.qos else []) + o.sbatch_arg
+
+
+def launcher(o) -> str:
+    """The bash function that starts one run under torchrun, in the background."""
+    per_node = o.gpus_per_run or o.nproc or 1
+    if o.nodes_per_run == 1:
+        return f"""\
+launch() {{  # $@ = train.py args: the run under torchrun, {per_node} process(es), in the background
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node={per_node} train.py "$@" &
+  child=$!
+}}"""
+    cpus = f" --cpus-per-task={o.cpus_per_task}" if o.cpus_per_task else ""  # srun does not inherit it
+    return f"""\
+launch() {{  # $@ = train.py args: srun starts one torchrun per node, {per_node} process(es) each
+  local head port
+  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # rendezvous on the first node
+  port=$((20000 + SLURM_JOB_ID % 20000))  # from the job id: two jobs sharing a node differ
+  srun --nodes={o.nodes_per_run} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 \\
+    "$PYTHON" -m torch.distributed.run --nnodes={o.nodes_per_run} --nproc_per_node={per_node} \\
+    --rdzv-backend=c10d --rdzv-endpoint="$head:$port" --rdzv-id="$SLURM_JOB_ID" train.py "$@" &
+  child=$!
+}}"""
+
+
+WAIT = """\
+wait_for_child() {  # a trapped signal ends `wait` early: wait until the run has really exited
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+  wait "$child"
+}"""
+
+
+def header(what: str, job_name: str, output: str, options: list[str], script: str) -> str:
+    lines = ["#!/bin/bash", *[f"# {line}" if line else "#" for line in what.splitlines()],
+             "# Written by run_grid.sh --slurm (slurm.py). Submitted with:",
+             f"#   sbatch --parsable {shlex.quote(script)}",
+             f"#SBATCH --job-name={job_name}", f"#SBATCH --output={output}"]
+    return "\n".join(lines + [f"#SBATCH {opt}" for opt in options])
+
+
+def setup(p: Place) -> str:
+    return f"""\
+set -uo pipefail
+cd {shlex.quote(p.root)} || exit 1  # train.py, grid.py, report.py
+PYTHON={shlex.quote(p.python)}
+OUT={shlex.quote(p.out)}  # the grid's folder: runs in OUT/<run name>/, these scripts in OUT/slurm/"""
+
+
+# line N of runs.grid is array task N; grid.py checks every line with train.py's parser again
+EXPAND = 'runs=$("$PYTHON" grid.py expand "$OUT/slurm/runs.grid")'
+
+
+def smoke_script(o, p: Place, tasks: list[int]) -> str:
+    path = os.path.join(p.out, "slurm", "smoke.sbatch")
+    what = (f"Grid {p.name}, smoke job: every run still to do with --smoke (64 examples, 1 epoch), one\n"
+            "after another, started as the real runs are. If one fails, this job fails and SLURM\n"
+            "cancels the runs' array, which waits for it (afterok, --kill-on-invalid-dep=yes).")
+    return f"""\
+{header(what, f"{p.name}-smoke", f"{p.out}/logs/slurm-smoke-%j.log", resource_lines(o), path)}
+{setup(p)}
+TASKS=" {' '.join(map(str, tasks))} "  # the runs still to do
+{launcher(o)}
+{WAIT}
+
+echo "running" > "$OUT/slurm/status/smoke"
+{EXPAND} || {{ echo "failed: runs.grid does not expand" > "$OUT/slurm/status/smoke"; exit 2; }}
+while IFS=$'\\x1f' read -r -a run; do
+  line=${{run[0]}} name=${{run[1]}} log="$OUT/logs/${{run[1]}}-smoke.log"
+  [[ "$TASKS" == *" $line "* ]] || continue
+  launch "${{run[@]:2}}" --smoke --out_dir "$OUT/smoke" > "$log" 2>&1
+  if ! wait_for_child; then
+    echo "smoke FAILED: runs.grid line $line ($name), log $log:"
+    {{ grep -m 3 -E '^([0-9:]+ )?error:' "$log" || grep -v '^\\s*$' "$log" | tail -n 8; }} | sed 's/^/    /'
+    echo "failed: line $line ($name), log $log" > "$OUT/slurm/status/smoke"
+    echo "the real runs are cancelled (their array waits for this job)."
+    exit 1
+  fi
+  echo "smoke ok: $name"
+done <<< "$runs"
+echo "ok" > "$OUT/slurm/status/smoke"
+"""
+
+
+def runs_script(o, p: Place, tasks: list[int], smoke_job: str | None) -> str:
+    path = os.path.join(p.out, "slurm", "runs.sbatch")
+    what = (f"Grid {p.name}: one array task per run still to do; task N runs line N of runs.grid.\n"
+            f"USR1 comes {o.grace} s before the time limit: the run checkpoints and the task requeues\n"
+            "itself; when it starts again the run resumes (train.py does, from its folder).\n"
+            "One log per task, appended across restarts.")
+    options = [f"--array={array_spec(tasks, o.max_parallel)}", "--open-mode=append", "--requeue",
+               f"--signal=B:USR1@{o.grace}", *resource_lines(o)]
+    if smoke_job:
+        options += [f"--dependency=afterok:{smoke_job}", "--kill-on-invalid-dep=yes"]
+    return f"""\
+{header(what, p.name, f"{p.out}/logs/slurm-%A_%a.log", options, path)}
+{setup(p)}
+MAX_REQUEUES={o.max_requeues}
+task=$SLURM_ARRAY_TASK_ID restarts=${{SLURM_RESTART_COUNT:-0}}
+{launcher(o)}
+{WAIT}
+
+note() {{  # the task's state, for --status, and the same line in this log
+  echo "$*" > "$OUT/slurm/status/$task"
+  echo "ftkit $(date '+%F %T') task $task: $*"
+}}
+signalled=0 termed="" child=""
+on_usr1() {{  # the time limit (or a preemption) is near: checkpoint now
+  signalled=1
+  echo "ftkit $(date '+%F %T') task $task: USR1: stopping the run so it checkpoints"
+  [ -n "$child" ] && kill -TERM "$child"  # torchrun forwards TERM to its workers, not USR1
+}}
+on_term() {{  # scancel or a preemption: SLURM sends TERM to every process of the job itself
+  termed=" after TERM (scancel, or a preemption that SLURM requeues itself)"
+  echo "ftkit $(date '+%F %T') task $task: TERM: waiting for the run to checkpoint"
+}}
+trap on_usr1 USR1
+trap on_term TERM
+
+{EXPAND} || {{ note "failed: runs.grid does not expand (see this log)"; exit 2; }}
+IFS=$'\\x1f' read -r -a run < <(grep "^$task"$'\\x1f' <<< "$runs")
+[ ${{#run[@]}} -ge 2 ] || {{ note "failed: no line $task in runs.grid"; exit 2; }}
+run_name=${{run[1]}}
+if [ -f "$OUT/$run_name/results.json" ]; then note "done: $run_name finished before this start"; exit 0; fi
+note "running: $run_name, job ${{SLURM_ARRAY_JOB_ID}}_$task on $(hostname -s), start $((restarts + 1))"
+status=1  # stays so if USR1 came before the run started
+if [ "$signalled" = 0 ]; then
+  launch "${{run[@]:2}}" --out_dir "$OUT" --wandb_group {shlex.quote(p.name)}
+  wait_for_child; status=$?
+fi
+# the run's exit code decides, except after USR1: torchrun may end non-zero after its workers
+# checkpointed, so the signal path is "this script got USR1", whatever torchrun returned
+if [ "$status" = 0 ]; then note "done: $run_name"; exit 0; fi
+if [ "$signalled" = 0 ]; then note "failed: $run_name exit $status$termed (not requeued)"; exit "$status"; fi
+if [ "$restarts" -ge "$MAX_REQUEUES" ]; then
+  note "failed: $run_name stopped after $restarts requeues (--max-requeues $MAX_REQUEUES)"
+  exit 1
+fi
+note "requeued: $run_name checkpointed after USR1 (requeue $((restarts + 1)) of at most $MAX_REQUEUES)"
+scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_$task" || {{ note "failed: scontrol requeue refused"; exit 1; }}
+"""
+
+
+def report_script(o, p: Place, array_job: str) -> str:
+    path = os.path.join(p.out, "slurm", "report.sbatch")
+    what = (f"Grid {p.name}, report job: the results table (report.py) in the grid folder, after the\n"
+            "runs' array has ended, however it ended (afterany).")
+    options = ["--ntasks=1", "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{array_job}"]
+    return f"""\
+{header(what, f"{p.name}-report", f"{p.out}/logs/slurm-report-%j.log", options, path)}
+{setup(p)}
+"$PYTHON" report.py "$OUT"
+"""
+
+
+def runs_file(runs: list[tuple[int, str, list[str]]]) -> str:
+    """runs.grid: one run per line (the grid's flags plus the extras), its name as a comment."""
+    return "".join(f"{shlex.join(args)}  # {name}\n" for _, name, args in runs)
+
+
+# ---- submit
+
+def sbatch(path: str) -> str:
+    done = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise SlurmError(f"sbatch refused {path}: {why}")
+    return done.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+
+
+def queue(job_ids: list[str]) -> list[dict]:
+    """squeue's view of these jobs (one row per array task); [] when SLURM no longer lists them."""
+    fields = ["JobArrayID", "State", "RestartCnt", "Reason", "NodeList"]
+    done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-O", ",".join(f + ":|" for f in fields)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        if "Invalid job id" in done.stderr:
+            return []
+        raise SlurmError(f"squeue failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines() if line.strip()]
+
+
+def submit(o, grid_path: str, extra: list[str]) -> int:
+    import grid
+
+    if not o.dry_run and shutil.which("sbatch") is None:
+        raise SlurmError("--slurm needs sbatch on PATH (run it on the cluster's login node), or use --dry-run")
+    if not os.path.isfile(grid_path):
+        raise SlurmError(f"grid file {grid_path} not found")
+    try:
+        runs = grid.resolve(grid_path, extra)
+    except OSError as e:
+        raise SlurmError(f"cannot read grid {grid_path}: {e.strerror}") from None
+    except grid.GridError as e:
+        raise SlurmError(str(e)) from None
+    for number, _, args in runs:  # runs.grid is expanded again in the jobs: nothing may expand twice
+        if any(grid.BRACES.search(arg) for arg in args):
+            raise SlurmError(f"{grid_path}:{number}: a flag still holds {{a,b}} after expansion (nested braces?)")
+    name = os.path.basename(grid_path).removesuffix(".grid")
+    out = os.path.abspath(os.path.join(o.out_dir, name))
+    slurm_dir = os.path.join(out, "slurm")
+    tasks = [i for i, (_, run_name, _) in enumerate(runs, 1)
+             if not os.path.exists(os.path.join(out, run_name, "results.json"))]
+    if not tasks:
+        print(f"all {len(runs)} runs of {grid_path} are finished (results in {out}); nothing submitted")
+        return 0
+    if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid when they start
+        earlier = read_jobs(slurm_dir)
+        if earlier and queue(job_ids(earlier)):
+            raise SlurmError(f"grid {name} still has jobs in the queue ({','.join(job_ids(earlier))}); "
+                             f"see run_grid.sh {grid_path} --slurm --status, or scancel them first")
+
+    os.makedirs(os.path.join(slurm_dir, "status"), exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    for key in ["smoke", *map(str, tasks)]:  # the states an earlier submission left
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(slurm_dir, "status", key))
+    write(os.path.join(slurm_dir, "runs.grid"), runs_file(runs))
+    place = Place(ROOT, sys.executable, out, name)
+    jobs = {"grid": os.path.abspath(grid_path), "out": out, "runs": [n for _, n, _ in runs], "tasks": tasks,
+            "smoke": None, "array": None, "report": None}
+    paths = {k: os.path.join(slurm_dir, f"{k}.sbatch") for k in ("smoke", "runs", "report")}
+    if o.smoke:
+        write(paths["smoke"], smoke_script(o, place, tasks))
+        jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
+    elif os.path.exists(paths["smoke"]):
+        os.remove(paths["smoke"])
+    try:
+        write(paths["runs"], runs_script(o, place, tasks, jobs["smoke"]))
+        jobs["array"] = NO_ID["array"] if o.dry_run else sbatch(paths["runs"])
+        write(paths["report"], report_script(o, place, jobs["array"]))
+        jobs["report"] = None if o.dry_run else sbatch(paths["report"])
+    except SlurmError:
+        submitted = [j for j in (jobs["smoke"], jobs["array"]) if j and not o.dry_run]
+        if submitted:  # no half-submitted grid: its jobs would wait for nothing
+            subprocess.run(["scancel", *submitted], capture_output=True)
+        raise
+
+    if o.dry_run:
+        for key in ("smoke", "runs", "report"):
+            if key != "smoke" or o.smoke:
+                print(f"==> {paths[key]} <==\n{open(paths[key]).read()}")
+        print(f"dry run: nothing submitted; scripts and runs.grid in {slurm_dir}")
+    else:
+        jobs["submitted"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write(os.path.join(slurm_dir, "jobs.json"), json.dumps(jobs, indent=1) + "\n")
+    left_out = len(runs) - len(tasks)
+    print(f"grid {name}: {len(tasks)} runs as array tasks"
+          + (f" ({left_out} finished ones left out)" if left_out else "")
+          + (f", at most {o.max_parallel} at once" if o.max_parallel else ""))
+    for task in tasks:
+        print(f"  task {task:<4} {runs[task - 1][1]}")
+    if o.dry_run:
+        return 0
+    ids = job_ids(jobs)
+    logs = os.path.join(out, "logs")
+    print(f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}array job {jobs['array']}, "
+          f"report job {jobs['report']}")
+    print(f"logs: {logs}/slurm-{jobs['array']}_<task>.log (one per task, appended across restarts)"
+          + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else ""))
+    print("follow:")
+    print(f"  squeue -j {','.join(ids)}")
+    print(f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed   (where the cluster keeps accounting)")
+    print(f"  tail -f {logs}/slurm-{jobs['array']}_{tasks[0]}.log")
+    print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
+          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != "runs" else ""))
+    return 0
+
+
+def job_ids(jobs: dict) -> list[str]:
+    return [jobs[k] for k in ("smoke", "array", "report") if jobs.get(k)]
+
+
+def read_jobs(slurm_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(slurm_dir, "jobs.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ---- status
+
+def status(o) -> int:
+    if shutil.which("squeue") is None:
+        raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
+    name = os.path.basename(o.grid).removesuffix(".grid")
+    slurm_dir = os.path.join(o.out_dir, name, "slurm")
+    jobs = read_jobs(slurm_dir)
+    if jobs is None:
+        raise SlurmError(f"grid {name} was not sent to SLURM from here (no {slurm_dir}/jobs.json)")
+    out = jobs["out"]
+    live = {row["JobArrayID"]: row for row in queue(job_ids(jobs))}
+    print(f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
+          + ", ".join(f"{k} job {jobs[k]}" for k in ("smoke", "array", "report") if jobs.get(k)))
+    if jobs.get("smoke"):
+        smoke = live.get(jobs["smoke"])
+        print(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
+    counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
+    for task, run_name in enumerate(jobs["runs"], 1):
+        state, detail = run_state(out, slurm_dir, run_name, task, task in jobs["tasks"],
+                                  live.get(f"{jobs['array']}_{task}"))
+        counts[state] += 1
+        print(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
+    report = live.get(jobs["report"]) if jobs.get("report") else None
+    if report:
+        print(f"  report: {report['State'].lower()}")
+    elif os.path.exists(os.path.join(out, "results.md")):
+        print(f"  report: {os.path.join(out, 'results.md')}")
+    print(f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
+    """One run: (pending | running | requeued | done | failed, detail)."""
+    if os.path.exists(os.path.join(out, run_name, "results.json")):
+        return "done", "" if submitted else "finished before this submission"
+    if row is not None:
+        restarts = int(row["RestartCnt"] or 0)
+        if row["State"] in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            return "running", f"task {task} on {row['NodeList']}" + (f", restart {restarts}" if restarts else "")
+        waiting = f"{row['State'].lower()}" + (f": {row['Reason']}" if row["Reason"] not in ("", "None") else "")
+        if restarts:
+            return "requeued", f"task {task}, {restarts} restart(s), {waiting}"
+        return "pending", f"task {task}, {waiting}"
+    note = read_state(slurm_dir, str(task))
+    if not submitted:
+        return "failed", "not finished and not in this submission"
+    if note is None:
+        return "failed", f"task {task} never started (cancelled, or the smoke job failed)"
+    if note.startswith(("running", "requeued")):  # but SLURM no longer lists it
+        return "failed", f"task {task} ended outside the script (killed, or not started again): {note}"
+    return "failed", f"task {task}: {note}"
+
+
+def read_state(slurm_dir: str, key: str) -> str | None:
+    try:
+        with open(os.path.join(slurm_dir, "status", key)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    try:
+        o = build_parser().parse_args(argv)
+        check_options(o)
+        return status(o) if o.status else submit(o, o.grid, extra)
+    except SlurmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
