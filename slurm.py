@@ -103,7 +103,8 @@ def check_options(o) -> None:
                          "process per GPU")
     for arg in o.sbatch_arg:
         if not arg.startswith("-"):
-            raise SlurmError(f"--sbatch-arg takes one sbatch option, e.g. --sbatch-arg=--constraint=a100 (got {arg!r})")
+            raise SlurmError(f"--sbatch-arg takes one sbatch option, e.g. --sbatch-arg=--constraint=a100 "
+                             f"(got {arg!r})")
     for value in [o.partition, o.mem, o.time, o.account, o.qos, o.out_dir, *o.sbatch_arg]:
         if value is not None and re.search(r"\s", value):  # they go into #SBATCH lines
             raise SlurmError(f"{value!r}: SLURM options and --out_dir must not contain spaces")
@@ -124,7 +125,7 @@ def array_spec(tasks: list[int], max_parallel: int | None) -> str:
 
 def resource_lines(o) -> list[str]:
     """#SBATCH lines for where one run goes: nodes, GPUs, CPUs, memory, time, account."""
-    cpus = o.cpus_per_task or (o.nproc or 1 if o.gpus_per_run == 0 else None)
+    cpus = o.cpus_per_task or ((o.nproc or 1) if o.gpus_per_run == 0 else None)
     lines = [f"--nodes={o.nodes_per_run}", "--ntasks-per-node=1"]
     lines += [f"--gres=gpu:{o.gpus_per_run}"] if o.gpus_per_run else []
     lines += [f"--cpus-per-task={cpus}"] if cpus else []
@@ -308,7 +309,7 @@ def queue(job_ids: list[str]) -> list[dict]:
     """squeue's view of these jobs (one row per array task); [] when SLURM no longer lists them."""
     fields = ["JobArrayID", "State", "RestartCnt", "Reason", "NodeList"]
     done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-O", ",".join(f + ":|" for f in fields)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True)  # -r: one row per array task; "|" after each field
     if done.returncode != 0:
         if "Invalid job id" in done.stderr:
             return []
@@ -317,7 +318,7 @@ def queue(job_ids: list[str]) -> list[dict]:
 
 
 def submit(o, grid_path: str, extra: list[str]) -> int:
-    import grid
+    import grid  # here, not at the top: it imports train.py and torch, which --status does not need
 
     if not o.dry_run and shutil.which("sbatch") is None:
         raise SlurmError("--slurm needs sbatch on PATH (run it on the cluster's login node), or use --dry-run")
@@ -396,7 +397,8 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
           + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else ""))
     print("follow:")
     print(f"  squeue -j {','.join(ids)}")
-    print(f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed   (where the cluster keeps accounting)")
+    print(f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed"
+          "   (where the cluster keeps accounting)")
     print(f"  tail -f {logs}/slurm-{jobs['array']}_{tasks[0]}.log")
     print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
           + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != "runs" else ""))

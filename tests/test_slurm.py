@@ -227,7 +227,7 @@ def cluster():
     if why and os.environ.get("CI") == "true":
         pytest.fail(f"CI: the local SLURM is not up ({why}); .ci/run starts it with tests/slurm/start_local_cluster.sh")
     if why:
-        pytest.skip(f"no local SLURM ({why}); start one with: sudo bash tests/slurm/start_local_cluster.sh")
+        pytest.skip(f"no local SLURM ({why}); start one (as root) with: bash tests/slurm/start_local_cluster.sh")
 
 
 def jobs_of(out) -> dict:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the tests and for trying `run_grid.sh --slurm`.
 #
-#   sudo bash tests/slurm/start_local_cluster.sh          start it (or reuse it if it is already up)
-#   sudo bash tests/slurm/start_local_cluster.sh --stop   stop its daemons
+#   bash tests/slurm/start_local_cluster.sh          (as root) start it, or reuse it if it is up
+#   bash tests/slurm/start_local_cluster.sh --stop   (as root) cancel its jobs, stop its daemons
 #
 # Needs root and Debian's packages (apt-get install slurmctld slurmd slurm-client munge); no
 # systemd, no cgroups. Writes /etc/slurm/slurm.conf (where sbatch, squeue, ... look for it) and
@@ -111,7 +111,10 @@ fi
 slurmctld || die "slurmctld did not start (see $logs/slurmctld.log)"
 slurmd || die "slurmd did not start (see $logs/slurmd.log)"
 for _ in $(seq 1 60); do
-  [[ "$(node_state)" =~ ^(idle|mix|alloc) ]] && { echo "local SLURM up: $(sinfo -h -o '%P %D nodes %C CPUs(A/I/O/T) %t')"; exit 0; }
+  if [[ "$(node_state)" =~ ^(idle|mix|alloc) ]]; then
+    echo "local SLURM up: $(sinfo -h -o '%P %D nodes %C CPUs(A/I/O/T) %t')"
+    exit 0
+  fi
   sleep 1
 done
 die "the node is not idle after 60 s (sinfo: $(node_state)); see $logs/slurmctld.log and $logs/slurmd.log"
