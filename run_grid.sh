@@ -102,9 +102,12 @@ mkdir -p "$out/logs"
 echo "$$" > "$out/.grid.pid"
 stopping=0 child=""
 exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
-  local status
+  local status again
   wait "$1"; status=$?
   while kill -0 "$1" 2>/dev/null; do wait "$1"; status=$?; done
+  # it may have exited between an interrupted wait and kill -0: bash then still holds its status
+  wait "$1" 2>/dev/null; again=$?
+  [ "$again" != 127 ] && status=$again
   return "$status"
 }
 on_signal() {
