@@ -21,11 +21,15 @@ length per token, as in train.py) and is compared with the matrix-product peak t
 measures. Over seeds: throughput figures are medians, test accuracy and loss means with their
 sample standard deviation (n - 1), peak memory the largest of the runs.
 
-Bare step: for each of our variants, after its first-seed run, a separate process builds the
-same model and optimizer and times only forward, loss, backward and optimizer step on batches
-collated beforehand: the very batches (same order, widths and lengths) that run trained on in
-its first epoch, or --bare_steps of them evenly spread, after 2 untimed warm-up steps. No data
-preparation, logging, metrics or checkpoints. The loop's samples/s is shown as a share of it.
+Bare step: for each of our variants, after its first-seed run, a separate process runs train.py's
+loop on the same seed and, after each step of the first epoch (all after 2 warm-up steps, or
+--bare_steps of them evenly spread), a bare step on the very same batch: forward, loss, backward
+and optimizer step only, on the run's own model and optimizer, the batch collated beforehand.
+Paired step by step, both see the machine of the same seconds (bench/paired.py). The loop's
+samples/s is shown as a share of the bare step's, with the loop's median time per step split into
+collation, forward + backward, optimizer step and the rest. The same process then scores the test
+split with our predict() and with HF Trainer's predict() on that one model, 3 times each in turn:
+the evaluation loops compared without the machine's drift or any model difference.
 
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
 CUDA), measured the same way (utils.peak_memory) at the end of HF Trainer's process.
@@ -47,7 +51,6 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 IDENTICAL = "--padding max_len --no-group_by_length"  # what HF Trainer does with a pre-padded dataset
-BARE_WARMUP_STEPS = 2
 MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # utils.peak_memory's
 
 
@@ -76,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
       "seed (default: --seed alone)")
     a("--chunks", type=int, default=3, help="timed slices per epoch; the figure is their median "
       "(default: %(default)s)")
-    a("--bare_steps", type=int, default=None, help="bare-step timing per variant: this many of the "
-      "first seed's epoch batches, evenly spread; 0 = no bare step (default: all of them)")
+    a("--bare_steps", type=int, default=None, help="loop vs bare step per variant: pair this many of "
+      "the first seed's first-epoch steps, evenly spread; 0 = none (default: all after 2 warm-up steps)")
     a("--trainer_padding", default="max_length", choices=["max_length", "longest"], help="HF Trainer: "
       "pre-pad every example to --max_len, or DataCollatorWithPadding (default: %(default)s)")
     a("--ours", action="append", default=None, metavar="FLAGS", help="train.py flags for one variant "
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
             runs["trainer"].append(run_trainer(args, out_dir, flops, seed))
         for i, flags in enumerate(variants):
             runs[f"ours{i}"].append(run_ours(args, out_dir, i, flags, work, flops, seed))
-            if k == 0 and args.bare_steps != 0:
+            if k == 0 and work["bare_steps"]:
                 bare[f"ours{i}"] = run_bare(args, out_dir, i, flags, work, seed)
     for side_runs in runs.values():
         for run in side_runs:
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     for key, side_runs in runs.items():
         row = aggregate(side_runs, machine)
         if key in bare:
-            row["bare_step"] = bare_figures(bare[key], side_runs[0], machine)
+            row["bare_step"] = bare_figures(bare[key], machine, args.chunks)
             row["bare_share"] = row["bare_step"]["loop_share"]
         rows.append(row)
     if not args.no_trainer:
@@ -164,13 +167,14 @@ def main(argv=None) -> int:
 
 def describe_work(args, splits: dict, seeds: list[int]) -> dict:
     """Steps per epoch and the timed slices, from the same subsets train.py will use."""
+    import paired
     n_train = len(splits["train"].labels)
     steps = math.ceil(n_train / args.batch_size)
     return {"n_train": n_train, "n_test": len(splits["test"].labels), "steps_per_epoch": steps,
             "slice_steps": math.ceil(steps / args.chunks), "max_len": args.max_len, "batch_size": args.batch_size,
             "eval_batch_size": args.eval_batch_size, "precision": args.precision, "lr": args.lr,
-            "epochs": args.epochs, "seeds": seeds, "bare_steps": steps if args.bare_steps is None else
-            min(args.bare_steps, steps), "model": args.model, "data": os.path.abspath(args.data)}
+            "epochs": args.epochs, "seeds": seeds, "model": args.model, "data": os.path.abspath(args.data),
+            "bare_steps": 0 if args.bare_steps == 0 else len(paired.pick_steps(steps, args.bare_steps))}
 
 
 def row_from_slices(slices: list[dict], test: dict, eval_seconds: float, flops_per_sample: float) -> dict:
@@ -259,12 +263,14 @@ def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: floa
 
 
 def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) -> dict:
-    """The bare step of a variant, in its own process, on the batches its seed-`seed` run trained on."""
-    name = f"ours{index}-s{seed}"
-    result_path = os.path.join(out_dir, f"bare{index}-s{seed}.json")
+    """Loop step against bare step, paired in one process (bare_step.py), on the batches the
+    variant's seed-`seed` run trains on, in a run folder of its own."""
+    name = f"bare{index}-s{seed}"
+    result_path = os.path.join(out_dir, f"{name}.json")
     cmd = worker_cmd(args, "bare", result_path, seed,
                      ("--worker_argv", json.dumps(ours_argv(args, out_dir, name, flags, work, seed))))
-    print(f"\n[bare{index}] bare step of {name}: {work['bare_steps']} of {work['steps_per_epoch']} steps", flush=True)
+    print(f"\n[{name}] loop and bare step paired on {work['bare_steps']} of the first epoch's "
+          f"{work['steps_per_epoch']} steps", flush=True)
     started = time.time()
     run_offline(cmd, "the bare-step run")
     with open(result_path) as f:
@@ -274,99 +280,20 @@ def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) 
 
 
 def bare_worker(args) -> int:
-    """In its own process: forward, loss, backward and optimizer step of our model on batches
-    collated beforehand, the batches train.py's loop used in its first epoch (same order)."""
-    import torch
-    import torch.nn.functional as F
-
-    import data
-    import model as models
-    import train
-    import utils
-    targs = train.parse_args(json.loads(args.worker_argv))
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # as utils.setup_distributed does for train.py
-    entry = models.resolve_model(targs.model)
-    splits, label_names = data.load_splits(targs.data, targs.text_col, targs.label_col, targs.val_ratio,
-                                           targs.max_train_samples, targs.max_eval_samples, lambda message: None)
-    tokenizer = models.load_tokenizer(entry, splits["train"].texts, targs.cache_dir)
-    encoded = data.encode(splits["train"].texts, tokenizer, targs.max_len, targs.truncation, targs.cache_dir)
-    labels = splits["train"].labels
-    precision = train.resolve_precision(targs.precision, device, lambda message: None)
-    utils.seed_everything(targs.seed)
-    model = models.build_model(entry, tokenizer, len(label_names), targs.pool, targs.dropout,
-                               targs.encoder_dropout, device).to(device)
-    model.train()
-    optimizer = train.make_optimizer(model, targs)
-    step_model = models.compile_or_explain(model, device, print) if targs.compile else model
-    autocast = torch.autocast(device.type, dtype=train.PRECISIONS[precision], enabled=precision != "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    per_token, per_pair = models.training_flops(model)
-
-    lengths = np.array([len(x) for x in encoded.ids])
-    batches = data.train_batches(lengths, targs.batch_size, 0, targs.seed, 1, targs.group_by_length)
-    n = len(batches) if args.bare_steps is None else min(args.bare_steps, len(batches))
-    picked = [batches[i] for i in np.unique(np.linspace(0, len(batches) - 1, n).round().astype(int))]
-    micro_size = targs.batch_size // targs.grad_accum
-
-    def collated(idx):  # [(inputs, targets) per micro-batch], examples, useful FLOPs
-        micro = []
-        for start in range(0, len(idx), micro_size):
-            mb = idx[start:start + micro_size]
-            batch = data.collate([encoded.ids[i] for i in mb], tokenizer.pad_token_id, targs.max_len,
-                                 targs.padding == "max_len")
-            micro.append(({k: v.to(device) for k, v in batch.items()}, torch.from_numpy(labels[mb]).to(device)))
-        real = lengths[idx].astype(np.float64)
-        return micro, len(idx), float(per_token * real.sum() + per_pair * (real ** 2).sum())
-
-    def step(micro, examples):
-        for inputs, target in micro:
-            with autocast:
-                logits = step_model(**inputs)
-            loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
-            scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    prepared = [collated(idx) for idx in picked]
-    for micro, examples, _ in prepared[:BARE_WARMUP_STEPS]:
-        step(micro, examples)
-    slices, slice_steps = [], math.ceil(len(prepared) / args.chunks)
-    for start in range(0, len(prepared), slice_steps):
-        part = prepared[start:start + slice_steps]
-        sync()
-        began = time.perf_counter()
-        for micro, examples, _ in part:
-            step(micro, examples)
-        sync()
-        slices.append({"steps": len(part), "samples": sum(p[1] for p in part), "flops": sum(p[2] for p in part),
-                       "seconds": time.perf_counter() - began})
+    """In its own process: train.py's loop with a bare step after each picked step."""
+    import paired
+    raw, run = paired.measure(json.loads(args.worker_argv), args.bare_steps)
+    raw["eval"] = paired.eval_rounds(run, args.trainer_padding == "max_length",
+                                     os.path.join(os.path.dirname(args.worker), f"trainer-eval-s{args.seed}"))
     with open(args.worker, "w") as f:
-        json.dump({"seed": targs.seed, "steps": len(prepared), "of_steps": len(batches),
-                   "warmup_steps": min(BARE_WARMUP_STEPS, len(prepared)), "precision": precision,
-                   "slices": slices, **utils.peak_memory(device)}, f)
+        json.dump(dict(raw, seed=args.seed), f)
     return 0
 
 
-def bare_figures(raw: dict, loop_run: dict, machine: dict) -> dict:
-    """The bare step's rates, and the loop's samples/s (its run on the same batches) as a share."""
-    rates = [s["samples"] / s["seconds"] for s in raw["slices"]]
-    samples_per_s = float(np.median(rates))
-    tflops = float(np.median([s["flops"] / s["seconds"] for s in raw["slices"]])) / 1e12
-    out = {"seed": raw["seed"], "steps": raw["steps"], "of_steps": raw["of_steps"],
-           "warmup_steps": raw["warmup_steps"], "samples_per_s": samples_per_s, "samples_per_s_slices": rates,
-           "tflops_per_s": tflops, "useful_peak_share": tflops * 1e12 / machine["matmul_peak_flops"],
-           "loop_samples_per_s": loop_run["samples_per_s"], "loop_share": loop_run["samples_per_s"] / samples_per_s,
-           **{k: raw[k] for k in MEMORY_KEYS if k in raw}, "wall_s": raw["wall_s"]}
-    if machine.get("gpu_bf16_peak_flops"):
-        out["mfu"] = tflops * 1e12 / machine["gpu_bf16_peak_flops"]
-    return out
+def bare_figures(raw: dict, machine: dict, chunks: int) -> dict:
+    import paired
+    figures = paired.figures(raw, chunks, machine["matmul_peak_flops"], machine.get("gpu_bf16_peak_flops"))
+    return dict(figures, seed=raw["seed"], wall_s=raw["wall_s"])
 
 
 # ----------------------------------------------------------------------------- HF Trainer
@@ -570,6 +497,14 @@ def _gflops(tflops: float, share: float) -> str:
     return f"{tflops * 1e3:.1f} ({100 * share:.0f}%)"
 
 
+def _paired_eval(bare: dict) -> str:
+    e = bare.get("eval")
+    if not e:
+        return ""
+    rounds = ", ".join(f"{x:.2f}x" for x in e["round_ratios"])
+    return f"{e['samples_per_s']:.1f} vs {e['trainer_samples_per_s']:.1f}: {e['ratio']:.2f}x ({rounds})"
+
+
 def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
     peak = machine["matmul_peak_flops"] / 1e9
     cuda = "gpu" in machine
@@ -607,18 +542,22 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
     bare_rows = [r for r in rows if "bare_step" in r]
     if bare_rows:
         b0 = bare_rows[0]["bare_step"]
-        print(f"\nbare step: forward, backward, optimizer step on pre-collated batches of the seed-{b0['seed']} "
-              f"run's first epoch ({b0['steps']} of {b0['of_steps']} steps, after {b0['warmup_steps']} untimed); "
-              "no data preparation, logging or checkpoints")
+        print(f"\nloop step vs bare step (forward, backward, optimizer step on the same batch, collated "
+              f"beforehand), paired in one process on {b0['steps']} of the seed-{b0['seed']} run's "
+              f"{b0['of_steps']} first-epoch steps")
         print(f"\n| side | bare step samples/s (slices) | bare useful GFLOP/s (% of {peak:.0f} peak) | "
-              f"loop samples/s, seed {b0['seed']} | loop / bare step | bare {memory} |")
-        print("|---|---|---|---|---|---|")
+              "loop samples/s | loop / bare step (slices) | loop ms per step: all = collate + forward/backward "
+              "+ optimizer step + rest | bare step ms | eval samples/s, ours vs Trainer's predict (rounds) |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in bare_rows:
-            b = r["bare_step"]
+            b, ms = r["bare_step"], r["bare_step"]["loop_ms"]
             slices = ", ".join(f"{x:.1f}" for x in b["samples_per_s_slices"])
+            shares = ", ".join(f"{100 * x:.0f}%" for x in b["loop_share_slices"])
             print(f"| {r['side']} | {b['samples_per_s']:.2f} ({slices}) | "
                   f"{_gflops(b['tflops_per_s'], b['useful_peak_share'])} | {b['loop_samples_per_s']:.2f} | "
-                  f"{100 * b['loop_share']:.0f}% | {memory_text(b)} |")
+                  f"{100 * b['loop_share']:.1f}% ({shares}) | {ms['step']:.1f} = {ms['collate']:.2f} + "
+                  f"{ms['forward_backward_without_collate']:.1f} + {ms['optimizer_step']:.1f} + {ms['rest']:.2f} | "
+                  f"{ms['bare_step']:.1f} | {_paired_eval(b)} |")
     batch_sizes = {(r["side"], r["train_batch_size"], r["eval_batch_size"]) for r in rows}
     if len({(t, e) for _, t, e in batch_sizes}) > 1:
         print("\nwarning: the sides did not use the same batch sizes (side, train, eval): "

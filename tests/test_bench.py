@@ -52,13 +52,20 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert row["eval_ratio"] == row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
         assert row["per_seed"][1]["speedup"] == row["per_seed"][1]["samples_per_s"] / \
             trainer["per_seed"][1]["samples_per_s"]
-        # the bare step: once per variant, on the first seed's batches (all 6 steps of the epoch)
+        # loop vs bare step: once per variant, paired on the first seed's steps after the 2 warm-up steps
         bare = row["bare_step"]
-        assert bare["seed"] == 0 and bare["steps"] == bare["of_steps"] == 6 and len(bare["samples_per_s_slices"]) == 3
+        assert bare["seed"] == 0 and bare["steps"] == 4 and bare["of_steps"] == 6
+        assert len(bare["samples_per_s_slices"]) == len(bare["loop_share_slices"]) == 3
         assert bare["samples_per_s"] > 0 and bare["tflops_per_s"] > 0 and bare["useful_peak_share"] > 0
-        assert bare["loop_samples_per_s"] == row["per_seed"][0]["samples_per_s"]
-        assert row["bare_share"] == bare["loop_share"] == bare["loop_samples_per_s"] / bare["samples_per_s"]
-        assert bare["peak_rss_mb"] > 0
+        assert row["bare_share"] == bare["loop_share"]
+        assert np.isclose(bare["loop_share"], bare["loop_samples_per_s"] / bare["samples_per_s"])
+        assert bare["eval"]["max_prob_diff"] < 1e-5 and len(bare["eval"]["round_ratios"]) == 3
+        assert np.isclose(bare["eval"]["ratio"], bare["eval"]["samples_per_s"] / bare["eval"]["trainer_samples_per_s"])
+        assert all(bare["loop_ms"][k] > 0 for k in ("step", "bare_step", "collate", "optimizer_step",
+                                                     "forward_backward_without_collate"))
+        # its own run folder, stopped after the paired steps: the seed's real run is untouched
+        bare_dir = os.path.join(str(tmp_path), f"bare{index}-s0")
+        assert os.path.isdir(bare_dir) and not os.path.exists(os.path.join(bare_dir, "results.json"))
     with open(os.path.join(identical["per_seed"][0]["run_dir"], "config.json")) as f:
         assert json.load(f)["truncation"] == "head"
     with open(os.path.join(head_tail["per_seed"][0]["run_dir"], "config.json")) as f:
@@ -68,9 +75,76 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
     # pre-padded to max_len on both sides; our defaults (here with head_tail) pad far less on these short texts
     assert trainer["padding_share"] > 0.2 and abs(identical["padding_share"] - trainer["padding_share"]) < 0.02
     assert head_tail["padding_share"] < identical["padding_share"] / 2
-    # the table: one summary line per side, one line per run, one bare-step line per variant
+    # the table: one summary line per side, one line per run, one loop-vs-bare-step line per variant
     assert report["machine"]["matmul_peak_flops"] > 0
     lines = out.stdout.splitlines()
     assert sum(line.startswith("| HF Trainer") for line in lines) == 1 + 2
     assert sum(line.startswith("| ours: --truncation head_tail |") for line in lines) == 1 + 2 + 1
     assert "loop / bare step" in out.stdout and "peak RSS MiB" in out.stdout and " ± " in out.stdout
+
+
+def test_each_picked_loop_step_is_followed_by_a_bare_step_on_the_same_batch(syn_folder, cache_dir, tmp_path,
+                                                                              monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import paired
+    import data
+    import torch
+    import train
+    loop_batches, bare_calls = {}, []
+    real_forward_backward, real_bare, real_collate = train.forward_backward, paired._bare_step, data.collate
+
+    def forward_backward(run, state, global_batch, lengths, stop):
+        loop_batches[(state.epoch, state.step_in_epoch)] = global_batch.copy()
+        return real_forward_backward(run, state, global_batch, lengths, stop)
+
+    def bare(run, micro, examples):
+        before = [p.detach().clone() for p in run.model.parameters()]
+        real_bare(run, micro, examples)
+        changed = any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
+        bare_calls.append((run, micro, examples, changed))
+
+    monkeypatch.setattr(train, "forward_backward", forward_backward)
+    monkeypatch.setattr(paired, "_bare_step", bare)
+    argv = ["--model", "tiny-bert", "--data", syn_folder, "--max_train_samples", "96", "--epochs", "2",
+            "--batch_size", "16", "--wandb", "disabled", "--out_dir", str(tmp_path), "--run_name", "paired", "--fresh"]
+    raw, run = paired.measure(argv, wanted_steps=2)
+
+    assert [s["step"] for s in raw["steps"]] == paired.pick_steps(6, 2) == [2, 5] and raw["of_steps"] == 6
+    for s, (run, micro, examples, changed) in zip(raw["steps"], bare_calls):
+        batch = loop_batches[(0, s["step"])]
+        expected = real_collate([run.encoded["train"].ids[i] for i in batch], run.pad_id, run.args.max_len)
+        (inputs, target), = micro  # one process, no accumulation: one micro-batch of the whole step
+        assert torch.equal(inputs["input_ids"], expected["input_ids"]) and examples == s["samples"] == 16
+        assert torch.equal(target, torch.from_numpy(run.labels["train"][batch]))
+        assert changed  # a real optimizer step
+        assert 0 < s["collate_s"] < s["forward_backward_s"] < s["loop_s"] and s["bare_s"] > 0
+    # stopped after the last picked step of epoch 0: no validation, no results; the loop is restored
+    assert max(loop_batches) == (0, 5)
+    assert not os.path.exists(os.path.join(str(tmp_path), "paired", "results.json"))
+    assert train.forward_backward is forward_backward and data.collate is real_collate
+    assert train.count_step.__module__ == "train" and train.optimizer_step.__module__ == "train"
+
+    # our predict and Trainer's predict on the same model score the same examples in the same order
+    evaluated = paired.eval_rounds(run, pad_to_max_len=True, output_dir=str(tmp_path / "trainer"), rounds=2)
+    assert evaluated["n"] == len(run.labels["test"]) > 0 and evaluated["max_prob_diff"] < 1e-5
+    assert [len(evaluated["seconds"][side]) for side in ("ours", "trainer")] == [2, 2]
+    assert all(t > 0 for side in ("ours", "trainer") for t in evaluated["seconds"][side])
+
+
+def test_bare_step_figures_are_the_paired_totals():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import paired
+    step = dict(samples=16, flops=1e9, collate_s=0.1, optimizer_step_s=0.2)
+    raw = {"of_steps": 6, "warmup_steps": 2, "steps": [dict(step, loop_s=2.0, bare_s=1.0, forward_backward_s=1.5),
+                                                       dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0)]}
+    out = paired.figures(raw, chunks=3, matmul_peak_flops=2e9, gpu_peak_flops=None)
+    assert out["steps"] == 2 and out["samples_per_s_slices"] == [16.0, 16.0]
+    assert np.isclose(out["loop_share"], 2 / 6) and np.allclose(out["loop_share_slices"], [0.5, 0.25])
+    assert np.isclose(out["samples_per_s"], 16) and np.isclose(out["loop_samples_per_s"], 32 / 6)
+    assert np.isclose(out["tflops_per_s"], 1e-3) and np.isclose(out["useful_peak_share"], 0.5)
+    assert np.isclose(out["loop_ms"]["rest"], 550) and np.isclose(out["loop_ms"]["collate"], 100)
+    assert np.isclose(out["loop_ms"]["forward_backward_without_collate"], 2150) and "mfu" not in out
+    raw["eval"] = {"n": 100, "seconds": {"ours": [1.0, 2.0, 4.0], "trainer": [2.0, 2.0, 2.0]}, "max_prob_diff": 0.0}
+    evaluated = paired.figures(raw, chunks=3, matmul_peak_flops=2e9, gpu_peak_flops=None)["eval"]
+    assert evaluated["samples_per_s"] == 50 and evaluated["trainer_samples_per_s"] == 50 and evaluated["ratio"] == 1
+    assert evaluated["round_ratios"] == [2.0, 1.0, 0.5]

@@ -1,0 +1,212 @@
+"""Our loop paired with a bare training step, and our evaluation with HF Trainer's predict, in
+one process.
+
+train.py's own loop runs (train.main, in this process) and after each picked step of the first
+epoch a bare step runs on the very same batch: forward, loss, backward, optimizer step and
+zero_grad on the run's own model, optimizer, autocast and scaler, with the batch collated
+beforehand (untimed). Loop step and bare step alternate within seconds of each other, so a
+machine whose speed drifts over minutes slows both alike; timing them in separate processes
+could not resolve a 5% difference on a noisy VM. The bare steps are extra updates, so this run's
+accuracy means nothing; it stops after the first epoch's last picked step.
+
+A loop step is timed from the end of the previous pair to the loop's count_step call: one whole
+iteration (collation, forward, backward, the step's all-reduce of figures, optimizer step,
+scheduler, and the previous step's logging, progress bar and checks). Inside it the loop's
+collation, forward_backward and optimizer_step are timed too, which shows where the loop's
+extra time goes.
+
+Then, on the same model, our predict() and HF Trainer's predict() score the test split in turn,
+EVAL_ROUNDS times each (the order swapped each round), with the same eval batch size and
+padding as bench.py gives Trainer: any difference is the evaluation loop's, not the model's.
+"""
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+
+WARMUP_STEPS = 2  # the first steps: allocator and kernel warm-up, never paired
+EVAL_ROUNDS = 3
+
+
+class _Finished(Exception):
+    """Raised from the count_step hook after the last paired step: no validation or test."""
+
+
+def pick_steps(steps_per_epoch: int, wanted: int | None) -> list[int]:
+    """Which steps of the first epoch get a bare step (0-based): all after the warm-up, or
+    `wanted` of them evenly spread."""
+    # step 0 is never paired: its loop time would start inside train.py's set-up
+    candidates = np.arange(max(1, min(WARMUP_STEPS, steps_per_epoch - 1)), steps_per_epoch)
+    if wanted is None or wanted >= len(candidates):
+        return candidates.tolist()
+    return np.unique(candidates[np.linspace(0, len(candidates) - 1, wanted).round().astype(int)]).tolist()
+
+
+def measure(train_argv: list[str], wanted_steps: int | None) -> tuple[dict, "train.Run"]:
+    """Run train.py's loop with a bare step after each picked step: per-step timings, and the
+    run (its model trained up to the last picked step)."""
+    real = {"collate": data.collate, "forward_backward": train.forward_backward,
+            "optimizer_step": train.optimizer_step, "count_step": train.count_step}
+    timers = dict.fromkeys(("collate", "forward_backward", "optimizer_step"), 0.0)
+    seen, steps = {}, []
+
+    def timed(name):
+        def wrapper(*a, **k):
+            began = time.perf_counter()
+            try:
+                return real[name](*a, **k)
+            finally:
+                timers[name] += time.perf_counter() - began
+        return wrapper
+
+    timed_forward_backward = timed("forward_backward")
+
+    def forward_backward(run, state, global_batch, lengths, stop):
+        seen.update(run=run, batch=global_batch, lengths=lengths)
+        return timed_forward_backward(run, state, global_batch, lengths, stop)
+
+    def count_step(state, window, step, seconds):
+        run = seen["run"]
+        _sync(run)  # the loop's queued GPU work belongs to the loop step
+        loop_s = time.perf_counter() - seen["resumed"] if "resumed" in seen else None
+        index = state.step_in_epoch
+        real["count_step"](state, window, step, seconds)
+        picked = seen.setdefault("picked", pick_steps(run.steps_per_epoch, wanted_steps))
+        if state.epoch == 0 and index in picked and loop_s is not None:
+            micro = _collated(run, seen["batch"], real["collate"])
+            _sync(run)
+            began = time.perf_counter()
+            _bare_step(run, micro, len(seen["batch"]))
+            _sync(run)
+            n = seen["lengths"][seen["batch"]].astype(np.float64)
+            steps.append({"step": index, "samples": len(seen["batch"]), "loop_s": loop_s,
+                          "bare_s": time.perf_counter() - began,
+                          "flops": float(run.flops[0] * n.sum() + run.flops[1] * (n ** 2).sum()),
+                          **{f"{k}_s": v for k, v in timers.items()}})
+            if index == picked[-1]:
+                raise _Finished
+        for k in timers:
+            timers[k] = 0.0
+        seen["resumed"] = time.perf_counter()
+
+    data.collate, train.optimizer_step = timed("collate"), timed("optimizer_step")
+    train.forward_backward, train.count_step = forward_backward, count_step
+    try:
+        code = train.main(train_argv)
+    except _Finished:
+        code = 0
+    finally:
+        data.collate, train.forward_backward = real["collate"], real["forward_backward"]
+        train.optimizer_step, train.count_step = real["optimizer_step"], real["count_step"]
+    if code != 0 or not steps:
+        raise RuntimeError(f"the paired loop run failed (exit {code}, {len(steps)} paired steps)")
+    raw = {"steps": steps, "of_steps": seen["run"].steps_per_epoch, "warmup_steps": WARMUP_STEPS,
+           "precision": seen["run"].config["precision_used"]}
+    return raw, seen["run"]
+
+
+def _sync(run) -> None:
+    if run.info.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _collated(run, global_batch, collate) -> list:
+    """[(inputs, targets)] per micro-batch of this single-process step, as the loop cuts it."""
+    micro = []
+    for start in range(0, len(global_batch), run.per_proc_batch):
+        mb = global_batch[start:start + run.per_proc_batch]
+        batch = collate([run.encoded["train"].ids[i] for i in mb], run.pad_id, run.args.max_len,
+                        run.args.padding == "max_len")
+        micro.append(({k: v.to(run.info.device) for k, v in batch.items()},
+                      torch.from_numpy(run.labels["train"][mb]).to(run.info.device)))
+    return micro
+
+
+def _bare_step(run, micro: list, examples: int) -> None:
+    for inputs, target in micro:
+        with run.autocast:
+            logits = run.ddp_model(**inputs)
+        loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
+        run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_ROUNDS) -> dict:
+    """Seconds per round of our predict() and of HF Trainer's predict() on the run's test split."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+    ids = run.encoded["test"].ids
+    dataset = Dataset.from_dict({"input_ids": [x.tolist() for x in ids]})
+
+    def collator(features):  # Trainer's batch: the split's order, padded as bench.py pads for it
+        return data.collate([np.asarray(f["input_ids"]) for f in features], run.pad_id, run.args.max_len,
+                            pad_to_max_len)
+
+    args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=run.args.eval_batch_size,
+                             report_to="none", use_cpu=run.info.device.type == "cpu", dataloader_num_workers=0,
+                             disable_tqdm=True, bf16=run.config["precision_used"] == "bf16",
+                             fp16=run.config["precision_used"] == "fp16")
+    trainer = Trainer(model=run.model, args=args, data_collator=collator)
+
+    def ours():
+        return train.predict(run, "test")
+
+    def theirs():
+        logits = torch.from_numpy(trainer.predict(dataset).predictions).float()
+        return torch.softmax(logits, -1).numpy()
+
+    seconds, probs = {"ours": [], "trainer": []}, {}
+    for r in range(rounds):
+        for side in (("ours", "trainer") if r % 2 == 0 else ("trainer", "ours")):
+            _sync(run)
+            began = time.perf_counter()
+            probs[side] = ours() if side == "ours" else theirs()
+            _sync(run)
+            seconds[side].append(time.perf_counter() - began)
+    return {"n": len(ids), "seconds": seconds,
+            "max_prob_diff": float(np.abs(probs["ours"] - probs["trainer"]).max())}
+
+
+def figures(raw: dict, chunks: int, matmul_peak_flops: float, gpu_peak_flops: float | None) -> dict:
+    """Bare-step and loop rates on the paired steps, the loop's share of the bare step's rate
+    (total bare time / total loop time over the same batches), per-slice shares, and the loop's
+    median time per step split into collation, forward+backward, optimizer step and the rest."""
+    steps = raw["steps"]
+    slices = [part for part in np.array_split(np.arange(len(steps)), min(chunks, len(steps))) if len(part)]
+
+    def total(key, part=range(len(steps))):
+        return sum(steps[i][key] for i in part)
+
+    samples = total("samples")
+    bare_rates = [total("samples", p) / total("bare_s", p) for p in slices]
+    out = {"steps": len(steps), "of_steps": raw["of_steps"], "warmup_steps": raw["warmup_steps"],
+           "samples_per_s": samples / total("bare_s"), "samples_per_s_slices": bare_rates,
+           "loop_samples_per_s": samples / total("loop_s"),
+           "loop_share": total("bare_s") / total("loop_s"),
+           "loop_share_slices": [total("bare_s", p) / total("loop_s", p) for p in slices],
+           "tflops_per_s": total("flops") / total("bare_s") / 1e12}
+    out["useful_peak_share"] = out["tflops_per_s"] * 1e12 / matmul_peak_flops
+    if gpu_peak_flops:
+        out["mfu"] = out["tflops_per_s"] * 1e12 / gpu_peak_flops
+    if "eval" in raw:
+        e = raw["eval"]
+        ours, theirs = (e["n"] / np.median(e["seconds"][side]) for side in ("ours", "trainer"))
+        out["eval"] = {"samples_per_s": ours, "trainer_samples_per_s": theirs, "ratio": ours / theirs,
+                       "round_ratios": [t / o for o, t in zip(e["seconds"]["ours"], e["seconds"]["trainer"])],
+                       "max_prob_diff": e["max_prob_diff"]}
+
+    def median_ms(per_step):
+        return 1e3 * float(np.median([per_step(s) for s in steps]))
+
+    out["loop_ms"] = {"step": median_ms(lambda s: s["loop_s"]), "bare_step": median_ms(lambda s: s["bare_s"]),
+                      "collate": median_ms(lambda s: s["collate_s"]),
+                      "forward_backward_without_collate": median_ms(lambda s: s["forward_backward_s"] - s["collate_s"]),
+                      "optimizer_step": median_ms(lambda s: s["optimizer_step_s"]),
+                      "rest": median_ms(lambda s: s["loop_s"] - s["forward_backward_s"] - s["optimizer_step_s"])}
+    return out
