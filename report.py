@@ -4,8 +4,10 @@
 
 Writes RUNS_DIR/results.md and RUNS_DIR/results.csv and prints the markdown:
 - one row per setting; runs that differ only in --seed are one row, mean ± std over n seeds;
-- Δ test_acc against the model's baseline row (default settings, or --baseline) with a paired
-  bootstrap 95% CI over the same test examples; * marks rows whose CI excludes 0;
+- Δ test_acc against the model's baseline row (default settings, or --baseline) with a 95% CI
+  from a bootstrap over both sources of chance: each row's seeds (training randomness) and the
+  shared test examples (paired); * marks rows whose CI excludes 0, never a row compared on a
+  single seed (its CI cannot see training randomness: marked †);
 - collapsed runs (accuracy at the majority rate, loss at or above ln K) flagged, never bolded;
 - test accuracy by review length in tokens, so the effect of max_len / truncation is visible.
 """
@@ -88,8 +90,9 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
             row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
-        # per-example correctness averaged over seeds: the unit the bootstrap resamples
-        row["correct"] = np.mean([r["probs"].argmax(1) == r["labels"] for r in members], axis=0)
+        # per-example correctness, one row per seed: the bootstrap resamples seeds and examples
+        row["correct_runs"] = np.array([r["probs"].argmax(1) == r["labels"] for r in members], dtype=float)
+        row["correct"] = row["correct_runs"].mean(0)
         row["n_tokens"] = members[0]["n_tokens"]
         row["buckets"] = bucket_accuracy(row["correct"], row["n_tokens"])
         rows.append(row)
@@ -104,14 +107,21 @@ def bucket_accuracy(correct: np.ndarray, n_tokens: np.ndarray) -> dict:
     return out
 
 
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b over the same examples and its 95% percentile CI (resampling examples)."""
-    diff = np.asarray(correct_a, float) - np.asarray(correct_b, float)
+def seed_and_example_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                               seed: int = 0) -> tuple[float, float, float]:
+    """Mean test accuracy of a minus b and its 95% percentile CI. Inputs: per-example correctness,
+    one row per seed, over the same test examples. Each replicate resamples each side's seeds
+    (seed-to-seed spread is often larger than test-set noise) and then the examples, the same
+    examples for both sides (paired). With one seed a side, only the examples vary."""
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(1)
+    n = a.shape[1]
+    means = np.empty(samples)
+    for i in range(samples):
+        per_example = a[rng.integers(0, len(a), len(a))].mean(0) - b[rng.integers(0, len(b), len(b))].mean(0)
+        means[i] = per_example[rng.integers(0, n, n)].mean()
     low, high = np.percentile(means, [2.5, 97.5])
-    return float(diff.mean()), float(low), float(high)
+    return float(a.mean() - b.mean()), float(low), float(high)
 
 
 def add_significance(rows: list[dict], baseline: str | None) -> None:
@@ -128,7 +138,8 @@ def add_significance(rows: list[dict], baseline: str | None) -> None:
                 continue
             if not np.array_equal(row["runs"][0]["labels"], base["runs"][0]["labels"]):
                 continue  # not the same test examples: no paired comparison
-            row["delta"] = paired_bootstrap(row["correct"], base["correct"])
+            row["delta"] = seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
+            row["single_seed"] = min(row["n"], base["n"]) < 2
 
 
 def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
@@ -154,13 +165,15 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
             delta = "–"
         else:
             d, low, high = row["delta"]
-            delta = f"{d:+.4f} [{low:+.4f}, {high:+.4f}]" + (" *" if low > 0 or high < 0 else "")
+            delta = f"{d:+.4f} [{low:+.4f}, {high:+.4f}]"
+            delta += " †" if row["single_seed"] else (" *" if low > 0 or high < 0 else "")
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
         lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {row['n']} | {delta} |")
         table.append({"model": row["model"], "setup": setup, "n": row["n"],
                       **{c: row[c] for c, _ in COLUMNS}, **{c + "_std": row[c + "_std"] for c, _ in COLUMNS},
                       "delta_test_acc": row["delta"][0] if row["delta"] else "",
                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
+                      "ci_single_seed": row["single_seed"] if row["delta"] else "",
                       "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
                       **{f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS}})
     lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
@@ -172,8 +185,9 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
                  for _, _, label in BUCKETS]
         lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
     lines += ["", f"Shared by every row: {common or 'nothing beyond the defaults'}. ± is the std over "
-              "seeds (n); * = the 95% paired bootstrap CI of the difference excludes 0. Bold = best of "
-              "its model, collapsed rows excluded."]
+              "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = one seed "
+              "on a side: the CI sees only test-set noise, not training randomness, so it cannot support "
+              "a conclusion (no *); run 3 or more seeds. Bold = best of its model, collapsed rows excluded."]
     return "\n".join(lines) + "\n", table
 
 

@@ -49,23 +49,51 @@ def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert csv_text.startswith("model,setup,n,val_acc") and csv_text.count("\n") == 4
 
 
-def test_bootstrap_ci_matches_a_direct_computation(runs_dir):
+def test_ci_compares_the_rows_seed_by_seed_and_example_by_example(runs_dir):
     rows, _ = report.build_rows(report.load_runs(str(runs_dir)))
     report.add_significance(rows, None)
-    mean_row = next(r for r in rows if r["setup"] == "mean")
+    mean_row, cls_row = (next(r for r in rows if r["setup"] == pool) for pool in ("mean", "cls"))
 
-    def correct(pool):
+    def correct(pool):  # seeds x test examples, from the prediction files
         preds = [np.load(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" / "test_predictions.npz")
                  for s in (1, 2, 3)]
-        return np.mean([p["probs"].argmax(1) == p["labels"] for p in preds], axis=0)
+        return np.array([p["probs"].argmax(1) == p["labels"] for p in preds], dtype=float)
 
-    diff = correct("mean") - correct("cls")
+    assert np.array_equal(mean_row["correct_runs"], correct("mean"))
+    assert mean_row["delta"] == pytest.approx(report.seed_and_example_bootstrap(correct("mean"), correct("cls")))
+    assert not mean_row["single_seed"]
+    assert math.isclose(mean_row["delta"][0], np.mean([read_results(
+        runs_dir / f"tiny-bert-mean-L32-ep1-nev120-synthetic-s{s}")["test_acc"] for s in (1, 2, 3)]) - cls_row["test_acc"])
+
+
+def test_a_difference_made_by_one_lucky_seed_is_not_significant():
+    # a: seeds at 62%, 80% and 86% (one seed of luck); b: 70-72%. On 2000 shared examples the
+    # test-set noise alone is small, so resampling only the examples would call +5 points real.
     rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), size=(2000, len(diff)))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    assert mean_row["delta"] == pytest.approx((diff.mean(), low, high))
-    assert math.isclose(diff.mean(), np.mean([read_results(runs_dir / f"tiny-bert-mean-L32-ep1-nev120-synthetic-s{s}")["test_acc"]
-                                               for s in (1, 2, 3)]) - next(r for r in rows if r["setup"] == "cls")["test_acc"])
+    a = np.array([rng.random(2000) < p for p in (0.62, 0.80, 0.86)], dtype=float)
+    b = np.array([rng.random(2000) < p for p in (0.70, 0.71, 0.72)], dtype=float)
+    diff = a.mean(0) - b.mean(0)
+    examples_only = np.percentile(diff[rng.integers(0, 2000, size=(2000, 2000))].mean(1), [2.5, 97.5])
+    assert examples_only[0] > 0
+    d, low, high = report.seed_and_example_bootstrap(a, b)
+    assert np.isclose(d, a.mean() - b.mean()) and low < 0 < high and high - low > 3 * np.ptp(examples_only)
+    # no training randomness (the same seed run copied): only the examples remain
+    d, low, high = report.seed_and_example_bootstrap(a[[1, 1, 1]], b[[1, 1, 1]])
+    assert 0.5 < (high - low) / np.ptp(examples_only) < 2
+
+
+def test_a_single_seed_comparison_is_never_starred(runs_dir):
+    runs = [r for r in report.load_runs(str(runs_dir)) if r["name"].endswith("-s1") and "lr" not in r["name"]]
+    assert len(runs) == 2
+    better = next(r for r in runs if "-mean-" in r["name"])
+    better["probs"] = np.eye(2)[better["labels"]]  # every test example right: far above cls's accuracy
+    rows, common = report.build_rows(runs)
+    report.add_significance(rows, None)
+    text, table = report.render(rows, common)
+    line = next(line for line in text.splitlines() if line.startswith("| tiny-bert | mean"))
+    low = next(r for r in rows if r["setup"] == "mean")["delta"][1]
+    assert low > 0 and line.endswith("† |") and "*" not in line.replace("**", "")
+    assert next(t for t in table if t["setup"] == "mean")["ci_single_seed"] is True
 
 
 def test_length_buckets_match_a_direct_computation(runs_dir):
