@@ -28,7 +28,7 @@ and optimizer step only, on the run's own model and optimizer, the batch collate
 Paired step by step, both see the machine of the same seconds (bench/paired.py). The loop's
 samples/s is shown as a share of the bare step's, with the loop's median time per step split into
 collation, forward + backward, optimizer step and the rest. The same process then scores the test
-split with our predict() and with HF Trainer's predict() on that one model, 3 times each in turn:
+split with our predict() and with HF Trainer's predict() on that one model, 5 times each in turn:
 the evaluation loops compared without the machine's drift or any model difference.
 
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
@@ -312,7 +312,7 @@ def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
     row = row_from_slices(raw["slices"], raw["test"], raw["eval_seconds"], flops)
     row.update(side=f"HF Trainer (padding {args.trainer_padding}, optim {raw['optim']})", seed=raw["seed"],
                train_batch_size=raw["train_batch_size"], eval_batch_size=raw["eval_batch_size"],
-               **{k: raw[k] for k in MEMORY_KEYS if k in raw}, wall_s=time.time() - started)
+               **{k: raw[k] for k in MEMORY_KEYS if k in raw}, wall_s=time.time() - started, result_path=result_path)
     print(f"[trainer-s{seed}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}, "
           f"{memory_text(row)}", flush=True)
     return row
@@ -384,6 +384,7 @@ def trainer_worker(args) -> int:
     eval_seconds = time.perf_counter() - started
     labels = torch.from_numpy(splits["test"].labels)
     test = {"n": len(labels), "acc": float((logits.argmax(-1) == labels).float().mean()),
+            "correct": (logits.argmax(-1) == labels).tolist(),  # per example, in split order
             "loss": float(F.cross_entropy(logits, labels))}
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     with open(args.worker, "w") as f:
@@ -426,12 +427,29 @@ def aggregate(runs: list[dict], machine: dict) -> dict:
     return row
 
 
+def test_correctness(run: dict) -> np.ndarray:
+    """Per-example test correctness of one run, in split order: from our run's predictions file
+    or from what the Trainer worker wrote."""
+    if "run_dir" in run:
+        with np.load(os.path.join(run["run_dir"], "test_predictions.npz")) as f:
+            return f["probs"].argmax(1) == f["labels"]
+    with open(run["result_path"]) as f:
+        return np.array(json.load(f)["test"]["correct"])
+
+
 def compare_with_trainer(rows: list[dict], runs: dict) -> None:
-    """Ratios to HF Trainer: of the medians / means per side, and per seed against the same seed."""
+    """Ratios to HF Trainer: of the medians / means per side, and per seed against the same seed.
+    The accuracy difference gets report.py's 95% CI, resampling each side's seeds and the test
+    examples (both sides score the same ones)."""
+    import report
     trainer = rows[0]
+    trainer_correct = np.array([test_correctness(run) for run in runs["trainer"]], dtype=float)
     for row in rows[1:]:
         row["speedup"] = row["samples_per_s"] / trainer["samples_per_s"]
         row["acc_diff_points"] = 100 * (row["test_acc"] - trainer["test_acc"])
+        ours_correct = np.array([test_correctness(run) for run in row["per_seed"]], dtype=float)
+        _, low, high = report.seed_and_example_bootstrap(ours_correct, trainer_correct)
+        row["acc_diff_ci95_points"] = [100 * low, 100 * high]
         row["eval_ratio"] = row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
         for run, theirs in zip(row["per_seed"], runs["trainer"]):
             run["speedup"] = run["samples_per_s"] / theirs["samples_per_s"]
@@ -515,17 +533,22 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
           + ("mean ± std (n-1) over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
           + f"; eval batch {work['eval_batch_size']}; {memory}: the largest of the runs")
     print(f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
-          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | vs Trainer |")
+          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | vs Trainer: speed, acc [95% CI] |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         seeds_text = f" ({', '.join(f'{x:.2f}' for x in r['samples_per_s_seeds'])})" if len(seeds) > 1 else ""
         bare = f"{100 * r['bare_share']:.0f}%" if "bare_share" in r else ""
         ev = f"{r['eval_samples_per_s']:.1f}" + (f" ({r['eval_ratio']:.2f}x)" if "eval_ratio" in r else "")
-        ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts" if "speedup" in r else ""
+        ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts " \
+            f"[{r['acc_diff_ci95_points'][0]:+.1f}, {r['acc_diff_ci95_points'][1]:+.1f}]" if "speedup" in r else ""
         print(f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
               f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
               f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {bare} | {ev} | {_mean_std(r, 'test_acc')} | "
               f"{_mean_std(r, 'test_loss')} | {memory_text(r)} | {ratio} |")
+    if any("acc_diff_ci95_points" in r for r in rows):
+        print("\nacc vs Trainer: difference of the mean test accuracies in points, with a 95% CI that "
+              "resamples each side's seeds and the shared test examples (report.py's bootstrap); a CI "
+              "from one seed a side sees only test-set noise")
 
     print(f"\n| side | seed | train samples/s (slices) | epoch samples/s | eval samples/s | test acc | test loss | "
           f"{memory} | vs Trainer, same seed |")

@@ -29,7 +29,7 @@ import data
 import train
 
 WARMUP_STEPS = 2  # the first steps: allocator and kernel warm-up, never paired
-EVAL_ROUNDS = 3
+EVAL_ROUNDS = 5
 
 
 class _Finished(Exception):

@@ -5,8 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+import report
 from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench  # noqa: E402
+import paired  # noqa: E402
 
 IDENTICAL = "--padding max_len --no-group_by_length"
 
@@ -19,13 +25,13 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), *map(str, argv)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH_JSON "))[11:])
-    trainer, identical, head_tail = report["rows"]
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH_JSON "))[11:])
+    trainer, identical, head_tail = result["rows"]
     assert trainer["side"].startswith("HF Trainer") and identical["side"] == f"ours: {IDENTICAL}"
     assert head_tail["side"] == "ours: --truncation head_tail"
-    assert report["work"]["n_train"] == 96 and report["work"]["n_test"] == 48 and report["work"]["seeds"] == [0, 1]
+    assert result["work"]["n_train"] == 96 and result["work"]["n_test"] == 48 and result["work"]["seeds"] == [0, 1]
 
-    for row in report["rows"]:
+    for row in result["rows"]:
         # every side ran once per seed, with that seed
         runs = row["per_seed"]
         assert row["seeds"] == [0, 1] and [r["seed"] for r in runs] == [0, 1]
@@ -49,6 +55,15 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
             assert run["run_dir"] == os.path.join(str(tmp_path), f"ours{index}-s{run['seed']}")
             assert config["seed"] == run["seed"] and config["eval_batch_size"] == 64
         assert row["speedup"] == row["samples_per_s"] / trainer["samples_per_s"]
+        # the accuracy difference's CI: report.py's bootstrap over both sides' seeds and the same test examples
+        correct = {side: np.array([bench.test_correctness(run) for run in r["per_seed"]], dtype=float)
+                   for side, r in (("ours", row), ("trainer", trainer))}
+        assert correct["ours"].shape == correct["trainer"].shape == (2, 48)
+        assert np.allclose(correct["ours"].mean(1), [run["test_acc"] for run in row["per_seed"]])
+        assert np.allclose(correct["trainer"].mean(1), [run["test_acc"] for run in trainer["per_seed"]])
+        _, low, high = report.seed_and_example_bootstrap(correct["ours"], correct["trainer"])
+        assert row["acc_diff_ci95_points"] == pytest.approx([100 * low, 100 * high])
+        assert 100 * low <= row["acc_diff_points"] <= 100 * high
         assert row["eval_ratio"] == row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
         assert row["per_seed"][1]["speedup"] == row["per_seed"][1]["samples_per_s"] / \
             trainer["per_seed"][1]["samples_per_s"]
@@ -59,7 +74,7 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert bare["samples_per_s"] > 0 and bare["tflops_per_s"] > 0 and bare["useful_peak_share"] > 0
         assert row["bare_share"] == bare["loop_share"]
         assert np.isclose(bare["loop_share"], bare["loop_samples_per_s"] / bare["samples_per_s"])
-        assert bare["eval"]["max_prob_diff"] < 1e-5 and len(bare["eval"]["round_ratios"]) == 3
+        assert bare["eval"]["max_prob_diff"] < 1e-5 and len(bare["eval"]["round_ratios"]) == paired.EVAL_ROUNDS
         assert np.isclose(bare["eval"]["ratio"], bare["eval"]["samples_per_s"] / bare["eval"]["trainer_samples_per_s"])
         assert all(bare["loop_ms"][k] > 0 for k in ("step", "bare_step", "collate", "optimizer_step",
                                                      "forward_backward_without_collate"))
@@ -76,7 +91,7 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
     assert trainer["padding_share"] > 0.2 and abs(identical["padding_share"] - trainer["padding_share"]) < 0.02
     assert head_tail["padding_share"] < identical["padding_share"] / 2
     # the table: one summary line per side, one line per run, one loop-vs-bare-step line per variant
-    assert report["machine"]["matmul_peak_flops"] > 0
+    assert result["machine"]["matmul_peak_flops"] > 0
     lines = out.stdout.splitlines()
     assert sum(line.startswith("| HF Trainer") for line in lines) == 1 + 2
     assert sum(line.startswith("| ours: --truncation head_tail |") for line in lines) == 1 + 2 + 1
@@ -85,8 +100,6 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
 
 def test_each_picked_loop_step_is_followed_by_a_bare_step_on_the_same_batch(syn_folder, cache_dir, tmp_path,
                                                                               monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import paired
     import data
     import torch
     import train
@@ -132,8 +145,6 @@ def test_each_picked_loop_step_is_followed_by_a_bare_step_on_the_same_batch(syn_
 
 
 def test_bare_step_figures_are_the_paired_totals():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import paired
     step = dict(samples=16, flops=1e9, collate_s=0.1, optimizer_step_s=0.2)
     raw = {"of_steps": 6, "warmup_steps": 2, "steps": [dict(step, loop_s=2.0, bare_s=1.0, forward_backward_s=1.5),
                                                        dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0)]}
