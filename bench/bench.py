@@ -202,6 +202,12 @@ def flops_per_sample(args, train_texts: list[str]) -> float:
     return float(np.mean(per_token * lengths + per_pair * lengths ** 2))
 
 
+def one_gpu_env() -> dict:
+    """One GPU, as train.py uses: with more visible, Trainer would wrap the model in DataParallel
+    and multiply both batch sizes by the GPU count."""
+    return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+
+
 def run_offline(cmd: list[str], what: str, env: dict | None = None) -> None:
     """One side in its own process, never touching the hub; its stderr tail if it fails."""
     done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), capture_output=True,
@@ -272,7 +278,7 @@ def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) 
     print(f"\n[{name}] loop and bare step paired on {work['bare_steps']} of the first epoch's "
           f"{work['steps_per_epoch']} steps", flush=True)
     started = time.time()
-    run_offline(cmd, "the bare-step run")
+    run_offline(cmd, "the bare-step run", env=one_gpu_env())  # its eval rounds run Trainer too
     with open(result_path) as f:
         raw = json.load(f)
     raw["wall_s"] = time.time() - started
@@ -303,10 +309,7 @@ def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
     cmd = worker_cmd(args, "trainer", result_path, seed)
     print(f"\n[trainer-s{seed}] HF Trainer, padding {args.trainer_padding}, seed {seed}", flush=True)
     started = time.time()
-    # one GPU, as train.py uses: with more visible, Trainer would wrap the model in DataParallel
-    # and multiply both batch sizes by the GPU count
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-    run_offline(cmd, "the HF Trainer run", env={"CUDA_VISIBLE_DEVICES": visible})
+    run_offline(cmd, "the HF Trainer run", env=one_gpu_env())
     with open(result_path) as f:
         raw = json.load(f)
     row = row_from_slices(raw["slices"], raw["test"], raw["eval_seconds"], flops)

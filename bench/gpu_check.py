@@ -82,7 +82,7 @@ def bench(folder, data_dir, max_len, batch_size, steps, precision, flags, out_di
     argv = [sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--model", folder, "--data", data_dir,
             "--train_samples", str(train_samples), "--eval_samples", str(min(1000, train_samples)),
             "--max_len", str(max_len), "--batch_size", str(batch_size), "--eval_batch_size", "128",
-            "--precision", precision, "--out_dir", out_dir]
+            "--precision", precision, "--bare_steps", "20", "--out_dir", out_dir]
     for f in flags:
         argv.append(f"--ours={f}")
     done = subprocess.run(argv, capture_output=True, text=True)
