@@ -22,10 +22,11 @@ measures. Over seeds: throughput figures are medians, test accuracy and loss mea
 sample standard deviation (n - 1), peak memory the largest of the runs.
 
 Bare step: for each of our variants, after its first-seed run, a separate process runs train.py's
-loop on the same seed and, after each step of the first epoch (all after 2 warm-up steps, or
+loop on the same seed and, on each step of the first epoch (all after 2 warm-up steps, or
 --bare_steps of them evenly spread), a bare step on the very same batch: forward, loss, backward
-and optimizer step only, on the run's own model and optimizer, the batch collated beforehand.
-Paired step by step, both see the machine of the same seconds (bench/paired.py). The loop's
+and optimizer step only, on the run's own model and optimizer, the batch collated beforehand;
+after the loop's step and before it in turn. Paired step by step, both see the machine of the
+same seconds (bench/paired.py). The loop's
 samples/s is shown as a share of the bare step's, with the loop's median time per step split into
 collation, forward + backward, optimizer step and the rest. The same process then scores the test
 split with our predict() and with HF Trainer's predict() on that one model, 5 times each in turn:
@@ -121,6 +122,9 @@ def main(argv=None) -> int:
         seeds = parse_seeds(args.seeds, args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.chunks < 1:
+        print(f"error: --chunks must be at least 1 (got {args.chunks})", file=sys.stderr)
         return 2
     if args.bare_steps is not None and args.bare_steps < 0:
         print(f"error: --bare_steps must be at least 0 (got {args.bare_steps})", file=sys.stderr)
@@ -273,8 +277,9 @@ def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) 
     variant's seed-`seed` run trains on, in a run folder of its own."""
     name = f"bare{index}-s{seed}"
     result_path = os.path.join(out_dir, f"{name}.json")
-    cmd = worker_cmd(args, "bare", result_path, seed,
-                     ("--worker_argv", json.dumps(ours_argv(args, out_dir, name, flags, work, seed))))
+    # W&B off even if the variant's flags turn it on: this run stops mid-epoch, by design
+    train_argv = ours_argv(args, out_dir, name, flags, work, seed) + ["--wandb", "disabled"]
+    cmd = worker_cmd(args, "bare", result_path, seed, ("--worker_argv", json.dumps(train_argv)))
     print(f"\n[{name}] loop and bare step paired on {work['bare_steps']} of the first epoch's "
           f"{work['steps_per_epoch']} steps", flush=True)
     started = time.time()
@@ -451,8 +456,9 @@ def compare_with_trainer(rows: list[dict], runs: dict) -> None:
         row["speedup"] = row["samples_per_s"] / trainer["samples_per_s"]
         row["acc_diff_points"] = 100 * (row["test_acc"] - trainer["test_acc"])
         ours_correct = np.array([test_correctness(run) for run in row["per_seed"]], dtype=float)
-        _, low, high = report.seed_and_example_bootstrap(ours_correct, trainer_correct)
-        row["acc_diff_ci95_points"] = [100 * low, 100 * high]
+        if ours_correct.shape[1:] == trainer_correct.shape[1:]:  # a variant's flags may change the test set
+            _, low, high = report.seed_and_example_bootstrap(ours_correct, trainer_correct)
+            row["acc_diff_ci95_points"] = [100 * low, 100 * high]
         row["eval_ratio"] = row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
         for run, theirs in zip(row["per_seed"], runs["trainer"]):
             run["speedup"] = run["samples_per_s"] / theirs["samples_per_s"]
@@ -536,14 +542,16 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
           + ("mean ± std (n-1) over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
           + f"; eval batch {work['eval_batch_size']}; {memory}: the largest of the runs")
     print(f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
-          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | vs Trainer: speed, acc [95% CI] |")
+          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | "
+          "vs Trainer: speed, acc [95% CI] |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         seeds_text = f" ({', '.join(f'{x:.2f}' for x in r['samples_per_s_seeds'])})" if len(seeds) > 1 else ""
         bare = f"{100 * r['bare_share']:.0f}%" if "bare_share" in r else ""
         ev = f"{r['eval_samples_per_s']:.1f}" + (f" ({r['eval_ratio']:.2f}x)" if "eval_ratio" in r else "")
-        ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts " \
-            f"[{r['acc_diff_ci95_points'][0]:+.1f}, {r['acc_diff_ci95_points'][1]:+.1f}]" if "speedup" in r else ""
+        ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts" if "speedup" in r else ""
+        if "acc_diff_ci95_points" in r:
+            ratio += " [{:+.1f}, {:+.1f}]".format(*r["acc_diff_ci95_points"])
         print(f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
               f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
               f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {bare} | {ev} | {_mean_std(r, 'test_acc')} | "
@@ -572,16 +580,19 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
               f"beforehand), paired in one process on {b0['steps']} of the seed-{b0['seed']} run's "
               f"{b0['of_steps']} first-epoch steps")
         print(f"\n| side | bare step samples/s (slices) | bare useful GFLOP/s (% of {peak:.0f} peak) | "
-              "loop samples/s | loop / bare step (slices) | loop ms per step: all = collate + forward/backward "
-              "+ optimizer step + rest | bare step ms | eval samples/s, ours vs Trainer's predict (rounds) |")
+              "loop samples/s | loop / bare step (slices; bare step after / before the loop's) | "
+              "loop ms per step (medians): all ≈ collate + forward/backward + optimizer step + rest | "
+              "bare step ms | eval samples/s, ours vs Trainer's predict (rounds) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in bare_rows:
             b, ms = r["bare_step"], r["bare_step"]["loop_ms"]
             slices = ", ".join(f"{x:.1f}" for x in b["samples_per_s_slices"])
             shares = ", ".join(f"{100 * x:.0f}%" for x in b["loop_share_slices"])
+            shares += "; " + ", ".join(f"{order.replace('_', ' ')} {100 * x:.0f}%"
+                                       for order, x in b["loop_share_by_order"].items())
             print(f"| {r['side']} | {b['samples_per_s']:.2f} ({slices}) | "
                   f"{_gflops(b['tflops_per_s'], b['useful_peak_share'])} | {b['loop_samples_per_s']:.2f} | "
-                  f"{100 * b['loop_share']:.1f}% ({shares}) | {ms['step']:.1f} = {ms['collate']:.2f} + "
+                  f"{100 * b['loop_share']:.1f}% ({shares}) | {ms['step']:.1f} ≈ {ms['collate']:.2f} + "
                   f"{ms['forward_backward_without_collate']:.1f} + {ms['optimizer_step']:.1f} + {ms['rest']:.2f} | "
                   f"{ms['bare_step']:.1f} | {_paired_eval(b)} |")
     batch_sizes = {(r["side"], r["train_batch_size"], r["eval_batch_size"]) for r in rows}

@@ -1,19 +1,23 @@
 """Our loop paired with a bare training step, and our evaluation with HF Trainer's predict, in
 one process.
 
-train.py's own loop runs (train.main, in this process) and after each picked step of the first
-epoch a bare step runs on the very same batch: forward, loss, backward, optimizer step and
-zero_grad on the run's own model, optimizer, autocast and scaler, with the batch collated
-beforehand (untimed). Loop step and bare step alternate within seconds of each other, so a
-machine whose speed drifts over minutes slows both alike; timing them in separate processes
-could not resolve a 5% difference on a noisy VM. The bare steps are extra updates, so this run's
-accuracy means nothing; it stops after the first epoch's last picked step.
+train.py's own loop runs (train.main, in this process, one process) and on each picked step of
+the first epoch a bare step runs on the very same batch: forward, loss, backward, optimizer step
+and zero_grad on the run's own model, optimizer, autocast and scaler, with the batch collated
+beforehand (untimed). The bare step runs after the loop's step on even picks and before it on
+odd ones, so an order effect shows as a difference between the two. Loop step and bare step run
+within seconds of each other, so a machine whose speed drifts over minutes slows both alike;
+timing them in separate processes could not resolve a 5% difference on a noisy VM. The bare
+steps are extra updates, so this run's accuracy means nothing; it stops after the first epoch's
+last picked step.
 
-A loop step is timed from the end of the previous pair to the loop's count_step call: one whole
-iteration (collation, forward, backward, the step's all-reduce of figures, optimizer step,
-scheduler, and the previous step's logging, progress bar and checks). Inside it the loop's
-collation, forward_backward and optimizer_step are timed too, which shows where the loop's
-extra time goes.
+A loop step is timed from the end of the previous count_step call to this one, less any bare
+step in between: one whole iteration (collation, forward, backward, the step's all-reduce of
+figures, optimizer step, scheduler, and the previous step's logging, progress bar and checks).
+Inside it the loop's collation, forward_backward and optimizer_step are timed too, which shows
+where the loop's time goes. On a GPU the hooks synchronise after the optimizer step and at the
+step's end, so each part holds its own kernels and the loop loses the overlap of one step's
+tail with the next step's collation: its share is, if anything, understated.
 
 Then, on the same model, our predict() and HF Trainer's predict() score the test split in turn,
 EVAL_ROUNDS times each (the order swapped each round), with the same eval batch size and
@@ -47,53 +51,69 @@ def pick_steps(steps_per_epoch: int, wanted: int | None) -> list[int]:
 
 
 def measure(train_argv: list[str], wanted_steps: int | None) -> tuple[dict, "train.Run"]:
-    """Run train.py's loop with a bare step after each picked step: per-step timings, and the
-    run (its model trained up to the last picked step)."""
+    """Run train.py's loop with a bare step on each picked step: per-step timings, and the run
+    (its model trained up to the last picked step)."""
     real = {"collate": data.collate, "forward_backward": train.forward_backward,
             "optimizer_step": train.optimizer_step, "count_step": train.count_step}
     timers = dict.fromkeys(("collate", "forward_backward", "optimizer_step"), 0.0)
     seen, steps = {}, []
 
-    def timed(name):
+    def timed(name, sync_after=False):
         def wrapper(*a, **k):
             began = time.perf_counter()
             try:
-                return real[name](*a, **k)
+                result = real[name](*a, **k)
+                if sync_after:  # its GPU kernels, not just their launch (a[0] is the run)
+                    _sync(a[0])
+                return result
             finally:
                 timers[name] += time.perf_counter() - began
         return wrapper
 
     timed_forward_backward = timed("forward_backward")
 
+    def paired_bare_step(run, batch) -> tuple[float, float]:
+        """(bare step seconds, seconds spent in all, collation and synchronisation included)."""
+        entered = time.perf_counter()
+        micro = _collated(run, batch, real["collate"])
+        _sync(run)
+        began = time.perf_counter()
+        _bare_step(run, micro, len(batch))
+        _sync(run)
+        ended = time.perf_counter()
+        return ended - began, ended - entered
+
     def forward_backward(run, state, global_batch, lengths, stop):
-        seen.update(run=run, batch=global_batch, lengths=lengths)
+        if run.info.world_size != 1:
+            raise RuntimeError("the paired measurement runs one process, not under torchrun")
+        picked = seen.setdefault("picked", pick_steps(run.steps_per_epoch, wanted_steps))
+        seen.update(run=run, batch=global_batch, lengths=lengths, bare_first=None)
+        if state.epoch == 0 and state.step_in_epoch in picked and picked.index(state.step_in_epoch) % 2:
+            seen["bare_first"] = paired_bare_step(run, global_batch)
         return timed_forward_backward(run, state, global_batch, lengths, stop)
 
     def count_step(state, window, step, seconds):
         run = seen["run"]
         _sync(run)  # the loop's queued GPU work belongs to the loop step
-        loop_s = time.perf_counter() - seen["resumed"] if "resumed" in seen else None
+        bare_first = seen["bare_first"]
+        loop_s = time.perf_counter() - seen["resumed"] - (bare_first[1] if bare_first else 0.0) \
+            if "resumed" in seen else None
         index = state.step_in_epoch
         real["count_step"](state, window, step, seconds)
-        picked = seen.setdefault("picked", pick_steps(run.steps_per_epoch, wanted_steps))
-        if state.epoch == 0 and index in picked and loop_s is not None:
-            micro = _collated(run, seen["batch"], real["collate"])
-            _sync(run)
-            began = time.perf_counter()
-            _bare_step(run, micro, len(seen["batch"]))
-            _sync(run)
+        if state.epoch == 0 and index in seen["picked"] and loop_s is not None:
+            bare_s = bare_first[0] if bare_first else paired_bare_step(run, seen["batch"])[0]
             n = seen["lengths"][seen["batch"]].astype(np.float64)
-            steps.append({"step": index, "samples": len(seen["batch"]), "loop_s": loop_s,
-                          "bare_s": time.perf_counter() - began,
+            steps.append({"step": index, "samples": len(seen["batch"]), "loop_s": loop_s, "bare_s": bare_s,
+                          "bare_first": bare_first is not None,
                           "flops": float(run.flops[0] * n.sum() + run.flops[1] * (n ** 2).sum()),
                           **{f"{k}_s": v for k, v in timers.items()}})
-            if index == picked[-1]:
+            if index == seen["picked"][-1]:
                 raise _Finished
         for k in timers:
             timers[k] = 0.0
         seen["resumed"] = time.perf_counter()
 
-    data.collate, train.optimizer_step = timed("collate"), timed("optimizer_step")
+    data.collate, train.optimizer_step = timed("collate"), timed("optimizer_step", sync_after=True)
     train.forward_backward, train.count_step = forward_backward, count_step
     try:
         code = train.main(train_argv)
@@ -148,11 +168,22 @@ def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_R
         return data.collate([np.asarray(f["input_ids"]) for f in features], run.pad_id, run.args.max_len,
                             pad_to_max_len)
 
+    class Logits(torch.nn.Module):
+        """Our model as Trainer expects one: logits under a key. (Given a bare tensor, Trainer
+        drops the batch dimension of a one-example batch; and its prepare step would wrap our
+        model's own forward for mixed precision, changing what our predict() runs.)"""
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask)}
+
     args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=run.args.eval_batch_size,
                              report_to="none", use_cpu=run.info.device.type == "cpu", dataloader_num_workers=0,
                              disable_tqdm=True, bf16=run.config["precision_used"] == "bf16",
                              fp16=run.config["precision_used"] == "fp16")
-    trainer = Trainer(model=run.model, args=args, data_collator=collator)
+    trainer = Trainer(model=Logits(run.model), args=args, data_collator=collator)
 
     def ours():
         return train.predict(run, "test")
@@ -190,6 +221,10 @@ def figures(raw: dict, chunks: int, matmul_peak_flops: float, gpu_peak_flops: fl
            "loop_samples_per_s": samples / total("loop_s"),
            "loop_share": total("bare_s") / total("loop_s"),
            "loop_share_slices": [total("bare_s", p) / total("loop_s", p) for p in slices],
+           # the bare step after the loop's step, and before it: a difference is an order effect
+           "loop_share_by_order": {order: total("bare_s", idx) / total("loop_s", idx) for order, idx in (
+               ("bare_after", [i for i, s in enumerate(steps) if not s["bare_first"]]),
+               ("bare_before", [i for i, s in enumerate(steps) if s["bare_first"]])) if idx},
            "tflops_per_s": total("flops") / total("bare_s") / 1e12}
     out["useful_peak_share"] = out["tflops_per_s"] * 1e12 / matmul_peak_flops
     if gpu_peak_flops:

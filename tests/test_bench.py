@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,7 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert len(bare["samples_per_s_slices"]) == len(bare["loop_share_slices"]) == 3
         assert bare["samples_per_s"] > 0 and bare["tflops_per_s"] > 0 and bare["useful_peak_share"] > 0
         assert row["bare_share"] == bare["loop_share"]
+        assert set(bare["loop_share_by_order"]) == {"bare_after", "bare_before"}  # 4 pairs: 2 of each
         assert np.isclose(bare["loop_share"], bare["loop_samples_per_s"] / bare["samples_per_s"])
         assert bare["eval"]["max_prob_diff"] < 1e-5 and len(bare["eval"]["round_ratios"]) == paired.EVAL_ROUNDS
         assert np.isclose(bare["eval"]["ratio"], bare["eval"]["samples_per_s"] / bare["eval"]["trainer_samples_per_s"])
@@ -98,13 +100,14 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
     assert "loop / bare step" in out.stdout and "peak RSS MiB" in out.stdout and " ± " in out.stdout
 
 
-def test_each_picked_loop_step_is_followed_by_a_bare_step_on_the_same_batch(syn_folder, cache_dir, tmp_path,
-                                                                              monkeypatch):
+def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_folder, cache_dir, tmp_path,
+                                                                             monkeypatch):
     import data
     import torch
     import train
     loop_batches, bare_calls = {}, []
     real_forward_backward, real_bare, real_collate = train.forward_backward, paired._bare_step, data.collate
+    bare_seconds = 0.5  # far longer than a tiny model's loop step: shows which side holds it
 
     def forward_backward(run, state, global_batch, lengths, stop):
         loop_batches[(state.epoch, state.step_in_epoch)] = global_batch.copy()
@@ -115,42 +118,52 @@ def test_each_picked_loop_step_is_followed_by_a_bare_step_on_the_same_batch(syn_
         real_bare(run, micro, examples)
         changed = any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
         bare_calls.append((run, micro, examples, changed))
+        time.sleep(bare_seconds)
 
     monkeypatch.setattr(train, "forward_backward", forward_backward)
     monkeypatch.setattr(paired, "_bare_step", bare)
     argv = ["--model", "tiny-bert", "--data", syn_folder, "--max_train_samples", "96", "--epochs", "2",
-            "--batch_size", "16", "--wandb", "disabled", "--out_dir", str(tmp_path), "--run_name", "paired", "--fresh"]
+            "--batch_size", "16", "--grad_accum", "2", "--wandb", "disabled", "--out_dir", str(tmp_path),
+            "--run_name", "paired", "--fresh"]
     raw, run = paired.measure(argv, wanted_steps=2)
 
     assert [s["step"] for s in raw["steps"]] == paired.pick_steps(6, 2) == [2, 5] and raw["of_steps"] == 6
+    assert [s["bare_first"] for s in raw["steps"]] == [False, True] and len(bare_calls) == 2
     for s, (run, micro, examples, changed) in zip(raw["steps"], bare_calls):
         batch = loop_batches[(0, s["step"])]
-        expected = real_collate([run.encoded["train"].ids[i] for i in batch], run.pad_id, run.args.max_len)
-        (inputs, target), = micro  # one process, no accumulation: one micro-batch of the whole step
-        assert torch.equal(inputs["input_ids"], expected["input_ids"]) and examples == s["samples"] == 16
-        assert torch.equal(target, torch.from_numpy(run.labels["train"][batch]))
+        assert examples == s["samples"] == 16 and len(micro) == 2  # cut like the loop: 2 x 8, accumulated
+        for half, (inputs, target) in zip((batch[:8], batch[8:]), micro):
+            expected = real_collate([run.encoded["train"].ids[i] for i in half], run.pad_id, run.args.max_len)
+            assert torch.equal(inputs["input_ids"], expected["input_ids"])
+            assert torch.equal(target, torch.from_numpy(run.labels["train"][half]))
         assert changed  # a real optimizer step
-        assert 0 < s["collate_s"] < s["forward_backward_s"] < s["loop_s"] and s["bare_s"] > 0
+        # the bare step's time is its own, before or after the loop's step, never the loop's
+        assert s["bare_s"] >= bare_seconds > s["loop_s"] > s["forward_backward_s"] > s["collate_s"] > 0
     # stopped after the last picked step of epoch 0: no validation, no results; the loop is restored
     assert max(loop_batches) == (0, 5)
     assert not os.path.exists(os.path.join(str(tmp_path), "paired", "results.json"))
     assert train.forward_backward is forward_backward and data.collate is real_collate
     assert train.count_step.__module__ == "train" and train.optimizer_step.__module__ == "train"
 
-    # our predict and Trainer's predict on the same model score the same examples in the same order
+    # our predict and Trainer's predict on the same model score the same examples in the same
+    # order, a last batch of one example included
+    n_test = len(run.labels["test"])
+    run.args.eval_batch_size = n_test - 1
     evaluated = paired.eval_rounds(run, pad_to_max_len=True, output_dir=str(tmp_path / "trainer"), rounds=2)
-    assert evaluated["n"] == len(run.labels["test"]) > 0 and evaluated["max_prob_diff"] < 1e-5
+    assert evaluated["n"] == n_test > 2 and evaluated["max_prob_diff"] < 1e-5
     assert [len(evaluated["seconds"][side]) for side in ("ours", "trainer")] == [2, 2]
     assert all(t > 0 for side in ("ours", "trainer") for t in evaluated["seconds"][side])
 
 
 def test_bare_step_figures_are_the_paired_totals():
-    step = dict(samples=16, flops=1e9, collate_s=0.1, optimizer_step_s=0.2)
+    step = dict(samples=16, flops=1e9, collate_s=0.1, optimizer_step_s=0.2, bare_first=False)
     raw = {"of_steps": 6, "warmup_steps": 2, "steps": [dict(step, loop_s=2.0, bare_s=1.0, forward_backward_s=1.5),
-                                                       dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0)]}
+                                                       dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0,
+                                                            bare_first=True)]}
     out = paired.figures(raw, chunks=3, matmul_peak_flops=2e9, gpu_peak_flops=None)
     assert out["steps"] == 2 and out["samples_per_s_slices"] == [16.0, 16.0]
     assert np.isclose(out["loop_share"], 2 / 6) and np.allclose(out["loop_share_slices"], [0.5, 0.25])
+    assert out["loop_share_by_order"] == {"bare_after": 0.5, "bare_before": 0.25}
     assert np.isclose(out["samples_per_s"], 16) and np.isclose(out["loop_samples_per_s"], 32 / 6)
     assert np.isclose(out["tflops_per_s"], 1e-3) and np.isclose(out["useful_peak_share"], 0.5)
     assert np.isclose(out["loop_ms"]["rest"], 550) and np.isclose(out["loop_ms"]["collate"], 100)
