@@ -26,9 +26,9 @@ loop on the same seed and, on each step of the first epoch (all after 2 warm-up 
 --bare_steps of them evenly spread), a bare step on the very same batch: forward, loss, backward
 and optimizer step only, on the run's own model and optimizer, the batch collated beforehand;
 after the loop's step and before it in turn. Paired step by step, both see the machine of the
-same seconds (bench/paired.py). The loop's
-samples/s is shown as a share of the bare step's, with the loop's median time per step split into
-collation, forward + backward, optimizer step and the rest. The same process then scores the test
+same seconds (bench/paired.py). The loop's samples/s is shown as a share of the bare step's, with
+the loop's median time per step split into collation, forward + backward, optimizer step and the
+rest. The same process then scores the test
 split with our predict() and with HF Trainer's predict() on that one model, 5 times each in turn:
 the evaluation loops compared without the machine's drift or any model difference.
 
@@ -273,7 +273,7 @@ def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: floa
 
 
 def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) -> dict:
-    """Loop step against bare step, paired in one process (bare_step.py), on the batches the
+    """Loop step against bare step, paired in one process (bench/paired.py), on the batches the
     variant's seed-`seed` run trains on, in a run folder of its own."""
     name = f"bare{index}-s{seed}"
     result_path = os.path.join(out_dir, f"{name}.json")
@@ -291,7 +291,8 @@ def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) 
 
 
 def bare_worker(args) -> int:
-    """In its own process: train.py's loop with a bare step after each picked step."""
+    """In its own process: train.py's loop with a bare step on each picked step, then the eval
+    rounds against Trainer's predict on the same model."""
     import paired
     raw, run = paired.measure(json.loads(args.worker_argv), args.bare_steps)
     raw["eval"] = paired.eval_rounds(run, args.trainer_padding == "max_length",

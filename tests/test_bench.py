@@ -172,3 +172,14 @@ def test_bare_step_figures_are_the_paired_totals():
     evaluated = paired.figures(raw, chunks=3, matmul_peak_flops=2e9, gpu_peak_flops=None)["eval"]
     assert evaluated["samples_per_s"] == 50 and evaluated["trainer_samples_per_s"] == 50 and evaluated["ratio"] == 1
     assert evaluated["round_ratios"] == [2.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--chunks", "0", "error: --chunks must be at least 1 (got 0)"),
+    ("--bare_steps", "-1", "error: --bare_steps must be at least 0 (got -1)"),
+    ("--seeds", "1,1", "error: --seeds 1,1: give distinct integers in [0, 2^31), e.g. 0,1,2"),
+])
+def test_bad_bench_flags_end_in_one_error_line(tiny_model_folder, syn_folder, tmp_path, capsys, flag, value, message):
+    code = bench.main(["--model", tiny_model_folder, "--data", syn_folder, "--out_dir", str(tmp_path), flag, value])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.strip() == message and not os.listdir(tmp_path)
