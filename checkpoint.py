@@ -11,7 +11,7 @@ import socket
 import torch
 
 import config as settings
-from utils import UserError, atomic_write, read_json
+from utils import UserError, all_gather_objects, atomic_write, read_json
 
 CKPT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -53,17 +53,33 @@ def load_latest_checkpoint(ckpt_dir: str, warn) -> dict | None:
     return None
 
 
+def check_ranks_resume_alike(step: int | None, info) -> None:
+    """Every rank must resume from the same step (None: from scratch). Without storage that all
+    nodes share, each node reads its own folder, and ranks resumed at different steps would train
+    different models (or hang at a collective): refused on every rank, before training."""
+    steps = all_gather_objects(step, info)
+    if len(set(steps)) > 1:
+        shown = ", ".join(f"rank {r}: {'none' if s is None else f'step {s}'}" for r, s in enumerate(steps))
+        raise UserError(f"the ranks found different newest checkpoints ({shown}); put --out_dir on storage "
+                        "every node shares, or copy the run folder to every node, then rerun")
+
+
 def save_weights(path: str, state_dict: dict) -> None:
     atomic_write(path, lambda f: torch.save(state_dict, f))
 
 
-def remove_unreferenced_weights(run_dir: str, ckpt_dir: str) -> None:
-    """Delete best-weights files that no kept checkpoint points to."""
+def remove_unreferenced_weights(run_dir: str, ckpt_dir: str, warn) -> None:
+    """Delete best-weights files that no kept checkpoint points to. If any kept checkpoint cannot
+    be read, nothing is deleted: the file it points to is unknown, and may be the one it needs."""
     keep = set()
     for path in list_checkpoints(ckpt_dir):
-        with contextlib.suppress(Exception):
-            # mmap: only the small progress dict is read, not the tensors
-            keep.add(torch.load(path, mmap=True, weights_only=True)["progress"]["best_file"])
+        try:
+            # mmap: only the small progress dict is read; map_location: a checkpoint written on a
+            # GPU is read to the CPU, never onto rank 0's GPU (nor failing where there is none)
+            keep.add(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["progress"]["best_file"])
+        except Exception as e:  # unpickling/zip errors have many types
+            warn(f"warning: cannot read {path} ({type(e).__name__}); keeping every best-weights file")
+            return
     for path in glob.glob(os.path.join(run_dir, "best_step*.pt")):
         if os.path.basename(path) not in keep:
             os.remove(path)

@@ -120,6 +120,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
       "the newest valid checkpoint in the run folder" + d)
     a("--fresh", operational=True, action="store_true", help="delete this run's old checkpoints and "
       "results first")
+    a("--dist_timeout", operational=True, type=float, default=60, help="minutes a collective waits "
+      "for the other ranks (e.g. while rank 0 alone downloads, tokenizes or writes a checkpoint) before "
+      "the run fails; NCCL's own default is 10" + d)
     a("--on_nan", operational=True, default="stop", choices=["stop", "skip"], help="on a non-finite "
       "loss: stop (keeping the last good checkpoint) or skip that step" + d)
     return p
@@ -167,6 +170,8 @@ def check_args(args) -> None:
     for key in ("weight_decay", "clip"):  # a negative clip would scale gradients by a negative factor
         if not (math.isfinite(getattr(args, key)) and getattr(args, key) >= 0):
             bad(key, "a number >= 0")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        bad("dist_timeout", "a positive number of minutes")
     if not 0 <= args.seed < 2 ** 31:
         bad("seed", "in [0, 2^31)")
     if args.label_col in args.text_col:

@@ -62,7 +62,13 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
     names when the labels are already ids 0..K-1 with names (a hub ClassLabel), else None."""
     if data == "synthetic":
         return make_synthetic(), list(SYNTHETIC_LABELS)
-    import datasets
+    try:
+        import datasets
+    except ImportError:  # an image without it (the lent GPU machine's): local files still load
+        if os.path.exists(data):
+            return {split: _read_with_pyarrow(path, split) for split, path in _local_files(data).items()}, None
+        raise UserError(f"--data {data}: loading from the hub needs the datasets package "
+                        "(pip install -r requirements.txt), or pass a local folder") from None
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # errors are reported once, below
     if os.path.exists(data):
@@ -87,6 +93,20 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
     feature = loaded["train"].features.get(label_col)
     return out, list(getattr(feature, "names", None) or []) or None
+
+
+def _read_with_pyarrow(path: str, split: str) -> dict:
+    """One local file as columns, with pyarrow (a dependency of datasets, which reads files with
+    it too), for machines without datasets; a .json file must hold one JSON object per line."""
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet
+    read = {"csv": pyarrow.csv.read_csv, "json": pyarrow.json.read_json,
+            "parquet": pyarrow.parquet.read_table}[FILE_TYPES[os.path.splitext(path)[1]]]
+    try:
+        return read(path).to_pydict()
+    except Exception as e:  # parser errors come in many types
+        raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
 
 
 def _read_error(path: str, e: Exception) -> str:

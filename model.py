@@ -9,6 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
@@ -21,14 +22,16 @@ class Family:
     """How one encoder family (a config.model_type) names things."""
     dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
     model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
-    flash_attention: bool = False           # use flash_attention_2 on CUDA when flash-attn is installed
+    flash_attention: bool = False           # flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed
 
 
 FAMILIES = {
     # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
     "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
     "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
-    # ModernBERT unpads the batch itself under flash_attention_2: no compute spent on padding.
+    # Under flash_attention_2, transformers 5 unpads and repads around each attention call (a host
+    # sync per layer; the rest of the layer still computes on padding), and flash-attn computes
+    # only the 128-token window of the sliding-window layers, which SDPA computes in full.
     "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True),
     "distilbert": Family(("dropout", "attention_dropout")),
 }
@@ -148,7 +151,10 @@ class Classifier(nn.Module):
 
 
 def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropout: float,
-                encoder_dropout: float | None, device: torch.device | None = None) -> Classifier:
+                encoder_dropout: float | None, device: torch.device | None = None,
+                precision: str = "fp32") -> Classifier:
+    """The classifier with fp32 master weights (autocast does the rest), whatever dtype the
+    checkpoint was saved in."""
     if entry.tiny_config is not None:
         config = entry.tiny_config(vocab_size=len(tokenizer), **entry.tiny_kwargs)
     else:
@@ -160,7 +166,8 @@ def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropou
                             f"registry (known: {', '.join(FAMILIES)}); add it to FAMILIES in model.py")
         for key in family.dropout_keys:
             setattr(config, key, encoder_dropout)
-    kwargs = dict(family.model_kwargs if family else {}, attn_implementation=attention_for(family, device))
+    kwargs = dict(family.model_kwargs if family else {},
+                  attn_implementation=attention_for(family, device, precision), dtype=torch.float32)
     if entry.tiny_config is not None:
         encoder = AutoModel.from_config(config, **kwargs)
     else:
@@ -177,22 +184,47 @@ def encoder_dropout_values(model: Classifier) -> dict:
     return {k: getattr(model.encoder.config, k) for k in (family.dropout_keys if family else ())}
 
 
-def attention_for(family: Family | None, device: torch.device | None) -> str:
-    """flash_attention_2 where the family benefits and flash-attn can run, else PyTorch SDPA."""
+def attention_for(family: Family | None, device: torch.device | None, precision: str) -> str:
+    """flash_attention_2 where the family benefits and flash-attn can run (CUDA, an installed
+    flash-attn, and a 16-bit autocast: flash-attn has no fp32 kernels), else PyTorch SDPA."""
     if family is not None and family.flash_attention and device is not None and device.type == "cuda" \
-            and importlib.util.find_spec("flash_attn") is not None:
+            and precision in ("bf16", "fp16") and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
 
-def training_flops(model: Classifier) -> tuple[int, int]:
-    """(a, b) with training FLOPs for a sequence of n real tokens = a*n + b*n^2 (forward and
-    backward): a = 6N for the N parameters outside embeddings, b = 12 x layers x hidden for the
-    attention scores (Chowdhery et al. 2022, appendix B)."""
+@dataclass(frozen=True)
+class TrainingFlops:
+    """Useful training FLOPs (forward and backward) of sequences of n real tokens: 6N per token for
+    the N parameters outside embeddings, plus 12 x hidden per attended query-key pair per layer
+    (Chowdhery et al. 2022, appendix B). A sliding-window layer (ModernBERT's local layers) attends
+    only to keys within half_window positions, whatever its kernel computes."""
+    per_token: int
+    per_pair: int
+    full_layers: int
+    window_layers: int = 0
+    half_window: int = 0
+
+    def __call__(self, lengths) -> float:
+        n = np.asarray(lengths, dtype=np.float64)
+        pairs = self.full_layers * n ** 2 + self.window_layers * window_pairs(n, self.half_window)
+        return float(self.per_token * n.sum() + self.per_pair * pairs.sum())
+
+
+def window_pairs(n: np.ndarray, half_window: int) -> np.ndarray:
+    """Query-key pairs (i, j) of a length-n sequence with |i - j| <= half_window."""
+    m = np.minimum(half_window, n - 1)
+    return n + 2 * (m * n - m * (m + 1) / 2)
+
+
+def training_flops(model: Classifier) -> TrainingFlops:
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
     n = sum(p.numel() for p in model.parameters()) - embedding
     config = model.encoder.config
-    return 6 * n, 12 * config.num_hidden_layers * config.hidden_size
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    window_layers = sum(t == "sliding_attention" for t in types)
+    return TrainingFlops(6 * n, 12 * config.hidden_size, len(types) - window_layers, window_layers,
+                         getattr(config, "sliding_window", None) or 0 if window_layers else 0)
 
 
 def compile_or_explain(module: nn.Module, device: torch.device, say) -> nn.Module:
@@ -202,9 +234,21 @@ def compile_or_explain(module: nn.Module, device: torch.device, say) -> nn.Modul
     elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
         missing = "triton, which torch.compile needs on GPUs"
     else:
-        # a graph that fails to compile later runs eagerly with a warning instead of stopping the run
-        torch._dynamo.config.suppress_errors = True
+        # A graph that fails to compile stops the run (dynamo's default): falling back to eager
+        # would label eager numbers as compiled. compile_report() says what did compile.
         say("--compile: compiling the model (the first steps are slow while it compiles)")
         return torch.compile(module)
     say(f"--compile: cannot compile here (no {missing}); training without compile")
     return module
+
+
+def compile_report() -> dict:
+    """What torch.compile did in this process: graphs compiled, frames it could not compile,
+    graph breaks (dynamo's counters; an internal API, hence the guard)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {"compiled_graphs": counters["stats"]["unique_graphs"],
+            "frames_not_compiled": counters["frames"]["total"] - counters["frames"]["ok"],
+            "graph_breaks": sum(counters["graph_break"].values())}

@@ -18,8 +18,14 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
+
+# Under torchrun, the launcher's pid, read before the slow imports below: a launcher that dies
+# while they run must still be noticed (see watch_launcher).
+LAUNCHER_PID = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+LAUNCHER_GONE = threading.Event()
 
 import numpy as np
 import torch
@@ -80,7 +86,7 @@ class Run:
     pad_id: int
     per_proc_batch: int
     steps_per_epoch: int
-    flops: tuple                    # (per token, per token pair): training FLOPs of a sequence
+    flops: models.TrainingFlops     # useful training FLOPs of sequences of given lengths
     peak_flops: float | None
     started: float
     ddp_model: torch.nn.Module = None
@@ -104,9 +110,13 @@ def main(argv=None) -> int:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
     except UserError as e:
         return _user_error(e, is_main=True)
-    info = utils.setup_distributed()
+    watch_launcher()
+    info = utils.setup_distributed(args.dist_timeout)
     try:
         return train(args, info)
+    except Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
+        print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL + e.signum
     except UserError as e:
         return _user_error(e, info.is_main)
     except OSError as e:
@@ -175,30 +185,31 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     log.info(f"config: {config}")
     utils.seed_everything(args.seed)
 
-    splits, label_names = utils.main_process_first(
+    splits, label_names = utils.node_main_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
-    tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    tokenizer = utils.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
     fingerprint = settings.run_fingerprint(config)
-    encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
-                                              args.truncation, args.cache_dir)
+    encoded = {name: utils.node_main_first(info, data.encode, split.texts, tokenizer, args.max_len,
+                                           args.truncation, args.cache_dir)
                for name, split in splits.items()}
     log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
     model = models.build_model(entry, tokenizer, len(label_names), args.pool, args.dropout,
-                               args.encoder_dropout, info.device).to(info.device)
+                               args.encoder_dropout, info.device, precision).to(info.device)
     flops = models.training_flops(model)
     log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters ({flops[0] // 6:,} outside embeddings), encoder dropouts "
+             f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
              f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
     n_train = len(encoded["train"].ids)
     steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
     optimizer = make_optimizer(model, args)
     config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
                   effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
-                  code_version=settings.code_version(), model_default_lr=entry.default_lr)
+                  code_version=settings.code_version(), model_default_lr=entry.default_lr,
+                  attention=model.encoder.config._attn_implementation)
     return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
                fingerprint=fingerprint,
                encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
@@ -207,7 +218,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
                scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
                autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
                pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch, steps_per_epoch=steps_per_epoch,
-               flops=flops, peak_flops=utils.device_peak_flops(info.device), started=started)
+               flops=flops, peak_flops=utils.device_peak_flops(info.device, precision), started=started)
 
 
 def restore(run: Run) -> TrainState:
@@ -216,6 +227,7 @@ def restore(run: Run) -> TrainState:
     args, info, log = run.args, run.info, run.log
     state = TrainState()
     saved = checkpoint.load_latest_checkpoint(run.ckpt_dir, log.warning) if args.resume == "auto" else None
+    checkpoint.check_ranks_resume_alike(saved["progress"]["global_step"] if saved else None, info)
     if saved is not None:
         checkpoint.check_same_settings(saved, run.fingerprint)
         run.model.load_state_dict(saved["model"])
@@ -240,8 +252,10 @@ def restore(run: Run) -> TrainState:
         # events logged after the checkpoint are logged again as the steps replay
         earlier_events = utils.truncate_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), state.global_step,
                                               log.warning)
-    run.ddp_model = DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None) \
-        if info.is_distributed else run.model
+    # broadcast_buffers=False: the encoders' buffers (position and token-type ids) never change,
+    # so rank 0 need not send them before every forward (tests/test_model.py checks they stay)
+    run.ddp_model = DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                        broadcast_buffers=False) if info.is_distributed else run.model
     if args.compile:
         run.ddp_model = models.compile_or_explain(run.ddp_model, info.device, log.info)
     run.wandb = tracking.WandbRun(args, run.config, run.run_dir, info, log, earlier_events)
@@ -258,6 +272,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
              f"steps, batch {args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
              f"{args.grad_accum} accumulation, precision {run.config['precision_used']}")
     run.model.train()
+    stop.training = True
     lengths = np.array([len(x) for x in run.encoded["train"].ids])
     window = _new_window()
     bar = _progress_bar(run.info, run.steps_per_epoch * args.epochs, state.global_step)
@@ -318,9 +333,9 @@ def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -
         batch = data.collate([run.encoded["train"].ids[i] for i in mb], run.pad_id, args.max_len,
                              args.padding == "max_len")
         n = lengths[mb]
-        counts += [n.sum(), batch["input_ids"].numel(), run.flops[0] * n.sum() + run.flops[1] * (n ** 2).sum()]
-        batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
-        target = torch.from_numpy(run.labels["train"][mb]).to(info.device, non_blocking=True)
+        counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
+        batch = {key: to_device(v, info.device) for key, v in batch.items()}
+        target = to_device(torch.from_numpy(run.labels["train"][mb]), info.device)
         last = k == len(micro) - 1
         with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
             with run.autocast:
@@ -332,12 +347,23 @@ def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -
                 loss = loss * float("nan")
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
-    stats = torch.tensor([loss_sum.item(), *counts, stop.poll()], dtype=torch.float64, device=info.device)
+    # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
+    # takes the same decisions: skip a non-finite step, stop on a signal)
+    stats = torch.cat([loss_sum.double().reshape(1),
+                       to_device(torch.tensor([*counts, stop.poll()], dtype=torch.float64), info.device)])
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {"loss": loss_total / info.world_size, "samples": len(step_indices) * info.world_size,
             "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device; to a GPU through pinned memory, so the copy is truly
+    asynchronous (non_blocking from pageable memory waits for the copy)."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def count_step(state: TrainState, window: dict, step: dict, seconds: float) -> None:
@@ -368,8 +394,9 @@ def optimizer_step(run: Run, log_now: bool) -> float:
 
 
 def skip_step(run: Run) -> float:
+    """Drop this step's gradients. The loss scale stays: a non-finite loss comes from the forward
+    pass, not from the scale, and GradScaler.update() without an unscale_/step before it raises."""
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.update()
     return math.nan
 
 
@@ -394,7 +421,7 @@ def end_of_epoch(run: Run, state: TrainState, saver, stop) -> dict | None:
     state.step_in_epoch = 0
     saver.save(f"end of epoch {state.epoch - 1}")
     if run.info.is_main:
-        checkpoint.remove_unreferenced_weights(run.run_dir, run.ckpt_dir)
+        checkpoint.remove_unreferenced_weights(run.run_dir, run.ckpt_dir, run.log.warning)
     return best_weights
 
 
@@ -422,6 +449,7 @@ def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weight
                **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
                                                           info.world_size, prefix="train_").items()},
                "eval_samples_per_s": eval_samples_per_s, **utils.peak_memory(info.device),
+               **(models.compile_report() if args.compile else {}),
                "wall_s": time.time() - run.started, "run_name": args.run_name}
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
     if results["collapsed"]:
@@ -479,8 +507,13 @@ class Saver:
 
 def resolve_precision(name: str, device: torch.device, warn) -> str:
     if device.type == "cuda":
+        # including_emulation=False: V100 / T4 "support" bf16 only through slow emulation
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         if name == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if native_bf16 else "fp16"
+        if name == "bf16" and not native_bf16:
+            warn("warning: this GPU has no bf16 tensor cores (needs compute capability 8.0 or newer): "
+                 "bf16 is emulated and slow; --precision fp16 uses its tensor cores with loss scaling")
         return name
     native_bf16 = utils.cpu_has_native_bf16()
     if name == "auto":
@@ -538,7 +571,7 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
         batch = data.collate([encoded.ids[i] for i in shard[start:start + args.eval_batch_size]],
                              run.pad_id, args.max_len, args.padding == "max_len")
         with run.autocast:
-            logits = run.model(**{k: v.to(info.device, non_blocking=True) for k, v in batch.items()})
+            logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
         utils.fault_point("eval")
         if stop is not None and stop.poll():
@@ -556,23 +589,20 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
 
 
 class StopRequest:
-    """While active, SIGTERM / SIGINT / SIGHUP only set a flag: the loop finishes its step,
-    checkpoints and exits. Under torchrun the death of the launcher counts as SIGTERM: a
-    `kill -9` of torchrun (whose workers run in their own sessions) must not leave orphans
-    holding the run lock and the GPUs."""
+    """While active, SIGTERM / SIGINT / SIGHUP only set a flag: the loop finishes its step (the
+    first one, if the signal came during set-up), checkpoints and exits. Except when the launcher
+    died during set-up (possibly minutes of tokenizing): no one is left to rerun from that
+    checkpoint's report, so set-up stops at once (Interrupted)."""
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __enter__(self):
         self.signum = 0
-        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+        self.training = False
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def poll(self) -> int:
         """The signal to stop for, or 0."""
-        if not self.signum and self.launcher is not None and os.getppid() != self.launcher:
-            print(f"the launcher (pid {self.launcher}) is gone: stopping", file=sys.stderr, flush=True)
-            self.signum = signal.SIGTERM
         return self.signum
 
     def __exit__(self, *exc):
@@ -581,6 +611,26 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.signum = signum
+        if not self.training and LAUNCHER_GONE.is_set():
+            raise Interrupted(signum)
+
+
+def watch_launcher() -> None:
+    """Under torchrun, a thread that sends this process SIGTERM when the launcher dies: a
+    `kill -9` of torchrun (whose workers run in their own sessions) cannot forward a signal, and
+    must not leave orphans holding the run lock and the GPUs, wherever they are (a rendezvous
+    with the dead launcher's store would wait out --dist_timeout)."""
+    if LAUNCHER_PID is None:
+        return
+
+    def watch():
+        while os.getppid() == LAUNCHER_PID:
+            time.sleep(0.5)
+        print(f"the launcher (pid {LAUNCHER_PID}) is gone: stopping", file=sys.stderr, flush=True)
+        LAUNCHER_GONE.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def record(run: Run, event: dict) -> None:
@@ -600,7 +650,7 @@ def _new_window() -> dict:
 
 def throughput(counts: dict, seconds: float, peak_flops: float | None, world_size: int, prefix: str = "") -> dict:
     """samples/s, real tokens/s, the share of padding in the batches, useful (real-token)
-    TFLOP/s and, where the device's bf16 peak is known, model FLOPs utilisation."""
+    TFLOP/s and, where the device's peak at the run's precision is known, model FLOPs utilisation."""
     seconds = max(seconds, 1e-9)
     flops_per_s = counts[f"{prefix}flops"] / seconds
     return {"samples_per_s": counts[f"{prefix}samples"] / seconds,

@@ -1,5 +1,6 @@
 """Shared helpers: distributed setup, seeding, test hooks, logging and file IO."""
 import contextlib
+import datetime
 import hashlib
 import importlib.metadata
 import json
@@ -40,38 +41,57 @@ class DistInfo:
         return dist.is_available() and dist.is_initialized()
 
 
-def setup_distributed() -> DistInfo:
+def setup_distributed(timeout_minutes: float = 60) -> DistInfo:
     """Read torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process.
     Under torchrun the process group is set up even for one process, so
-    `torchrun --nproc_per_node=1` runs the same DDP code path as N GPUs."""
+    `torchrun --nproc_per_node=1` runs the same DDP code path as N GPUs.
+
+    timeout_minutes bounds how long a collective waits for a rank busy alone: the first
+    download and tokenization, a multi-GB checkpoint write (NCCL's own default is 10 minutes).
+    TF32 is left at PyTorch's default (off for matrix products): --precision fp32 means fp32."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     else:
         device = torch.device("cpu")
     if world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world_size, local_rank, device)
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched in order against
-# torch.cuda.get_device_name(); MFU is reported only for devices listed here.
-BF16_PEAK_FLOPS = [("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
-                   ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
-                   ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12),
-                   ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
+# Dense peaks (FLOP/s) from the vendors' data sheets: 16-bit tensor cores (bf16 and fp16 alike;
+# V100 and T4 have no bf16) and plain fp32 (TF32 stays off, see setup_distributed). Matched in
+# order against torch.cuda.get_device_name(), so "H200 NVL" comes before "H200"; MFU is reported
+# only for devices and precisions listed here.
+PEAK_FLOPS = [  # (name, 16-bit tensor cores, fp32)
+    ("H100 NVL", 835e12, 60e12), ("H100 PCIe", 756e12, 51e12), ("H100", 989e12, 67e12),
+    ("H200 NVL", 835e12, 60e12), ("GH200", 989e12, 67e12), ("H200", 989e12, 67e12), ("B200", 2250e12, None),
+    ("A100", 312e12, 19.5e12), ("A800", 312e12, 19.5e12), ("L40S", 362e12, 91.6e12), ("L40", 181e12, 90.5e12),
+    ("L4", 121e12, 30.3e12), ("A10", 125e12, 31.2e12), ("RTX 4090", 165e12, 82.6e12),
+    ("RTX 3090", 71e12, 35.6e12), ("V100-PCIE", 112e12, 14e12), ("V100", 125e12, 15.7e12), ("T4", 65e12, 8.1e12),
+]
+NO_BF16 = ("V100", "T4")
 
 
-def device_peak_flops(device: torch.device) -> float | None:
+def device_peak_flops(device: torch.device, precision: str) -> float | None:
+    """The data-sheet peak for this device at a run's precision (bf16 | fp16 | fp32), or None."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAK_FLOPS if key in name), None)
+    return peak_flops_for(torch.cuda.get_device_name(device), precision)
+
+
+def peak_flops_for(device_name: str, precision: str) -> float | None:
+    for key, tensor_core, fp32 in PEAK_FLOPS:
+        if key in device_name:
+            if precision == "fp32":
+                return fp32
+            return None if precision == "bf16" and key in NO_BF16 else tensor_core
+    return None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -95,12 +115,23 @@ def all_ranks_ok(ok: bool, info: DistInfo) -> bool:
 
 
 def main_process_first(info: DistInfo, fn, *args, **kwargs):
-    """Run fn on rank 0 first (it fills caches), then on the other ranks (they read them).
+    """Run fn on rank 0 first (the run folder: lock, checks, --fresh), then on the other ranks.
 
     If rank 0 fails, the other ranks exit quietly instead of waiting forever on a barrier:
     rank 0 reports the error once.
     """
-    if info.is_main:
+    return _first_then_rest(info.is_main, info, fn, *args, **kwargs)
+
+
+def node_main_first(info: DistInfo, fn, *args, **kwargs):
+    """Run fn on each node's local rank 0 first (it fills that node's caches: a download, the
+    tokenized data), then on the node's other ranks (they read them): nodes without a shared
+    cache download once each, not once per GPU. Failures as in main_process_first."""
+    return _first_then_rest(info.local_rank == 0, info, fn, *args, **kwargs)
+
+
+def _first_then_rest(first: bool, info: DistInfo, fn, *args, **kwargs):
+    if first:
         ok = False
         try:
             result = fn(*args, **kwargs)
@@ -140,7 +171,9 @@ def get_rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's own device only: a resume that sees fewer GPUs, or maps ranks to other
+        # devices, restores each rank's stream onto the device that rank now uses
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -151,7 +184,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 # ----------------------------------------------------------------------------- fault injection

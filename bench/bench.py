@@ -53,6 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 IDENTICAL = "--padding max_len --no-group_by_length"  # what HF Trainer does with a pre-padded dataset
 MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # utils.peak_memory's
+COMPILE_KEYS = ("compiled_graphs", "frames_not_compiled", "graph_breaks")  # model.compile_report's
 
 
 def default_model() -> str | None:
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         return 2
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="bench-")
     variants = args.ours if args.ours is not None else [IDENTICAL, ""]
-    machine = machine_info()
+    machine = machine_info(args.precision)
     print(f"machine: {machine}", flush=True)
     import data
     splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
@@ -202,8 +203,7 @@ def flops_per_sample(args, train_texts: list[str]) -> float:
     encoded = tokenizer(train_texts, truncation=True, max_length=args.max_len)["input_ids"]
     lengths = np.array([len(x) for x in encoded], dtype=np.float64)
     model = models.build_model(models.resolve_model(args.model), tokenizer, 2, "cls", 0.0, None)
-    per_token, per_pair = models.training_flops(model)
-    return float(np.mean(per_token * lengths + per_pair * lengths ** 2))
+    return models.training_flops(model)(lengths) / len(lengths)
 
 
 def one_gpu_env() -> dict:
@@ -265,7 +265,8 @@ def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: floa
     test = {"n": work["n_test"], "acc": results["test_acc"], "loss": results["test_loss"]}
     row = row_from_slices(slices, test, work["n_test"] / results["eval_samples_per_s"], flops)
     row.update(side=f"ours: {flags or 'defaults'}", seed=config["seed"], train_batch_size=config["effective_batch"],
-               eval_batch_size=config["eval_batch_size"], **{k: results[k] for k in MEMORY_KEYS if k in results},
+               eval_batch_size=config["eval_batch_size"], attention=config.get("attention"),
+               **{k: results[k] for k in (*MEMORY_KEYS, *COMPILE_KEYS) if k in results},
                wall_s=time.time() - started, run_dir=run_dir)
     print(f"[{name}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}, "
           f"{memory_text(row)}", flush=True)
@@ -304,7 +305,7 @@ def bare_worker(args) -> int:
 
 def bare_figures(raw: dict, machine: dict, chunks: int) -> dict:
     import paired
-    figures = paired.figures(raw, chunks, machine["matmul_peak_flops"], machine.get("gpu_bf16_peak_flops"))
+    figures = paired.figures(raw, chunks, machine["matmul_peak_flops"], machine.get("gpu_peak_flops"))
     return dict(figures, seed=raw["seed"], wall_s=raw["wall_s"])
 
 
@@ -321,6 +322,7 @@ def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
     row = row_from_slices(raw["slices"], raw["test"], raw["eval_seconds"], flops)
     row.update(side=f"HF Trainer (padding {args.trainer_padding}, optim {raw['optim']})", seed=raw["seed"],
                train_batch_size=raw["train_batch_size"], eval_batch_size=raw["eval_batch_size"],
+               attention=raw["attention"],
                **{k: raw[k] for k in MEMORY_KEYS if k in raw}, wall_s=time.time() - started, result_path=result_path)
     print(f"[trainer-s{seed}] train {row['samples_per_s']:.2f} samples/s, test_acc {row['test_acc']:.4f}, "
           f"{memory_text(row)}", flush=True)
@@ -331,19 +333,20 @@ def trainer_worker(args) -> int:
     """In its own process: HF Trainer on the subsets train.py uses; writes timings to args.worker."""
     import torch
     import torch.nn.functional as F
-    from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed)
 
     import data
+    import model as models
     import utils
     splits, label_names = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad = "max_length" if args.trainer_padding == "max_length" else False
 
-    def dataset(split):
+    def dataset(split):  # a list of examples: Trainer takes any sized dataset, no `datasets` needed
         enc = tokenizer(split.texts, truncation=True, max_length=args.max_len, padding=pad)
-        return Dataset.from_dict({**enc, "labels": split.labels.tolist()})
+        return [{**{key: column[i] for key, column in enc.items()}, "labels": int(label)}
+                for i, label in enumerate(split.labels)]
 
     batches = []  # (examples, real tokens, positions) per collated batch, in step order
     base_collator = default_data_collator if pad else DataCollatorWithPadding(tokenizer)
@@ -364,7 +367,12 @@ def trainer_worker(args) -> int:
             step_end.append(time.perf_counter())
 
     set_seed(args.seed)  # the new head's init: Trainer seeds only when it is built, after the model
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=len(label_names))
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    # the attention kernel and master dtype our side uses (train.py: model.build_model)
+    family = models.FAMILIES.get(AutoConfig.from_pretrained(args.model).model_type)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model, num_labels=len(label_names), dtype=torch.float32,
+        attn_implementation=models.attention_for(family, device, args.precision))
     targs = TrainingArguments(output_dir=os.path.join(os.path.dirname(args.worker), f"trainer-s{args.seed}"),
                               per_device_train_batch_size=args.batch_size,
                               per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.lr,
@@ -395,12 +403,12 @@ def trainer_worker(args) -> int:
     test = {"n": len(labels), "acc": float((logits.argmax(-1) == labels).float().mean()),
             "correct": (logits.argmax(-1) == labels).tolist(),  # per example, in split order
             "loss": float(F.cross_entropy(logits, labels))}
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     with open(args.worker, "w") as f:
         # the batch sizes Trainer's data loaders used (per device x its GPU count)
         json.dump({"slices": slices, "test": test, "eval_seconds": eval_seconds, "seed": targs.seed,
                    "train_batch_size": targs.train_batch_size, "eval_batch_size": targs.eval_batch_size,
-                   "optim": getattr(targs.optim, "value", str(targs.optim)), **utils.peak_memory(device)}, f)
+                   "optim": getattr(targs.optim, "value", str(targs.optim)),
+                   "attention": model.config._attn_implementation, **utils.peak_memory(device)}, f)
     return 0
 
 
@@ -408,7 +416,7 @@ def trainer_worker(args) -> int:
 
 def add_peak_shares(run: dict, machine: dict) -> None:
     run["useful_peak_share"] = run["tflops_per_s"] * 1e12 / machine["matmul_peak_flops"]
-    if machine.get("gpu_bf16_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
+    if machine.get("gpu_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
         run["mfu"] = run["tflops_per_s"] * 1e12 / machine["gpu_bf16_peak_flops"]
 
 
@@ -469,7 +477,7 @@ def compare_with_trainer(rows: list[dict], runs: dict) -> None:
 
 # ----------------------------------------------------------------------------- machine and table
 
-def machine_info() -> dict:
+def machine_info(precision: str) -> dict:
     import torch
     info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
@@ -478,16 +486,16 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         import utils
         info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_bf16_peak_flops"] = utils.device_peak_flops(torch.device("cuda"))
-    info["matmul_peak_flops"] = matmul_peak_flops()
+        info["gpu_peak_flops"] = utils.device_peak_flops(torch.device("cuda"), precision)
+    info["matmul_peak_flops"] = matmul_peak_flops(precision)
     return info
 
 
-def matmul_peak_flops(seconds: float = 2.0) -> float:
-    """Best matrix-product rate this process reaches (FLOP/s): fp32 on CPU, bf16 on a GPU."""
+def matmul_peak_flops(precision: str, seconds: float = 2.0) -> float:
+    """Best matrix-product rate this process reaches (FLOP/s) in the runs' precision."""
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     size = 8192 if device == "cuda" else 2048
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     best, deadline = 0.0, time.perf_counter() + seconds

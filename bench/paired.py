@@ -105,7 +105,7 @@ def measure(train_argv: list[str], wanted_steps: int | None) -> tuple[dict, "tra
             n = seen["lengths"][seen["batch"]].astype(np.float64)
             steps.append({"step": index, "samples": len(seen["batch"]), "loop_s": loop_s, "bare_s": bare_s,
                           "bare_first": bare_first is not None,
-                          "flops": float(run.flops[0] * n.sum() + run.flops[1] * (n ** 2).sum()),
+                          "flops": run.flops(n),
                           **{f"{k}_s": v for k, v in timers.items()}})
             if index == seen["picked"][-1]:
                 raise _Finished
@@ -159,10 +159,8 @@ def _bare_step(run, micro: list, examples: int) -> None:
 
 def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_ROUNDS) -> dict:
     """Seconds per round of our predict() and of HF Trainer's predict() on the run's test split."""
-    from datasets import Dataset
     from transformers import Trainer, TrainingArguments
-    ids = run.encoded["test"].ids
-    dataset = Dataset.from_dict({"input_ids": [x.tolist() for x in ids]})
+    dataset = [{"input_ids": x.tolist()} for x in run.encoded["test"].ids]  # any sized dataset will do
 
     def collator(features):  # Trainer's batch: the split's order, padded as bench.py pads for it
         return data.collate([np.asarray(f["input_ids"]) for f in features], run.pad_id, run.args.max_len,

@@ -39,6 +39,7 @@ CASES = {
     "lr negative": (lambda p: ["--lr=-1e-3"], "--lr must be a positive number"),
     "encoder dropout": (lambda p: ["--encoder_dropout", "2"], "--encoder_dropout must be in [0, 1) (got 2.0)"),
     "seed": (lambda p: ["--seed", "-1"], "--seed must be in [0, 2^31)"),
+    "dist timeout": (lambda p: ["--dist_timeout", "0"], "--dist_timeout must be a positive number of minutes"),
     "no train samples": (lambda p: ["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
     "no eval samples": (lambda p: ["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
     "no eval samples, smoke": (lambda p: ["--max_eval_samples", "0", "--smoke"], "--max_eval_samples must be at least 1"),

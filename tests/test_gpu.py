@@ -21,7 +21,7 @@ def test_nccl_ddp_path_under_torchrun_learns_and_reports_mfu(tmp_path):
     results = read_results(tmp_path / "r")
     assert results["test_acc"] >= 0.9 and results["train_mfu"] > 0
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["precision_used"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert config["precision_used"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
     assert config["env"]["backend"] == "nccl"
 
 
@@ -39,6 +39,8 @@ def test_compiled_training_matches_eager(tmp_path):
         done = run_cli(*common, *extra, "--out_dir", tmp_path / name, "--run_name", "r")
         assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot compile" not in (tmp_path / "compiled" / "r" / "train.log").read_text()
+    compiled_report = read_results(tmp_path / "compiled" / "r")
+    assert compiled_report["compiled_graphs"] >= 1 and compiled_report["frames_not_compiled"] == 0
     eager = [e["loss"] for e in read_events(tmp_path / "eager" / "r", "train")]
     compiled = [e["loss"] for e in read_events(tmp_path / "compiled" / "r", "train")]
     np.testing.assert_allclose(compiled, eager, rtol=2e-3, atol=2e-3)

@@ -96,7 +96,7 @@ OPERATIONAL_VARIANTS = {
     "log_every": ["--log_every", 3], "save_every": ["--save_every", 3], "keep_checkpoints": ["--keep_checkpoints", 1],
     "eval_batch_size": ["--eval_batch_size", 7], "on_nan": ["--on_nan", "skip"], "resume": ["--resume", "never"],
     "fresh": ["--fresh"], "cache_dir": ["--cache_dir", "{tmp}/other-cache"], "wandb_group": ["--wandb_group", "g"],
-    "wandb_project": ["--wandb_project", "p"],
+    "wandb_project": ["--wandb_project", "p"], "dist_timeout": ["--dist_timeout", 5],
 }
 
 
@@ -262,6 +262,20 @@ def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cach
     rerun = run_cli(*LONG, "--out_dir", tmp_path, "--max_train_samples", 1024, nproc=2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed from" in rerun.stdout
+
+
+def test_killing_torchrun_during_set_up_stops_its_workers_within_seconds(tmp_path, cache_dir):
+    """Killed before any step (the workers still importing or meeting at the rendezvous): the
+    workers must not wait out the process group's timeout."""
+    launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert _wait_for(lambda: len(_workers(launcher.pid)) == 2)
+    workers = _workers(launcher.pid)
+    launcher.kill()
+    launcher.wait()
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=20), \
+        "orphaned workers still running"
+    assert not checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))  # it was stopped before training
 
 
 def test_sigterm_to_one_worker_stops_both_ranks_cleanly(tmp_path, cache_dir):

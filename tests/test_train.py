@@ -87,7 +87,10 @@ def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path)
     assert run_inprocess(*common, "--grad_accum", 4, "--out_dir", tmp_path / "b", "--run_name", "r") == 0
     a = [e["loss"] for e in read_events(tmp_path / "a" / "r", "train")]
     b = [e["loss"] for e in read_events(tmp_path / "b" / "r", "train")]
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    # 4 summed micro-batch gradients differ from one batch's in the last bits; Adam turns that into
+    # a relative loss difference of up to 3.4e-4 after 10 steps on one 2-core CPU (another passed
+    # at 1e-4). Other examples in a step would move the losses by 1e-2 and more.
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
 
 
 def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_dir, tmp_path):
@@ -101,9 +104,11 @@ def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_
     for name, extra in runs.items():
         assert run_inprocess(*SAME_RUN, *extra, "--data", syn_folder, "--out_dir", tmp_path / name) == 0
     loss = {name: [e["loss"] for e in read_events(tmp_path / name / "r", "train")] for name in runs}
-    np.testing.assert_allclose(loss["longest"], loss["max_len"], rtol=1e-4, atol=1e-5)
+    # other padding widths sum in another order: Adam turns the last-bit differences into up to
+    # 2.1e-4 relative after 20 steps on one 2-core CPU (see the grad_accum test)
+    np.testing.assert_allclose(loss["longest"], loss["max_len"], rtol=1e-3, atol=1e-5)
     results = {name: read_results(tmp_path / name / "r") for name in runs}
-    assert abs(results["longest"]["test_loss"] - results["max_len"]["test_loss"]) < 1e-5
+    assert abs(results["longest"]["test_loss"] - results["max_len"]["test_loss"]) < 1e-4  # 2.4e-5 measured
     share = {name: r["train_padding_share"] for name, r in results.items()}
     assert share["max_len"] > 0.4 and share["grouped"] < 0.1 and share["grouped"] < share["longest"] / 2 < share["max_len"]
 
