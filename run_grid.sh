@@ -15,13 +15,17 @@
 #   --slurm     send the grid to a SLURM cluster instead: a job array, one task per run; its own
 #               options: bash run_grid.sh --slurm --help (README: "Grids on a SLURM cluster")
 #
-# Finished runs (results.json present) are skipped; interrupted ones resume: rerun the same command.
+# Finished runs (results.json, with the settings of their grid line) are skipped; interrupted ones
+# resume: rerun the same command. A run folder holding other settings is refused before anything runs.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
 extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
 die() { echo "error: $*" >&2; exit 2; }
+need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
+  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
+}
 # --slurm: slurm.py writes and submits the jobs; it takes all the options (they differ from these)
 for arg in "$@"; do
   [ "$arg" = -- ] && break
@@ -29,23 +33,24 @@ for arg in "$@"; do
 done
 while [ $# -gt 0 ]; do
   case "$1" in
-    --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; nproc=$2; shift 2 ;;
-    --gpus) [ $# -ge 2 ] || die "--gpus needs a value"; gpus=$2; shift 2 ;;
+    --nproc) need_value "$@"; nproc=$2; shift 2 ;;
+    --gpus) need_value "$@"; gpus=$2; shift 2 ;;
     --smoke) smoke=1; shift ;;
     --no-smoke) smoke=0; shift ;;
     --dry-run) dry_run=1; shift ;;
-    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --out_dir) need_value "$@"; out_root=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;
   esac
 done
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer (got $nproc)"
+[ -z "$gpus" ] || [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus takes GPU indices like 0,1,2 (got $gpus)"
 [ -f "$grid" ] || die "grid file $grid not found"
-name=$(basename "$grid" .grid)
-out="$out_root/$name"
 PYTHON=${PYTHON:-python}
+name=$("$PYTHON" grid.py name "$grid") || exit 2
+out="$out_root/$name"
 
 # Expand and check every line with train.py's own parser before anything runs.
 expanded=$("$PYTHON" grid.py expand "$grid" -- "${extra[@]}") || exit 2
@@ -98,6 +103,12 @@ if [ "$dry_run" = 1 ]; then
   exit 0
 fi
 
+# finished means finished with the settings of its grid line: a run folder holding other settings
+# is refused here, naming the line and the settings, before anything starts
+finished_names=$("$PYTHON" grid.py finished "$grid" "$out" -- "${extra[@]}") || exit 2
+declare -A finished=()
+while IFS= read -r run_name; do [ -n "$run_name" ] && finished[$run_name]=1; done <<< "$finished_names"
+
 mkdir -p "$out/logs"
 echo "$$" > "$out/.grid.pid"
 stopping=0 child=""
@@ -132,7 +143,7 @@ if [ "$smoke" = 1 ]; then
   for run in "${runs[@]}"; do
     [ "$stopping" = 1 ] && break
     run_args "$run"
-    if [ -f "$out/$run_name/results.json" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
+    if [ -n "${finished[$run_name]:-}" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
     if [ -n "${smoke_ok[$run_name]:-}" ]; then echo "smoke skipped: $run_name (passed before)"; continue; fi
     log="$out/logs/$run_name-smoke.log"
     mapfile -t cmd < <(launcher 0)
@@ -170,7 +181,7 @@ finish_slot() {  # $1 = slot index: reap its run and record the outcome
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   run_args "$run"
-  if [ -f "$out/$run_name/results.json" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
   # reap here, not in a subshell, so the outcome lists stay in this shell
   s=""
   while [ -z "$s" ]; do

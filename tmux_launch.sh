@@ -12,6 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 die() { echo "error: $*" >&2; exit 2; }
+need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
+  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
+}
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 
@@ -59,8 +62,8 @@ esac
 grid=grids/exp1.grid out_root=runs args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
-    --nproc|--gpus) [ $# -ge 2 ] || die "$1 needs a value"; args+=("$1" "$2"); shift 2 ;;
+    --out_dir) need_value "$@"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
+    --nproc|--gpus) need_value "$@"; args+=("$1" "$2"); shift 2 ;;
     --) args+=("$@"); break ;;
     -*) args+=("$1"); shift ;;
     *) grid=$1; shift ;;
@@ -69,7 +72,8 @@ done
 [ -f "$grid" ] || die "grid file $grid not found"
 s=$(session_of "$grid")
 tmux has-session -t "=$s" 2>/dev/null && die "session $s is already running this grid (attach: tmux attach -t $s)"
-out="$out_root/$(basename "$grid" .grid)"
+name=$("$PYTHON" grid.py name "$grid") || exit 2
+out="$out_root/$name"
 mkdir -p "$out"
 cmd="bash run_grid.sh $(printf '%q ' "$grid" "${args[@]}")2>&1 | tee -a $(printf '%q' "$out/grid.log"); \
 echo \"grid exited with status \${PIPESTATUS[0]}\" | tee -a $(printf '%q' "$out/grid.log")"

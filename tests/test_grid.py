@@ -180,3 +180,48 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
     finally:
         for session in (f"grid-{name}", f"grid-{name}s"):
             tmux("kill-session", "-t", session)
+
+
+@pytest.mark.parametrize("options", [["--gpus", "--dry-run"], ["--out_dir", "--dry-run"], ["--nproc", "--no-smoke"],
+                                     ["--gpus"], ["--gpus", "a,b"]])
+def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options, tmp_path):
+    g = write_grid(tmp_path / "g.grid", f"{SMALL} --data {tmp_path / 'missing'}")  # a smoke run would fail fast
+    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, *options], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {options[0]} ")
+    assert out.stdout == "" and sorted(os.listdir(tmp_path)) == ["g.grid"]
+
+
+@pytest.mark.parametrize("file_name", ["...grid", "..grid", "-x.grid"])
+def test_a_grid_whose_name_is_not_a_plain_folder_name_writes_nothing_outside_out_dir(file_name, tmp_path):
+    g = write_grid(tmp_path / file_name, f"{SMALL} --data {tmp_path / 'missing'}")
+    out_dir = tmp_path / "a" / "runs"
+    for command in (["run_grid.sh", g, "--out_dir", out_dir], ["run_grid.sh", g, "--slurm", "--dry-run", "--out_dir", out_dir],
+                    ["tmux_launch.sh", g, "--out_dir", out_dir]):
+        out = subprocess.run(["bash", os.path.join(ROOT, command[0]), *map(str, command[1:])], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 2, (command, out.stdout + out.stderr)
+        assert out.stderr.count("\n") == 1 and "must be a plain folder name" in out.stderr, out.stderr
+        assert sorted(os.listdir(tmp_path)) == [file_name], command
+
+
+def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not_skipped(tmp_path, syn_folder, cache_dir):
+    for parent in ("a", "b"):  # two data folders with the same base name: the run name stays the same
+        shutil.copytree(syn_folder, tmp_path / parent / "syn")
+    quick = "--model tiny-bert --max_train_samples 32 --max_eval_samples 16 --epochs 1 --wandb disabled"
+    out_dir = tmp_path / "runs"
+    # a run trained outside the grid, into the grid's folder; --lr left to the model's default
+    from conftest import run_inprocess
+    assert run_inprocess(*quick.split(), "--data", tmp_path / "a" / "syn", "--out_dir", out_dir / "g") == 0
+    same = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'a' / 'syn'}")
+    again = run_grid(same, "--no-smoke", "--out_dir", out_dir)
+    assert again.returncode == 0 and "0 done, 1 skipped, 0 failed" in again.stdout, again.stdout + again.stderr
+
+    changed = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'b' / 'syn'}")
+    for options in ([], ["--no-smoke"], ["--slurm", "--dry-run"]):
+        out = run_grid(changed, *options, "--out_dir", out_dir)
+        assert out.returncode == 2, (options, out.stdout + out.stderr)
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {changed}:2: ")
+        assert "holds a run with other settings (data)" in out.stderr and "[skip]" not in out.stdout
+        assert "[start]" not in out.stdout and not (out_dir / "g" / "slurm").exists()
