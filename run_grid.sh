@@ -110,6 +110,11 @@ declare -A finished=()
 while IFS= read -r run_name; do [ -n "$run_name" ] && finished[$run_name]=1; done <<< "$finished_names"
 
 mkdir -p "$out/logs"
+# one launch per grid folder: a second one is refused here, before it writes anything (it would
+# truncate the live runs' logs). The runs inherit the lock, so it holds while any of them lives.
+exec {grid_lock}>>"$out/.grid.lock"
+flock -n "$grid_lock" || die "grid $name is already running (run_grid.sh pid $(cat "$out/.grid.pid" 2>/dev/null \
+  || echo '?'), runs in $out); wait for it, or stop it first (bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
 echo "$$" > "$out/.grid.pid"
 stopping=0 child=""
 exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
@@ -166,15 +171,24 @@ fi
 # ---- real runs: a queue over the device slots
 echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
 declare -a slot_pid slot_name
-done_runs=() skipped=() failed=()
+done_runs=() skipped=() failed=() stopped=()
+checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
+  grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
+}
 finish_slot() {  # $1 = slot index: reap its run and record the outcome
-  local s=$1 pid=${slot_pid[$1]} status
+  local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
   exit_status_of "$pid"; status=$?
   if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
+  elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
+    stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
+    echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
+  elif (( status == 129 || status == 130 || status == 143 )); then  # HUP, INT, TERM during set-up
+    stopped+=("${slot_name[$s]} (exit $status before its first checkpoint, log $log)")
+    echo "[stopped] ${slot_name[$s]} before its first checkpoint (exit $status, log $log)"
   else
-    failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)")
+    failed+=("${slot_name[$s]} (exit $status, log $log)")
     echo "[failed] ${slot_name[$s]} exit $status"
-    first_error "$out/logs/${slot_name[$s]}.log"
+    first_error "$log"
   fi
   slot_pid[$s]=""
 }
@@ -202,12 +216,13 @@ done
 for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && finish_slot "$s"; done
 
 # ---- summary and table
-echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed"
+echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped"
 for f in "${failed[@]}"; do echo "  failed: $f"; done
+for f in "${stopped[@]}"; do echo "  stopped: $f"; done
 if [ "$stopping" = 1 ]; then
   echo "run_grid: interrupted — rerun the same command to resume"
   rm -f "$out/.grid.pid"; exit 130
 fi
 "$PYTHON" report.py "$out" || true
 rm -f "$out/.grid.pid"
-[ ${#failed[@]} = 0 ]
+[ ${#failed[@]} = 0 ] && [ ${#stopped[@]} = 0 ]

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -225,3 +226,46 @@ def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not
         assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {changed}:2: ")
         assert "holds a run with other settings (data)" in out.stderr and "[skip]" not in out.stdout
         assert "[start]" not in out.stdout and not (out_dir / "g" / "slurm").exists()
+
+
+def start_slow_grid(tmp_path, name):
+    """run_grid.sh on a one-run grid that trains for minutes, once its run has logged a train line."""
+    g = write_grid(tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5")
+    grid_run = subprocess.Popen(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=dict(os.environ, WANDB_MODE="disabled"))
+    run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep20-synthetic-s42"
+    deadline = time.time() + 120
+    while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
+        assert time.time() < deadline and grid_run.poll() is None, grid_run.communicate()
+        time.sleep(0.5)
+    return g, grid_run, run_dir
+
+
+def test_a_second_launch_is_refused_untouched_and_ctrl_c_reports_the_run_stopped(tmp_path, cache_dir):
+    g, grid_run, run_dir = start_slow_grid(tmp_path, "live")
+    try:
+        console_log = tmp_path / "runs" / "live" / "logs" / f"{run_dir.name}.log"
+        pid_file = tmp_path / "runs" / "live" / ".grid.pid"
+        log_before, pid_before = console_log.read_bytes(), pid_file.read_text()
+        second = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stdout + second.stderr
+        assert second.stderr.startswith("error: grid live is already running") and second.stdout == ""
+        assert console_log.read_bytes().startswith(log_before) and pid_file.read_text() == pid_before
+    finally:
+        grid_run.send_signal(signal.SIGINT)  # Ctrl-C
+        stdout, _ = grid_run.communicate(timeout=120)
+    assert grid_run.returncode == 130, stdout
+    assert re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step \d+ \(log {console_log}\)$", stdout, re.M), stdout
+    assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
+
+
+def test_a_run_stopped_by_a_signal_is_counted_as_stopped_not_failed(tmp_path, cache_dir):
+    _, grid_run, run_dir = start_slow_grid(tmp_path, "sig")
+    train_pid = int((run_dir / ".lock").read_text().split()[1])
+    os.kill(train_pid, signal.SIGTERM)  # not through the grid: a user, or a scheduler
+    stdout, _ = grid_run.communicate(timeout=120)
+    assert grid_run.returncode == 1, stdout
+    step = re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step (\d+) ", stdout, re.M)
+    assert step and list((run_dir / "ckpt").glob(f"step_{int(step.group(1)):08d}.pt")), stdout
+    assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
