@@ -116,6 +116,16 @@ exec {grid_lock}>>"$out/.grid.lock"
 flock -n "$grid_lock" || die "grid $name is already running (run_grid.sh pid $(cat "$out/.grid.pid" 2>/dev/null \
   || echo '?'), runs in $out); wait for it, or stop it first (bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
 echo "$$" > "$out/.grid.pid"
+declare -a slot_pid slot_name
+done_runs=() skipped=() failed=() stopped=()
+write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
+  local s
+  { echo "phase $1"; echo "pid $$"; echo "grid $grid"; echo "runs ${#runs[@]}"
+    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
+    for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && echo "running ${slot_name[$s]}"; done
+    if [ -n "${2:-}" ]; then echo "ended $2"; fi
+  } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
+}
 stopping=0 child=""
 exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
   local status again
@@ -145,6 +155,7 @@ if [ "$smoke" = 1 ]; then
   while IFS= read -r passed; do [ -n "$passed" ] && smoke_ok[$passed]=1; done \
     < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
   echo "== smoke phase: ${#runs[@]} runs"
+  write_status smoke
   for run in "${runs[@]}"; do
     [ "$stopping" = 1 ] && break
     run_args "$run"
@@ -161,17 +172,17 @@ if [ "$smoke" = 1 ]; then
       echo "smoke FAILED: $grid line $line_no ($run_name), log $log:" >&2
       first_error "$log" >&2
       echo "stopping before the real runs." >&2
+      write_status ended "smoke failed: $run_name, log $log"
       exit 1
     fi
     echo "smoke ok: $run_name"
   done
-  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; exit 130; }
+  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; }
 fi
 
 # ---- real runs: a queue over the device slots
 echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
-declare -a slot_pid slot_name
-done_runs=() skipped=() failed=() stopped=()
+write_status real
 checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
   grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
 }
@@ -191,7 +202,21 @@ finish_slot() {  # $1 = slot index: reap its run and record the outcome
     first_error "$log"
   fi
   slot_pid[$s]=""
+  write_status real
 }
+progress_every=${GRID_PROGRESS_EVERY:-60} last_progress=$SECONDS
+reap_runs() {  # record the runs that have exited; every $progress_every s, the others' progress
+  local i running=()
+  for i in "${!slots[@]}"; do
+    [ -n "${slot_pid[$i]:-}" ] || continue
+    if kill -0 "${slot_pid[$i]}" 2>/dev/null; then running+=("${slot_name[$i]}"); else finish_slot "$i"; fi
+  done
+  if (( ${#running[@]} && SECONDS - last_progress >= progress_every )); then
+    last_progress=$SECONDS
+    "$PYTHON" grid.py progress "$out" "${running[@]}" | sed 's/^/[progress] /'
+  fi
+}
+busy_slots() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] && echo "$i"; done; }
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   run_args "$run"
@@ -199,21 +224,20 @@ for run in "${runs[@]}"; do
   # reap here, not in a subshell, so the outcome lists stay in this shell
   s=""
   while [ -z "$s" ]; do
-    for i in "${!slots[@]}"; do
-      if [ -z "${slot_pid[$i]:-}" ]; then s=$i; break; fi
-      if ! kill -0 "${slot_pid[$i]}" 2>/dev/null; then finish_slot "$i"; s=$i; break; fi
-    done
+    reap_runs
+    for i in "${!slots[@]}"; do [ -z "${slot_pid[$i]:-}" ] && { s=$i; break; }; done
     [ -z "$s" ] && sleep 1
     [ "$stopping" = 1 ] && break 2
   done
   mapfile -t cmd < <(launcher "$s")
   port=$([ -n "$gpus" ] && echo $((port_base + s)) || echo auto)
-  echo "[start] $run_name devices=${slots[$s]:-default} port=$port"
+  echo "[start] $run_name devices=${slots[$s]:-default} port=$port log $out/logs/$run_name.log"
   env $(devices_env "$s") "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name" \
     > "$out/logs/$run_name.log" 2>&1 &
   slot_pid[$s]=$! slot_name[$s]=$run_name
+  write_status real
 done
-for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && finish_slot "$s"; done
+while [ -n "$(busy_slots)" ]; do reap_runs; [ -n "$(busy_slots)" ] && sleep 1; done
 
 # ---- summary and table
 echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped"
@@ -221,8 +245,13 @@ for f in "${failed[@]}"; do echo "  failed: $f"; done
 for f in "${stopped[@]}"; do echo "  stopped: $f"; done
 if [ "$stopping" = 1 ]; then
   echo "run_grid: interrupted — rerun the same command to resume"
+  write_status ended stopped
   rm -f "$out/.grid.pid"; exit 130
 fi
+write_status report
 "$PYTHON" report.py "$out" || true
+ended=done
+(( ${#failed[@]} + ${#stopped[@]} )) && ended="${#failed[@]} failed, ${#stopped[@]} stopped"
+write_status ended "$ended"
 rm -f "$out/.grid.pid"
-[ ${#failed[@]} = 0 ] && [ ${#stopped[@]} = 0 ]
+[ "$ended" = done ]

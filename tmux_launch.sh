@@ -3,9 +3,10 @@
 #
 #   bash tmux_launch.sh [GRID] [run_grid.sh options]   start (session "grid-<name>"; output teed
 #                                                      to <out_dir>/<name>/grid.log)
-#   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total),
-#                                                      and the grids under D (default runs) sent to
-#                                                      SLURM with run_grid.sh --slurm
+#   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total,
+#                                                      phase, each running run's step, epoch, ETA),
+#                                                      how the grids under D (default runs) ended, and
+#                                                      those sent to SLURM with run_grid.sh --slurm
 #   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
 #                                                      exit; start again to resume
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
@@ -30,13 +31,26 @@ progress() {  # $1 = session: "done/total" from the run folders and the grid fil
 }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --status)
-    list=$(sessions)
-    [ -n "$list" ] || echo "no grid sessions running"
-    for s in $list; do echo "$s: $(progress "$s")"; done
-    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
     root=runs; [ "${2:-}" = --out_dir ] && root=${3:-runs}
+    list=$(sessions) shown=()
+    for s in $list; do
+      echo "$s: $(progress "$s")"
+      out=$(tmux show-options -t "$s" -v @grid_out 2>/dev/null) && shown+=("$(realpath -m "$out")")
+      # the phase and each running run's step/total, epoch and ETA (run_grid.sh's grid.status)
+      "$PYTHON" grid.py status "$out" | sed 's/^/  /'
+    done
+    # grids run under $root by no session now: how they ended (or that they run outside tmux)
+    ended=()
+    for f in "$root"/*/grid.status; do
+      [ -f "$f" ] || continue
+      d=$(realpath -m "$(dirname "$f")")
+      [[ " ${shown[*]:-} " == *" $d "* ]] || ended+=("$(dirname "$f")")
+    done
+    [ -n "$list" ] || [ ${#ended[@]} -gt 0 ] || echo "no grid sessions running"
+    [ ${#ended[@]} = 0 ] || "$PYTHON" grid.py status "${ended[@]}"
+    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
     for jobs in "$root"/*/slurm/jobs.json; do
       [ -f "$jobs" ] || continue
       g=$(basename "$(dirname "$(dirname "$jobs")")")

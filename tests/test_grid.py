@@ -228,12 +228,12 @@ def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not
         assert "[start]" not in out.stdout and not (out_dir / "g" / "slurm").exists()
 
 
-def start_slow_grid(tmp_path, name):
+def start_slow_grid(tmp_path, name, env=None):
     """run_grid.sh on a one-run grid that trains for minutes, once its run has logged a train line."""
     g = write_grid(tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5")
     grid_run = subprocess.Popen(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                env=dict(os.environ, WANDB_MODE="disabled"))
+                                env=dict(os.environ, WANDB_MODE="disabled", **(env or {})))
     run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep20-synthetic-s42"
     deadline = time.time() + 120
     while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
@@ -269,3 +269,24 @@ def test_a_run_stopped_by_a_signal_is_counted_as_stopped_not_failed(tmp_path, ca
     step = re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step (\d+) ", stdout, re.M)
     assert step and list((run_dir / "ckpt").glob(f"step_{int(step.group(1)):08d}.pt")), stdout
     assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_ended(tmp_path, cache_dir):
+    _, grid_run, run_dir = start_slow_grid(tmp_path, "prog", env={"GRID_PROGRESS_EVERY": "1"})
+    status = [os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"]
+    try:
+        time.sleep(2)
+        running = subprocess.run(["bash", *status], capture_output=True, text=True, cwd=ROOT).stdout
+    finally:
+        grid_run.send_signal(signal.SIGTERM)
+        stdout, _ = grid_run.communicate(timeout=120)
+    console_log = tmp_path / "runs" / "prog" / "logs" / f"{run_dir.name}.log"
+    assert f"[start] {run_dir.name} devices=default port=auto log {console_log}" in stdout
+    assert re.search(rf"^\[progress\] {run_dir.name}: step \d+/\d+, epoch 1/20, ETA \S+ min$", stdout, re.M), stdout
+    assert "prog: 0/1 runs done; real phase" in running, running
+    assert re.search(rf"^  {run_dir.name}: step \d+/\d+, epoch 1/20, ETA", running, re.M), running
+    ended = subprocess.run(["bash", *status], capture_output=True, text=True, cwd=ROOT).stdout
+    assert f"prog: 0/1 runs done; ended: stopped (log {tmp_path / 'runs' / 'prog' / 'logs'})" in ended, ended
+    assert "no grid sessions running" not in ended
+
