@@ -11,6 +11,7 @@
 #   --smoke     smoke phase first: every run with train.py --smoke (the default); --no-smoke skips it
 #   --dry-run   print the expanded commands and nothing else
 #   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
+#   --sync      upload the grid's offline W&B runs (resumed starts included) with wandb sync; runs nothing
 #   -- ARGS     appended to every run of the grid (e.g. -- --epochs 1)
 #   --slurm     send the grid to a SLURM cluster instead: a job array, one task per run; its own
 #               options: bash run_grid.sh --slurm --help (README: "Grids on a SLURM cluster")
@@ -21,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
+extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 sync=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
 die() { echo "error: $*" >&2; exit 2; }
 need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
   [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
@@ -38,8 +39,9 @@ while [ $# -gt 0 ]; do
     --smoke) smoke=1; shift ;;
     --no-smoke) smoke=0; shift ;;
     --dry-run) dry_run=1; shift ;;
+    --sync) sync=1; shift ;;
     --out_dir) need_value "$@"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;
@@ -51,6 +53,17 @@ done
 PYTHON=${PYTHON:-python}
 name=$("$PYTHON" grid.py name "$grid") || exit 2
 out="$out_root/$name"
+
+offline_runs() {  # the grid's offline W&B run folders: per run, each start (a resume adds one) in time order
+  local f; for f in "$out"/*/wandb/offline-run-*; do [ -d "$f" ] && echo "$f"; done
+}
+if [ "$sync" = 1 ]; then
+  mapfile -t offline < <(offline_runs)
+  [ ${#offline[@]} -gt 0 ] || die "no offline W&B runs in $out/*/wandb/ (nothing to sync)"
+  command -v wandb >/dev/null || die "--sync needs the wandb command (pip install wandb)"
+  echo "wandb sync: ${#offline[@]} offline run folders of grid $name"
+  exec wandb sync --yes "${offline[@]}"  # the starts of one run are synced one after another, in time order
+fi
 
 # Expand and check every line with train.py's own parser before anything runs.
 expanded=$("$PYTHON" grid.py expand "$grid" -- "${extra[@]}") || exit 2
@@ -250,6 +263,10 @@ if [ "$stopping" = 1 ]; then
 fi
 write_status report
 "$PYTHON" report.py "$out" || true
+if [ -n "$(offline_runs)" ]; then
+  echo "W&B: runs of this grid were logged offline; upload them all with:"
+  echo "  bash run_grid.sh $(printf '%q' "$grid") --sync --out_dir $(printf '%q' "$out_root")"
+fi
 ended=done
 (( ${#failed[@]} + ${#stopped[@]} )) && ended="${#failed[@]} failed, ${#stopped[@]} stopped"
 write_status ended "$ended"

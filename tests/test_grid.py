@@ -290,3 +290,24 @@ def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_en
     assert f"prog: 0/1 runs done; ended: stopped (log {tmp_path / 'runs' / 'prog' / 'logs'})" in ended, ended
     assert "no grid sessions running" not in ended
 
+
+def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_path):
+    g = write_grid(tmp_path / "w.grid", f"{SMALL} --seed {{1,2}}")
+    folder = tmp_path / "runs" / "w"
+    starts = [folder / "a" / "wandb" / "offline-run-20260101_100000-id1",
+              folder / "a" / "wandb" / "offline-run-20260101_110000-id1",  # the resumed start of run a
+              folder / "b" / "wandb" / "offline-run-20260101_100500-id2"]
+    for path in [*starts, folder / "c" / "wandb" / "run-20260101_100000-id3"]:  # c was logged online
+        path.mkdir(parents=True)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "wandb_calls"
+    bin_dir.mkdir()
+    (bin_dir / "wandb").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {calls}\n')
+    (bin_dir / "wandb").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "runs"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert calls.read_text().splitlines() == ["sync", "--yes", *map(str, starts)]
+    nothing = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "empty"],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert nothing.returncode == 2 and nothing.stderr.startswith("error: no offline W&B runs")
