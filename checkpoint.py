@@ -114,14 +114,7 @@ def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> boo
         for name in set(os.listdir(run_dir)) - ours:
             path = os.path.join(run_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    if not os.path.exists(config_path):
-        return False
-    old, new = settings.run_fingerprint(read_json(config_path)), settings.run_fingerprint(config)
-    differing = sorted(k for k in new if old.get(k) != new[k])
-    if differing:
-        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
-                        "use another --run_name, or --fresh to discard it")
-    return os.path.exists(os.path.join(run_dir, "results.json"))
+    return settings.finished(run_dir, config)
 
 
 def _is_our_config(path: str) -> bool:

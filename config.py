@@ -10,6 +10,7 @@ left out of the name and of the fingerprint that guards resume). Adding a flag i
 import argparse
 import glob
 import hashlib
+import json
 import math
 import os
 
@@ -218,6 +219,38 @@ def derive_run_name(args) -> str:
 def run_fingerprint(config: dict) -> dict:
     """The settings that decide what a run computes: a resume must match them."""
     return {k: v for k, v in config.items() if k not in OPERATIONAL}
+
+
+def differing_settings(saved: dict, config: dict) -> list[str]:
+    """The settings of `config` that a run's config.json (`saved`) holds otherwise. Only the keys
+    of `config` are compared: train.py's start and a grid's line know different amounts (see
+    `finished`). An lr of None (not given) means the model's default, which config.json records."""
+    old, new = run_fingerprint(saved), run_fingerprint(config)
+    if new.get("lr", 0) is None:
+        new["lr"] = saved.get("model_default_lr")
+    return sorted(k for k in new if old.get(k) != new[k])
+
+
+def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, or --fresh to discard it") -> bool:
+    """Whether run_dir holds this run finished (results.json) with the settings of `config`. A folder
+    holding a run with other settings is refused (UserError naming them and `remedy`): it is never
+    counted as finished, nor continued. train.py (checkpoint.prepare_run_dir) and the grids
+    (grid.finished_runs) decide with this."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        return False
+    try:
+        with open(config_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_path} is unreadable ({getattr(e, 'strerror', None) or type(e).__name__}); "
+                        "move it away, or use --fresh to discard the run") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{config_path} holds no settings; move it away, or use --fresh to discard the run")
+    differing = differing_settings(saved, config)
+    if differing:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")
+    return os.path.exists(os.path.join(run_dir, "results.json"))
 
 
 def code_version() -> str:

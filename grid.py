@@ -15,7 +15,17 @@ Used by run_grid.sh:
         EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
     python grid.py smoke-passed GRID OUT_DIR [-- EXTRA ARGS]
         ->  the run names whose smoke run already passed with these settings and this code
+    python grid.py name GRID
+        ->  the grid's name: its folder inside --out_dir (refused unless a plain folder name)
+    python grid.py finished GRID OUT_DIR [-- EXTRA ARGS]
+        ->  the run names finished in OUT_DIR with these settings; exit 2 naming the line and the
+            differing settings if a run folder holds a run with other settings
+    python grid.py progress GRID_OUT_DIR RUN_NAME...
+        ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
+    python grid.py status GRID_OUT_DIR...
+        ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
 """
+import contextlib
 import itertools
 import json
 import os
@@ -82,10 +92,39 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
     return resolved
 
 
+def grid_name(path: str) -> str:
+    """The grid's name, from its file name: the folder its runs go to inside --out_dir, so one
+    plain folder name (a file named '...grid' would otherwise put them in --out_dir/..)."""
+    name = os.path.basename(path).removesuffix(".grid")
+    if not re.fullmatch(r"\w[\w.+-]*", name):
+        raise GridError(f"grid file {path}: its name {name!r} is the grid's folder inside --out_dir, so it must "
+                        "be a plain folder name (letters, digits, _ . + -, not starting with . or -); rename the file")
+    return name
+
+
+def finished_runs(path: str, out_dir: str, runs) -> list[str]:
+    """Names of the runs finished in out_dir with the settings of their grid line. A run folder
+    holding a run with other settings is refused, naming the line and the settings: a grid never
+    skips it as finished nor starts it. Only what the line says is compared (config.finished); the
+    tokenizer's and the data's hashes and the precision used are known once train.py runs, and it
+    checks them against its checkpoint."""
+    from config import UserError, finished, parse_args
+
+    done = []
+    for number, name, args in runs:
+        remedy = "give the line another --run_name, or move that folder away"
+        try:
+            if finished(os.path.join(out_dir, name), vars(parse_args(args)), remedy):
+                done.append(name)
+        except UserError as e:
+            raise GridError(f"{path}:{number}: {e}") from None
+    return done
+
+
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
     same code: the smoke phase of a rerun skips them."""
-    from config import OPERATIONAL, code_version, parse_args
+    from config import code_version, differing_settings, parse_args
 
     version, passed = code_version(), []
     for _, name, args in runs:
@@ -96,23 +135,96 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
                 saved = json.load(f)
         except (OSError, ValueError):
             continue
-        # lr stays None here when not given; train.py recorded the model's default it used
-        same = all(saved.get(k) == v for k, v in vars(smoke).items()
-                   if k not in OPERATIONAL and not (k == "lr" and v is None))
+        same = isinstance(saved, dict) and not differing_settings(saved, vars(smoke))
         if same and saved.get("code_version") == version and os.path.exists(os.path.join(folder, "results.json")):
             passed.append(name)
     return passed
 
 
+def run_progress(run_dir: str) -> str:
+    """'step 120/600, epoch 1/3, ETA 4 min' from a run's config.json and its last train line in
+    metrics.jsonl; the ETA is for the training steps left, at the last logged speed."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        total = config["steps_per_epoch"] * config["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "setting up"
+    last = None
+    with contextlib.suppress(OSError):
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    last = event if event.get("event") == "train" else last
+    if last is None:
+        return f"step 0/{total}, epoch 1/{config['epochs']}"
+    shown = f"step {last['step']}/{total}, epoch {min(last['epoch'] + 1, config['epochs'])}/{config['epochs']}"
+    steps_per_s = last.get("samples_per_s", 0) / config.get("effective_batch", config.get("batch_size", 1))
+    if steps_per_s > 0:
+        minutes = (total - last["step"]) / steps_per_s / 60
+        shown += f", ETA {minutes:.0f} min" if minutes >= 1 else ", ETA <1 min"
+    return shown
+
+
+def grid_status(out_dir: str) -> str | None:
+    """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
+    progress, or how the grid ended; None if no grid ran there."""
+    state, running = {}, []
+    try:
+        with open(os.path.join(out_dir, "grid.status")) as f:
+            for line in f:
+                key, _, value = line.rstrip("\n").partition(" ")
+                if key == "running":
+                    running.append(value)
+                else:
+                    state[key] = value
+    except OSError:
+        return None
+    console = os.path.join(out_dir, "grid.log")
+    log = console if os.path.exists(console) else os.path.join(out_dir, "logs")
+    head = f"{os.path.basename(os.path.normpath(out_dir))}: {state.get('done', '?')}/{state.get('runs', '?')} runs done"
+    if state.get("phase") == "ended":
+        return f"{head}; ended: {state.get('ended', '?')} (log {log})"
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (KeyError, ValueError, ProcessLookupError):
+        return f"{head}; not running: its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} " \
+               f"phase (log {log}); rerun the grid to resume"
+    except PermissionError:  # alive, another user's
+        pass
+    lines = [f"{head}; {state.get('phase')} phase (grid {state.get('grid', '?')}, log {log})"]
+    if state.get("phase") == "real":
+        lines += [f"  {name}: {run_progress(os.path.join(out_dir, name))}" for name in running]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    if not (len(argv) == 2 and argv[0] == "expand" or len(argv) == 3 and argv[0] == "smoke-passed"):
+    if argv[:1] == ["progress"] and len(argv) >= 3:
+        print("\n".join(f"{name}: {run_progress(os.path.join(argv[1], name))}" for name in argv[2:]))
+        return 0
+    if argv[:1] == ["status"]:
+        print("\n".join(filter(None, map(grid_status, argv[1:]))))
+        return 0
+    if not (len(argv) == 2 and argv[0] in ("expand", "name")
+            or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")):
         print("usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
-              "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]", file=sys.stderr)
+              "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+              "       python grid.py name GRID\n"
+              "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+              "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
+              "       python grid.py status GRID_OUT_DIR...", file=sys.stderr)
         return 2
     try:
+        if argv[0] == "name":
+            print(grid_name(argv[1]))
+            return 0
         runs = resolve(argv[1], extra)
+        if argv[0] == "finished":
+            print("\n".join(finished_runs(argv[1], argv[2], runs)))
+            return 0
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)
         return 2

@@ -11,17 +11,22 @@
 #   --smoke     smoke phase first: every run with train.py --smoke (the default); --no-smoke skips it
 #   --dry-run   print the expanded commands and nothing else
 #   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
+#   --sync      upload the grid's offline W&B runs (resumed starts included) with wandb sync; runs nothing
 #   -- ARGS     appended to every run of the grid (e.g. -- --epochs 1)
 #   --slurm     send the grid to a SLURM cluster instead: a job array, one task per run; its own
 #               options: bash run_grid.sh --slurm --help (README: "Grids on a SLURM cluster")
 #
-# Finished runs (results.json present) are skipped; interrupted ones resume: rerun the same command.
+# Finished runs (results.json, with the settings of their grid line) are skipped; interrupted ones
+# resume: rerun the same command. A run folder holding other settings is refused before anything runs.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
+extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 sync=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
 die() { echo "error: $*" >&2; exit 2; }
+need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
+  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
+}
 # --slurm: slurm.py writes and submits the jobs; it takes all the options (they differ from these)
 for arg in "$@"; do
   [ "$arg" = -- ] && break
@@ -29,23 +34,36 @@ for arg in "$@"; do
 done
 while [ $# -gt 0 ]; do
   case "$1" in
-    --nproc) [ $# -ge 2 ] || die "--nproc needs a value"; nproc=$2; shift 2 ;;
-    --gpus) [ $# -ge 2 ] || die "--gpus needs a value"; gpus=$2; shift 2 ;;
+    --nproc) need_value "$@"; nproc=$2; shift 2 ;;
+    --gpus) need_value "$@"; gpus=$2; shift 2 ;;
     --smoke) smoke=1; shift ;;
     --no-smoke) smoke=0; shift ;;
     --dry-run) dry_run=1; shift ;;
-    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --sync) sync=1; shift ;;
+    --out_dir) need_value "$@"; out_root=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;
   esac
 done
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer (got $nproc)"
+[ -z "$gpus" ] || [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus takes GPU indices like 0,1,2 (got $gpus)"
 [ -f "$grid" ] || die "grid file $grid not found"
-name=$(basename "$grid" .grid)
-out="$out_root/$name"
 PYTHON=${PYTHON:-python}
+name=$("$PYTHON" grid.py name "$grid") || exit 2
+out="$out_root/$name"
+
+offline_runs() {  # the grid's offline W&B run folders: per run, each start (a resume adds one) in time order
+  local f; for f in "$out"/*/wandb/offline-run-*; do [ -d "$f" ] && echo "$f"; done
+}
+if [ "$sync" = 1 ]; then
+  mapfile -t offline < <(offline_runs)
+  [ ${#offline[@]} -gt 0 ] || die "no offline W&B runs in $out/*/wandb/ (nothing to sync)"
+  command -v wandb >/dev/null || die "--sync needs the wandb command (pip install wandb)"
+  echo "wandb sync: ${#offline[@]} offline run folders of grid $name"
+  exec wandb sync --yes "${offline[@]}"  # the starts of one run are synced one after another, in time order
+fi
 
 # Expand and check every line with train.py's own parser before anything runs.
 expanded=$("$PYTHON" grid.py expand "$grid" -- "${extra[@]}") || exit 2
@@ -98,8 +116,29 @@ if [ "$dry_run" = 1 ]; then
   exit 0
 fi
 
+# finished means finished with the settings of its grid line: a run folder holding other settings
+# is refused here, naming the line and the settings, before anything starts
+finished_names=$("$PYTHON" grid.py finished "$grid" "$out" -- "${extra[@]}") || exit 2
+declare -A finished=()
+while IFS= read -r run_name; do [ -n "$run_name" ] && finished[$run_name]=1; done <<< "$finished_names"
+
 mkdir -p "$out/logs"
+# one launch per grid folder: a second one is refused here, before it writes anything (it would
+# truncate the live runs' logs). The runs inherit the lock, so it holds while any of them lives.
+exec {grid_lock}>>"$out/.grid.lock"
+flock -n "$grid_lock" || die "grid $name is already running (run_grid.sh pid $(cat "$out/.grid.pid" 2>/dev/null \
+  || echo '?'), runs in $out); wait for it, or stop it first (bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
 echo "$$" > "$out/.grid.pid"
+declare -a slot_pid slot_name
+done_runs=() skipped=() failed=() stopped=()
+write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
+  local s
+  { echo "phase $1"; echo "pid $$"; echo "grid $grid"; echo "runs ${#runs[@]}"
+    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
+    for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && echo "running ${slot_name[$s]}"; done
+    if [ -n "${2:-}" ]; then echo "ended $2"; fi
+  } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
+}
 stopping=0 child=""
 exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
   local status again
@@ -129,10 +168,11 @@ if [ "$smoke" = 1 ]; then
   while IFS= read -r passed; do [ -n "$passed" ] && smoke_ok[$passed]=1; done \
     < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
   echo "== smoke phase: ${#runs[@]} runs"
+  write_status smoke
   for run in "${runs[@]}"; do
     [ "$stopping" = 1 ] && break
     run_args "$run"
-    if [ -f "$out/$run_name/results.json" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
+    if [ -n "${finished[$run_name]:-}" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
     if [ -n "${smoke_ok[$run_name]:-}" ]; then echo "smoke skipped: $run_name (passed before)"; continue; fi
     log="$out/logs/$run_name-smoke.log"
     mapfile -t cmd < <(launcher 0)
@@ -145,58 +185,90 @@ if [ "$smoke" = 1 ]; then
       echo "smoke FAILED: $grid line $line_no ($run_name), log $log:" >&2
       first_error "$log" >&2
       echo "stopping before the real runs." >&2
+      write_status ended "smoke failed: $run_name, log $log"
       exit 1
     fi
     echo "smoke ok: $run_name"
   done
-  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; exit 130; }
+  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; }
 fi
 
 # ---- real runs: a queue over the device slots
 echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
-declare -a slot_pid slot_name
-done_runs=() skipped=() failed=()
+write_status real
+checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
+  grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
+}
 finish_slot() {  # $1 = slot index: reap its run and record the outcome
-  local s=$1 pid=${slot_pid[$1]} status
+  local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
   exit_status_of "$pid"; status=$?
   if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
+  elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
+    stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
+    echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
+  elif (( status == 129 || status == 130 || status == 143 )); then  # HUP, INT, TERM during set-up
+    stopped+=("${slot_name[$s]} (exit $status before its first checkpoint, log $log)")
+    echo "[stopped] ${slot_name[$s]} before its first checkpoint (exit $status, log $log)"
   else
-    failed+=("${slot_name[$s]} (exit $status, log $out/logs/${slot_name[$s]}.log)")
+    failed+=("${slot_name[$s]} (exit $status, log $log)")
     echo "[failed] ${slot_name[$s]} exit $status"
-    first_error "$out/logs/${slot_name[$s]}.log"
+    first_error "$log"
   fi
   slot_pid[$s]=""
+  write_status real
 }
+progress_every=${GRID_PROGRESS_EVERY:-60} last_progress=$SECONDS
+reap_runs() {  # record the runs that have exited; every $progress_every s, the others' progress
+  local i running=()
+  for i in "${!slots[@]}"; do
+    [ -n "${slot_pid[$i]:-}" ] || continue
+    if kill -0 "${slot_pid[$i]}" 2>/dev/null; then running+=("${slot_name[$i]}"); else finish_slot "$i"; fi
+  done
+  if (( ${#running[@]} && SECONDS - last_progress >= progress_every )); then
+    last_progress=$SECONDS
+    "$PYTHON" grid.py progress "$out" "${running[@]}" | sed 's/^/[progress] /'
+  fi
+}
+busy_slots() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] && echo "$i"; done; }
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   run_args "$run"
-  if [ -f "$out/$run_name/results.json" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
   # reap here, not in a subshell, so the outcome lists stay in this shell
   s=""
   while [ -z "$s" ]; do
-    for i in "${!slots[@]}"; do
-      if [ -z "${slot_pid[$i]:-}" ]; then s=$i; break; fi
-      if ! kill -0 "${slot_pid[$i]}" 2>/dev/null; then finish_slot "$i"; s=$i; break; fi
-    done
+    reap_runs
+    for i in "${!slots[@]}"; do [ -z "${slot_pid[$i]:-}" ] && { s=$i; break; }; done
     [ -z "$s" ] && sleep 1
     [ "$stopping" = 1 ] && break 2
   done
   mapfile -t cmd < <(launcher "$s")
   port=$([ -n "$gpus" ] && echo $((port_base + s)) || echo auto)
-  echo "[start] $run_name devices=${slots[$s]:-default} port=$port"
+  echo "[start] $run_name devices=${slots[$s]:-default} port=$port log $out/logs/$run_name.log"
   env $(devices_env "$s") "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name" \
     > "$out/logs/$run_name.log" 2>&1 &
   slot_pid[$s]=$! slot_name[$s]=$run_name
+  write_status real
 done
-for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && finish_slot "$s"; done
+while [ -n "$(busy_slots)" ]; do reap_runs; [ -n "$(busy_slots)" ] && sleep 1; done
 
 # ---- summary and table
-echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed"
+echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped"
 for f in "${failed[@]}"; do echo "  failed: $f"; done
+for f in "${stopped[@]}"; do echo "  stopped: $f"; done
 if [ "$stopping" = 1 ]; then
   echo "run_grid: interrupted — rerun the same command to resume"
+  write_status ended stopped
   rm -f "$out/.grid.pid"; exit 130
 fi
+write_status report
 "$PYTHON" report.py "$out" || true
+if [ -n "$(offline_runs)" ]; then
+  echo "W&B: runs of this grid were logged offline; upload them all with:"
+  echo "  bash run_grid.sh $(printf '%q' "$grid") --sync --out_dir $(printf '%q' "$out_root")"
+fi
+ended=done
+(( ${#failed[@]} + ${#stopped[@]} )) && ended="${#failed[@]} failed, ${#stopped[@]} stopped"
+write_status ended "$ended"
 rm -f "$out/.grid.pid"
-[ ${#failed[@]} = 0 ]
+[ "$ended" = done ]

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import NamedTuple
 
+import grid
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NO_ID = {"smoke": "SMOKE_JOB_ID", "array": "ARRAY_JOB_ID"}  # stand-ins in scripts a dry run writes
 
@@ -318,8 +320,6 @@ def queue(job_ids: list[str]) -> list[dict]:
 
 
 def submit(o, grid_path: str, extra: list[str]) -> int:
-    import grid  # here, not at the top: it imports train.py and torch, which --status does not need
-
     if not o.dry_run and shutil.which("sbatch") is None:
         raise SlurmError("--slurm needs sbatch on PATH (run it on the cluster's login node), or use --dry-run")
     if not os.path.isfile(grid_path):
@@ -333,11 +333,14 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     for number, _, args in runs:  # runs.grid is expanded again in the jobs: nothing may expand twice
         if any(grid.BRACES.search(arg) for arg in args):
             raise SlurmError(f"{grid_path}:{number}: a flag still holds {{a,b}} after expansion (nested braces?)")
-    name = os.path.basename(grid_path).removesuffix(".grid")
-    out = os.path.abspath(os.path.join(o.out_dir, name))
+    try:
+        name = grid.grid_name(grid_path)
+        out = os.path.abspath(os.path.join(o.out_dir, name))
+        finished = set(grid.finished_runs(grid_path, out, runs))
+    except grid.GridError as e:
+        raise SlurmError(str(e)) from None
     slurm_dir = os.path.join(out, "slurm")
-    tasks = [i for i, (_, run_name, _) in enumerate(runs, 1)
-             if not os.path.exists(os.path.join(out, run_name, "results.json"))]
+    tasks = [i for i, (_, run_name, _) in enumerate(runs, 1) if run_name not in finished]
     if not tasks:
         print(f"all {len(runs)} runs of {grid_path} are finished (results in {out}); nothing submitted")
         return 0
@@ -427,7 +430,10 @@ def write(path: str, text: str) -> None:
 def status(o) -> int:
     if shutil.which("squeue") is None:
         raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
-    name = os.path.basename(o.grid).removesuffix(".grid")
+    try:
+        name = grid.grid_name(o.grid)
+    except grid.GridError as e:
+        raise SlurmError(str(e)) from None
     slurm_dir = os.path.join(o.out_dir, name, "slurm")
     jobs = read_jobs(slurm_dir)
     if jobs is None:

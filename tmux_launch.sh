@@ -3,15 +3,19 @@
 #
 #   bash tmux_launch.sh [GRID] [run_grid.sh options]   start (session "grid-<name>"; output teed
 #                                                      to <out_dir>/<name>/grid.log)
-#   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total),
-#                                                      and the grids under D (default runs) sent to
-#                                                      SLURM with run_grid.sh --slurm
+#   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total,
+#                                                      phase, each running run's step, epoch, ETA),
+#                                                      how the grids under D (default runs) ended, and
+#                                                      those sent to SLURM with run_grid.sh --slurm
 #   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
 #                                                      exit; start again to resume
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
 set -uo pipefail
 cd "$(dirname "$0")"
 die() { echo "error: $*" >&2; exit 2; }
+need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
+  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
+}
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 
@@ -27,13 +31,26 @@ progress() {  # $1 = session: "done/total" from the run folders and the grid fil
 }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --status)
-    list=$(sessions)
-    [ -n "$list" ] || echo "no grid sessions running"
-    for s in $list; do echo "$s: $(progress "$s")"; done
-    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
     root=runs; [ "${2:-}" = --out_dir ] && root=${3:-runs}
+    list=$(sessions) shown=()
+    for s in $list; do
+      echo "$s: $(progress "$s")"
+      out=$(tmux show-options -t "$s" -v @grid_out 2>/dev/null) && shown+=("$(realpath -m "$out")")
+      # the phase and each running run's step/total, epoch and ETA (run_grid.sh's grid.status)
+      "$PYTHON" grid.py status "$out" | sed 's/^/  /'
+    done
+    # grids run under $root by no session now: how they ended (or that they run outside tmux)
+    ended=()
+    for f in "$root"/*/grid.status; do
+      [ -f "$f" ] || continue
+      d=$(realpath -m "$(dirname "$f")")
+      [[ " ${shown[*]:-} " == *" $d "* ]] || ended+=("$(dirname "$f")")
+    done
+    [ -n "$list" ] || [ ${#ended[@]} -gt 0 ] || echo "no grid sessions running"
+    [ ${#ended[@]} = 0 ] || "$PYTHON" grid.py status "${ended[@]}"
+    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
     for jobs in "$root"/*/slurm/jobs.json; do
       [ -f "$jobs" ] || continue
       g=$(basename "$(dirname "$(dirname "$jobs")")")
@@ -59,8 +76,8 @@ esac
 grid=grids/exp1.grid out_root=runs args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out_dir) [ $# -ge 2 ] || die "--out_dir needs a value"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
-    --nproc|--gpus) [ $# -ge 2 ] || die "$1 needs a value"; args+=("$1" "$2"); shift 2 ;;
+    --out_dir) need_value "$@"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
+    --nproc|--gpus) need_value "$@"; args+=("$1" "$2"); shift 2 ;;
     --) args+=("$@"); break ;;
     -*) args+=("$1"); shift ;;
     *) grid=$1; shift ;;
@@ -69,7 +86,8 @@ done
 [ -f "$grid" ] || die "grid file $grid not found"
 s=$(session_of "$grid")
 tmux has-session -t "=$s" 2>/dev/null && die "session $s is already running this grid (attach: tmux attach -t $s)"
-out="$out_root/$(basename "$grid" .grid)"
+name=$("$PYTHON" grid.py name "$grid") || exit 2
+out="$out_root/$name"
 mkdir -p "$out"
 cmd="bash run_grid.sh $(printf '%q ' "$grid" "${args[@]}")2>&1 | tee -a $(printf '%q' "$out/grid.log"); \
 echo \"grid exited with status \${PIPESTATUS[0]}\" | tee -a $(printf '%q' "$out/grid.log")"

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -180,3 +181,133 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
     finally:
         for session in (f"grid-{name}", f"grid-{name}s"):
             tmux("kill-session", "-t", session)
+
+
+@pytest.mark.parametrize("options", [["--gpus", "--dry-run"], ["--out_dir", "--dry-run"], ["--nproc", "--no-smoke"],
+                                     ["--gpus"], ["--gpus", "a,b"]])
+def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options, tmp_path):
+    g = write_grid(tmp_path / "g.grid", f"{SMALL} --data {tmp_path / 'missing'}")  # a smoke run would fail fast
+    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, *options], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {options[0]} ")
+    assert out.stdout == "" and sorted(os.listdir(tmp_path)) == ["g.grid"]
+
+
+@pytest.mark.parametrize("file_name", ["...grid", "..grid", "-x.grid"])
+def test_a_grid_whose_name_is_not_a_plain_folder_name_writes_nothing_outside_out_dir(file_name, tmp_path):
+    g = write_grid(tmp_path / file_name, f"{SMALL} --data {tmp_path / 'missing'}")
+    out_dir = tmp_path / "a" / "runs"
+    for command in (["run_grid.sh", g, "--out_dir", out_dir], ["run_grid.sh", g, "--slurm", "--dry-run", "--out_dir", out_dir],
+                    ["tmux_launch.sh", g, "--out_dir", out_dir]):
+        out = subprocess.run(["bash", os.path.join(ROOT, command[0]), *map(str, command[1:])], capture_output=True,
+                             text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 2, (command, out.stdout + out.stderr)
+        assert out.stderr.count("\n") == 1 and "must be a plain folder name" in out.stderr, out.stderr
+        assert sorted(os.listdir(tmp_path)) == [file_name], command
+
+
+def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not_skipped(tmp_path, syn_folder, cache_dir):
+    for parent in ("a", "b"):  # two data folders with the same base name: the run name stays the same
+        shutil.copytree(syn_folder, tmp_path / parent / "syn")
+    quick = "--model tiny-bert --max_train_samples 32 --max_eval_samples 16 --epochs 1 --wandb disabled"
+    out_dir = tmp_path / "runs"
+    # a run trained outside the grid, into the grid's folder; --lr left to the model's default
+    from conftest import run_inprocess
+    assert run_inprocess(*quick.split(), "--data", tmp_path / "a" / "syn", "--out_dir", out_dir / "g") == 0
+    same = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'a' / 'syn'}")
+    again = run_grid(same, "--no-smoke", "--out_dir", out_dir)
+    assert again.returncode == 0 and "0 done, 1 skipped, 0 failed" in again.stdout, again.stdout + again.stderr
+
+    changed = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'b' / 'syn'}")
+    for options in ([], ["--no-smoke"], ["--slurm", "--dry-run"]):
+        out = run_grid(changed, *options, "--out_dir", out_dir)
+        assert out.returncode == 2, (options, out.stdout + out.stderr)
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {changed}:2: ")
+        assert "holds a run with other settings (data)" in out.stderr and "[skip]" not in out.stdout
+        assert "[start]" not in out.stdout and not (out_dir / "g" / "slurm").exists()
+
+
+def start_slow_grid(tmp_path, name, env=None):
+    """run_grid.sh on a one-run grid that trains for minutes, once its run has logged a train line."""
+    g = write_grid(tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5")
+    grid_run = subprocess.Popen(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=dict(os.environ, WANDB_MODE="disabled", **(env or {})))
+    run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep20-synthetic-s42"
+    deadline = time.time() + 120
+    while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
+        assert time.time() < deadline and grid_run.poll() is None, grid_run.communicate()
+        time.sleep(0.5)
+    return g, grid_run, run_dir
+
+
+def test_a_second_launch_is_refused_untouched_and_ctrl_c_reports_the_run_stopped(tmp_path, cache_dir):
+    g, grid_run, run_dir = start_slow_grid(tmp_path, "live")
+    try:
+        console_log = tmp_path / "runs" / "live" / "logs" / f"{run_dir.name}.log"
+        pid_file = tmp_path / "runs" / "live" / ".grid.pid"
+        log_before, pid_before = console_log.read_bytes(), pid_file.read_text()
+        second = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stdout + second.stderr
+        assert second.stderr.startswith("error: grid live is already running") and second.stdout == ""
+        assert console_log.read_bytes().startswith(log_before) and pid_file.read_text() == pid_before
+    finally:
+        grid_run.send_signal(signal.SIGINT)  # Ctrl-C
+        stdout, _ = grid_run.communicate(timeout=120)
+    assert grid_run.returncode == 130, stdout
+    assert re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step \d+ \(log {console_log}\)$", stdout, re.M), stdout
+    assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
+
+
+def test_a_run_stopped_by_a_signal_is_counted_as_stopped_not_failed(tmp_path, cache_dir):
+    _, grid_run, run_dir = start_slow_grid(tmp_path, "sig")
+    train_pid = int((run_dir / ".lock").read_text().split()[1])
+    os.kill(train_pid, signal.SIGTERM)  # not through the grid: a user, or a scheduler
+    stdout, _ = grid_run.communicate(timeout=120)
+    assert grid_run.returncode == 1, stdout
+    step = re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step (\d+) ", stdout, re.M)
+    assert step and list((run_dir / "ckpt").glob(f"step_{int(step.group(1)):08d}.pt")), stdout
+    assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_ended(tmp_path, cache_dir):
+    _, grid_run, run_dir = start_slow_grid(tmp_path, "prog", env={"GRID_PROGRESS_EVERY": "1"})
+    status = [os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"]
+    try:
+        time.sleep(2)
+        running = subprocess.run(["bash", *status], capture_output=True, text=True, cwd=ROOT).stdout
+    finally:
+        grid_run.send_signal(signal.SIGTERM)
+        stdout, _ = grid_run.communicate(timeout=120)
+    console_log = tmp_path / "runs" / "prog" / "logs" / f"{run_dir.name}.log"
+    assert f"[start] {run_dir.name} devices=default port=auto log {console_log}" in stdout
+    assert re.search(rf"^\[progress\] {run_dir.name}: step \d+/\d+, epoch 1/20, ETA \S+ min$", stdout, re.M), stdout
+    assert "prog: 0/1 runs done; real phase" in running, running
+    assert re.search(rf"^  {run_dir.name}: step \d+/\d+, epoch 1/20, ETA", running, re.M), running
+    ended = subprocess.run(["bash", *status], capture_output=True, text=True, cwd=ROOT).stdout
+    assert f"prog: 0/1 runs done; ended: stopped (log {tmp_path / 'runs' / 'prog' / 'logs'})" in ended, ended
+    assert "no grid sessions running" not in ended
+
+
+def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_path):
+    g = write_grid(tmp_path / "w.grid", f"{SMALL} --seed {{1,2}}")
+    folder = tmp_path / "runs" / "w"
+    starts = [folder / "a" / "wandb" / "offline-run-20260101_100000-id1",
+              folder / "a" / "wandb" / "offline-run-20260101_110000-id1",  # the resumed start of run a
+              folder / "b" / "wandb" / "offline-run-20260101_100500-id2"]
+    for path in [*starts, folder / "c" / "wandb" / "run-20260101_100000-id3"]:  # c was logged online
+        path.mkdir(parents=True)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "wandb_calls"
+    bin_dir.mkdir()
+    (bin_dir / "wandb").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {calls}\n')
+    (bin_dir / "wandb").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "runs"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert calls.read_text().splitlines() == ["sync", "--yes", *map(str, starts)]
+    nothing = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "empty"],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert nothing.returncode == 2 and nothing.stderr.startswith("error: no offline W&B runs")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import config
 import grid
 import slurm
 from conftest import ROOT, read_results
@@ -109,12 +110,19 @@ def test_dry_run_writes_and_prints_the_scripts_lists_10_tasks_and_submits_nothin
     assert sbatch_calls(calls) == [] and not (folder / "jobs.json").exists()
 
 
+def finish(run_dir, args):
+    """A run folder as a finished run of these grid-line flags leaves it (settings and results)."""
+    os.makedirs(run_dir, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(vars(config.parse_args(args))))
+    (run_dir / "results.json").write_text("{}")
+
+
 def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path, fake_slurm):
     env, calls, _ = fake_slurm
-    names = [name for _, name, _ in grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))]
+    runs = grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))
+    names = [name for _, name, _ in runs]
     for i in (0, 1, 4):  # tasks 1, 2 and 5 finished
-        os.makedirs(tmp_path / "runs" / "exp1" / names[i])
-        (tmp_path / "runs" / "exp1" / names[i] / "results.json").write_text("{}")
+        finish(tmp_path / "runs" / "exp1" / names[i], runs[i][2])
     out = run_grid("grids/exp1.grid", "--slurm", "--dry-run", "--max-parallel", 3, "--out_dir", tmp_path / "runs", env=env)
     assert out.returncode == 0, out.stderr
     assert "7 runs as array tasks (3 finished ones left out)" in out.stdout
@@ -123,9 +131,8 @@ def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path
     assert "#SBATCH --array=3-4,6-10%3" in (folder / "runs.sbatch").read_text()
     assert 'TASKS=" 3 4 6 7 8 9 10 "' in (folder / "smoke.sbatch").read_text()
 
-    for name in names:
-        os.makedirs(tmp_path / "runs" / "exp1" / name, exist_ok=True)
-        (tmp_path / "runs" / "exp1" / name / "results.json").write_text("{}")
+    for _, name, args in runs:
+        finish(tmp_path / "runs" / "exp1" / name, args)
     done = run_grid("grids/exp1.grid", "--slurm", "--out_dir", tmp_path / "runs", env=env)
     assert done.returncode == 0 and "all 10 runs of grids/exp1.grid are finished" in done.stdout
     assert "nothing submitted" in done.stdout and sbatch_calls(calls) == []

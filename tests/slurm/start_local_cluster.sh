@@ -84,7 +84,7 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
 
 if [ -f "$conf" ] && ! head -n 1 "$conf" | grep -q '^# ftkit local test cluster'; then
-  die "$conf exists and was not written by this script; not touching a real cluster's configuration"
+  die "$conf exists and was not written by this script; not touching a real cluster's configuration (if that SLURM answers to sinfo, use it: .ci/run does)"
 fi
 if [ "$(cat "$conf" 2>/dev/null)" = "$wanted" ] && kill -0 "$(cat "$pids/slurmctld.pid" 2>/dev/null)" 2>/dev/null \
    && [[ "$(node_state)" =~ ^(idle|mix|alloc) ]]; then
