@@ -112,6 +112,8 @@ def test_operational_settings_do_not_change_the_numbers(key, reference, tmp_path
     if key == "log_every":  # the same steps' losses, every third logged: compare the results only
         ra, rb = read_results(tmp_path / "r"), read_results(reference)
         assert all(abs(ra[k] - rb[k]) <= 1e-6 for k in ("val_loss", "test_loss"))
+    elif key == "eval_batch_size":  # other eval batches pad to other widths: the eval sums reorder
+        same_numbers(tmp_path / "r", reference, tol=1e-5)  # 1.8e-6 measured on one 2-core CPU
     else:
         same_numbers(tmp_path / "r", reference, tol=1e-6)
 
