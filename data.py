@@ -294,6 +294,12 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts its special tokens")
 
 
+def split_fingerprint(split: Split, label_names: list[str]) -> str:
+    """A digest of a split's texts and labels, as the run uses them: a resume with an edited
+    data file is refused like one with other settings."""
+    return hash_texts(split.texts, *map(str, split.labels.tolist()), *label_names)[:16]
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}/{len(tokenizer)}"

@@ -179,8 +179,10 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
     tokenizer = utils.main_process_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
-    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
+    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
+    # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
+    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names) for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
     encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
                                               args.truncation, args.cache_dir)
