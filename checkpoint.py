@@ -100,12 +100,24 @@ def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> boo
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if not os.path.exists(config_path):
         return False
-    old, new = settings.run_fingerprint(read_json(config_path)), settings.run_fingerprint(config)
+    old, new = settings.run_fingerprint(_read_run_config(config_path)), settings.run_fingerprint(config)
     differing = sorted(k for k in new if old.get(k) != new[k])
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
                         "use another --run_name, or --fresh to discard it")
     return os.path.exists(os.path.join(run_dir, "results.json"))
+
+
+def _read_run_config(path: str) -> dict:
+    try:
+        config = read_json(path)
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); restore it, or delete it to resume (each checkpoint "
+                        "holds the settings), or use another --run_name") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} holds no settings (a JSON {type(config).__name__}); delete it to resume, or "
+                        "use another --run_name")
+    return config
 
 
 def _is_our_config(path: str) -> bool:

@@ -1,4 +1,5 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
+import errno
 import glob
 import json
 import math
@@ -121,7 +122,12 @@ def _local_files(path: str) -> dict:
         return {"train": path}
     files = {}
     for split in ("train", "validation", "test"):
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(path, f"{split}{ext}"))]
+        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), f"{split}{ext}"))]
+        if len(found) > 1:
+            raise UserError(f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} "
+                            "files; keep one")
+        if found and not os.path.exists(found[0]):
+            raise UserError(f"--data {path}: {found[0]} is a broken symbolic link (to {os.readlink(found[0])})")
         if found:
             files[split] = found[0]
     if "train" not in files:
@@ -133,6 +139,11 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
     """The label values in id order (those of train), and their names."""
     seen = {}
     for split, rows in raw.items():
+        empty = next((row for row, v in enumerate(rows[label_col]) if v is None or (isinstance(v, float) and math.isnan(v))),
+                     None)
+        if empty is not None:  # else an empty cell would be reported as the float column it makes
+            raise UserError(f"label column {label_col!r} of the {split} split: data row {empty + 1} is empty; "
+                            "clean or drop such rows")
         seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
@@ -246,14 +257,31 @@ class Encoded:
     n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
 
 
-def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str) -> Encoded:
-    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation)."""
+def make_cache_dir(cache_dir: str) -> None:
+    """Create --cache_dir, or say in one line why it cannot be written."""
+    try:
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise UserError(f"--cache_dir {cache_dir}: cannot write there ({e.strerror}); pass a writable folder "
+                        "or set $FTKIT_CACHE") from None
+
+
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print) -> Encoded:
+    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation). An unreadable
+    cache file (cut short by a full disk or a copy) is rebuilt."""
     key = hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
     path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
-        with np.load(path) as f:
-            flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
-        return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+        try:
+            with np.load(path) as f:
+                flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
+            return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+        except Exception as e:  # zip, pickle and key errors come in many types
+            warn(f"warning: the tokens cache {path} is unreadable ({type(e).__name__}); rebuilding it")
 
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)

@@ -174,7 +174,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     log.info(f"environment: {env}")
     log.info(f"config: {config}")
     utils.seed_everything(args.seed)
-
+    data.make_cache_dir(args.cache_dir)
     splits, label_names = utils.main_process_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
@@ -185,7 +185,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names) for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
     encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
-                                              args.truncation, args.cache_dir)
+                                              args.truncation, args.cache_dir, log.warning)
                for name, split in splits.items()}
     log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 

@@ -58,7 +58,34 @@ CASES = {
     "binary csv": (lambda p: ["--data", raw_file(p, "train.csv", bytes(range(256)) * 4)], "not UTF-8 text"),
     "bad jsonl line": (lambda p: ["--data", raw_file(p, "train.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')],
                        "train.jsonl (train split): line 2 is not valid JSON"),
+    "cache_dir is a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv"],
+                            "train.csv: cannot write there (Not a directory)"),
+    "cache_dir under a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv" / "cache"],
+                               "cache: cannot write there (Not a directory)"),
+    "dangling symlink": (lambda p: ["--data", dangling_train_link(p)], "is a broken symbolic link"),
+    "corrupt run config": (lambda p: ["--data", folder(p, GOOD), "--run_name", "r",
+                                      *run_config(p / "runs", "r", '{"model": "tiny-b')], "config.json is not valid JSON"),
+    "two train files": (lambda p: ["--data", two_train_files(p)], "train.csv and train.jsonl"),
+    "empty label cell": (lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
+                         "label column 'label' of the train split: data row 11 is empty"),
 }
+
+
+def dangling_train_link(tmp_path):
+    (tmp_path / "train.csv").symlink_to(tmp_path / "moved-away.csv")
+    return str(tmp_path)
+
+
+def run_config(out_dir, run_name, text):
+    (out_dir / run_name).mkdir(parents=True)
+    (out_dir / run_name / "config.json").write_text(text)
+    return []
+
+
+def two_train_files(tmp_path):
+    folder(tmp_path, GOOD)
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": 1}\n')
+    return str(tmp_path)
 
 
 def model_folder(tmp_path, config):
