@@ -40,6 +40,7 @@ def _read_json(path: str):
 
 
 def load_runs(runs_dir: str) -> list[dict]:
+    """Every finished run folder; one that cannot be read is named in a warning and skipped."""
     if not os.path.isdir(runs_dir):
         raise ReportError(f"{runs_dir} is not a folder")
     runs = []
@@ -48,13 +49,46 @@ def load_runs(runs_dir: str) -> list[dict]:
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
         if name == "smoke" or not all(os.path.exists(p) for p in paths):
             continue
-        results, config = _read_json(paths[0]), _read_json(paths[1])
-        with np.load(paths[2]) as preds:
-            runs.append({"name": name, "results": results, "config": config,
-                         "probs": preds["probs"], "labels": preds["labels"], "n_tokens": preds["n_tokens"]})
+        try:
+            runs.append(read_run(name, *paths))
+        except ReportError as e:
+            print(f"warning: skipped {folder}: {e}", file=sys.stderr)
     if not runs:
         raise ReportError(f"no finished runs (folders with results.json) in {runs_dir}")
     return runs
+
+
+def read_run(name: str, results_path: str, config_path: str, predictions_path: str) -> dict:
+    results = _read_json_object(results_path, [col for col, _ in COLUMNS])
+    not_numbers = [col for col, _ in COLUMNS if isinstance(results[col], bool)
+                   or not isinstance(results[col], (int, float))]
+    if not_numbers:
+        raise ReportError(f"results.json: {', '.join(not_numbers)} not a number")
+    config = _read_json_object(config_path, ["model", "pool", "seed"])
+    try:
+        with np.load(predictions_path) as preds:
+            probs, labels, n_tokens = preds["probs"], preds["labels"], preds["n_tokens"]
+    except Exception as e:  # zip, pickle, key and type errors: numpy raises many kinds
+        raise ReportError(f"test_predictions.npz is unreadable ({type(e).__name__})") from None
+    if probs.ndim != 2 or labels.shape != (len(probs),) or n_tokens.shape != (len(probs),):
+        raise ReportError("test_predictions.npz: probs, labels and n_tokens do not match in shape")
+    return {"name": name, "results": results, "config": config, "probs": probs, "labels": labels,
+            "n_tokens": n_tokens}
+
+
+def _read_json_object(path: str, keys: list[str]) -> dict:
+    """A JSON object holding `keys`, or a ReportError saying what is wrong with the file."""
+    file_name = os.path.basename(path)
+    try:
+        obj = _read_json(path)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{file_name} is unreadable ({e})") from None
+    if not isinstance(obj, dict):
+        raise ReportError(f"{file_name} is not a JSON object")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ReportError(f"{file_name} has no {', '.join(missing)}")
+    return obj
 
 
 def settings_of(config: dict) -> dict:

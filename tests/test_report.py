@@ -1,6 +1,8 @@
 """report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
 collapsed runs flagged, length buckets."""
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -131,3 +133,30 @@ def test_bad_runs_dir_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'} is not a folder"
     assert report.main([str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def copy_runs(runs_dir, to, names):
+    for name in names:
+        shutil.copytree(runs_dir / name, to / name)
+    return [to / name for name in names]
+
+
+def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys):
+    good, *bad = copy_runs(runs_dir, tmp_path, [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}"
+                                                for pool, s in [("cls", 1), ("cls", 2), ("cls", 3), ("mean", 1), ("mean", 2)]])
+    results = bad[0] / "results.json"
+    results.write_text(results.read_text()[:40])  # truncated
+    without_key = json.loads((bad[1] / "results.json").read_text())
+    del without_key["test_acc"]
+    (bad[1] / "results.json").write_text(json.dumps(without_key))
+    (bad[2] / "test_predictions.npz").write_bytes(b"not a zip file at all" * 10)
+    (bad[3] / "config.json").write_text("{}")
+    assert report.main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert [line.split(":")[0] for line in warnings] == ["warning"] * 4
+    for folder, why in zip(bad, ["results.json is unreadable", "results.json has no test_acc",
+                                 "test_predictions.npz is unreadable", "config.json has no model, pool, seed"]):
+        assert any(f"skipped {folder}: {why}" in line for line in warnings), (folder, why)
+    table = (tmp_path / "results.md").read_text()
+    assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables
