@@ -118,10 +118,18 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
         key = (os.path.basename(os.path.normpath(run["config"]["model"])), setup)
         groups.setdefault(key, []).append(run)
     rows = []
-    for (model_name, setup), members in sorted(groups.items()):
+    for (model_name, setup), runs in sorted(groups.items()):
+        # runs of one seed (e.g. with 1 and 2 processes) are not independent samples: the first
+        # (by name) counts, the others are listed
+        by_seed = {}
+        for run in runs:
+            by_seed.setdefault(run["config"]["seed"], []).append(run)
+        members = [same_seed[0] for same_seed in by_seed.values()]
         row = {"model": model_name, "setup": setup, "n": len(members), "runs": members,
                "collapsed": any(is_collapsed(r) for r in members),
-               "names": [r["name"] for r in members]}
+               "names": [r["name"] for r in runs],
+               "duplicate_seeds": [(seed, [r["name"] for r in same_seed])
+                                   for seed, same_seed in by_seed.items() if len(same_seed) > 1]}
         for col, _ in COLUMNS:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
@@ -213,14 +221,22 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
             delta = f"{d:+.4f} [{low:+.4f}, {high:+.4f}]"
             delta += " †" if row["few_seeds"] else (" *" if low > 0 or high < 0 else "")
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
-        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {row['n']} | {delta} |")
+        n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
+        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} | {delta} |")
         table.append({"model": row["model"], "setup": setup, "n": row["n"],
                       **{c: row[c] for c, _ in COLUMNS}, **{c + "_std": row[c + "_std"] for c, _ in COLUMNS},
                       "delta_test_acc": row["delta"][0] if row["delta"] else "",
                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
                       "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
                       "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
+                      "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:]),
                       **{f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS}})
+    duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
+    if duplicates:
+        lines += ["", "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
+                  "each seed counts once, the first run by name. " + "; ".join(
+                      f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
+                      for row, seed, names in duplicates) + "."]
     lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
     counts = rows[0]["buckets"]
     lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS) + " |")

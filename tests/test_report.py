@@ -160,3 +160,23 @@ def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys
         assert any(f"skipped {folder}: {why}" in line for line in warnings), (folder, why)
     table = (tmp_path / "results.md").read_text()
     assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables
+
+
+def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
+    names = [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" for pool, s in [("cls", 1), ("cls", 2), ("mean", 1)]]
+    copy_runs(runs_dir, tmp_path, names)
+    # the same settings and seed with 2 processes, in the same folder under another run name
+    twin = tmp_path / f"{names[0]}-2proc"
+    shutil.copytree(tmp_path / names[0], twin)
+    for file_name, changes in (("config.json", {"world_size": 2, "run_name": twin.name}), ("results.json", {"test_acc": 0.0})):
+        content = json.loads((twin / file_name).read_text())
+        (twin / file_name).write_text(json.dumps(dict(content, **changes)))
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / "results.md").read_text()
+    cls_line = next(line for line in text.splitlines() if line.startswith("| tiny-bert | cls"))
+    cells = [c.strip() for c in cls_line.split("|")[1:-1]]
+    acc = [read_results(tmp_path / name)["test_acc"] for name in names[:2]]
+    assert cells[6] == "2 ‡" and cells[3].strip("*") == f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}"
+    assert f"seed 1: counted {names[0]}, not {twin.name}" in text
+    csv_row = next(line for line in (tmp_path / "results.csv").read_text().splitlines() if ",cls," in line)
+    assert f",{twin.name}," in csv_row + ","
