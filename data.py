@@ -1,10 +1,13 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
 import errno
+import functools
 import glob
 import json
 import math
 import os
 import random
+import socket
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +19,7 @@ HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
 HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
+OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 
 
 @dataclass
@@ -74,7 +78,7 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
                                                       data_files={split: path}, split=split)
             except Exception as e:  # parser errors come in many types
                 raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
-    elif data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES:
+    elif _looks_like_path(data):
         raise UserError(f"--data {data}: no such file or folder")
     else:
         try:
@@ -88,6 +92,54 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
     feature = loaded["train"].features.get(label_col)
     return out, list(getattr(feature, "names", None) or []) or None
+
+
+def _looks_like_path(data: str) -> bool:
+    return data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES
+
+
+def data_unavailable(data: str) -> str | None:
+    """Why --data cannot be loaded, where that shows in a moment: a missing path, a folder without
+    usable files, a hub dataset neither cached nor reachable. None: loading checks the rest."""
+    if data == "synthetic":
+        return None
+    if os.path.exists(data):
+        try:
+            _local_files(data)
+        except UserError as e:
+            return str(e)
+        return None
+    if _looks_like_path(data):
+        return f"--data {data}: no such file or folder"
+    why = hub_unavailable()
+    if why and not _in_hub_cache(HUB_ALIASES.get(data, data)):
+        return f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, or {OFFLINE_DEMO}"
+    return None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import constants
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE", os.path.join(constants.HF_HOME, "datasets"))
+    return any(os.path.isdir(path) for path in (
+        os.path.join(constants.HF_HUB_CACHE, "datasets--" + name.replace("/", "--")),
+        os.path.join(datasets_cache, name.replace("/", "___")), os.path.join(datasets_cache, name.split("/")[-1])))
+
+
+@functools.cache
+def hub_unavailable() -> str | None:
+    """Why the hub cannot serve a download now, found in at most 3 s (its client retries for
+    ~40 s before it gives up); None when it may answer."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # connections go through the proxy: loading tells
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError:
+        return f"{url.hostname} cannot be reached"
+    return None
 
 
 def _read_error(path: str, e: Exception) -> str:

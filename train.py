@@ -102,8 +102,9 @@ def parse_args(argv=None, on_error=None):
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
+        check_available(args)
     except UserError as e:
-        return _user_error(e, is_main=True)
+        return _user_error(e, is_main=os.environ.get("RANK", "0") == "0")
     info = utils.setup_distributed()
     try:
         return train(args, info)
@@ -117,6 +118,15 @@ def main(argv=None) -> int:
                                      "(what was written before is kept)"), info.is_main)
     finally:
         utils.cleanup_distributed()
+
+
+def check_available(args) -> None:
+    """Model and data, together and in seconds, before the process group: the user learns both
+    problems at once, without the hub client's retries on every rank."""
+    problems = [p for p in (models.model_unavailable(models.resolve_model(args.model)),
+                            data.data_unavailable(args.data)) if p]
+    if problems:
+        raise UserError("\nerror: ".join(problems))  # one error line each
 
 
 def _user_error(e: UserError, is_main: bool) -> int:

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -128,3 +129,36 @@ def test_cli_error_has_no_traceback_and_keeps_written_runs(tmp_path):
                   "--out_dir", tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: no such file or folder"]
+
+
+def test_an_unavailable_hub_model_and_missing_data_are_both_reported_fast(tmp_path):
+    started = time.time()
+    out = run_cli("--model", "bert", "--data", tmp_path / "missing", "--wandb", "disabled", "--out_dir", tmp_path,
+                  env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and time.time() - started < 30
+    model_line, data_line = out.stderr.strip().splitlines()
+    assert model_line.startswith("error: cannot load model 'bert-base-uncased': not in the local cache and "
+                                 "HF_HUB_OFFLINE=1 is set; pass a local model folder")
+    assert "bash run_grid.sh grids/demo.grid" in model_line
+    assert data_line == f"error: --data {tmp_path / 'missing'}: no such file or folder"
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, capsys, tmp_path):
+    from huggingface_hub import constants
+    import data
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    data.hub_unavailable.cache_clear()
+    started = time.time()
+    try:
+        assert run_inprocess("--model", "bert", "--data", "nosuch_org/nosuch_dataset", "--wandb", "disabled",
+                             "--out_dir", tmp_path) == 2
+    finally:
+        data.hub_unavailable.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert time.time() - started < 10 and len(err) == 2
+    assert "not in the local cache and 127.0.0.1 cannot be reached" in err[0]
+    assert err[1].startswith("error: cannot load dataset 'nosuch_org/nosuch_dataset': not in the local cache")
