@@ -133,7 +133,7 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
         for col, _ in COLUMNS:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
-            row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
+            row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else None  # no spread from one seed
         # per-example correctness, one row per seed: the bootstrap resamples seeds and examples
         row["correct_runs"] = np.array([r["probs"].argmax(1) == r["labels"] for r in members], dtype=float)
         row["correct"] = row["correct_runs"].mean(0)
@@ -224,7 +224,8 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
         n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
         lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} | {delta} |")
         table.append({"model": row["model"], "setup": setup, "n": row["n"],
-                      **{c: row[c] for c, _ in COLUMNS}, **{c + "_std": row[c + "_std"] for c, _ in COLUMNS},
+                      **{c: row[c] for c, _ in COLUMNS},
+                      **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in COLUMNS},
                       "delta_test_acc": row["delta"][0] if row["delta"] else "",
                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
                       "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
@@ -252,7 +253,9 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", table
 
 
-def plot(rows: list[dict], out_dir: str) -> list[str]:
+def plot(rows: list[dict], out_dir: str, say=print) -> list[str]:
+    """test_acc.png, and acc_by_length.png unless every test example is in one length bucket;
+    returns the paths written."""
     try:
         import matplotlib
     except ImportError:
@@ -260,32 +263,61 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ordered = sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"]))
-    labels = [f"{r['model']}\n{r['setup']}" for r in ordered]
+    figures = {"test_acc.png": accuracy_figure(rows, plt), "acc_by_length.png": length_figure(rows, plt)}
+    paths = []
+    for file_name, fig in figures.items():
+        if fig is None:
+            say(f"{file_name} not written: every test example falls in one length bucket")
+            continue
+        paths.append(os.path.join(out_dir, file_name))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"]))
+
+
+def accuracy_figure(rows: list[dict], plt):
+    """Test accuracy per row; on each compared row the 95% CI of its Δ vs the baseline, placed
+    around its own accuracy. † marks comparisons with too few seeds, as in the table."""
+    ordered = _ordered(rows)
+    labels = [f"{r['model']}\n{r['setup']}" + (" †" if r["delta"] and r["few_seeds"] else "") for r in ordered]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    acc = [r["test_acc"] for r in ordered]
-    errors = [[r["test_acc"] - (r["test_acc"] + r["delta"][1] - r["delta"][0]) if r["delta"] else 0 for r in ordered],
-              [(r["test_acc"] + r["delta"][2] - r["delta"][0]) - r["test_acc"] if r["delta"] else 0 for r in ordered]]
-    ax.bar(range(len(ordered)), acc, yerr=errors, capsize=4,
-           color=["lightgray" if r["collapsed"] else "tab:blue" for r in ordered])
+    acc = np.array([r["test_acc"] for r in ordered])
+    ax.bar(range(len(ordered)), acc, color=["lightgray" if r["collapsed"] else "tab:blue" for r in ordered])
+    compared = [i for i, r in enumerate(ordered) if r["delta"]]
+    low = np.array([ordered[i]["delta"][0] - ordered[i]["delta"][1] for i in compared])
+    high = np.array([ordered[i]["delta"][2] - ordered[i]["delta"][0] for i in compared])
+    if compared:
+        ax.errorbar(compared, acc[compared], yerr=[low, high], fmt="none", ecolor="black", capsize=4)
     ax.set_xticks(range(len(ordered)), labels, fontsize=7)
     ax.set_ylabel("test accuracy (error bars: 95% CI of Δ vs baseline)")
-    ax.set_ylim(max(0, min(acc) - 0.05), min(1, max(acc) + 0.05))
+    if any(r["delta"] and r["few_seeds"] for r in ordered):
+        ax.set_title(f"† fewer than {MIN_SEEDS_FOR_STAR} seeds on a side: the CI supports no conclusion", fontsize=8)
+    bottom = min([*acc, *(acc[compared] - low)])
+    top = max([*acc, *(acc[compared] + high)])
+    ax.set_ylim(max(0, bottom - 0.05), top + 0.05)  # a CI reaching past 1.0 is drawn whole
     fig.tight_layout()
-    paths = [os.path.join(out_dir, "test_acc.png")]
-    fig.savefig(paths[0], dpi=120)
+    return fig
+
+
+def length_figure(rows: list[dict], plt):
+    """Test accuracy per length bucket, one line per row; None when one bucket holds every example."""
+    counts = rows[0]["buckets"]
+    if sum(1 for _, _, b in BUCKETS if counts[b][1]) < 2:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r, label in zip(ordered, labels):
+    for r in _ordered(rows):
         ys = [r["buckets"][b][0] for _, _, b in BUCKETS]
         ax.plot([b for _, _, b in BUCKETS], [np.nan if y is None else y for y in ys], marker="o",
-                label=label.replace("\n", " "))
-    ax.set_xlabel("review length (tokens)")
+                label=f"{r['model']} {r['setup']}")
+    ax.set_xlabel("length (tokens)")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "acc_by_length.png"))
-    fig.savefig(paths[1], dpi=120)
-    return paths
+    return fig
 
 
 def main(argv=None) -> int:
@@ -303,13 +335,15 @@ def main(argv=None) -> int:
         return 2
     add_significance(rows, args.baseline)
     markdown, table = render(rows, common)
-    with open(os.path.join(args.runs_dir, "results.md"), "w") as f:
+    paths = [os.path.join(args.runs_dir, name) for name in ("results.md", "results.csv")]
+    with open(paths[0], "w") as f:
         f.write(markdown)
-    with open(os.path.join(args.runs_dir, "results.csv"), "w", newline="") as f:
+    with open(paths[1], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
     print(markdown, end="")
+    print(f"\nwrote {paths[0]} and {paths[1]}")
     if args.plot:
         try:
             paths = plot(rows, args.runs_dir)

@@ -28,7 +28,8 @@ def runs_dir(tmp_path_factory, cache_dir):
 def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert report.main([str(runs_dir)]) == 0
     printed = capsys.readouterr().out
-    assert printed == (runs_dir / "results.md").read_text()
+    assert printed == (runs_dir / "results.md").read_text() + \
+        f"\nwrote {runs_dir / 'results.md'} and {runs_dir / 'results.csv'}\n"
     main_table = printed.split("\n\n")[0]
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in main_table.splitlines() if line.startswith("| tiny-bert")}
@@ -123,9 +124,57 @@ def test_length_buckets_match_a_direct_computation(runs_dir):
     assert row["buckets"]["≤128"] == (pytest.approx(correct[lengths <= 128].mean()), int((lengths <= 128).sum()))
 
 
-def test_plots_are_written(runs_dir):
+def test_plots_are_written(runs_dir, capsys):
     assert report.main([str(runs_dir), "--plot"]) == 0
-    assert (runs_dir / "test_acc.png").stat().st_size > 1000 and (runs_dir / "acc_by_length.png").exists()
+    assert (runs_dir / "test_acc.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert f"wrote {runs_dir / 'test_acc.png'}\n" in printed
+    # the synthetic texts are all under 128 tokens: one bucket, nothing to plot against length
+    assert "acc_by_length.png not written" in printed and not (runs_dir / "acc_by_length.png").exists()
+
+
+def one_seed_rows(runs_dir):
+    runs = [r for r in report.load_runs(str(runs_dir)) if r["name"].endswith("-s1") and "lr" not in r["name"]]
+    for better in (r for r in runs if "-mean-" in r["name"]):
+        better["probs"] = np.eye(2)[better["labels"]]  # every test example right: the CI reaches past 1.0
+        better["results"] = dict(better["results"], test_acc=1.0)
+    rows, common = report.build_rows(runs)
+    report.add_significance(rows, None)
+    return rows, common
+
+
+def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(runs_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, common = one_seed_rows(runs_dir)
+    _, table = report.render(rows, common)
+    assert all(t[f"{col}_std"] == "" for t in table for col, _ in report.COLUMNS)  # blank, not 0.0
+    ax = report.accuracy_figure(rows, plt).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny-bert\ncls", "tiny-bert\nmean †"]
+    (bars,) = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    (segments,) = [lines.get_segments() for lines in bars.lines[2]]
+    assert len(segments) == 1 and segments[0][0][0] == 1  # one bar, on the compared row, none on the baseline
+    mean_row = next(r for r in rows if r["setup"] == "mean")
+    ci_top = mean_row["test_acc"] + mean_row["delta"][2] - mean_row["delta"][0]
+    assert ci_top > 1 and segments[0][1][1] == pytest.approx(ci_top) and ax.get_ylim()[1] > ci_top  # not cut at 1.0
+    plt.close("all")
+
+
+def test_the_length_plot_says_tokens_and_is_skipped_with_one_bucket(runs_dir, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, _ = one_seed_rows(runs_dir)
+    for row in rows:
+        row["buckets"] = report.bucket_accuracy(row["correct"], np.resize([40, 200], len(row["correct"])))
+    assert report.length_figure(rows, plt).axes[0].get_xlabel() == "length (tokens)"
+    for row in rows:
+        row["buckets"] = report.bucket_accuracy(row["correct"], np.full(len(row["correct"]), 40))
+    said = []
+    assert report.plot(rows, str(tmp_path), say=said.append) == [str(tmp_path / "test_acc.png")]
+    assert not (tmp_path / "acc_by_length.png").exists() and "one length bucket" in said[0]
+    plt.close("all")
 
 
 def test_bad_runs_dir_is_one_line(tmp_path, capsys):
