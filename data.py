@@ -113,7 +113,8 @@ def data_unavailable(data: str) -> str | None:
         return f"--data {data}: no such file or folder"
     why = hub_unavailable()
     if why and not _in_hub_cache(HUB_ALIASES.get(data, data)):
-        return f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, or {OFFLINE_DEMO}"
+        return (f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
+                f"or {OFFLINE_DEMO}")
     return None
 
 
@@ -191,8 +192,8 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
     """The label values in id order (those of train), and their names."""
     seen = {}
     for split, rows in raw.items():
-        empty = next((row for row, v in enumerate(rows[label_col]) if v is None or (isinstance(v, float) and math.isnan(v))),
-                     None)
+        empty = next((row for row, v in enumerate(rows[label_col])
+                      if v is None or (isinstance(v, float) and math.isnan(v))), None)
         if empty is not None:  # else an empty cell would be reported as the float column it makes
             raise UserError(f"label column {label_col!r} of the {split} split: data row {empty + 1} is empty; "
                             "clean or drop such rows")

@@ -185,6 +185,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     log.info(f"config: {config}")
     utils.seed_everything(args.seed)
     data.make_cache_dir(args.cache_dir)
+
     splits, label_names = utils.main_process_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
@@ -192,7 +193,8 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
     # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
-    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names) for name, split in splits.items()})
+    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
+                   for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
     encoded = {name: utils.main_process_first(info, data.encode, split.texts, tokenizer, args.max_len,
                                               args.truncation, args.cache_dir, log.warning)
