@@ -242,11 +242,15 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     try:
         with open(config_path) as f:
             saved = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config_path} is unreadable ({getattr(e, 'strerror', None) or type(e).__name__}); "
-                        "move it away, or use --fresh to discard the run") from None
+    except OSError as e:
+        raise UserError(f"{config_path} is unreadable ({e.strerror}); move it away, or use --fresh to "
+                        "discard the run") from None
+    except ValueError as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); restore it, or delete it to resume (each "
+                        "checkpoint holds the settings), or use --fresh to discard the run") from None
     if not isinstance(saved, dict):
-        raise UserError(f"{config_path} holds no settings; move it away, or use --fresh to discard the run")
+        raise UserError(f"{config_path} holds no settings (a JSON {type(saved).__name__}); delete it to resume, "
+                        "or use --fresh to discard the run")
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")

@@ -1,9 +1,13 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
+import errno
+import functools
 import glob
 import json
 import math
 import os
 import random
+import socket
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +19,7 @@ HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
 HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
+OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 
 
 @dataclass
@@ -79,7 +84,7 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
                                                       data_files={split: path}, split=split)
             except Exception as e:  # parser errors come in many types
                 raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
-    elif data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES:
+    elif _looks_like_path(data):
         raise UserError(f"--data {data}: no such file or folder")
     else:
         try:
@@ -107,6 +112,55 @@ def _read_with_pyarrow(path: str, split: str) -> dict:
         return read(path).to_pydict()
     except Exception as e:  # parser errors come in many types
         raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
+
+
+def _looks_like_path(data: str) -> bool:
+    return data.startswith((".", "/", "~")) or data.count("/") > 1 or os.path.splitext(data)[1] in FILE_TYPES
+
+
+def data_unavailable(data: str) -> str | None:
+    """Why --data cannot be loaded, where that shows in a moment: a missing path, a folder without
+    usable files, a hub dataset neither cached nor reachable. None: loading checks the rest."""
+    if data == "synthetic":
+        return None
+    if os.path.exists(data):
+        try:
+            _local_files(data)
+        except UserError as e:
+            return str(e)
+        return None
+    if _looks_like_path(data):
+        return f"--data {data}: no such file or folder"
+    why = hub_unavailable()
+    if why and not _in_hub_cache(HUB_ALIASES.get(data, data)):
+        return (f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
+                f"or {OFFLINE_DEMO}")
+    return None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import constants
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE", os.path.join(constants.HF_HOME, "datasets"))
+    return any(os.path.isdir(path) for path in (
+        os.path.join(constants.HF_HUB_CACHE, "datasets--" + name.replace("/", "--")),
+        os.path.join(datasets_cache, name.replace("/", "___")), os.path.join(datasets_cache, name.split("/")[-1])))
+
+
+@functools.cache
+def hub_unavailable() -> str | None:
+    """Why the hub cannot serve a download now, found in at most 3 s (its client retries for
+    ~40 s before it gives up); None when it may answer."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # connections go through the proxy: loading tells
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError:
+        return f"{url.hostname} cannot be reached"
+    return None
 
 
 def _read_error(path: str, e: Exception) -> str:
@@ -141,7 +195,12 @@ def _local_files(path: str) -> dict:
         return {"train": path}
     files = {}
     for split in ("train", "validation", "test"):
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(path, f"{split}{ext}"))]
+        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), f"{split}{ext}"))]
+        if len(found) > 1:
+            raise UserError(f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} "
+                            "files; keep one")
+        if found and not os.path.exists(found[0]):
+            raise UserError(f"--data {path}: {found[0]} is a broken symbolic link (to {os.readlink(found[0])})")
         if found:
             files[split] = found[0]
     if "train" not in files:
@@ -153,6 +212,11 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
     """The label values in id order (those of train), and their names."""
     seen = {}
     for split, rows in raw.items():
+        empty = next((row for row, v in enumerate(rows[label_col])
+                      if v is None or (isinstance(v, float) and math.isnan(v))), None)
+        if empty is not None:  # else an empty cell would be reported as the float column it makes
+            raise UserError(f"label column {label_col!r} of the {split} split: data row {empty + 1} is empty; "
+                            "clean or drop such rows")
         seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
@@ -266,14 +330,31 @@ class Encoded:
     n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
 
 
-def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str) -> Encoded:
-    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation)."""
+def make_cache_dir(cache_dir: str) -> None:
+    """Create --cache_dir, or say in one line why it cannot be written."""
+    try:
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise UserError(f"--cache_dir {cache_dir}: cannot write there ({e.strerror}); pass a writable folder "
+                        "or set $FTKIT_CACHE") from None
+
+
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print) -> Encoded:
+    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation). An unreadable
+    cache file (cut short by a full disk or a copy) is rebuilt."""
     key = hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
     path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
-        with np.load(path) as f:
-            flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
-        return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+        try:
+            with np.load(path) as f:
+                flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
+            return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+        except Exception as e:  # zip, pickle and key errors come in many types
+            warn(f"warning: the tokens cache {path} is unreadable ({type(e).__name__}); rebuilding it")
 
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)
@@ -312,6 +393,12 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if full[at:at + len(body)] == body:
             return full[:at], full[at + len(body):]
     raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts its special tokens")
+
+
+def split_fingerprint(split: Split, label_names: list[str]) -> str:
+    """A digest of a split's texts and labels, as the run uses them: a resume with an edited
+    data file is refused like one with other settings."""
+    return hash_texts(split.texts, *map(str, split.labels.tolist()), *label_names)[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
+from data import OFFLINE_DEMO, hub_unavailable
 from utils import UserError, atomic_write_bytes, first_line, hash_texts
 
 
@@ -66,6 +67,29 @@ def resolve_model(name: str) -> ModelEntry:
     if name in MODELS:
         return MODELS[name]
     return ModelEntry(source=name)
+
+
+def model_unavailable(entry: ModelEntry) -> str | None:
+    """Why a hub model cannot be loaded here, found in seconds: neither cached nor reachable.
+    None when it is local, cached, or the hub may answer (loading then tells if it exists)."""
+    if entry.tiny_config is not None:
+        return None
+    if os.path.isdir(entry.source):
+        try:
+            load_config(entry.source)
+        except UserError as e:
+            return str(e)
+        return None
+    try:
+        AutoConfig.from_pretrained(entry.source, local_files_only=True)
+        return None
+    except (OSError, ValueError, KeyError):
+        pass
+    why = hub_unavailable()
+    if why is None:
+        return None
+    return (f"cannot load model {entry.source!r}: not in the local cache and {why}; pass a local model folder "
+            f"with --model, download it where the hub answers and rerun with HF_HUB_OFFLINE=1, or {OFFLINE_DEMO}")
 
 
 def model_max_positions(entry: ModelEntry) -> int:

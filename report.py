@@ -40,6 +40,7 @@ def _read_json(path: str):
 
 
 def load_runs(runs_dir: str) -> list[dict]:
+    """Every finished run folder; one that cannot be read is named in a warning and skipped."""
     if not os.path.isdir(runs_dir):
         raise ReportError(f"{runs_dir} is not a folder")
     runs = []
@@ -48,13 +49,46 @@ def load_runs(runs_dir: str) -> list[dict]:
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
         if name == "smoke" or not all(os.path.exists(p) for p in paths):
             continue
-        results, config = _read_json(paths[0]), _read_json(paths[1])
-        with np.load(paths[2]) as preds:
-            runs.append({"name": name, "results": results, "config": config,
-                         "probs": preds["probs"], "labels": preds["labels"], "n_tokens": preds["n_tokens"]})
+        try:
+            runs.append(read_run(name, *paths))
+        except ReportError as e:
+            print(f"warning: skipped {folder}: {e}", file=sys.stderr)
     if not runs:
         raise ReportError(f"no finished runs (folders with results.json) in {runs_dir}")
     return runs
+
+
+def read_run(name: str, results_path: str, config_path: str, predictions_path: str) -> dict:
+    results = _read_json_object(results_path, [col for col, _ in COLUMNS])
+    not_numbers = [col for col, _ in COLUMNS if isinstance(results[col], bool)
+                   or not isinstance(results[col], (int, float))]
+    if not_numbers:
+        raise ReportError(f"results.json: {', '.join(not_numbers)} not a number")
+    config = _read_json_object(config_path, ["model", "pool", "seed"])
+    try:
+        with np.load(predictions_path) as preds:
+            probs, labels, n_tokens = preds["probs"], preds["labels"], preds["n_tokens"]
+    except Exception as e:  # zip, pickle, key and type errors: numpy raises many kinds
+        raise ReportError(f"test_predictions.npz is unreadable ({type(e).__name__})") from None
+    if probs.ndim != 2 or labels.shape != (len(probs),) or n_tokens.shape != (len(probs),):
+        raise ReportError("test_predictions.npz: probs, labels and n_tokens do not match in shape")
+    return {"name": name, "results": results, "config": config, "probs": probs, "labels": labels,
+            "n_tokens": n_tokens}
+
+
+def _read_json_object(path: str, keys: list[str]) -> dict:
+    """A JSON object holding `keys`, or a ReportError saying what is wrong with the file."""
+    file_name = os.path.basename(path)
+    try:
+        obj = _read_json(path)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{file_name} is unreadable ({e})") from None
+    if not isinstance(obj, dict):
+        raise ReportError(f"{file_name} is not a JSON object")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ReportError(f"{file_name} has no {', '.join(missing)}")
+    return obj
 
 
 def settings_of(config: dict) -> dict:
@@ -84,14 +118,22 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
         key = (os.path.basename(os.path.normpath(run["config"]["model"])), setup)
         groups.setdefault(key, []).append(run)
     rows = []
-    for (model_name, setup), members in sorted(groups.items()):
+    for (model_name, setup), runs in sorted(groups.items()):
+        # runs of one seed (e.g. with 1 and 2 processes) are not independent samples: the first
+        # (by name) counts, the others are listed
+        by_seed = {}
+        for run in runs:
+            by_seed.setdefault(run["config"]["seed"], []).append(run)
+        members = [same_seed[0] for same_seed in by_seed.values()]
         row = {"model": model_name, "setup": setup, "n": len(members), "runs": members,
                "collapsed": any(is_collapsed(r) for r in members),
-               "names": [r["name"] for r in members]}
+               "names": [r["name"] for r in runs],
+               "duplicate_seeds": [(seed, [r["name"] for r in same_seed])
+                                   for seed, same_seed in by_seed.items() if len(same_seed) > 1]}
         for col, _ in COLUMNS:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
-            row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
+            row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else None  # no spread from one seed
         # per-example correctness, one row per seed: the bootstrap resamples seeds and examples
         row["correct_runs"] = np.array([r["probs"].argmax(1) == r["labels"] for r in members], dtype=float)
         row["correct"] = row["correct_runs"].mean(0)
@@ -179,14 +221,23 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
             delta = f"{d:+.4f} [{low:+.4f}, {high:+.4f}]"
             delta += " †" if row["few_seeds"] else (" *" if low > 0 or high < 0 else "")
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
-        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {row['n']} | {delta} |")
+        n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
+        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} | {delta} |")
         table.append({"model": row["model"], "setup": setup, "n": row["n"],
-                      **{c: row[c] for c, _ in COLUMNS}, **{c + "_std": row[c + "_std"] for c, _ in COLUMNS},
+                      **{c: row[c] for c, _ in COLUMNS},
+                      **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in COLUMNS},
                       "delta_test_acc": row["delta"][0] if row["delta"] else "",
                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
                       "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
                       "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
+                      "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:]),
                       **{f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS}})
+    duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
+    if duplicates:
+        lines += ["", "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
+                  "each seed counts once, the first run by name. " + "; ".join(
+                      f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
+                      for row, seed, names in duplicates) + "."]
     lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
     counts = rows[0]["buckets"]
     lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS) + " |")
@@ -202,7 +253,9 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", table
 
 
-def plot(rows: list[dict], out_dir: str) -> list[str]:
+def plot(rows: list[dict], out_dir: str, say=print) -> list[str]:
+    """test_acc.png, and acc_by_length.png unless every test example is in one length bucket;
+    returns the paths written."""
     try:
         import matplotlib
     except ImportError:
@@ -210,32 +263,61 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ordered = sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"]))
-    labels = [f"{r['model']}\n{r['setup']}" for r in ordered]
+    figures = {"test_acc.png": accuracy_figure(rows, plt), "acc_by_length.png": length_figure(rows, plt)}
+    paths = []
+    for file_name, fig in figures.items():
+        if fig is None:
+            say(f"{file_name} not written: every test example falls in one length bucket")
+            continue
+        paths.append(os.path.join(out_dir, file_name))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"]))
+
+
+def accuracy_figure(rows: list[dict], plt):
+    """Test accuracy per row; on each compared row the 95% CI of its Δ vs the baseline, placed
+    around its own accuracy. † marks comparisons with too few seeds, as in the table."""
+    ordered = _ordered(rows)
+    labels = [f"{r['model']}\n{r['setup']}" + (" †" if r["delta"] and r["few_seeds"] else "") for r in ordered]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    acc = [r["test_acc"] for r in ordered]
-    errors = [[r["test_acc"] - (r["test_acc"] + r["delta"][1] - r["delta"][0]) if r["delta"] else 0 for r in ordered],
-              [(r["test_acc"] + r["delta"][2] - r["delta"][0]) - r["test_acc"] if r["delta"] else 0 for r in ordered]]
-    ax.bar(range(len(ordered)), acc, yerr=errors, capsize=4,
-           color=["lightgray" if r["collapsed"] else "tab:blue" for r in ordered])
+    acc = np.array([r["test_acc"] for r in ordered])
+    ax.bar(range(len(ordered)), acc, color=["lightgray" if r["collapsed"] else "tab:blue" for r in ordered])
+    compared = [i for i, r in enumerate(ordered) if r["delta"]]
+    low = np.array([ordered[i]["delta"][0] - ordered[i]["delta"][1] for i in compared])
+    high = np.array([ordered[i]["delta"][2] - ordered[i]["delta"][0] for i in compared])
+    if compared:
+        ax.errorbar(compared, acc[compared], yerr=[low, high], fmt="none", ecolor="black", capsize=4)
     ax.set_xticks(range(len(ordered)), labels, fontsize=7)
     ax.set_ylabel("test accuracy (error bars: 95% CI of Δ vs baseline)")
-    ax.set_ylim(max(0, min(acc) - 0.05), min(1, max(acc) + 0.05))
+    if any(r["delta"] and r["few_seeds"] for r in ordered):
+        ax.set_title(f"† fewer than {MIN_SEEDS_FOR_STAR} seeds on a side: the CI supports no conclusion", fontsize=8)
+    bottom = min([*acc, *(acc[compared] - low)])
+    top = max([*acc, *(acc[compared] + high)])
+    ax.set_ylim(max(0, bottom - 0.05), top + 0.05)  # a CI reaching past 1.0 is drawn whole
     fig.tight_layout()
-    paths = [os.path.join(out_dir, "test_acc.png")]
-    fig.savefig(paths[0], dpi=120)
+    return fig
+
+
+def length_figure(rows: list[dict], plt):
+    """Test accuracy per length bucket, one line per row; None when one bucket holds every example."""
+    counts = rows[0]["buckets"]
+    if sum(1 for _, _, b in BUCKETS if counts[b][1]) < 2:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r, label in zip(ordered, labels):
+    for r in _ordered(rows):
         ys = [r["buckets"][b][0] for _, _, b in BUCKETS]
         ax.plot([b for _, _, b in BUCKETS], [np.nan if y is None else y for y in ys], marker="o",
-                label=label.replace("\n", " "))
-    ax.set_xlabel("review length (tokens)")
+                label=f"{r['model']} {r['setup']}")
+    ax.set_xlabel("length (tokens)")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "acc_by_length.png"))
-    fig.savefig(paths[1], dpi=120)
-    return paths
+    return fig
 
 
 def main(argv=None) -> int:
@@ -253,13 +335,15 @@ def main(argv=None) -> int:
         return 2
     add_significance(rows, args.baseline)
     markdown, table = render(rows, common)
-    with open(os.path.join(args.runs_dir, "results.md"), "w") as f:
+    paths = [os.path.join(args.runs_dir, name) for name in ("results.md", "results.csv")]
+    with open(paths[0], "w") as f:
         f.write(markdown)
-    with open(os.path.join(args.runs_dir, "results.csv"), "w", newline="") as f:
+    with open(paths[1], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
     print(markdown, end="")
+    print(f"\nwrote {paths[0]} and {paths[1]}")
     if args.plot:
         try:
             paths = plot(rows, args.runs_dir)

@@ -108,8 +108,9 @@ def parse_args(argv=None, on_error=None):
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
+        check_available(args)
     except UserError as e:
-        return _user_error(e, is_main=True)
+        return _user_error(e, is_main=os.environ.get("RANK", "0") == "0")
     watch_launcher()
     info = utils.setup_distributed(args.dist_timeout)
     try:
@@ -127,6 +128,15 @@ def main(argv=None) -> int:
                                      "(what was written before is kept)"), info.is_main)
     finally:
         utils.cleanup_distributed()
+
+
+def check_available(args) -> None:
+    """Model and data, together and in seconds, before the process group: the user learns both
+    problems at once, without the hub client's retries on every rank."""
+    problems = [p for p in (models.model_unavailable(models.resolve_model(args.model)),
+                            data.data_unavailable(args.data)) if p]
+    if problems:
+        raise UserError("\nerror: ".join(problems))  # one error line each
 
 
 def _user_error(e: UserError, is_main: bool) -> int:
@@ -184,16 +194,20 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     log.info(f"environment: {env}")
     log.info(f"config: {config}")
     utils.seed_everything(args.seed)
+    data.make_cache_dir(args.cache_dir)
 
     splits, label_names = utils.node_main_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
     tokenizer = utils.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
-    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused
+    # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
+    # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
+    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
+                   for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
     encoded = {name: utils.node_main_first(info, data.encode, split.texts, tokenizer, args.max_len,
-                                           args.truncation, args.cache_dir)
+                                           args.truncation, args.cache_dir, log.warning)
                for name, split in splits.items()}
     log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 

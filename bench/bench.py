@@ -124,8 +124,12 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.chunks < 1:
-        print(f"error: --chunks must be at least 1 (got {args.chunks})", file=sys.stderr)
+    for flag in ("train_samples", "eval_samples", "max_len", "batch_size", "eval_batch_size", "epochs", "chunks"):
+        if getattr(args, flag) < 1:
+            print(f"error: --{flag} must be at least 1 (got {getattr(args, flag)})", file=sys.stderr)
+            return 2
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        print(f"error: --lr must be a positive number (got {args.lr})", file=sys.stderr)
         return 2
     if args.bare_steps is not None and args.bare_steps < 0:
         print(f"error: --bare_steps must be at least 0 (got {args.bare_steps})", file=sys.stderr)

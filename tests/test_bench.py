@@ -176,6 +176,10 @@ def test_bare_step_figures_are_the_paired_totals():
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--chunks", "0", "error: --chunks must be at least 1 (got 0)"),
+    ("--train_samples", "0", "error: --train_samples must be at least 1 (got 0)"),
+    ("--batch_size", "0", "error: --batch_size must be at least 1 (got 0)"),
+    ("--eval_samples", "-3", "error: --eval_samples must be at least 1 (got -3)"),
+    ("--lr", "nan", "error: --lr must be a positive number (got nan)"),
     ("--bare_steps", "-1", "error: --bare_steps must be at least 0 (got -1)"),
     ("--seeds", "1,1", "error: --seeds 1,1: give distinct integers in [0, 2^31), e.g. 0,1,2"),
 ])

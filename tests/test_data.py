@@ -31,6 +31,19 @@ def test_encode_adds_special_tokens_and_caches(tmp_path):
     assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
 
 
+def test_a_truncated_tokens_cache_file_is_rebuilt_with_a_warning(tmp_path, capsys):
+    texts = ["a short text", "another short text"] * 10
+    tok = models.load_tokenizer(models.resolve_model("tiny-bert"), texts, str(tmp_path))
+    enc = data.encode(texts, tok, 32, "head", str(tmp_path))
+    (cache_file,) = tmp_path.glob("tokens-*.npz")
+    cache_file.write_bytes(cache_file.read_bytes()[:100])  # a full disk or an interrupted copy
+    rebuilt = data.encode(texts, tok, 32, "head", str(tmp_path))
+    assert all((a == b).all() for a, b in zip(enc.ids, rebuilt.ids))
+    assert f"the tokens cache {cache_file} is unreadable" in capsys.readouterr().out
+    data.encode(texts, tok, 32, "head", str(tmp_path))
+    assert capsys.readouterr().out == ""  # the rebuilt file reads
+
+
 def test_collate_pads_to_a_multiple_of_8_with_mask():
     batch = data.collate([np.array([5, 6, 7]), np.array([5] * 10)], pad_id=0, max_len=128)
     assert batch["input_ids"].shape == (2, 16)

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -59,7 +60,34 @@ CASES = {
     "binary csv": (lambda p: ["--data", raw_file(p, "train.csv", bytes(range(256)) * 4)], "not UTF-8 text"),
     "bad jsonl line": (lambda p: ["--data", raw_file(p, "train.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')],
                        "train.jsonl (train split): line 2 is not valid JSON"),
+    "cache_dir is a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv"],
+                            "train.csv: cannot write there (Not a directory)"),
+    "cache_dir under a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv" / "cache"],
+                               "cache: cannot write there (Not a directory)"),
+    "dangling symlink": (lambda p: ["--data", dangling_train_link(p)], "is a broken symbolic link"),
+    "corrupt run config": (lambda p: ["--data", folder(p, GOOD), "--run_name", "r",
+                                      *run_config(p / "runs", "r", '{"model": "tiny-b')], "config.json is not valid JSON"),
+    "two train files": (lambda p: ["--data", two_train_files(p)], "train.csv and train.jsonl"),
+    "empty label cell": (lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
+                         "label column 'label' of the train split: data row 11 is empty"),
 }
+
+
+def dangling_train_link(tmp_path):
+    (tmp_path / "train.csv").symlink_to(tmp_path / "moved-away.csv")
+    return str(tmp_path)
+
+
+def run_config(out_dir, run_name, text):
+    (out_dir / run_name).mkdir(parents=True)
+    (out_dir / run_name / "config.json").write_text(text)
+    return []
+
+
+def two_train_files(tmp_path):
+    folder(tmp_path, GOOD)
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": 1}\n')
+    return str(tmp_path)
 
 
 def model_folder(tmp_path, config):
@@ -102,3 +130,36 @@ def test_cli_error_has_no_traceback_and_keeps_written_runs(tmp_path):
                   "--out_dir", tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: no such file or folder"]
+
+
+def test_an_unavailable_hub_model_and_missing_data_are_both_reported_fast(tmp_path):
+    started = time.time()
+    out = run_cli("--model", "bert", "--data", tmp_path / "missing", "--wandb", "disabled", "--out_dir", tmp_path,
+                  env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and time.time() - started < 30
+    model_line, data_line = out.stderr.strip().splitlines()
+    assert model_line.startswith("error: cannot load model 'bert-base-uncased': not in the local cache and "
+                                 "HF_HUB_OFFLINE=1 is set; pass a local model folder")
+    assert "bash run_grid.sh grids/demo.grid" in model_line
+    assert data_line == f"error: --data {tmp_path / 'missing'}: no such file or folder"
+    assert not os.listdir(tmp_path)
+
+
+def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, capsys, tmp_path):
+    from huggingface_hub import constants
+    import data
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    data.hub_unavailable.cache_clear()
+    started = time.time()
+    try:
+        assert run_inprocess("--model", "bert", "--data", "nosuch_org/nosuch_dataset", "--wandb", "disabled",
+                             "--out_dir", tmp_path) == 2
+    finally:
+        data.hub_unavailable.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert time.time() - started < 10 and len(err) == 2
+    assert "not in the local cache and 127.0.0.1 cannot be reached" in err[0]
+    assert err[1].startswith("error: cannot load dataset 'nosuch_org/nosuch_dataset': not in the local cache")

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import checkpoint
+import data
 import train
 from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
@@ -134,6 +135,26 @@ def test_the_checkpoints_settings_are_compared_even_without_config_json(tmp_path
     (tmp_path / "r" / "config.json").unlink()
     assert run_inprocess(*args, "--lr", 1e-4) == 2
     assert "was made with other settings (lr: 0.003 there, 0.0001 now)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_resume_after_a_data_file_changed_is_refused(split, tmp_path, cache_dir, capsys):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    raw = data.make_synthetic(n_train=128, n_test=64)
+    raw["validation"] = data.make_synthetic(n_train=64, seed=1)["train"]
+    for name, rows in raw.items():
+        pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+    args = [*BASE, "--data", folder, "--out_dir", tmp_path, "--save_every", 3]
+    assert run_cli(*args, env={"FTKIT_KILL_AT": "step:5"}).returncode == -signal.SIGKILL
+    edited = pd.read_csv(folder / f"{split}.csv")
+    edited.loc[0, "text"] = "an edited review"
+    edited.to_csv(folder / f"{split}.csv", index=False)
+    assert run_inprocess(*args) == 2
+    err = capsys.readouterr().err
+    key = "val" if split == "validation" else split
+    assert "was made with other settings" in err and f"{key}_data_sha256" in err
+    assert not (tmp_path / "r" / "results.json").exists()
 
 
 # ----------------------------------------------------------------------------- 5, 6. silently wrong data

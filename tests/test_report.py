@@ -1,6 +1,8 @@
 """report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
 collapsed runs flagged, length buckets."""
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -26,7 +28,8 @@ def runs_dir(tmp_path_factory, cache_dir):
 def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert report.main([str(runs_dir)]) == 0
     printed = capsys.readouterr().out
-    assert printed == (runs_dir / "results.md").read_text()
+    assert printed == (runs_dir / "results.md").read_text() + \
+        f"\nwrote {runs_dir / 'results.md'} and {runs_dir / 'results.csv'}\n"
     main_table = printed.split("\n\n")[0]
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in main_table.splitlines() if line.startswith("| tiny-bert")}
@@ -121,9 +124,57 @@ def test_length_buckets_match_a_direct_computation(runs_dir):
     assert row["buckets"]["≤128"] == (pytest.approx(correct[lengths <= 128].mean()), int((lengths <= 128).sum()))
 
 
-def test_plots_are_written(runs_dir):
+def test_plots_are_written(runs_dir, capsys):
     assert report.main([str(runs_dir), "--plot"]) == 0
-    assert (runs_dir / "test_acc.png").stat().st_size > 1000 and (runs_dir / "acc_by_length.png").exists()
+    assert (runs_dir / "test_acc.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert f"wrote {runs_dir / 'test_acc.png'}\n" in printed
+    # the synthetic texts are all under 128 tokens: one bucket, nothing to plot against length
+    assert "acc_by_length.png not written" in printed and not (runs_dir / "acc_by_length.png").exists()
+
+
+def one_seed_rows(runs_dir):
+    runs = [r for r in report.load_runs(str(runs_dir)) if r["name"].endswith("-s1") and "lr" not in r["name"]]
+    for better in (r for r in runs if "-mean-" in r["name"]):
+        better["probs"] = np.eye(2)[better["labels"]]  # every test example right: the CI reaches past 1.0
+        better["results"] = dict(better["results"], test_acc=1.0)
+    rows, common = report.build_rows(runs)
+    report.add_significance(rows, None)
+    return rows, common
+
+
+def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(runs_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, common = one_seed_rows(runs_dir)
+    _, table = report.render(rows, common)
+    assert all(t[f"{col}_std"] == "" for t in table for col, _ in report.COLUMNS)  # blank, not 0.0
+    ax = report.accuracy_figure(rows, plt).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny-bert\ncls", "tiny-bert\nmean †"]
+    (bars,) = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    (segments,) = [lines.get_segments() for lines in bars.lines[2]]
+    assert len(segments) == 1 and segments[0][0][0] == 1  # one bar, on the compared row, none on the baseline
+    mean_row = next(r for r in rows if r["setup"] == "mean")
+    ci_top = mean_row["test_acc"] + mean_row["delta"][2] - mean_row["delta"][0]
+    assert ci_top > 1 and segments[0][1][1] == pytest.approx(ci_top) and ax.get_ylim()[1] > ci_top  # not cut at 1.0
+    plt.close("all")
+
+
+def test_the_length_plot_says_tokens_and_is_skipped_with_one_bucket(runs_dir, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows, _ = one_seed_rows(runs_dir)
+    for row in rows:
+        row["buckets"] = report.bucket_accuracy(row["correct"], np.resize([40, 200], len(row["correct"])))
+    assert report.length_figure(rows, plt).axes[0].get_xlabel() == "length (tokens)"
+    for row in rows:
+        row["buckets"] = report.bucket_accuracy(row["correct"], np.full(len(row["correct"]), 40))
+    said = []
+    assert report.plot(rows, str(tmp_path), say=said.append) == [str(tmp_path / "test_acc.png")]
+    assert not (tmp_path / "acc_by_length.png").exists() and "one length bucket" in said[0]
+    plt.close("all")
 
 
 def test_bad_runs_dir_is_one_line(tmp_path, capsys):
@@ -131,3 +182,50 @@ def test_bad_runs_dir_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'} is not a folder"
     assert report.main([str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def copy_runs(runs_dir, to, names):
+    for name in names:
+        shutil.copytree(runs_dir / name, to / name)
+    return [to / name for name in names]
+
+
+def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys):
+    good, *bad = copy_runs(runs_dir, tmp_path, [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}"
+                                                for pool, s in [("cls", 1), ("cls", 2), ("cls", 3), ("mean", 1), ("mean", 2)]])
+    results = bad[0] / "results.json"
+    results.write_text(results.read_text()[:40])  # truncated
+    without_key = json.loads((bad[1] / "results.json").read_text())
+    del without_key["test_acc"]
+    (bad[1] / "results.json").write_text(json.dumps(without_key))
+    (bad[2] / "test_predictions.npz").write_bytes(b"not a zip file at all" * 10)
+    (bad[3] / "config.json").write_text("{}")
+    assert report.main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert [line.split(":")[0] for line in warnings] == ["warning"] * 4
+    for folder, why in zip(bad, ["results.json is unreadable", "results.json has no test_acc",
+                                 "test_predictions.npz is unreadable", "config.json has no model, pool, seed"]):
+        assert any(f"skipped {folder}: {why}" in line for line in warnings), (folder, why)
+    table = (tmp_path / "results.md").read_text()
+    assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables
+
+
+def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
+    names = [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" for pool, s in [("cls", 1), ("cls", 2), ("mean", 1)]]
+    copy_runs(runs_dir, tmp_path, names)
+    # the same settings and seed with 2 processes, in the same folder under another run name
+    twin = tmp_path / f"{names[0]}-2proc"
+    shutil.copytree(tmp_path / names[0], twin)
+    for file_name, changes in (("config.json", {"world_size": 2, "run_name": twin.name}), ("results.json", {"test_acc": 0.0})):
+        content = json.loads((twin / file_name).read_text())
+        (twin / file_name).write_text(json.dumps(dict(content, **changes)))
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / "results.md").read_text()
+    cls_line = next(line for line in text.splitlines() if line.startswith("| tiny-bert | cls"))
+    cells = [c.strip() for c in cls_line.split("|")[1:-1]]
+    acc = [read_results(tmp_path / name)["test_acc"] for name in names[:2]]
+    assert cells[6] == "2 ‡" and cells[3].strip("*") == f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}"
+    assert f"seed 1: counted {names[0]}, not {twin.name}" in text
+    csv_row = next(line for line in (tmp_path / "results.csv").read_text().splitlines() if ",cls," in line)
+    assert f",{twin.name}," in csv_row + ","
