@@ -63,6 +63,9 @@ class TrainState:
     train_positions: int = 0        # padded positions
     train_flops: float = 0.0        # useful FLOPs of the real tokens
     wandb_id: str | None = None     # the W&B run a resume continues
+    # the steps since the last train-log line: a resume logs the same averages (its "time" is a
+    # clock reading in memory and the seconds elapsed in a checkpoint)
+    log_window: dict = field(default_factory=lambda: _new_window())
 
 
 @dataclass
@@ -249,6 +252,7 @@ def restore(run: Run) -> TrainState:
         run.scheduler.load_state_dict(saved["scheduler"])
         run.scaler.load_state_dict(saved["scaler"])
         state = TrainState(**saved["progress"])
+        state.log_window["time"] = time.time() - state.log_window["time"]
         if len(saved["rng"]) == info.world_size:
             utils.set_rng_state(saved["rng"][info.rank])
         else:
@@ -288,7 +292,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
     run.model.train()
     stop.training = True
     lengths = np.array([len(x) for x in run.encoded["train"].ids])
-    window = _new_window()
+    window = state.log_window
     bar = _progress_bar(run.info, run.steps_per_epoch * args.epochs, state.global_step)
     best_weights = None
     while state.epoch < args.epochs:
@@ -319,7 +323,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
                              "loss": window["loss"] / window["steps"], "lr": run.scheduler.get_last_lr()[0],
                              "grad_norm": float(grad_norm), **throughput(window, time.time() - window["time"],
                                                                          run.peak_flops, run.info.world_size)})
-                window = _new_window()
+                window = state.log_window = _new_window()
             utils.fault_point("step")
             if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
                 return saver.stop(stop.signum or signal.SIGTERM)
@@ -499,7 +503,9 @@ class Saver:
         path = checkpoint.save_checkpoint(run.ckpt_dir, state.global_step, {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "progress": asdict(state), "rng": rng, "fingerprint": run.fingerprint},
+            "progress": dict(asdict(state), log_window=dict(state.log_window,
+                                                            time=time.time() - state.log_window["time"])),
+            "rng": rng, "fingerprint": run.fingerprint},
             keep=run.args.keep_checkpoints, drop_newer=self.drop_newer)
         self.drop_newer = False
         run.log.info(f"checkpoint ({reason}): {path}")

@@ -198,7 +198,7 @@ def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_R
             probs[side] = ours() if side == "ours" else theirs()
             _sync(run)
             seconds[side].append(time.perf_counter() - began)
-    return {"n": len(ids), "seconds": seconds,
+    return {"n": len(dataset), "seconds": seconds,
             "max_prob_diff": float(np.abs(probs["ours"] - probs["trainer"]).max())}
 
 

@@ -121,6 +121,17 @@ def test_signal_checkpoints_and_the_same_command_resumes(sig, nproc, cache_dir, 
     assert_same_run(tmp_path / "r", request.getfixturevalue("reference_2proc" if nproc > 1 else "reference"))
 
 
+def test_the_first_train_log_line_after_a_resume_averages_the_same_steps(cache_dir, tmp_path):
+    """A log line every 4 steps, killed at step 7, resumed from step 5: the step-8 line must still
+    average steps 5-8, as the uninterrupted run's does (the log window is in the checkpoint)."""
+    args = [*RUN, "--log_every", 4]
+    assert run_cli(*args, "--out_dir", tmp_path / "whole").returncode == 0
+    assert run_cli(*args, "--out_dir", tmp_path / "killed", env={"FTKIT_KILL_AT": "step:7"}).returncode != 0
+    resumed = run_cli(*args, "--out_dir", tmp_path / "killed")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout
+    assert_same_run(tmp_path / "killed" / "r", tmp_path / "whole" / "r")
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     for step in (5, 10):
         checkpoint.save_checkpoint(str(tmp_path), step, {"progress": {"global_step": step}, "w": torch.ones(100)})
