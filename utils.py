@@ -64,18 +64,19 @@ def setup_distributed(timeout_minutes: float = 60) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-# Dense peaks (FLOP/s) from the vendors' data sheets: 16-bit tensor cores (bf16 and fp16 alike;
-# V100 and T4 have no bf16) and plain fp32 (TF32 stays off, see setup_distributed). Matched in
-# order against torch.cuda.get_device_name(), so "H200 NVL" comes before "H200"; MFU is reported
-# only for devices and precisions listed here.
-PEAK_FLOPS = [  # (name, 16-bit tensor cores, fp32)
-    ("H100 NVL", 835e12, 60e12), ("H100 PCIe", 756e12, 51e12), ("H100", 989e12, 67e12),
-    ("H200 NVL", 835e12, 60e12), ("GH200", 989e12, 67e12), ("H200", 989e12, 67e12), ("B200", 2250e12, None),
-    ("A100", 312e12, 19.5e12), ("A800", 312e12, 19.5e12), ("L40S", 362e12, 91.6e12), ("L40", 181e12, 90.5e12),
-    ("L4", 121e12, 30.3e12), ("A10", 125e12, 31.2e12), ("RTX 4090", 165e12, 82.6e12),
-    ("RTX 3090", 71e12, 35.6e12), ("V100-PCIE", 112e12, 14e12), ("V100", 125e12, 15.7e12), ("T4", 65e12, 8.1e12),
+# Dense peaks (FLOP/s) from the vendors' data sheets, per precision: bf16 and fp16 on the tensor
+# cores (V100 and T4 have none for bf16), fp32 without them (TF32 stays off, see
+# setup_distributed). Matched in order against torch.cuda.get_device_name(), so "H200 NVL" comes
+# before "H200"; MFU is reported only for devices and precisions listed here.
+PEAK_FLOPS = [  # (name, bf16, fp16, fp32)
+    ("H100 NVL", 835e12, 835e12, 60e12), ("H100 PCIe", 756e12, 756e12, 51e12), ("H100", 989e12, 989e12, 67e12),
+    ("H200 NVL", 835e12, 835e12, 60e12), ("GH200", 989e12, 989e12, 67e12), ("H200", 989e12, 989e12, 67e12),
+    ("B200", 2250e12, 2250e12, None), ("A100", 312e12, 312e12, 19.5e12), ("A800", 312e12, 312e12, 19.5e12),
+    ("L40S", 362e12, 362e12, 91.6e12), ("L40", 181e12, 181e12, 90.5e12), ("L4", 121e12, 121e12, 30.3e12),
+    ("A10", 125e12, 125e12, 31.2e12), ("RTX 4090", 165e12, 165e12, 82.6e12), ("RTX 3090", 71e12, 71e12, 35.6e12),
+    ("V100-PCIE", None, 112e12, 14e12), ("V100", None, 125e12, 15.7e12), ("T4", None, 65e12, 8.1e12),
 ]
-NO_BF16 = ("V100", "T4")
+PRECISION_COLUMN = {"bf16": 1, "fp16": 2, "fp32": 3}
 
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
@@ -86,12 +87,8 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 def peak_flops_for(device_name: str, precision: str) -> float | None:
-    for key, tensor_core, fp32 in PEAK_FLOPS:
-        if key in device_name:
-            if precision == "fp32":
-                return fp32
-            return None if precision == "bf16" and key in NO_BF16 else tensor_core
-    return None
+    row = next((row for row in PEAK_FLOPS if row[0] in device_name), None)
+    return row[PRECISION_COLUMN[precision]] if row else None
 
 
 def cpu_has_native_bf16() -> bool:

@@ -421,7 +421,7 @@ def trainer_worker(args) -> int:
 def add_peak_shares(run: dict, machine: dict) -> None:
     run["useful_peak_share"] = run["tflops_per_s"] * 1e12 / machine["matmul_peak_flops"]
     if machine.get("gpu_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
-        run["mfu"] = run["tflops_per_s"] * 1e12 / machine["gpu_bf16_peak_flops"]
+        run["mfu"] = run["tflops_per_s"] * 1e12 / machine["gpu_peak_flops"]
 
 
 def aggregate(runs: list[dict], machine: dict) -> dict:

@@ -186,7 +186,17 @@ def test_mfu_peaks_per_device_name_and_precision():
     assert utils.peak_flops_for("NVIDIA H100 80GB HBM3", "fp32") == 67e12  # TF32 off: the fp32 peak
     assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
     assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "bf16") is None
+    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "bf16") is None
+    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "fp16") == 112e12
     assert utils.peak_flops_for("Some Future GPU", "bf16") is None
+
+
+def test_bench_mfu_is_against_the_gpu_peak_it_was_given():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import bench
+    run = {"tflops_per_s": 100.0}
+    bench.add_peak_shares(run, {"matmul_peak_flops": 400e12, "gpu_peak_flops": 1000e12})
+    assert run["useful_peak_share"] == 0.25 and run["mfu"] == 0.1
 
 
 def test_sliding_window_layers_count_only_the_pairs_their_mask_keeps(tmp_path):
