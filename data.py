@@ -67,15 +67,9 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
     names when the labels are already ids 0..K-1 with names (a hub ClassLabel), else None."""
     if data == "synthetic":
         return make_synthetic(), list(SYNTHETIC_LABELS)
-    try:
-        import datasets
-    except ImportError:  # an image without it (the lent GPU machine's): local files still load
-        if os.path.exists(data):
-            return {split: _read_with_pyarrow(path, split) for split, path in _local_files(data).items()}, None
-        raise UserError(f"--data {data}: loading from the hub needs the datasets package "
-                        "(pip install -r requirements.txt), or pass a local folder") from None
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # errors are reported once, below
+    datasets = _quiet_datasets()
+    if os.path.exists(data) and datasets is None:  # local files load without it too
+        return {split: _read_with_pyarrow(path, split) for split, path in _local_files(data).items()}, None
     if os.path.exists(data):
         loaded = {}
         for split, path in _local_files(data).items():
@@ -86,6 +80,9 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
                 raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
     elif _looks_like_path(data):
         raise UserError(f"--data {data}: no such file or folder")
+    elif datasets is None:
+        raise UserError(f"--data {data}: loading from the hub needs the datasets package "
+                        "(pip install -r requirements.txt), or pass a local folder")
     else:
         try:
             loaded = datasets.load_dataset(HUB_ALIASES.get(data, data))
@@ -98,6 +95,18 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
     feature = loaded["train"].features.get(label_col)
     return out, list(getattr(feature, "names", None) or []) or None
+
+
+def _quiet_datasets():
+    """The datasets package with its progress bars and logging off (errors are reported once, by
+    us); None where it is not installed, as on the lent GPU machine's image."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    return datasets
 
 
 def _read_with_pyarrow(path: str, split: str) -> dict:

@@ -248,7 +248,7 @@ def training_flops(model: Classifier) -> TrainingFlops:
     types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     window_layers = sum(t == "sliding_attention" for t in types)
     return TrainingFlops(6 * n, 12 * config.hidden_size, len(types) - window_layers, window_layers,
-                         getattr(config, "sliding_window", None) or 0 if window_layers else 0)
+                         config.sliding_window if window_layers else 0)
 
 
 def compile_or_explain(module: nn.Module, device: torch.device, say) -> nn.Module:

@@ -224,16 +224,36 @@ def test_compile_errors_are_not_hidden_and_what_compiled_is_reported():
     assert compiled is not None
 
 
-def test_the_gpu_check_starts_and_runs_its_cpu_parts_without_datasets(tmp_path):
-    """The lent GPU machine's image has no `datasets`: hidden here the way Python hides a module."""
+def hide_datasets(tmp_path) -> str:
+    """A PYTHONPATH whose sitecustomize hides `datasets`, as the lent GPU machine's image lacks it."""
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['datasets'] = None\n")
+    return str(hide)
+
+
+def test_without_datasets_local_files_load_the_same_and_the_hub_is_one_clear_error(tmp_path, syn_folder):
+    code = ("import json, sys; sys.path.insert(0, %r); import data\n"
+            "splits, names = data.load_splits(%r, ['text'], 'label', 0.1, 300, 100)\n"
+            "print(json.dumps({k: [s.texts, s.labels.tolist()] for k, s in splits.items()}))\n"
+            "try:\n    data.load_splits('imdb', ['text'], 'label', 0.1, None, None)\n"
+            "except data.UserError as e:\n    print(e)\n") % (ROOT, syn_folder)
+    runs = {name: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, **env)).stdout.splitlines()
+            for name, env in (("with", {}), ("without", {"PYTHONPATH": hide_datasets(tmp_path)}))}
+    assert runs["without"][0] == runs["with"][0]  # same texts, labels, splits and subsets
+    assert runs["without"][1] == "--data imdb: loading from the hub needs the datasets package " \
+                                 "(pip install -r requirements.txt), or pass a local folder"
+
+
+def test_the_gpu_check_starts_and_runs_its_cpu_parts_without_datasets(tmp_path):
+    """The lent GPU machine's image has no `datasets`: hidden here the way Python hides a module."""
+    hide = hide_datasets(tmp_path)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--shapes", "tiny",
                            "--lengths", "32", "--steps", "4", "--test_timeout", "0", "--skip_compile",
                            "--imdb", str(tmp_path / "none"), "--out_dir", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=400, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(hide), HF_HUB_OFFLINE="1", WANDB_MODE="disabled"))
+                          env=dict(os.environ, PYTHONPATH=hide, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'datasets': False" in done.stdout
     for name in ("bert-tiny", "modernbert-tiny"):
