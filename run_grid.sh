@@ -157,8 +157,8 @@ on_signal() {
 }
 trap on_signal INT TERM HUP
 
-first_error() {  # $1 = log: the run's one-line error, else its last lines
-  { grep -m 1 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
+first_error() {  # $1 = log: its error lines (train.py can report model and data together), else its last lines
+  { grep -m 3 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
 }
 
 # ---- smoke phase: same code path, 64 examples, 1 epoch, for every run not yet finished whose

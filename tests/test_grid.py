@@ -74,6 +74,14 @@ def test_a_failing_smoke_run_stops_the_grid_and_names_the_line(tmp_path):
     assert not list((tmp_path / "runs" / "broken").glob("*/results.json"))
 
 
+def test_a_failed_run_shows_every_error_line_it_printed(tmp_path):
+    """train.py reports an unavailable model and missing data together: the console shows both."""
+    g = write_grid(tmp_path / "both.grid", f"{SMALL} --model nosuch/model --data {tmp_path / 'missing'}")
+    out = run_grid(g, "--out_dir", tmp_path / "runs")  # conftest sets HF_HUB_OFFLINE=1
+    assert out.returncode == 1
+    assert "cannot load model 'nosuch/model'" in out.stderr and "no such file or folder" in out.stderr
+
+
 def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     out_dir = tmp_path / "runs"
     shrink = ["--", "--max_train_samples", 200, "--max_eval_samples", 100]  # the demo's path, smaller
