@@ -118,16 +118,16 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
         key = (os.path.basename(os.path.normpath(run["config"]["model"])), setup)
         groups.setdefault(key, []).append(run)
     rows = []
-    for (model_name, setup), runs in sorted(groups.items()):
+    for (model_name, setup), group in sorted(groups.items()):
         # runs of one seed (e.g. with 1 and 2 processes) are not independent samples: the first
         # (by name) counts, the others are listed
         by_seed = {}
-        for run in runs:
+        for run in group:
             by_seed.setdefault(run["config"]["seed"], []).append(run)
         members = [same_seed[0] for same_seed in by_seed.values()]
         row = {"model": model_name, "setup": setup, "n": len(members), "runs": members,
                "collapsed": any(is_collapsed(r) for r in members),
-               "names": [r["name"] for r in runs],
+               "names": [r["name"] for r in group],
                "duplicate_seeds": [(seed, [r["name"] for r in same_seed])
                                    for seed, same_seed in by_seed.items() if len(same_seed) > 1]}
         for col, _ in COLUMNS:
