@@ -27,12 +27,12 @@ sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
 import model as models  # noqa: E402
+from bench import IDENTICAL  # noqa: E402  (bench/ is this script's folder)
 
 SHAPES = {  # name -> (config class name, config overrides)
     "base": {"bert-base": ("BertConfig", {}), "modernbert-base": ("ModernBertConfig", {})},
     "tiny": {"bert-tiny": ("BertConfig", models._TINY), "modernbert-tiny": ("ModernBertConfig", models._TINY)},
 }
-IDENTICAL = "--padding max_len --no-group_by_length"
 
 
 def main() -> int:
