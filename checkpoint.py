@@ -11,7 +11,9 @@ import socket
 import torch
 
 import config as settings
-from utils import UserError, all_gather_objects, atomic_write, read_json
+from config import UserError
+from distributed import all_gather_objects
+from files import atomic_write, read_json
 
 CKPT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 

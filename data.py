@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils import UserError, atomic_write, first_line, hash_texts
+from config import UserError, first_line
+from files import atomic_write, hash_texts
 
 HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}

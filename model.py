@@ -15,7 +15,8 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
 from data import OFFLINE_DEMO, hub_unavailable
-from utils import UserError, atomic_write_bytes, first_line, hash_texts
+from config import UserError, first_line
+from files import atomic_write_bytes, hash_texts
 
 
 @dataclass(frozen=True)

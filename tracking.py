@@ -7,7 +7,9 @@ import uuid
 import numpy as np
 
 from metrics import calibration_bins
-from utils import DistInfo, atomic_write_bytes, first_line
+from distributed import DistInfo
+from files import atomic_write_bytes
+from config import first_line
 
 
 class WandbRun:

@@ -38,7 +38,10 @@ import data
 import metrics
 import model as models
 import tracking
-import utils
+import distributed
+import faults
+import files
+import machine
 from config import OPERATIONAL, UserError  # noqa: F401  (OPERATIONAL: read by the tests)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,7 +75,7 @@ class TrainState:
 class Run:
     """What stays fixed while a run trains: settings, data, model and its optimizer."""
     args: object
-    info: utils.DistInfo
+    info: distributed.DistInfo
     log: object
     run_dir: str
     config: dict
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
     except UserError as e:
         return _user_error(e, is_main=os.environ.get("RANK", "0") == "0")
     watch_launcher()
-    info = utils.setup_distributed(args.dist_timeout)
+    info = distributed.setup_distributed(args.dist_timeout)
     try:
         return train(args, info)
     except Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
         return _user_error(UserError(f"no space left on the device{where}; free space, then rerun "
                                      "(what was written before is kept)"), info.is_main)
     finally:
-        utils.cleanup_distributed()
+        distributed.cleanup_distributed()
 
 
 def check_available(args) -> None:
@@ -147,11 +150,11 @@ def _user_error(e: UserError, is_main: bool) -> int:
     summary shows this line instead of a traceback."""
     if is_main:
         print(f"error: {e}", file=sys.stderr, flush=True)
-    utils.write_torchrun_error_file(f"error: {e}")
+    files.write_torchrun_error_file(f"error: {e}")
     return 2
 
 
-def train(args, info: utils.DistInfo) -> int:
+def train(args, info: distributed.DistInfo) -> int:
     """One run, from scratch or from its newest checkpoint, to results.json; the exit code."""
     started = time.time()
     if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
@@ -162,11 +165,11 @@ def train(args, info: utils.DistInfo) -> int:
     run_dir = os.path.join(args.out_dir, args.run_name)
     try:
         os.makedirs(run_dir, exist_ok=True)
-        log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
+        log = files.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
     except OSError as e:
         raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
     with StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
-        utils.main_process_first(info, lock.acquire)
+        distributed.main_process_first(info, lock.acquire)
         run = set_up(args, info, entry, per_proc_batch, run_dir, log, started)
         if run is None:
             return 0
@@ -174,7 +177,7 @@ def train(args, info: utils.DistInfo) -> int:
         return fit(run, state, stop)
 
 
-def check_fits(args, entry, info: utils.DistInfo) -> int:
+def check_fits(args, entry, info: distributed.DistInfo) -> int:
     """Checks that need the world size or the model; returns the per-process batch size."""
     shards = info.world_size * args.grad_accum
     if args.batch_size % shards:
@@ -190,26 +193,26 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     """Run folder, data, tokenizer, model, optimizer; None if the run already finished."""
     precision = resolve_precision(args.precision, info.device, log.warning)
     config = dict(vars(args), precision_used=precision)
-    if utils.main_process_first(info, checkpoint.prepare_run_dir, args, config, run_dir, info.is_main, log):
+    if distributed.main_process_first(info, checkpoint.prepare_run_dir, args, config, run_dir, info.is_main, log):
         log.info(f"{run_dir} is already finished (results.json exists); --fresh reruns it")
         return None
-    env = utils.environment_info(info)
+    env = machine.environment_info(info)
     log.info(f"environment: {env}")
     log.info(f"config: {config}")
-    utils.seed_everything(args.seed)
+    distributed.seed_everything(args.seed)
     data.make_cache_dir(args.cache_dir)
 
-    splits, label_names = utils.node_main_first(
+    splits, label_names = distributed.node_main_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
         args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
-    tokenizer = utils.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
     # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
     config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
                    for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
-    encoded = {name: utils.node_main_first(info, data.encode, split.texts, tokenizer, args.max_len,
+    encoded = {name: distributed.node_main_first(info, data.encode, split.texts, tokenizer, args.max_len,
                                            args.truncation, args.cache_dir, log.warning)
                for name, split in splits.items()}
     log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
@@ -235,7 +238,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
                scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
                autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
                pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch, steps_per_epoch=steps_per_epoch,
-               flops=flops, peak_flops=utils.device_peak_flops(info.device, precision), started=started)
+               flops=flops, peak_flops=machine.device_peak_flops(info.device, precision), started=started)
 
 
 def restore(run: Run) -> TrainState:
@@ -254,21 +257,21 @@ def restore(run: Run) -> TrainState:
         state = TrainState(**saved["progress"])
         state.log_window["time"] = time.time() - state.log_window["time"]
         if len(saved["rng"]) == info.world_size:
-            utils.set_rng_state(saved["rng"][info.rank])
+            distributed.set_rng_state(saved["rng"][info.rank])
         else:
             log.warning(f"warning: resuming with {info.world_size} processes instead of "
                         f"{len(saved['rng'])}: data order is kept, dropout randomness is not")
-            utils.seed_everything(args.seed + info.rank + state.global_step)
+            distributed.seed_everything(args.seed + info.rank + state.global_step)
         log.info(f"resumed from {saved['path']}: epoch {state.epoch}, step "
                  f"{state.global_step}/{run.steps_per_epoch * args.epochs}")
         del saved
     else:
-        utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+        distributed.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
     earlier_events = []
     if info.is_main:
-        utils.write_json(os.path.join(run.run_dir, "config.json"), run.config)
+        files.write_json(os.path.join(run.run_dir, "config.json"), run.config)
         # events logged after the checkpoint are logged again as the steps replay
-        earlier_events = utils.truncate_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), state.global_step,
+        earlier_events = files.truncate_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), state.global_step,
                                               log.warning)
     # broadcast_buffers=False: the encoders' buffers (position and token-type ids) never change,
     # so rank 0 need not send them before every forward (tests/test_model.py checks they stay)
@@ -324,7 +327,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
                              "grad_norm": float(grad_norm), **throughput(window, time.time() - window["time"],
                                                                          run.peak_flops, run.info.world_size)})
                 window = state.log_window = _new_window()
-            utils.fault_point("step")
+            faults.fault_point("step")
             if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
                 return saver.stop(stop.signum or signal.SIGTERM)
             if state.global_step % args.save_every == 0 and state.step_in_epoch < run.steps_per_epoch:
@@ -361,7 +364,7 @@ def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -
             # sum / this rank's examples in the step; DDP's gradient mean over ranks then gives
             # the mean over the whole global batch
             loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
-            if utils.NAN_AT_STEP == state.global_step:  # divergence tests
+            if faults.NAN_AT_STEP == state.global_step:  # divergence tests
                 loss = loss * float("nan")
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
@@ -420,7 +423,7 @@ def skip_step(run: Run) -> float:
 
 def end_of_epoch(run: Run, state: TrainState, saver, stop) -> dict | None:
     """Validate, keep the best weights (returned when they improved), checkpoint."""
-    utils.fault_point("epoch_end")
+    faults.fault_point("epoch_end")
     val = metrics.classification_metrics(predict(run, "val", stop), run.labels["val"])
     state.history.append(val)
     improved = val["acc"] > state.best_val_acc
@@ -466,7 +469,7 @@ def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weight
                "collapsed": metrics.is_collapsed(state.history, majority, num_labels),
                **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
                                                           info.world_size, prefix="train_").items()},
-               "eval_samples_per_s": eval_samples_per_s, **utils.peak_memory(info.device),
+               "eval_samples_per_s": eval_samples_per_s, **machine.peak_memory(info.device),
                **(models.compile_report() if args.compile else {}),
                "wall_s": time.time() - run.started, "run_name": args.run_name}
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
@@ -477,7 +480,7 @@ def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weight
     if info.is_main:
         np.savez_compressed(os.path.join(run.run_dir, "test_predictions.npz"), probs=test_probs.astype(np.float32),
                             labels=run.labels["test"], n_tokens=run.encoded["test"].n_tokens)
-        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
+        files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     run.wandb.final_plots(test_probs, run.labels["test"], run.test_texts, run.label_names)
     run.wandb.finish()
@@ -496,7 +499,7 @@ class Saver:
 
     def save(self, reason: str) -> str:
         run, state = self.run, self.state
-        rng = utils.all_gather_objects(utils.get_rng_state(), run.info)
+        rng = distributed.all_gather_objects(distributed.get_rng_state(), run.info)
         self.saved_step = state.global_step
         if not run.info.is_main:
             return ""
@@ -535,7 +538,7 @@ def resolve_precision(name: str, device: torch.device, warn) -> str:
             warn("warning: this GPU has no bf16 tensor cores (needs compute capability 8.0 or newer): "
                  "bf16 is emulated and slow; --precision fp16 uses its tensor cores with loss scaling")
         return name
-    native_bf16 = utils.cpu_has_native_bf16()
+    native_bf16 = machine.cpu_has_native_bf16()
     if name == "auto":
         return "bf16" if native_bf16 else "fp32"
     if name == "bf16" and not native_bf16:
@@ -593,12 +596,12 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
         with run.autocast:
             logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
-        utils.fault_point("eval")
+        faults.fault_point("eval")
         if stop is not None and stop.poll():
             break
     run.model.train(was_training)
     local = np.concatenate(probs) if probs else np.zeros((0, len(run.label_names)), np.float32)
-    gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), info)
+    gathered = distributed.all_gather_objects((shard, local, stop.signum if stop else 0), info)
     if any(g[2] for g in gathered):
         raise Interrupted(stop.signum or signal.SIGTERM)
     index = np.concatenate([g[0] for g in gathered])
@@ -657,7 +660,7 @@ def record(run: Run, event: dict) -> None:
     """An event to metrics.jsonl, W&B and the log (rank 0)."""
     if not run.info.is_main:
         return
-    utils.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
+    files.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
     run.wandb.log(event)
     shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
                      if k != "event" and v is not None)

@@ -33,7 +33,7 @@ split with our predict() and with HF Trainer's predict() on that one model, 5 ti
 the evaluation loops compared without the machine's drift or any model difference.
 
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
-CUDA), measured the same way (utils.peak_memory) at the end of HF Trainer's process.
+CUDA), measured the same way (machine.peak_memory) at the end of HF Trainer's process.
 """
 import argparse
 import importlib.util
@@ -52,7 +52,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 IDENTICAL = "--padding max_len --no-group_by_length"  # what HF Trainer does with a pre-padded dataset
-MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # utils.peak_memory's
+MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # machine.peak_memory's
 COMPILE_KEYS = ("compiled_graphs", "frames_not_compiled", "graph_breaks")  # model.compile_report's
 
 
@@ -342,7 +342,7 @@ def trainer_worker(args) -> int:
 
     import data
     import model as models
-    import utils
+    import machine
     splits, label_names = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad = "max_length" if args.trainer_padding == "max_length" else False
@@ -412,7 +412,7 @@ def trainer_worker(args) -> int:
         json.dump({"slices": slices, "test": test, "eval_seconds": eval_seconds, "seed": targs.seed,
                    "train_batch_size": targs.train_batch_size, "eval_batch_size": targs.eval_batch_size,
                    "optim": getattr(targs.optim, "value", str(targs.optim)),
-                   "attention": model.config._attn_implementation, **utils.peak_memory(device)}, f)
+                   "attention": model.config._attn_implementation, **machine.peak_memory(device)}, f)
     return 0
 
 
@@ -488,9 +488,9 @@ def machine_info(precision: str) -> dict:
     import transformers
     info["transformers"] = transformers.__version__
     if torch.cuda.is_available():
-        import utils
+        import machine
         info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_peak_flops"] = utils.device_peak_flops(torch.device("cuda"), precision)
+        info["gpu_peak_flops"] = machine.device_peak_flops(torch.device("cuda"), precision)
     info["matmul_peak_flops"] = matmul_peak_flops(precision)
     return info
 

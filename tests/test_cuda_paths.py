@@ -14,9 +14,10 @@ import torch.multiprocessing as mp
 import checkpoint
 import model as models
 import train
-import utils
+import distributed
+import machine
 from conftest import ROOT, read_results, run_cli
-from utils import UserError
+from config import UserError
 
 SMALL = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64,
          "--epochs", 1, "--wandb", "disabled", "--run_name", "r"]
@@ -109,10 +110,10 @@ class FakeCudaRng:
 
 def test_cuda_rng_is_saved_per_rank_and_restored_on_a_machine_with_fewer_gpus(monkeypatch):
     """Rank 1 of a run on 2 GPUs resumes as a job that sees only its own GPU (cuda:0 there)."""
-    saved = utils.get_rng_state() if FakeCudaRng(monkeypatch, devices=2, current=1) else None
+    saved = distributed.get_rng_state() if FakeCudaRng(monkeypatch, devices=2, current=1) else None
     assert saved["cuda"].tolist() == [1]  # its own device's stream only
     resumed = FakeCudaRng(monkeypatch, devices=1, current=0)
-    utils.set_rng_state(saved)
+    distributed.set_rng_state(saved)
     assert resumed.states[0].tolist() == [1]
 
 
@@ -120,7 +121,7 @@ def _resume_worker(rank: int, port: int, steps: list, errors):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        checkpoint.check_ranks_resume_alike(steps[rank], utils.DistInfo(rank, 2, rank, torch.device("cpu")))
+        checkpoint.check_ranks_resume_alike(steps[rank], distributed.DistInfo(rank, 2, rank, torch.device("cpu")))
         errors[rank] = ""
     except UserError as e:
         errors[rank] = str(e)
@@ -180,15 +181,15 @@ def test_encoder_buffers_never_change_in_training(name, tmp_path):
 
 
 def test_mfu_peaks_per_device_name_and_precision():
-    assert utils.peak_flops_for("NVIDIA H200", "bf16") == 989e12
-    assert utils.peak_flops_for("NVIDIA H200 NVL", "bf16") == 835e12
-    assert utils.peak_flops_for("NVIDIA GH200 480GB", "fp16") == 989e12
-    assert utils.peak_flops_for("NVIDIA H100 80GB HBM3", "fp32") == 67e12  # TF32 off: the fp32 peak
-    assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
-    assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "bf16") is None
-    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "bf16") is None
-    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "fp16") == 112e12
-    assert utils.peak_flops_for("Some Future GPU", "bf16") is None
+    assert machine.peak_flops_for("NVIDIA H200", "bf16") == 989e12
+    assert machine.peak_flops_for("NVIDIA H200 NVL", "bf16") == 835e12
+    assert machine.peak_flops_for("NVIDIA GH200 480GB", "fp16") == 989e12
+    assert machine.peak_flops_for("NVIDIA H100 80GB HBM3", "fp32") == 67e12  # TF32 off: the fp32 peak
+    assert machine.peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
+    assert machine.peak_flops_for("Tesla V100-SXM2-16GB", "bf16") is None
+    assert machine.peak_flops_for("Tesla V100-PCIE-32GB", "bf16") is None
+    assert machine.peak_flops_for("Tesla V100-PCIE-32GB", "fp16") == 112e12
+    assert machine.peak_flops_for("Some Future GPU", "bf16") is None
 
 
 def test_bench_mfu_is_against_the_gpu_peak_it_was_given():

@@ -4,7 +4,7 @@ import pytest
 
 import data
 import model as models
-from utils import UserError
+from config import UserError
 
 
 def test_head_tail_keeps_first_and_last_tokens():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import model as models
-from utils import UserError
+from config import UserError
 
 
 def build(name, pool, encoder_dropout=None, cache_dir=None, texts=None):
