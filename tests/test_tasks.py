@@ -80,3 +80,64 @@ def test_metric_for_best_is_checked_against_the_task_and_the_classes():
     assert "not a classification metric" in metrics.metric_problem("classification", "pearson")
     assert "needs two classes; the data has 3" in metrics.metric_problem("classification", "f1_positive", 3)
     assert metrics.metric_problem("classification", "f1_positive", 2) is None
+
+
+# ----------------------------------------------------------------------------- flags
+
+import config  # noqa: E402
+from conftest import run_inprocess  # noqa: E402
+
+
+def parse(*argv):
+    return config.parse_args(list(argv))
+
+
+def test_new_flags_at_their_defaults_leave_run_names_and_fingerprints_as_before():
+    # names and fingerprint keys as main made them before --task, --metric_for_best, --text_pairs
+    assert parse().run_name == "bert-cls-s42"
+    assert parse("--data", "synthetic", "--truncation", "tail", "--smoke").run_name == "bert-cls-tail-synthetic-s42-smoke"
+    new_settings = {"task", "metric_for_best", "text_pairs"}
+    args = parse()
+    assert (args.task, args.metric_for_best, args.text_pairs) == ("classification", "acc", True)
+    assert not new_settings & set(config.run_fingerprint(vars(args)))
+    before = {k: v for k, v in vars(args).items() if k not in new_settings}  # an older run's config.json
+    assert config.differing_settings(before, vars(args)) == []
+    assert config.setting_labels(before) == config.setting_labels(vars(args)) == {}
+
+
+def test_pairs_are_part_of_the_name_only_when_joined_and_of_the_fingerprint_only_when_in_effect():
+    pair, joined = parse("--text_col", "a", "b"), parse("--text_col", "a", "b", "--no-text_pairs")
+    assert pair.run_name == "bert-cls-a+b-s42" and joined.run_name == "bert-cls-a+b-nopair-s42"
+    older_joined_run = {k: v for k, v in vars(joined).items() if k != "text_pairs"}
+    assert config.differing_settings(older_joined_run, vars(joined)) == []
+    # a folder holding a run that joined its columns is not resumed as a pair run
+    assert config.differing_settings(older_joined_run, vars(pair)) == ["text_pairs"]
+
+
+def test_regression_and_metric_for_best_in_run_names_and_fingerprints():
+    regression = parse("--task", "regression")
+    assert regression.metric_for_best == "pearson" and regression.run_name == "bert-cls-regression-s42"
+    assert {"task", "metric_for_best"} <= set(config.run_fingerprint(vars(regression)))
+    assert parse("--task", "regression", "--metric_for_best", "spearmanr").run_name == "bert-cls-regression-bestspearman-s42"
+    by_mcc = parse("--metric_for_best", "matthews_correlation")
+    assert by_mcc.metric_for_best == "mcc" and by_mcc.run_name == "bert-cls-bestmcc-s42"
+    assert parse("--metric_for_best", "accuracy").run_name == "bert-cls-s42"
+    assert config.differing_settings(vars(parse()), vars(by_mcc)) == ["metric_for_best"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "regression", "--metric_for_best", "acc"],
+     "--metric_for_best acc is not a regression metric (use one of: pearson, spearman, mse, loss)"),
+    (["--metric_for_best", "pearson"], "--metric_for_best pearson is not a classification metric"),
+    (["--metric_for_best", "bleu"], "--metric_for_best bleu is not a classification metric"),
+    (["--text_col", "a", "b", "--truncation", "tail"],
+     "--truncation tail applies to single texts; a pair is truncated longest-first"),
+    (["--text_col", "a", "b", "--truncation", "head_tail"], "--truncation head_tail applies to single texts"),
+    (["--no-text_pairs"], "--no-text_pairs joins two or more --text_col columns; there is one"),
+    (["--task", "ordinal"], "invalid choice: 'ordinal'"),
+])
+def test_flags_the_task_does_not_define_end_in_one_error_line(argv, message, tmp_path, capsys):
+    code = run_inprocess("--model", "tiny-bert", "--data", "synthetic", "--wandb", "disabled",
+                         "--out_dir", tmp_path, *argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err, err
