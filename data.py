@@ -25,41 +25,73 @@ OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 
 @dataclass
 class Split:
-    texts: list[str]
-    labels: np.ndarray  # int64 ids 0..K-1
+    texts: list[str]    # the text columns joined with a space: the joined encoding, and what predictions show
+    labels: np.ndarray  # int64 ids 0..K-1; float32 targets for --task regression
+    # with two or more text columns, (A, B) per example for the pair encoding: A the first column,
+    # B the others joined with a space
+    segments: tuple[list[str], list[str]] | None = None
+
+    def encoder_inputs(self, pairs: bool) -> tuple[list[str], list[str] | None]:
+        """(texts, text_pairs) for encode: the segments when pairs is on and there are two, else
+        the joined texts."""
+        if pairs and self.segments is not None:
+            return self.segments
+        return self.texts, None
 
 
 # ----------------------------------------------------------------------------- loading
 
 def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
-                max_train_samples: int | None, max_eval_samples: int | None, warn=print):
-    """Return ({"train", "val", "test"} -> Split, label_names)."""
+                max_train_samples: int | None, max_eval_samples: int | None, warn=print,
+                task: str = "classification"):
+    """Return ({"train", "val", "test"} -> Split, label_names). With --task regression the labels
+    are float32 as given (not rescaled), label_names is empty and the splits carved out of train
+    are seeded random, not stratified."""
     raw, class_names = _load_raw(data, label_col)
     for split, rows in raw.items():
         check_columns(rows, text_cols, label_col)
         for col in text_cols:
             check_texts(rows[col], f"column {col!r} of the {split} split of {data}")
-    values, label_names = (list(range(len(class_names))), class_names) if class_names else \
-        _label_values(raw, label_col, warn)
+    regression = task == "regression"
+    if regression:
+        values, label_names = None, []
+        for split, rows in raw.items():
+            rows[label_col] = regression_targets(rows[label_col], label_col, split)
+    else:
+        values, label_names = (list(range(len(class_names))), class_names) if class_names else \
+            _label_values(raw, label_col, warn)
+    carve = _random_split if regression else _stratified_split
     if "test" not in raw:
-        raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
+        raw["train"], raw["test"] = carve(raw["train"], val_ratio, label_col)
     if "validation" in raw:
         raw["val"] = raw.pop("validation")
     else:
-        raw["train"], raw["val"] = _stratified_split(raw["train"], val_ratio, label_col)
+        raw["train"], raw["val"] = carve(raw["train"], val_ratio, label_col)
     for name, rows in raw.items():
         if len(rows[label_col]) == 0:
             raise UserError(f"the {name} split of {data} is empty")
-    label_ids = {v: i for i, v in enumerate(values)}
-    if len(label_names) < 2:
+    if regression and len(set(raw["train"][label_col])) < 2:
+        raise UserError(f"column {label_col!r} holds a single value ({raw['train'][label_col][0]:g}) in train: "
+                        "nothing to regress")
+    if not regression and len(label_names) < 2:
         raise UserError(f"column {label_col!r} holds a single class ({label_names[0]}): nothing to classify")
+    label_ids = None if regression else {v: i for i, v in enumerate(values)}
     splits = {}
     for name in ("train", "val", "test"):
         rows = raw[name]
-        labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
-        keep = balanced_subset(labels, max_train_samples if name == "train" else max_eval_samples)
+        limit = max_train_samples if name == "train" else max_eval_samples
+        if regression:
+            labels = np.array(rows[label_col], dtype=np.float32)
+            keep = random_subset(len(labels), limit)
+        else:
+            labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
+            keep = balanced_subset(labels, limit)
         texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in keep]
-        splits[name] = Split(texts, labels[keep])
+        segments = None
+        if len(text_cols) >= 2:
+            segments = ([str(rows[text_cols[0]][i]) for i in keep],
+                        [" ".join(str(rows[c][i]) for c in text_cols[1:]) for i in keep])
+        splits[name] = Split(texts, labels[keep], segments)
     return splits, label_names
 
 
@@ -230,8 +262,9 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
         seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
+                hint = "; for a regression target pass --task regression" if isinstance(v, (float, np.floating)) else ""
                 raise UserError(f"label column {label_col!r} holds {type(v).__name__} values like "
-                                f"{v!r}: labels must be integers or strings")
+                                f"{v!r}: labels must be integers or strings{hint}")
             seen[split].add(v)
     values = seen["train"]
     for split, found in seen.items():
@@ -251,6 +284,27 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
              f"{'; '.join(' / '.join(map(repr, group)) for group in twins)}")
     ordered = sorted(values)
     return ordered, [str(v) for v in ordered]
+
+
+def regression_targets(values, label_col: str, split: str) -> list[float]:
+    """The labels of one split as finite floats; numbers written as text (a CSV column with one
+    stray word is read as text) are parsed. A UserError names the split and the data row."""
+    targets = []
+    for row, v in enumerate(values):
+        number = None
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            number = float(v)
+        elif isinstance(v, str):
+            try:
+                number = float(v)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            what = "empty" if v is None or (isinstance(v, float) and math.isnan(v)) else "not a finite number"
+            raise UserError(f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
+                            f"(value {v!r:.60}); --task regression needs a number in every row")
+        targets.append(number)
+    return targets
 
 
 def check_texts(values, where: str) -> None:
@@ -282,6 +336,16 @@ def _stratified_split(rows: dict, ratio: float, label_col: str):
     return _take(rows, rest), _take(rows, sorted(carved))
 
 
+def _random_split(rows: dict, ratio: float, label_col: str):
+    """Deterministically carve a random `ratio` of rows (regression: no classes to stratify by):
+    (rest, carved)."""
+    n = len(rows[label_col])
+    order = list(range(n))
+    random.Random(SPLIT_SEED).shuffle(order)
+    carved = set(order[:round(n * ratio)])
+    return _take(rows, [i for i in range(n) if i not in carved]), _take(rows, sorted(carved))
+
+
 def _take(rows: dict, idx: list[int]) -> dict:
     return {c: [v[i] for i in idx] for c, v in rows.items()}
 
@@ -298,6 +362,13 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
         keep.append(idx[:share])
         remaining -= len(keep[-1])
     return np.sort(np.concatenate(keep))
+
+
+def random_subset(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of n examples, seeded (regression: no classes to balance)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SPLIT_SEED).permutation(n)[:limit])
 
 
 # ----------------------------------------------------------------------------- synthetic data

@@ -141,3 +141,79 @@ def test_flags_the_task_does_not_define_end_in_one_error_line(argv, message, tmp
                          "--out_dir", tmp_path, *argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err, err
+
+
+# ----------------------------------------------------------------------------- loading
+
+import pandas as pd  # noqa: E402
+
+import data  # noqa: E402
+from utils import UserError  # noqa: E402
+
+
+def write(folder, split, frame):
+    folder.mkdir(exist_ok=True)
+    pd.DataFrame(frame).to_csv(folder / f"{split}.csv", index=False)
+
+
+def test_regression_labels_are_floats_as_given_and_splits_are_seeded(tmp_path):
+    scores = [round(i * 0.05, 2) for i in range(100)]
+    write(tmp_path, "train", {"text": [f"t{i}" for i in range(100)], "label": scores})
+    write(tmp_path, "test", {"text": ["a", "b"], "label": [0, 4.8]})
+    splits, names = data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
+    again, _ = data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
+    assert names == [] and splits["test"].labels.tolist() == [0.0, 4.800000190734863]
+    assert splits["train"].labels.dtype == np.float32 and (len(splits["train"].texts), len(splits["val"].texts)) == (80, 20)
+    assert splits["val"].texts == again["val"].texts and not set(splits["val"].texts) & set(splits["train"].texts)
+    assert sorted(np.concatenate([splits["train"].labels, splits["val"].labels]).tolist()) == np.float32(scores).tolist()
+    small, _ = data.load_splits(str(tmp_path), ["text"], "label", 0.2, 10, 1, task="regression")
+    assert len(small["train"].labels) == 10 and len(small["test"].labels) == 1
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["1.5", "x"] * 5, "label column 'label' of the train split: data row 2 is not a finite number (value 'x'); "
+                       "--task regression needs a number in every row"),
+    ([1.0, None] * 5, "data row 2 is empty"),
+    ([2.0] * 10, "holds a single value (2) in train: nothing to regress"),
+])
+def test_bad_regression_labels_name_split_and_row(tmp_path, labels, message):
+    write(tmp_path, "train", {"text": ["a"] * 10, "label": labels})
+    with pytest.raises(UserError, match=re_escape(message)):
+        data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
+
+
+def test_a_bad_regression_label_in_test_names_the_test_split(tmp_path):
+    write(tmp_path, "train", {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})
+    write(tmp_path, "test", {"text": ["a", "b", "c"], "label": ["1", "2", "high"]})
+    with pytest.raises(UserError, match="of the test split: data row 3 is not a finite number"):
+        data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
+
+
+def test_float_labels_without_regression_say_to_pass_task_regression(tmp_path):
+    write(tmp_path, "train", {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})
+    with pytest.raises(UserError, match="labels must be integers or strings; for a regression target pass --task regression"):
+        data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None)
+
+
+def test_two_or_more_text_columns_give_segments_a_and_b(tmp_path):
+    write(tmp_path, "train", {"q": ["Q1", "Q2"] * 10, "title": ["T1", "T2"] * 10, "body": ["b1", "b2"] * 10,
+                              "label": [0, 1] * 10})
+    splits, _ = data.load_splits(str(tmp_path), ["q", "title", "body"], "label", 0.2, None, None)
+    train = splits["train"]
+    assert set(zip(*train.segments)) == {("Q1", "T1 b1"), ("Q2", "T2 b2")}  # first column A, the rest B
+    assert set(train.texts) == {"Q1 T1 b1", "Q2 T2 b2"}
+    assert train.encoder_inputs(pairs=True) == train.segments
+    assert train.encoder_inputs(pairs=False) == (train.texts, None)
+    single, _ = data.load_splits(str(tmp_path), ["q"], "label", 0.2, None, None)
+    assert single["train"].segments is None and single["train"].encoder_inputs(pairs=True) == (single["train"].texts, None)
+
+
+def test_a_pair_row_with_one_empty_column_names_column_split_and_row(tmp_path):
+    write(tmp_path, "train", {"s1": ["a", "b"] * 5, "s2": ["c", "d", "e", ""] + ["f"] * 6, "label": [0, 1] * 5})
+    with pytest.raises(UserError, match="column 's2' of the train split of .*: data row 4 is missing"):
+        data.load_splits(str(tmp_path), ["s1", "s2"], "label", 0.2, None, None)
+
+
+def re_escape(text):
+    import re
+    return re.escape(text)
