@@ -409,6 +409,9 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dic
 class Encoded:
     ids: list[np.ndarray]   # token ids per example, truncated, with special tokens
     n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
+    # segment ids per example where the pair template gives segment B its own (BERT: 0 for
+    # [CLS] A [SEP], 1 for B [SEP]); None for single texts and templates that are all 0 (ModernBERT)
+    token_types: list[np.ndarray] | None = None
 
 
 def make_cache_dir(cache_dir: str) -> None:
@@ -424,19 +427,37 @@ def make_cache_dir(cache_dir: str) -> None:
                         "or set $FTKIT_CACHE") from None
 
 
-def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print) -> Encoded:
-    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation). An unreadable
-    cache file (cut short by a full disk or a copy) is rebuilt."""
-    key = hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print,
+           text_pairs: list[str] | None = None) -> Encoded:
+    """Tokenize once; cached on disk by (texts, text_pairs, tokenizer, max_len, truncation). An
+    unreadable cache file (cut short by a full disk or a copy) is rebuilt.
+
+    With text_pairs (segment B of each example, as in tokenizer(text, text_pair)) each example is
+    encoded with the tokenizer's pair template, both segments truncated longest-first (HF's
+    default) to fit max_len."""
+    pairs = text_pairs is not None
+    if pairs and truncation != "head":
+        raise UserError(f"--truncation {truncation} applies to single texts; a pair is truncated longest-first "
+                        "(--truncation head)")
+    if pairs and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+    key = hash_texts([*texts, *text_pairs], tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}/pair") \
+        if pairs else hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
     path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
         try:
             with np.load(path) as f:
                 flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
-            return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+                flat_types = f["token_types"] if "token_types" in f.files else None
+            cut = [slice(offsets[i], offsets[i + 1]) for i in range(len(n_tokens))]
+            return Encoded([flat[c] for c in cut], n_tokens, None if flat_types is None else [flat_types[c] for c in cut])
         except Exception as e:  # zip, pickle and key errors come in many types
             warn(f"warning: the tokens cache {path} is unreadable ({type(e).__name__}); rebuilding it")
 
+    if pairs:
+        encoded = _encode_pairs(texts, text_pairs, tokenizer, max_len)
+        _write_tokens_cache(path, cache_dir, encoded)
+        return encoded
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)
     if budget < 1:
@@ -447,12 +468,96 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
         for body in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
             n_tokens.append(len(body) + len(prefix) + len(suffix))
             ids.append(np.array(prefix + truncate(body, budget, truncation) + suffix, dtype=np.int32))
-    n_tokens = np.array(n_tokens, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+    encoded = Encoded(ids, np.array(n_tokens, dtype=np.int64))
+    _write_tokens_cache(path, cache_dir, encoded)
+    return encoded
+
+
+def _write_tokens_cache(path: str, cache_dir: str, encoded: Encoded) -> None:
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in encoded.ids])]).astype(np.int64)
     os.makedirs(cache_dir, exist_ok=True)
-    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    atomic_write(path, lambda f: np.savez(f, flat=flat, offsets=offsets, n_tokens=n_tokens))
-    return Encoded(ids, n_tokens)
+    flat = np.concatenate(encoded.ids) if encoded.ids else np.zeros(0, np.int32)
+    arrays = dict(flat=flat, offsets=offsets, n_tokens=encoded.n_tokens)
+    if encoded.token_types is not None:
+        arrays["token_types"] = np.concatenate(encoded.token_types) if encoded.ids else np.zeros(0, np.int8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where a tokenizer's pair template puts its special tokens: prefix A middle B suffix, each
+    part with its segment (token type) id."""
+    prefix: list[int]
+    middle: list[int]
+    suffix: list[int]
+    prefix_types: list[int]
+    middle_types: list[int]
+    suffix_types: list[int]
+    type_a: int
+    type_b: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @property
+    def has_types(self) -> bool:
+        return any([*self.prefix_types, *self.middle_types, *self.suffix_types, self.type_a, self.type_b])
+
+    def build(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+        ids = self.prefix + a + self.middle + b + self.suffix
+        types = self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b) + self.suffix_types
+        return ids, types
+
+
+def pair_template(tokenizer) -> PairTemplate:
+    """The tokenizer's own pair template, found by encoding a probe pair (as _special_tokens does
+    for single texts)."""
+    a = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    b = tokenizer("world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", "world", return_token_type_ids=True)
+    ids, types = full["input_ids"], full.get("token_type_ids") or [0] * len(full["input_ids"])
+    for i in range(len(ids) - len(a) + 1):
+        if ids[i:i + len(a)] != a:
+            continue
+        for j in range(i + len(a), len(ids) - len(b) + 1):
+            if ids[j:j + len(b)] == b:
+                end = j + len(b)
+                return PairTemplate(ids[:i], ids[i + len(a):j], ids[end:], types[:i], types[i + len(a):j],
+                                    types[end:], types[i], types[j])
+    raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts the special tokens of a pair")
+
+
+def _encode_pairs(texts: list[str], text_pairs: list[str], tokenizer, max_len: int) -> Encoded:
+    template = pair_template(tokenizer)
+    budget = max_len - template.n_special
+    if budget < 2:
+        raise UserError(f"--max_len {max_len} cannot hold a sentence pair: the model's {template.n_special} special "
+                        f"tokens and at least one token of each text need {template.n_special + 2}")
+    ids, types, n_tokens = [], [], []
+    for start in range(0, len(texts), 1000):
+        bodies_a = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
+        bodies_b = tokenizer(text_pairs[start:start + 1000], add_special_tokens=False)["input_ids"]
+        for a, b in zip(bodies_a, bodies_b):
+            n_tokens.append(len(a) + len(b) + template.n_special)
+            example_ids, example_types = template.build(*truncate_longest_first(a, b, budget))
+            ids.append(np.array(example_ids, dtype=np.int32))
+            types.append(np.array(example_types, dtype=np.int8))
+    return Encoded(ids, np.array(n_tokens, dtype=np.int64), types if template.has_types else None)
+
+
+def truncate_longest_first(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut a pair to `budget` tokens from the ends, as HF tokenizers' longest_first does: the
+    shorter text is kept whole when it fits in half the budget and the longer gets the rest;
+    otherwise each gets half, the odd token going to the longer one (to B on a tie)."""
+    if len(a) + len(b) <= budget:
+        return a, b
+    n_short, n_long = sorted((len(a), len(b)))
+    n_long = max(n_short, budget - n_short)
+    if n_short + n_long > budget:
+        n_short, n_long = budget // 2, budget // 2 + budget % 2
+    n_a, n_b = (n_long, n_short) if len(a) > len(b) else (n_short, n_long)
+    return a[:n_a], b[:n_b]
 
 
 def truncate(body: list[int], budget: int, mode: str) -> list[int]:
@@ -490,9 +595,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 # ----------------------------------------------------------------------------- batching
 
-def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False) -> dict:
+def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False,
+            token_types: list[np.ndarray] | None = None) -> dict:
     """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly),
-    or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons)."""
+    or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons). With
+    token_types (pass them only for a model that uses them: uses_token_type_ids) the batch also
+    holds token_type_ids, padded with 0."""
     longest = max(len(x) for x in ids)
     width = max_len if pad_to_max else min(math.ceil(longest / 8) * 8, max(max_len, longest))
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -500,7 +608,19 @@ def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool =
     for row, x in enumerate(ids):
         input_ids[row, :len(x)] = x
         mask[row, :len(x)] = 1
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if token_types is not None:
+        types = np.zeros((len(ids), width), dtype=np.int64)
+        for row, x in enumerate(token_types):
+            types[row, :len(x)] = x
+        batch["token_type_ids"] = torch.from_numpy(types)
+    return batch
+
+
+def uses_token_type_ids(model_config) -> bool:
+    """Whether the encoder has learned segment embeddings to feed token_type_ids into: BERT (2
+    types) does; RoBERTa (1), ModernBERT and DistilBERT (none) do not."""
+    return getattr(model_config, "type_vocab_size", 0) > 1
 
 
 MEGABATCH = 50  # batches per length-sorted group, as in HF's LengthGroupedSampler

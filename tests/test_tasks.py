@@ -217,3 +217,120 @@ def test_a_pair_row_with_one_empty_column_names_column_split_and_row(tmp_path):
 def re_escape(text):
     import re
     return re.escape(text)
+
+
+# ----------------------------------------------------------------------------- pair encoding
+
+import model as models  # noqa: E402
+
+PAIR_TEXTS_A = ["the cat sat on the mat", "a dog", " ".join(f"w{i}" for i in range(200)), "short one here"]
+PAIR_TEXTS_B = ["it was a sunny day in the park", " ".join(f"v{i}" for i in range(150)), "tiny",
+                " ".join(f"u{i}" for i in range(40))]
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizers(tmp_path_factory):
+    """tiny-bert's and tiny-modernbert's tokenizers as train.py gets them, and the same vocabulary
+    with bert-base-uncased's pair template (segment B gets token type 1)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    cache = str(tmp_path_factory.mktemp("tok"))
+    corpus = (PAIR_TEXTS_A + PAIR_TEXTS_B) * 5
+    found = {name: models.load_tokenizer(models.resolve_model(name), corpus, cache)
+             for name in ("tiny-bert", "tiny-modernbert")}
+    backend = found["tiny-bert"].backend_tokenizer.__class__.from_str(found["tiny-bert"].backend_tokenizer.to_str())
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    found["bert-template"] = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                                     cls_token="[CLS]", sep_token="[SEP]")
+    return found
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert", "bert-template"])
+@pytest.mark.parametrize("max_len", [512, 64, 17, 5])
+def test_pairs_match_the_tokenizers_own_pair_encoding_and_longest_first_truncation(tiny_tokenizers, name, max_len, tmp_path):
+    tok = tiny_tokenizers[name]
+    enc = data.encode(PAIR_TEXTS_A, tok, max_len, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
+    for i, (a, b) in enumerate(zip(PAIR_TEXTS_A, PAIR_TEXTS_B)):
+        hf = tok(a, b, truncation=True, max_length=max_len, return_token_type_ids=True)
+        assert enc.ids[i].tolist() == hf["input_ids"]
+        assert enc.n_tokens[i] == len(tok(a, b)["input_ids"])
+        if name == "bert-template":
+            assert enc.token_types[i].tolist() == hf["token_type_ids"]
+    if name == "bert-template":
+        sep = enc.ids[0].tolist().index(tok.sep_token_id)
+        assert enc.token_types[0][:sep + 1].tolist() == [0] * (sep + 1) and set(enc.token_types[0][sep + 1:]) == {1}
+    else:  # every segment id 0 (ModernBERT's template, and the tiny tokenizers'): none carried
+        assert enc.token_types is None
+
+
+def test_a_pair_is_cls_a_sep_b_sep_and_kept_apart_from_the_joined_encoding(tiny_tokenizers, tmp_path):
+    tok = tiny_tokenizers["tiny-bert"]
+    a, b = ["the cat sat"], ["a dog"]
+    pair = data.encode(a, tok, 64, "head", str(tmp_path), text_pairs=b)
+    body_a, body_b = (tok(t, add_special_tokens=False)["input_ids"] for t in (a[0], b[0]))
+    assert pair.ids[0].tolist() == [tok.cls_token_id, *body_a, tok.sep_token_id, *body_b, tok.sep_token_id]
+    joined = data.encode(["the cat sat a dog"], tok, 64, "head", str(tmp_path))
+    assert joined.ids[0].tolist() == [tok.cls_token_id, *body_a, *body_b, tok.sep_token_id]
+    assert joined.token_types is None
+    assert len(list(tmp_path.glob("tokens-*.npz"))) == 2
+    # the pair's texts as two single texts hash the same strings: the key must still differ
+    as_singles = data.encode(a + b, tok, 64, "head", str(tmp_path))
+    assert len(as_singles.ids) == 2 and len(list(tmp_path.glob("tokens-*.npz"))) == 3
+
+
+def test_pair_tokens_and_token_types_come_back_from_the_cache(tiny_tokenizers, tmp_path):
+    tok = tiny_tokenizers["bert-template"]
+    first = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
+    cached = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
+    assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
+    assert all((x == y).all() for x, y in zip(first.ids, cached.ids))
+    assert all((x == y).all() for x, y in zip(first.token_types, cached.token_types))
+    assert (first.n_tokens == cached.n_tokens).all()
+
+
+@pytest.mark.parametrize("len_a, len_b, budget, kept", [
+    (3, 4, 10, (3, 4)), (2, 30, 10, (2, 8)), (30, 2, 10, (8, 2)), (30, 30, 10, (5, 5)),
+    (30, 30, 9, (4, 5)), (40, 30, 9, (5, 4)), (6, 30, 10, (5, 5)), (5, 30, 10, (5, 5)),
+])
+def test_longest_first_truncation_cuts_the_longer_text_first(len_a, len_b, budget, kept):
+    a, b = data.truncate_longest_first(list(range(len_a)), list(range(100, 100 + len_b)), budget)
+    assert (len(a), len(b)) == kept and a == list(range(len(a))) and b == list(range(100, 100 + len(b)))
+
+
+def test_a_max_len_that_cannot_hold_both_texts_is_one_user_error(tiny_tokenizers, tmp_path):
+    tok = tiny_tokenizers["tiny-bert"]
+    with pytest.raises(UserError, match=re_escape("--max_len 4 cannot hold a sentence pair: the model's 3 special "
+                                                  "tokens and at least one token of each text need 5")):
+        data.encode(["a b"], tok, 4, "head", str(tmp_path), text_pairs=["c d"])
+    enc = data.encode(["a b"], tok, 5, "head", str(tmp_path), text_pairs=["c d"])
+    assert enc.ids[0].tolist() == tok("a b", "c d", truncation=True, max_length=5)["input_ids"]
+    with pytest.raises(UserError, match="--truncation tail applies to single texts"):
+        data.encode(["a b"], tok, 64, "tail", str(tmp_path), text_pairs=["c d"])
+
+
+def test_collate_carries_token_types_only_when_given(tiny_tokenizers, tmp_path):
+    tok = tiny_tokenizers["bert-template"]
+    enc = data.encode(PAIR_TEXTS_A[:2], tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B[:2])
+    batch = data.collate(enc.ids, tok.pad_token_id, 64, token_types=enc.token_types)
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    for row, types in enumerate(enc.token_types):
+        assert batch["token_type_ids"][row, :len(types)].tolist() == types.tolist()
+        assert batch["token_type_ids"][row, len(types):].eq(0).all()
+        # mean pooling averages over the attention mask: both segments' real tokens
+        assert batch["attention_mask"][row].sum() == len(enc.ids[row])
+    assert set(data.collate(enc.ids, tok.pad_token_id, 64)) == {"input_ids", "attention_mask"}
+
+
+def test_segment_embeddings_are_used_by_bert_and_not_by_modernbert(tiny_tokenizers, tmp_path):
+    from transformers import AutoModel
+    bert_config = models.MODELS["tiny-bert"].tiny_config(vocab_size=2000, **models.MODELS["tiny-bert"].tiny_kwargs)
+    modernbert_config = models.MODELS["tiny-modernbert"].tiny_config(
+        vocab_size=2000, **models.MODELS["tiny-modernbert"].tiny_kwargs)
+    assert data.uses_token_type_ids(bert_config) and not data.uses_token_type_ids(modernbert_config)
+    tok = tiny_tokenizers["bert-template"]
+    enc = data.encode(PAIR_TEXTS_A[:2], tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B[:2])
+    bert = AutoModel.from_config(bert_config).eval()
+    with_types = bert(**data.collate(enc.ids, 0, 64, token_types=enc.token_types)).last_hidden_state
+    without = bert(**data.collate(enc.ids, 0, 64)).last_hidden_state
+    assert not np.allclose(with_types.detach().numpy(), without.detach().numpy())
