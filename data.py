@@ -477,7 +477,7 @@ def _write_tokens_cache(path: str, cache_dir: str, encoded: Encoded) -> None:
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in encoded.ids])]).astype(np.int64)
     os.makedirs(cache_dir, exist_ok=True)
     flat = np.concatenate(encoded.ids) if encoded.ids else np.zeros(0, np.int32)
-    arrays = dict(flat=flat, offsets=offsets, n_tokens=encoded.n_tokens)
+    arrays = {"flat": flat, "offsets": offsets, "n_tokens": encoded.n_tokens}
     if encoded.token_types is not None:
         arrays["token_types"] = np.concatenate(encoded.token_types) if encoded.ids else np.zeros(0, np.int8)
     atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -1,11 +1,18 @@
 """Issue 21 groundwork: task metrics against sklearn/scipy, the --task / --metric_for_best flags,
 sentence-pair encoding and regression labels."""
 import math
+import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import config
+import data
 import metrics
+import model as models
+from conftest import run_inprocess
+from utils import UserError
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -84,10 +91,6 @@ def test_metric_for_best_is_checked_against_the_task_and_the_classes():
 
 # ----------------------------------------------------------------------------- flags
 
-import config  # noqa: E402
-from conftest import run_inprocess  # noqa: E402
-
-
 def parse(*argv):
     return config.parse_args(list(argv))
 
@@ -145,12 +148,6 @@ def test_flags_the_task_does_not_define_end_in_one_error_line(argv, message, tmp
 
 # ----------------------------------------------------------------------------- loading
 
-import pandas as pd  # noqa: E402
-
-import data  # noqa: E402
-from utils import UserError  # noqa: E402
-
-
 def write(folder, split, frame):
     folder.mkdir(exist_ok=True)
     pd.DataFrame(frame).to_csv(folder / f"{split}.csv", index=False)
@@ -171,14 +168,14 @@ def test_regression_labels_are_floats_as_given_and_splits_are_seeded(tmp_path):
 
 
 @pytest.mark.parametrize("labels, message", [
-    (["1.5", "x"] * 5, "label column 'label' of the train split: data row 2 is not a finite number (value 'x'); "
-                       "--task regression needs a number in every row"),
+    (["1.5", "x"] * 5, ("label column 'label' of the train split: data row 2 is not a finite number (value 'x'); "
+                        "--task regression needs a number in every row")),
     ([1.0, None] * 5, "data row 2 is empty"),
     ([2.0] * 10, "holds a single value (2) in train: nothing to regress"),
 ])
 def test_bad_regression_labels_name_split_and_row(tmp_path, labels, message):
     write(tmp_path, "train", {"text": ["a"] * 10, "label": labels})
-    with pytest.raises(UserError, match=re_escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
 
 
@@ -214,14 +211,7 @@ def test_a_pair_row_with_one_empty_column_names_column_split_and_row(tmp_path):
         data.load_splits(str(tmp_path), ["s1", "s2"], "label", 0.2, None, None)
 
 
-def re_escape(text):
-    import re
-    return re.escape(text)
-
-
 # ----------------------------------------------------------------------------- pair encoding
-
-import model as models  # noqa: E402
 
 PAIR_TEXTS_A = ["the cat sat on the mat", "a dog", " ".join(f"w{i}" for i in range(200)), "short one here"]
 PAIR_TEXTS_B = ["it was a sunny day in the park", " ".join(f"v{i}" for i in range(150)), "tiny",
@@ -300,7 +290,7 @@ def test_longest_first_truncation_cuts_the_longer_text_first(len_a, len_b, budge
 
 def test_a_max_len_that_cannot_hold_both_texts_is_one_user_error(tiny_tokenizers, tmp_path):
     tok = tiny_tokenizers["tiny-bert"]
-    with pytest.raises(UserError, match=re_escape("--max_len 4 cannot hold a sentence pair: the model's 3 special "
+    with pytest.raises(UserError, match=re.escape("--max_len 4 cannot hold a sentence pair: the model's 3 special "
                                                   "tokens and at least one token of each text need 5")):
         data.encode(["a b"], tok, 4, "head", str(tmp_path), text_pairs=["c d"])
     enc = data.encode(["a b"], tok, 5, "head", str(tmp_path), text_pairs=["c d"])
