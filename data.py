@@ -450,7 +450,8 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
                 flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
                 flat_types = f["token_types"] if "token_types" in f.files else None
             cut = [slice(offsets[i], offsets[i + 1]) for i in range(len(n_tokens))]
-            return Encoded([flat[c] for c in cut], n_tokens, None if flat_types is None else [flat_types[c] for c in cut])
+            types = None if flat_types is None else [flat_types[c] for c in cut]
+            return Encoded([flat[c] for c in cut], n_tokens, types)
         except Exception as e:  # zip, pickle and key errors come in many types
             warn(f"warning: the tokens cache {path} is unreadable ({type(e).__name__}); rebuilding it")
 
@@ -506,7 +507,8 @@ class PairTemplate:
 
     def build(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
         ids = self.prefix + a + self.middle + b + self.suffix
-        types = self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b) + self.suffix_types
+        types = (self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b)
+                 + self.suffix_types)
         return ids, types
 
 
@@ -538,7 +540,7 @@ def _encode_pairs(texts: list[str], text_pairs: list[str], tokenizer, max_len: i
     for start in range(0, len(texts), 1000):
         bodies_a = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
         bodies_b = tokenizer(text_pairs[start:start + 1000], add_special_tokens=False)["input_ids"]
-        for a, b in zip(bodies_a, bodies_b):
+        for a, b in zip(bodies_a, bodies_b, strict=True):
             n_tokens.append(len(a) + len(b) + template.n_special)
             example_ids, example_types = template.build(*truncate_longest_first(a, b, budget))
             ids.append(np.array(example_ids, dtype=np.int32))

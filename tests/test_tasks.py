@@ -6,13 +6,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_inprocess
 
 import config
 import data
 import metrics
 import model as models
-from conftest import run_inprocess
-from utils import UserError
+from config import UserError
 
 try:  # the references for the metric tests (requirements-dev.txt); the other tests run without them
     import scipy.stats as scipy_stats
@@ -49,8 +49,10 @@ def test_classification_metrics_match_sklearn(num_classes):
 def test_degenerate_classification_metrics_match_sklearn():
     labels = np.array([0, 1, 0, 1, 1])
     one_class_pred = np.zeros(5, dtype=int)
-    assert metrics.matthews_correlation(one_class_pred, labels, 2) == sklearn_metrics.matthews_corrcoef(labels, one_class_pred) == 0
-    assert metrics.f1_of_class(one_class_pred, labels, 1) == sklearn_metrics.f1_score(labels, one_class_pred, zero_division=0)
+    assert metrics.matthews_correlation(one_class_pred, labels, 2) == 0
+    assert sklearn_metrics.matthews_corrcoef(labels, one_class_pred) == 0
+    assert metrics.f1_of_class(one_class_pred, labels, 1) == 0
+    assert sklearn_metrics.f1_score(labels, one_class_pred, zero_division=0) == 0
     perfect = metrics.task_metrics("classification", np.eye(2)[labels], labels)
     assert perfect["mcc"] == 1 and perfect["f1_positive"] == 1
 
@@ -64,7 +66,8 @@ def test_regression_metrics_match_scipy(ties):
     if ties:  # STS-B scores come in steps of 0.2; rounded predictions tie too
         target, pred = np.round(target * 5) / 5, np.round(pred)
     out = metrics.task_metrics("regression", pred.reshape(-1, 1).astype(np.float32), target)
-    assert out["mse"] == out["loss"] == pytest.approx(sklearn_metrics.mean_squared_error(target, pred.astype(np.float32)))
+    pred = pred.astype(np.float32)  # what the model outputs
+    assert out["mse"] == out["loss"] == pytest.approx(sklearn_metrics.mean_squared_error(target, pred))
     assert out["pearson"] == pytest.approx(scipy_stats.pearsonr(pred.astype(np.float32), target)[0])
     assert out["spearman"] == pytest.approx(scipy_stats.spearmanr(pred.astype(np.float32), target)[0])
     assert metrics.average_ranks(pred).tolist() == scipy_stats.rankdata(pred).tolist()
@@ -72,7 +75,8 @@ def test_regression_metrics_match_scipy(ties):
 
 def test_constant_predictions_have_no_correlation_and_never_count_as_best():
     out = metrics.task_metrics("regression", np.ones(10), np.arange(10.0))
-    assert math.isnan(out["pearson"]) and math.isnan(out["spearman"]) and out["mse"] == pytest.approx(np.mean((np.arange(10) - 1) ** 2))
+    assert math.isnan(out["pearson"]) and math.isnan(out["spearman"])
+    assert out["mse"] == pytest.approx(np.mean((np.arange(10) - 1) ** 2))
     assert not metrics.is_improvement("pearson", math.nan, None)
     assert metrics.is_improvement("pearson", 0.1, math.nan)
 
@@ -105,7 +109,8 @@ def parse(*argv):
 def test_new_flags_at_their_defaults_leave_run_names_and_fingerprints_as_before():
     # names and fingerprint keys as main made them before --task, --metric_for_best, --text_pairs
     assert parse().run_name == "bert-cls-s42"
-    assert parse("--data", "synthetic", "--truncation", "tail", "--smoke").run_name == "bert-cls-tail-synthetic-s42-smoke"
+    smoke = parse("--data", "synthetic", "--truncation", "tail", "--smoke")
+    assert smoke.run_name == "bert-cls-tail-synthetic-s42-smoke"
     new_settings = {"task", "metric_for_best", "text_pairs"}
     args = parse()
     assert (args.task, args.metric_for_best, args.text_pairs) == ("classification", "acc", True)
@@ -128,7 +133,8 @@ def test_regression_and_metric_for_best_in_run_names_and_fingerprints():
     regression = parse("--task", "regression")
     assert regression.metric_for_best == "pearson" and regression.run_name == "bert-cls-regression-s42"
     assert {"task", "metric_for_best"} <= set(config.run_fingerprint(vars(regression)))
-    assert parse("--task", "regression", "--metric_for_best", "spearmanr").run_name == "bert-cls-regression-bestspearman-s42"
+    by_spearman = parse("--task", "regression", "--metric_for_best", "spearmanr")
+    assert by_spearman.run_name == "bert-cls-regression-bestspearman-s42"
     by_mcc = parse("--metric_for_best", "matthews_correlation")
     assert by_mcc.metric_for_best == "mcc" and by_mcc.run_name == "bert-cls-bestmcc-s42"
     assert parse("--metric_for_best", "accuracy").run_name == "bert-cls-s42"
@@ -167,9 +173,11 @@ def test_regression_labels_are_floats_as_given_and_splits_are_seeded(tmp_path):
     splits, names = data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
     again, _ = data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None, task="regression")
     assert names == [] and splits["test"].labels.tolist() == [0.0, 4.800000190734863]
-    assert splits["train"].labels.dtype == np.float32 and (len(splits["train"].texts), len(splits["val"].texts)) == (80, 20)
+    assert splits["train"].labels.dtype == np.float32
+    assert (len(splits["train"].texts), len(splits["val"].texts)) == (80, 20)
     assert splits["val"].texts == again["val"].texts and not set(splits["val"].texts) & set(splits["train"].texts)
-    assert sorted(np.concatenate([splits["train"].labels, splits["val"].labels]).tolist()) == np.float32(scores).tolist()
+    carved_and_rest = np.concatenate([splits["train"].labels, splits["val"].labels])
+    assert sorted(carved_and_rest.tolist()) == np.float32(scores).tolist()
     small, _ = data.load_splits(str(tmp_path), ["text"], "label", 0.2, 10, 1, task="regression")
     assert len(small["train"].labels) == 10 and len(small["test"].labels) == 1
 
@@ -195,7 +203,7 @@ def test_a_bad_regression_label_in_test_names_the_test_split(tmp_path):
 
 def test_float_labels_without_regression_say_to_pass_task_regression(tmp_path):
     write(tmp_path, "train", {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})
-    with pytest.raises(UserError, match="labels must be integers or strings; for a regression target pass --task regression"):
+    with pytest.raises(UserError, match="must be integers or strings; for a regression target pass --task regression"):
         data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None)
 
 
@@ -204,12 +212,13 @@ def test_two_or_more_text_columns_give_segments_a_and_b(tmp_path):
                               "label": [0, 1] * 10})
     splits, _ = data.load_splits(str(tmp_path), ["q", "title", "body"], "label", 0.2, None, None)
     train = splits["train"]
-    assert set(zip(*train.segments)) == {("Q1", "T1 b1"), ("Q2", "T2 b2")}  # first column A, the rest B
+    assert set(zip(*train.segments, strict=True)) == {("Q1", "T1 b1"), ("Q2", "T2 b2")}  # first column A, the rest B
     assert set(train.texts) == {"Q1 T1 b1", "Q2 T2 b2"}
     assert train.encoder_inputs(pairs=True) == train.segments
     assert train.encoder_inputs(pairs=False) == (train.texts, None)
     single, _ = data.load_splits(str(tmp_path), ["q"], "label", 0.2, None, None)
-    assert single["train"].segments is None and single["train"].encoder_inputs(pairs=True) == (single["train"].texts, None)
+    assert single["train"].segments is None
+    assert single["train"].encoder_inputs(pairs=True) == (single["train"].texts, None)
 
 
 def test_a_pair_row_with_one_empty_column_names_column_split_and_row(tmp_path):
@@ -237,7 +246,8 @@ def tiny_tokenizers(tmp_path_factory):
              for name in ("tiny-bert", "tiny-modernbert")}
     backend = found["tiny-bert"].backend_tokenizer.__class__.from_str(found["tiny-bert"].backend_tokenizer.to_str())
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     found["bert-template"] = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
                                                      cls_token="[CLS]", sep_token="[SEP]")
     return found
@@ -245,10 +255,10 @@ def tiny_tokenizers(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert", "bert-template"])
 @pytest.mark.parametrize("max_len", [512, 64, 17, 5])
-def test_pairs_match_the_tokenizers_own_pair_encoding_and_longest_first_truncation(tiny_tokenizers, name, max_len, tmp_path):
+def test_pairs_match_the_tokenizers_own_pair_encoding_and_truncation(tiny_tokenizers, name, max_len, tmp_path):
     tok = tiny_tokenizers[name]
     enc = data.encode(PAIR_TEXTS_A, tok, max_len, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
-    for i, (a, b) in enumerate(zip(PAIR_TEXTS_A, PAIR_TEXTS_B)):
+    for i, (a, b) in enumerate(zip(PAIR_TEXTS_A, PAIR_TEXTS_B, strict=True)):
         hf = tok(a, b, truncation=True, max_length=max_len, return_token_type_ids=True)
         assert enc.ids[i].tolist() == hf["input_ids"]
         assert enc.n_tokens[i] == len(tok(a, b)["input_ids"])
@@ -281,8 +291,8 @@ def test_pair_tokens_and_token_types_come_back_from_the_cache(tiny_tokenizers, t
     first = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     cached = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
-    assert all((x == y).all() for x, y in zip(first.ids, cached.ids))
-    assert all((x == y).all() for x, y in zip(first.token_types, cached.token_types))
+    assert all((x == y).all() for x, y in zip(first.ids, cached.ids, strict=True))
+    assert all((x == y).all() for x, y in zip(first.token_types, cached.token_types, strict=True))
     assert (first.n_tokens == cached.n_tokens).all()
 
 
