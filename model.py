@@ -121,7 +121,7 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
             raise UserError(f"cannot load tokenizer for {entry.source!r}: {first_line(e)}") from None
     from transformers import PreTrainedTokenizerFast
 
-    path = os.path.join(cache_dir, f"wordpiece-v2-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
+    path = os.path.join(cache_dir, f"wordpiece-v3-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
     if not os.path.exists(path):
         _train_wordpiece(train_texts, path)
     return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
@@ -146,7 +146,7 @@ def _train_wordpiece(texts, path: str) -> None:
     tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_bytes(path, tok.to_str().encode())
 
@@ -165,8 +165,10 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pool == "cls":
             pooled = hidden[:, 0]
         else:

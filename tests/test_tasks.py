@@ -236,24 +236,15 @@ PAIR_TEXTS_B = ["it was a sunny day in the park", " ".join(f"v{i}" for i in rang
 
 @pytest.fixture(scope="module")
 def tiny_tokenizers(tmp_path_factory):
-    """tiny-bert's and tiny-modernbert's tokenizers as train.py gets them, and the same vocabulary
-    with bert-base-uncased's pair template (segment B gets token type 1)."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
+    """tiny-bert's and tiny-modernbert's tokenizers as train.py gets them (one WordPiece with
+    bert-base-uncased's pair template: segment B gets token type 1)."""
     cache = str(tmp_path_factory.mktemp("tok"))
     corpus = (PAIR_TEXTS_A + PAIR_TEXTS_B) * 5
-    found = {name: models.load_tokenizer(models.resolve_model(name), corpus, cache)
-             for name in ("tiny-bert", "tiny-modernbert")}
-    backend = found["tiny-bert"].backend_tokenizer.__class__.from_str(found["tiny-bert"].backend_tokenizer.to_str())
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    found["bert-template"] = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                                     cls_token="[CLS]", sep_token="[SEP]")
-    return found
+    return {name: models.load_tokenizer(models.resolve_model(name), corpus, cache)
+            for name in ("tiny-bert", "tiny-modernbert")}
 
 
-@pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert", "bert-template"])
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert"])
 @pytest.mark.parametrize("max_len", [512, 64, 17, 5])
 def test_pairs_match_the_tokenizers_own_pair_encoding_and_truncation(tiny_tokenizers, name, max_len, tmp_path):
     tok = tiny_tokenizers[name]
@@ -262,13 +253,9 @@ def test_pairs_match_the_tokenizers_own_pair_encoding_and_truncation(tiny_tokeni
         hf = tok(a, b, truncation=True, max_length=max_len, return_token_type_ids=True)
         assert enc.ids[i].tolist() == hf["input_ids"]
         assert enc.n_tokens[i] == len(tok(a, b)["input_ids"])
-        if name == "bert-template":
-            assert enc.token_types[i].tolist() == hf["token_type_ids"]
-    if name == "bert-template":
-        sep = enc.ids[0].tolist().index(tok.sep_token_id)
-        assert enc.token_types[0][:sep + 1].tolist() == [0] * (sep + 1) and set(enc.token_types[0][sep + 1:]) == {1}
-    else:  # every segment id 0 (ModernBERT's template, and the tiny tokenizers'): none carried
-        assert enc.token_types is None
+        assert enc.token_types[i].tolist() == hf["token_type_ids"]
+    sep = enc.ids[0].tolist().index(tok.sep_token_id)
+    assert enc.token_types[0][:sep + 1].tolist() == [0] * (sep + 1) and set(enc.token_types[0][sep + 1:]) == {1}
 
 
 def test_a_pair_is_cls_a_sep_b_sep_and_kept_apart_from_the_joined_encoding(tiny_tokenizers, tmp_path):
@@ -287,7 +274,7 @@ def test_a_pair_is_cls_a_sep_b_sep_and_kept_apart_from_the_joined_encoding(tiny_
 
 
 def test_pair_tokens_and_token_types_come_back_from_the_cache(tiny_tokenizers, tmp_path):
-    tok = tiny_tokenizers["bert-template"]
+    tok = tiny_tokenizers["tiny-bert"]
     first = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     cached = data.encode(PAIR_TEXTS_A, tok, 32, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
@@ -317,7 +304,7 @@ def test_a_max_len_that_cannot_hold_both_texts_is_one_user_error(tiny_tokenizers
 
 
 def test_collate_carries_token_types_only_when_given(tiny_tokenizers, tmp_path):
-    tok = tiny_tokenizers["bert-template"]
+    tok = tiny_tokenizers["tiny-bert"]
     enc = data.encode(PAIR_TEXTS_A[:2], tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B[:2])
     batch = data.collate(enc.ids, tok.pad_token_id, 64, token_types=enc.token_types)
     assert batch["token_type_ids"].shape == batch["input_ids"].shape
@@ -335,9 +322,24 @@ def test_segment_embeddings_are_used_by_bert_and_not_by_modernbert(tiny_tokenize
     modernbert_config = models.MODELS["tiny-modernbert"].tiny_config(
         vocab_size=2000, **models.MODELS["tiny-modernbert"].tiny_kwargs)
     assert data.uses_token_type_ids(bert_config) and not data.uses_token_type_ids(modernbert_config)
-    tok = tiny_tokenizers["bert-template"]
+    tok = tiny_tokenizers["tiny-bert"]
     enc = data.encode(PAIR_TEXTS_A[:2], tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B[:2])
     bert = AutoModel.from_config(bert_config).eval()
     with_types = bert(**data.collate(enc.ids, 0, 64, token_types=enc.token_types)).last_hidden_state
     without = bert(**data.collate(enc.ids, 0, 64)).last_hidden_state
     assert not np.allclose(with_types.detach().numpy(), without.detach().numpy())
+
+
+def test_a_template_whose_segment_ids_are_all_zero_carries_no_token_types(tiny_tokenizers, tmp_path):
+    """ModernBERT's template gives both segments type 0: nothing to carry to the model."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    backend = tiny_tokenizers["tiny-bert"].backend_tokenizer
+    backend = backend.__class__.from_str(backend.to_str())
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]")
+    enc = data.encode(PAIR_TEXTS_A, tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
+    assert enc.token_types is None
+    assert enc.ids[0].tolist() == tok(PAIR_TEXTS_A[0], PAIR_TEXTS_B[0], truncation=True, max_length=64)["input_ids"]
