@@ -4,13 +4,13 @@
 #   bash run_grid.sh [GRID] [--nproc N] [--gpus 0,1,...] [--smoke|--no-smoke] [--dry-run] [--out_dir D]
 #                    [-- TRAIN.PY ARGS]
 #
-#   GRID        grid file (default grids/exp1.grid: grid.py's DEFAULT_GRID; syntax in its header and in grid.py)
+#   GRID        grid file (default grids/exp1.grid; syntax in its header and in grid.py)
 #   --nproc N   processes (GPUs) per run, launched with torchrun (default 1: plain python)
 #   --gpus L    run the grid as a queue over these GPUs: N per run, as many runs at once as fit,
 #               each with its own CUDA_VISIBLE_DEVICES and rendezvous port
 #   --smoke     smoke phase first: every run with train.py --smoke (the default); --no-smoke skips it
 #   --dry-run   print the expanded commands and nothing else
-#   --out_dir D runs go to D/<grid name>/<run name>/ (default runs: grid.py's DEFAULT_OUT_ROOT)
+#   --out_dir D runs go to D/<grid name>/<run name>/ (default runs)
 #   --sync      upload the grid's offline W&B runs (resumed starts included) with wandb sync; runs nothing
 #   -- ARGS     appended to every run of the grid (e.g. -- --epochs 1)
 #   --slurm     send the grid to a SLURM cluster instead: a job array, one task per run; its own
@@ -22,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 # shellcheck source=grid_lib.sh
-source grid_lib.sh
+source ./grid_lib.sh
 
 extra=() grid="" nproc=1 gpus="" smoke=1 dry_run=0 sync=0 out_root="" port_base=${GRID_PORT_BASE:-29500}
 # --slurm: slurm.py writes and submits the jobs; it takes all the options (they differ from these)

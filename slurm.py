@@ -5,8 +5,9 @@
                                                                   requeued / done / failed
 
 Writes OUT_DIR/<grid>/slurm/: runs.grid (each run's flags, one run per line: line N is array
-task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch and, once submitted,
-jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
+task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch (slurm_jobs/'s templates with
+their #SBATCH lines and settings filled in; they run grid_lib.sh's launcher from this checkout)
+and, once submitted, jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
 unfinished run, at most --max-parallel at once) waits for it with afterok; the report job runs
 report.py after the array, however it ended (afterany).
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="run_grid.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="-- ARGS: train.py flags appended to every run (as without --slurm)")
     a = p.add_argument
-    a("grid", nargs="?", default="grids/exp1.grid", help="grid file (default: %(default)s); for "
+    a("grid", nargs="?", default=grid.DEFAULT_GRID, help="grid file (default: %(default)s); for "
       "--status its name is enough")
     a("--slurm", action="store_true", help="send the grid to SLURM (what run_grid.sh hands over here)")
     a("--status", action="store_true", help="per run: pending / running / requeued / done / failed, "
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--smoke", action=argparse.BooleanOptionalAction, default=True, help="a smoke job first: "
       "every run with --smoke; the runs start only if all pass (default: on)")
     a("--dry-run", action="store_true", help="write and print the scripts; submit nothing (needs no sbatch)")
-    a("--out_dir", default="runs", help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
+    a("--out_dir", default=grid.DEFAULT_OUT_ROOT, help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
     return p
 
 
@@ -231,7 +232,7 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     if not tasks:
         print(f"all {len(runs)} runs of {grid_path} are finished (results in {out}); nothing submitted")
         return 0
-    if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid when they start
+    if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid and grid_lib.sh when they start
         earlier = read_jobs(slurm_dir)
         if earlier and queue(job_ids(earlier)):
             raise SlurmError(f"grid {name} still has jobs in the queue ({','.join(job_ids(earlier))}); "
@@ -291,7 +292,7 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
           "   (where the cluster keeps accounting)")
     print(f"  tail -f {logs}/slurm-{jobs['array']}_{tasks[0]}.log")
     print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
-          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != "runs" else ""))
+          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != grid.DEFAULT_OUT_ROOT else ""))
     return 0
 
 

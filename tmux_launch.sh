@@ -16,7 +16,7 @@ case "${1:-}" in
   -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 # shellcheck source=grid_lib.sh
-source grid_lib.sh
+source ./grid_lib.sh
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 load_defaults
