@@ -29,7 +29,8 @@ progress() {  # $1 = session: "done/total" from the grid file, its extra flags a
   grid=$(tmux show-options -t "$1" -v @grid_file 2>/dev/null) out=$(tmux show-options -t "$1" -v @grid_out 2>/dev/null)
   IFS=$'\x1f' read -r -a extra < <(tmux show-options -t "$1" -v @grid_extra 2>/dev/null)
   if expand_runs "$grid" "${extra[@]}" 2>/dev/null; then total=${#runs[@]}; else total="?"; fi
-  if load_finished "$grid" "$out" "${extra[@]}" 2>/dev/null; then finished_count=${#finished[@]}; else finished_count="?"; fi
+  finished_count="?"
+  if load_finished "$grid" "$out" "${extra[@]}" 2>/dev/null; then finished_count=${#finished[@]}; fi
   echo "$finished_count/$total runs done  (grid $grid, log $out/grid.log)"
 }
 
