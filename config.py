@@ -280,6 +280,13 @@ def differing_settings(saved: dict, config: dict) -> list[str]:
     return sorted(k for k in new if old.get(k) != new[k])
 
 
+def has_results(run_dir: str) -> bool:
+    """Whether run_dir's run wrote its results (train.py writes results.json last, atomically).
+    finished() adds the check that they are this run's settings; report.py and slurm.py --status,
+    which have no settings to compare, ask this alone."""
+    return os.path.exists(os.path.join(run_dir, "results.json"))
+
+
 def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, or --fresh to discard it") -> bool:
     """Whether run_dir holds this run finished (results.json) with the settings of `config`. A folder
     holding a run with other settings is refused (UserError naming them and `remedy`): it is never
@@ -303,7 +310,7 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")
-    return os.path.exists(os.path.join(run_dir, "results.json"))
+    return has_results(run_dir)
 
 
 def code_version() -> str:

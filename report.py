@@ -47,7 +47,7 @@ def load_runs(runs_dir: str) -> list[dict]:
     for name in sorted(os.listdir(runs_dir)):
         folder = os.path.join(runs_dir, name)
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
-        if name == "smoke" or not all(os.path.exists(p) for p in paths):
+        if name == "smoke" or not settings.has_results(folder) or not all(os.path.exists(p) for p in paths[1:]):
             continue
         try:
             runs.append(read_run(name, *paths))

@@ -27,6 +27,7 @@ import sys
 import time
 from typing import NamedTuple
 
+import config
 import grid
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -350,7 +351,7 @@ def status(o) -> int:
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
     """One run: (pending | running | requeued | done | failed, detail)."""
-    if os.path.exists(os.path.join(out, run_name, "results.json")):
+    if config.has_results(os.path.join(out, run_name)):
         return "done", "" if submitted else "finished before this submission"
     if row is not None:
         restarts = int(row["RestartCnt"] or 0)
