@@ -14,6 +14,7 @@ import json
 import math
 import os
 
+import glue
 import metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -159,6 +160,7 @@ def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace
         args.max_eval_samples = 64 if args.max_eval_samples is None else min(args.max_eval_samples, 64)
         args.epochs = 1
         args.wandb = "disabled"
+    glue.apply_defaults(args, DEFAULTS["text_col"], DEFAULTS["task"])
     if args.metric_for_best is None:
         args.metric_for_best = metrics.DEFAULT_METRIC[args.task]
     args.metric_for_best = metrics.metric_name(args.metric_for_best)

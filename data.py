@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import glue
 from config import UserError, first_line
 from files import atomic_write, hash_texts
 
@@ -30,6 +31,7 @@ class Split:
     # with two or more text columns, (A, B) per example for the pair encoding: A the first column,
     # B the others joined with a space
     segments: tuple[list[str], list[str]] | None = None
+    source: str = ""  # the data's split these examples come from: "validation" for a test with hidden labels
 
     def encoder_inputs(self, pairs: bool) -> tuple[list[str], list[str] | None]:
         """(texts, text_pairs) for encode: the segments when pairs is on and there are two, else
@@ -48,6 +50,13 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     are float32 as given (not rescaled), label_names is empty and the splits carved out of train
     are seeded random, not stratified."""
     raw, class_names = _load_raw(data, label_col)
+    test_source = "test"
+    if "test" in raw and label_col in raw["test"] and _labels_hidden(raw["test"][label_col]):
+        if "validation" not in raw:
+            raise UserError(f"the test split of {data} has hidden labels (all -1) and there is no validation "
+                            "split to evaluate on instead")
+        del raw["test"]
+        raw["test"], test_source = raw.pop("validation"), "validation"
     for split, rows in raw.items():
         check_columns(rows, text_cols, label_col)
         for col in text_cols:
@@ -91,8 +100,13 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
         if len(text_cols) >= 2:
             segments = ([str(rows[text_cols[0]][i]) for i in keep],
                         [" ".join(str(rows[c][i]) for c in text_cols[1:]) for i in keep])
-        splits[name] = Split(texts, labels[keep], segments)
+        splits[name] = Split(texts, labels[keep], segments, test_source if name == "test" else name)
     return splits, label_names
+
+
+def _labels_hidden(labels) -> bool:
+    """GLUE-style test files: every label -1 (or missing), withheld for the leaderboard."""
+    return len(labels) > 0 and all(v is None or (not isinstance(v, str) and v == -1) for v in labels)
 
 
 def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
@@ -118,7 +132,10 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
                         "(pip install -r requirements.txt), or pass a local folder")
     else:
         try:
-            loaded = datasets.load_dataset(HUB_ALIASES.get(data, data))
+            loaded = datasets.load_dataset(_hub_name(data), glue.task_of(data))
+            if glue.task_of(data) == "mnli":  # its matched validation and test are the GLUE ones
+                loaded = {"train": loaded["train"], "validation": loaded["validation_matched"],
+                          "test": loaded["test_matched"]}
         except Exception as e:  # hub errors come in many types; the first line says which
             raise UserError(f"cannot load dataset {data!r}: {first_line(e)} "
                             "(offline? pass a local folder with --data)") from None
@@ -174,10 +191,14 @@ def data_unavailable(data: str) -> str | None:
     if _looks_like_path(data):
         return f"--data {data}: no such file or folder"
     why = hub_unavailable()
-    if why and not _in_hub_cache(HUB_ALIASES.get(data, data)):
+    if why and not _in_hub_cache(_hub_name(data)):
         return (f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
                 f"or {OFFLINE_DEMO}")
     return None
+
+
+def _hub_name(data: str) -> str:
+    return glue.HUB_NAME if glue.task_of(data) else HUB_ALIASES.get(data, data)
 
 
 def _in_hub_cache(name: str) -> bool:

@@ -343,3 +343,43 @@ def test_a_template_whose_segment_ids_are_all_zero_carries_no_token_types(tiny_t
     enc = data.encode(PAIR_TEXTS_A, tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     assert enc.token_types is None
     assert enc.ids[0].tolist() == tok(PAIR_TEXTS_A[0], PAIR_TEXTS_B[0], truncation=True, max_length=64)["input_ids"]
+
+
+# ----------------------------------------------------------------------------- GLUE by name
+
+def _glue_folder(root, task="mrpc", n=40):
+    folder = root / "glue" / task
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, hidden in (("train", False), ("validation", False), ("test", True)):
+        labels = [-1] * n if hidden else rng.integers(0, 2, n).tolist()
+        pd.DataFrame({"sentence1": [f"first {split} {i}" for i in range(n)],
+                      "sentence2": [f"second {split} {i}" for i in range(n)],
+                      "label": labels, "idx": range(n)}).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+def test_a_glue_folder_picks_the_tasks_columns_and_metric_and_evaluates_on_validation(tmp_path):
+    folder = _glue_folder(tmp_path)
+    args = config.parse_args(["--model", "tiny-bert", "--data", str(folder)])
+    assert (args.text_col, args.task, args.metric_for_best) == (["sentence1", "sentence2"], "classification",
+                                                                "f1_positive")
+    splits, names = data.load_splits(args.data, args.text_col, args.label_col, 0.1, None, None, task=args.task)
+    assert splits["test"].source == "validation" and splits["test"].segments[0][0] == "first validation 0"
+    assert len(splits["train"].labels) + len(splits["val"].labels) == 40  # val carved out of train
+    assert splits["val"].source == "val" and len(names) == 2  # the hidden -1 is no class
+    # flags given explicitly win over the task's defaults
+    args = config.parse_args(["--model", "tiny-bert", "--data", str(folder), "--metric_for_best", "acc"])
+    assert args.metric_for_best == "acc"
+
+
+def test_stsb_by_name_is_a_regression_by_pearson():
+    args = config.parse_args(["--model", "tiny-bert", "--data", "glue/stsb"])
+    assert (args.task, args.metric_for_best, args.text_col) == ("regression", "pearson", ["sentence1", "sentence2"])
+
+
+def test_hidden_test_labels_without_a_validation_split_are_one_error(tmp_path):
+    folder = _glue_folder(tmp_path)
+    (folder / "validation.csv").unlink()
+    with pytest.raises(UserError, match="hidden labels"):
+        data.load_splits(str(folder), ["sentence1", "sentence2"], "label", 0.1, None, None)
