@@ -102,7 +102,7 @@ class Masker:
     def batch(self, ids: list[np.ndarray], indices, epoch: int, max_len: int, pad_to_max: bool = False) -> dict:
         """data.collate's batch of the examples `ids` (dataset positions `indices`), masked for
         `epoch`, plus labels (IGNORE at padding)."""
-        masked = [self.example(x, int(i), epoch) for x, i in zip(ids, indices)]
+        masked = [self.example(x, int(i), epoch) for x, i in zip(ids, indices, strict=True)]
         batch = collate([inputs for inputs, _ in masked], self.pad_id, max_len, pad_to_max)
         labels = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for row, (_, example_labels) in enumerate(masked):
@@ -231,7 +231,7 @@ def build_masked_lm(entry: ModelEntry, tokenizer, init: str = "pretrained", enco
     """The masked-LM model with fp32 master weights: the checkpoint's weights (init="pretrained";
     a checkpoint without a masked-LM head gets a new one) or its config with random weights
     (init="random"; seed torch first). tiny-* models have no weights: random either way."""
-    from transformers import AutoModelForMaskedLM, MODEL_FOR_MASKED_LM_MAPPING
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoModelForMaskedLM
     if init not in ("pretrained", "random"):
         raise UserError(f"unknown --init {init!r}: use pretrained or random")
     if entry.tiny_config is not None:
