@@ -87,7 +87,7 @@ class Masker:
     mask_id: int
     pad_id: int
     vocab_size: int
-    special_ids: np.ndarray                 # never masked (and padding)
+    is_special: np.ndarray                  # by token id: True for special tokens and padding, never masked
     prob: float
     masking: str
     seed: int
@@ -95,7 +95,7 @@ class Masker:
 
     def example(self, ids: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(ids)
-        return mask_tokens(ids, np.isin(ids, self.special_ids), mask_id=self.mask_id, vocab_size=self.vocab_size,
+        return mask_tokens(ids, self.is_special[ids], mask_id=self.mask_id, vocab_size=self.vocab_size,
                            prob=self.prob, seed=self.seed, epoch=masking_epoch(self.masking, epoch), index=index,
                            word_starts=None if self.word_starts is None else self.word_starts[ids])
 
@@ -113,7 +113,7 @@ class Masker:
 
 def unmaskable(masker: Masker, ids_list, where: str) -> int:
     """How many examples hold no maskable token (they train nothing); a UserError when none holds one."""
-    empty = sum(not np.isin(np.asarray(ids), masker.special_ids, invert=True).any() for ids in ids_list)
+    empty = sum(masker.is_special[np.asarray(ids)].all() for ids in ids_list)
     if empty == len(ids_list):
         raise UserError(f"{where}: none of the {len(ids_list)} texts holds a token to mask (only special tokens); "
                         f"masked-LM training needs text")
@@ -138,8 +138,10 @@ def make_masker(tokenizer, prob: float, masking: str, seed: int, whole_word: boo
                             f"of {tokenizer.name_or_path or 'this model'!r} is not one")
         tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
         word_starts = np.array([not (t or "").startswith(prefix) for t in tokens], dtype=bool)
-    return Masker(tokenizer.mask_token_id, tokenizer.pad_token_id, vocab_size,
-                  np.array(sorted(tokenizer.all_special_ids), dtype=np.int64), prob, masking, seed, word_starts)
+    is_special = np.zeros(vocab_size, dtype=bool)
+    is_special[tokenizer.all_special_ids] = True
+    return Masker(tokenizer.mask_token_id, tokenizer.pad_token_id, vocab_size, is_special, prob, masking, seed,
+                  word_starts)
 
 
 def wordpiece_prefix(tokenizer) -> str | None:

@@ -198,6 +198,29 @@ def test_the_loss_trains_every_parameter_and_a_batch_without_masks_gives_zero(to
     assert empty.logits.shape[0] == 0 and float(empty.loss_sum().detach()) == 0 and empty.sums().tolist() == [0, 0, 0]
 
 
+def test_the_loss_is_fp32_under_a_16_bit_autocast(tokenizer):
+    model = tiny_masked_lm("tiny-bert", tokenizer)
+    ids = torch.tensor([tokenizer("great film dull plot")["input_ids"]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, torch.ones_like(ids), ids.masked_fill(torch.arange(ids.shape[1]) % 2 == 0, mlm.IGNORE))
+        assert out.logits.dtype == torch.bfloat16 and out.loss_sum().dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_continued_pretraining_loads_the_checkpoint_head_and_random_init_does_not(tokenizer, tmp_path):
+    trained = tiny_masked_lm("tiny-bert", tokenizer)
+    trained.hf_model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    entry = models.resolve_model(str(tmp_path / "ckpt"))
+    torch.manual_seed(1)
+    loaded = mlm.build_masked_lm(entry, tokenizer, init="pretrained")
+    torch.manual_seed(1)
+    fresh = mlm.build_masked_lm(entry, tokenizer, init="random")
+    head = "cls.predictions.transform.dense.weight"
+    torch.testing.assert_close(loaded.hf_model.state_dict()[head], trained.hf_model.state_dict()[head])
+    assert not torch.equal(fresh.hf_model.state_dict()[head], trained.hf_model.state_dict()[head])
+
+
 def test_the_decoder_is_tied_to_the_input_embeddings(tokenizer):
     model = tiny_masked_lm("tiny-bert", tokenizer)
     assert model.hf_model.cls.predictions.decoder.weight is model.encoder.embeddings.word_embeddings.weight
