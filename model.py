@@ -25,17 +25,23 @@ class Family:
     dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
     model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
     flash_attention: bool = False           # flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed
+    mlm_head: tuple[str, ...] = ()          # attributes of its *ForMaskedLM model that map hidden states to
+                                            # vocabulary logits, applied in order (mlm.py); () = no masked-LM form
 
 
 FAMILIES = {
     # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
-    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
-    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
+    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
+                   mlm_head=("cls",)),
+    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
+                      mlm_head=("lm_head",)),
     # Under flash_attention_2, transformers 5 unpads and repads around each attention call (a host
     # sync per layer; the rest of the layer still computes on padding), and flash-attn computes
     # only the 128-token window of the sliding-window layers, which SDPA computes in full.
-    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True),
-    "distilbert": Family(("dropout", "attention_dropout")),
+    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True,
+                         mlm_head=("head", "decoder")),
+    "distilbert": Family(("dropout", "attention_dropout"),
+                         mlm_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")),
 }
 
 
