@@ -108,6 +108,20 @@ def load_config(source: str):
 
 # ----------------------------------------------------------------------------- tokenizer
 
+def write_model_folder(folder: str, config_name: str, overrides: dict, texts: list[str]) -> str:
+    """Random-init encoder of the given shape + a WordPiece tokenizer, saved like a hub checkpoint
+    (for the GPU check and the tests: a local --model folder without a download)."""
+    import transformers
+    tokenizer = load_tokenizer(MODELS["tiny-bert"], texts, os.path.join(folder, "cache"))
+    ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
+           "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id}
+    config = getattr(transformers, config_name)(**{**overrides, **ids})
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
     """The checkpoint's tokenizer, or for tiny-* a WordPiece trained locally on the training texts.
 
