@@ -15,7 +15,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
 from data import OFFLINE_DEMO, hub_unavailable
-from config import UserError, first_line
+from config import POOLS, UserError, first_line
 from files import atomic_write_bytes, hash_texts
 
 
@@ -172,8 +172,8 @@ class Classifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, pool: str, dropout: float):
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise UserError(f"unknown --pool {pool!r}: use cls or mean")
+        if pool not in POOLS:
+            raise UserError(f"unknown --pool {pool!r}: use {' or '.join(POOLS)}")
         self.encoder = encoder
         self.pool = pool
         self.dropout = nn.Dropout(dropout)
