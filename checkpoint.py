@@ -84,11 +84,11 @@ def _fsync_dir(path: str) -> None:
 
 class Checkpointer:
     """When to checkpoint and what to keep, for one run. The loop reports its steps, epoch ends
-    and stops, with `snapshot`, a function that returns the state to save (called on every rank: it gathers
-    the ranks' RNG states); the checkpointer saves every `every` steps, at each epoch's end and
-    on a stop, keeps the `keep` newest checkpoints, writes the best epoch's weights
-    (best_step<N>.pt in the run folder) and deletes those no kept checkpoint names. Files are
-    written by rank 0 only."""
+    and stops, with `snapshot`, a function that returns the state to save (called on every rank:
+    it gathers the ranks' RNG states); the checkpointer saves every `every` steps, at each
+    epoch's end and on a stop, keeps the `keep` newest checkpoints, writes the best epoch's
+    weights (best_step<N>.pt in the run folder) and deletes those no kept checkpoint names.
+    Files are written by rank 0 only."""
 
     def __init__(self, run_dir: str, every: int, keep: int, is_main: bool, log, start_over: bool = False):
         self.run_dir, self.ckpt_dir = run_dir, os.path.join(run_dir, "ckpt")
@@ -133,6 +133,7 @@ class Checkpointer:
         path = save_checkpoint(self.ckpt_dir, step, saved, keep=self.keep, drop_newer=self.drop_newer)
         self.drop_newer = False
         self.names[path] = self.best_file
+        self.unknown.discard(path)  # an earlier run's checkpoint of this step was overwritten
         kept = set(list_checkpoints(self.ckpt_dir))
         self.names = {p: name for p, name in self.names.items() if p in kept}
         self.unknown &= kept
