@@ -15,7 +15,6 @@ import pytest
 import checkpoint
 import config
 import data
-import train
 from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
 # 128 train examples, batch 16: 8 steps per epoch; dropout on (tiny-bert's encoder has 0.1 too)
