@@ -70,23 +70,6 @@ def save_weights(path: str, state_dict: dict) -> None:
     atomic_write(path, lambda f: torch.save(state_dict, f))
 
 
-def remove_unreferenced_weights(run_dir: str, ckpt_dir: str, warn) -> None:
-    """Delete best-weights files that no kept checkpoint points to. If any kept checkpoint cannot
-    be read, nothing is deleted: the file it points to is unknown, and may be the one it needs."""
-    keep = set()
-    for path in list_checkpoints(ckpt_dir):
-        try:
-            # mmap: only the small progress dict is read; map_location: a checkpoint written on a
-            # GPU is read to the CPU, never onto rank 0's GPU (nor failing where there is none)
-            keep.add(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["progress"]["best_file"])
-        except Exception as e:  # unpickling/zip errors have many types
-            warn(f"warning: cannot read {path} ({type(e).__name__}); keeping every best-weights file")
-            return
-    for path in glob.glob(os.path.join(run_dir, "best_step*.pt")):
-        if os.path.basename(path) not in keep:
-            os.remove(path)
-
-
 def load_weights(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -97,6 +80,91 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Checkpointer:
+    """When to checkpoint and what to keep, for one run. The loop reports its steps, epoch ends
+    and stops, with `snapshot`, a function that returns the state to save (called on every rank:
+    it gathers the ranks' RNG states); the checkpointer saves every `every` steps, at each
+    epoch's end and on a stop, keeps the `keep` newest checkpoints, writes the best epoch's
+    weights (best_step<N>.pt in the run folder) and deletes those no kept checkpoint names.
+    Files are written by rank 0 only."""
+
+    def __init__(self, run_dir: str, every: int, keep: int, is_main: bool, log, start_over: bool = False):
+        self.run_dir, self.ckpt_dir = run_dir, os.path.join(run_dir, "ckpt")
+        self.every, self.keep, self.is_main, self.log = every, keep, is_main, log
+        self.drop_newer = start_over  # a run started over: the old run's later checkpoints go at the first save
+        self.saved_step = 0
+        self.best_file: str | None = None
+        # the best-weights file each kept checkpoint names; those written by an earlier process are
+        # unknown until they age out, and while any is kept no best-weights file is deleted
+        self.names: dict[str, str | None] = {}
+        self.unknown = set(list_checkpoints(self.ckpt_dir)) if is_main else set()
+
+    def resume(self) -> dict | None:
+        """The newest checkpoint that loads (see load_latest_checkpoint), or None."""
+        saved = load_latest_checkpoint(self.ckpt_dir, self.log.warning)
+        if saved is not None:
+            self.saved_step, self.best_file = saved["progress"]["global_step"], saved["progress"]["best_file"]
+            self.unknown.discard(saved["path"])
+            self.names[saved["path"]] = self.best_file
+        return saved
+
+    def step_done(self, step: int, last_in_epoch: bool, snapshot) -> None:
+        """Every `every` steps, except at an epoch's last step: the epoch's end saves it validated."""
+        if step % self.every == 0 and not last_in_epoch:
+            self.save(step, snapshot, "every")
+
+    def epoch_done(self, step: int, epoch: int, snapshot) -> None:
+        self.save(step, snapshot, f"end of epoch {epoch}")
+
+    def stop(self, step: int, snapshot) -> str:
+        """Checkpoint unless the last one is of this step; the newest checkpoint ("" on other ranks)."""
+        path = self.save(step, snapshot, "signal") if step > self.saved_step else ""
+        if self.is_main and not path:
+            path = next(iter(list_checkpoints(self.ckpt_dir)), "")
+        return path
+
+    def save(self, step: int, snapshot, reason: str) -> str:
+        saved = snapshot()
+        self.saved_step = step
+        if not self.is_main:
+            return ""
+        path = save_checkpoint(self.ckpt_dir, step, saved, keep=self.keep, drop_newer=self.drop_newer)
+        self.drop_newer = False
+        self.names[path] = self.best_file
+        self.unknown.discard(path)  # an earlier run's checkpoint of this step was overwritten
+        kept = set(list_checkpoints(self.ckpt_dir))
+        self.names = {p: name for p, name in self.names.items() if p in kept}
+        self.unknown &= kept
+        if not self.unknown:
+            named = set(self.names.values()) | {self.best_file}
+            for weights in glob.glob(os.path.join(glob.escape(self.run_dir), "best_step*.pt")):
+                if os.path.basename(weights) not in named:
+                    os.remove(weights)
+        self.log.info(f"checkpoint ({reason}): {path}")
+        return path
+
+    def new_best(self, step: int, weights: dict) -> str:
+        """Write the new best epoch's weights (rank 0); their file's name, for the run's progress."""
+        self.best_file = f"best_step{step}.pt"
+        if self.is_main:
+            save_weights(os.path.join(self.run_dir, self.best_file), weights)
+        return self.best_file
+
+    def load_best(self, global_step: int, model) -> dict:
+        """The best epoch's weights from their file; if that file is unreadable and the best epoch
+        is the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
+        path = os.path.join(self.run_dir, self.best_file)
+        try:
+            return load_weights(path)
+        except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
+            if self.best_file == f"best_step{global_step}.pt":
+                self.log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
+                                 "from the last checkpoint")
+                return {k: v.detach().clone() for k, v in model.state_dict().items()}
+            raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
+                            "holds them; rerun with --fresh to train again") from None
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -135,21 +203,6 @@ def check_same_settings(state: dict, fingerprint: dict) -> None:
         shown = ", ".join(f"{k}: {saved[k]!r} there, {fingerprint[k]!r} now" for k in differing)
         raise UserError(f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
                         "its settings, or use --fresh / another --run_name")
-
-
-def load_best_weights(run_dir: str, best_file: str, global_step: int, model, log) -> dict:
-    """The best epoch's weights from their file; if that file is unreadable and the best epoch is
-    the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
-    path = os.path.join(run_dir, best_file)
-    try:
-        return load_weights(path)
-    except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
-        if best_file == f"best_step{global_step}.pt":
-            log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
-                        "from the last checkpoint")
-            return {k: v.detach().clone() for k, v in model.state_dict().items()}
-        raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
-                        "holds them; rerun with --fresh to train again") from None
 
 
 # ----------------------------------------------------------------------------- lock

@@ -20,6 +20,7 @@ import metrics
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in declaration order
 OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
+POOLS = ("cls", "mean")            # --pool: how model.Classifier pools the encoder's tokens
 
 
 class UserError(Exception):
@@ -50,7 +51,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     d = " (default: %(default)s)"
     a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, any hub id or "
       "name, or a local model folder" + d)
-    a("--pool", default="cls", choices=["cls", "mean"], help="cls = first token; mean = average of "
+    a("--pool", default="cls", choices=POOLS, help="cls = first token; mean = average of "
       "non-padding tokens" + d)
     # named settings, in the order the run name lists them
     a("--max_len", "--max_seq_length", name="L", type=int, default=128, help="tokens per example incl. "

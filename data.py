@@ -681,6 +681,19 @@ def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return batch[rank * share:(rank + 1) * share]
 
 
+def plan_epoch(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int, world_size: int,
+               micro_batch: int, group_by_length: bool) -> list[list[np.ndarray]]:
+    """This rank's work in one epoch: for each optimizer step, its share of the global batch
+    (train_batches, rank_slice) cut into micro-batches of at most micro_batch examples, whose
+    gradients the step accumulates. Its length is the number of steps per epoch, the same on
+    every rank; a resume mid-epoch picks up at its step_in_epoch-th entry."""
+    plan = []
+    for batch in train_batches(lengths, batch_size, epoch, seed, world_size, group_by_length):
+        mine = rank_slice(batch, rank, world_size)
+        plan.append([mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)])
+    return plan
+
+
 def eval_shard(lengths: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's share of an eval split, every example on exactly one rank (no padding
     duplicates), sorted by length so batches waste little on padding."""

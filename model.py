@@ -15,7 +15,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
 from data import OFFLINE_DEMO, hub_unavailable
-from config import UserError, first_line
+from config import POOLS, UserError, first_line
 from files import atomic_write_bytes, hash_texts
 
 
@@ -114,6 +114,20 @@ def load_config(source: str):
 
 # ----------------------------------------------------------------------------- tokenizer
 
+def write_model_folder(folder: str, config_name: str, overrides: dict, texts: list[str]) -> str:
+    """Random-init encoder of the given shape + a WordPiece tokenizer, saved like a hub checkpoint
+    (for the GPU check and the tests: a local --model folder without a download)."""
+    import transformers
+    tokenizer = load_tokenizer(MODELS["tiny-bert"], texts, os.path.join(folder, "cache"))
+    ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
+           "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id}
+    config = getattr(transformers, config_name)(**{**overrides, **ids})
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
     """The checkpoint's tokenizer, or for tiny-* a WordPiece trained locally on the training texts.
 
@@ -164,8 +178,8 @@ class Classifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, pool: str, dropout: float):
         super().__init__()
-        if pool not in ("cls", "mean"):
-            raise UserError(f"unknown --pool {pool!r}: use cls or mean")
+        if pool not in POOLS:
+            raise UserError(f"unknown --pool {pool!r}: use {' or '.join(POOLS)}")
         self.encoder = encoder
         self.pool = pool
         self.dropout = nn.Dropout(dropout)

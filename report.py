@@ -225,7 +225,8 @@ def add_significance(rows: list[dict], baseline: str | None) -> None:
         if baseline:
             base = next((r for r in group if baseline in r["names"] or r["setup"] == baseline), None)
         else:
-            base = next((r for r in group if r["setup"] == "cls"), None)
+            # default settings: the setup shows the pool alone (settings_of always shows it)
+            base = next((r for r in group if r["setup"] == settings.DEFAULTS["pool"]), None)
         for row in group:
             row["is_baseline"] = row is base
             row["delta"] = None

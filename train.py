@@ -12,14 +12,18 @@ Offline demo in seconds:
 
 Rerunning the same command resumes an interrupted run from its newest checkpoint.
 """
+import argparse
 import contextlib
 import errno
+import functools
+import logging
 import math
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 # Under torchrun, the launcher's pid, read before the slow imports below: a launcher that dies
@@ -35,14 +39,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import config as settings
 import data
-import metrics
-import model as models
-import tracking
 import distributed
 import faults
 import files
 import machine
-from config import OPERATIONAL, UserError  # noqa: F401  (OPERATIONAL: read by the tests)
+import metrics
+import model as models
+import tracking
+from config import UserError
+from hooks import Hooks
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
@@ -73,34 +78,40 @@ class TrainState:
 
 @dataclass
 class Run:
-    """What stays fixed while a run trains: settings, data, model and its optimizer."""
-    args: object
+    """What stays fixed while a run trains: settings resolved once, data, model and its optimizer."""
+    args: argparse.Namespace        # the flags, for set-up, messages and results; the loop reads the fields below
     info: distributed.DistInfo
-    log: object
+    log: logging.Logger
     run_dir: str
     config: dict
     fingerprint: dict
-    encoded: dict                   # split -> data.Encoded
-    labels: dict                    # split -> label ids
-    label_names: list
-    test_texts: list
+    encoded: dict[str, data.Encoded]  # split -> token ids
+    labels: dict[str, np.ndarray]     # split -> label ids
+    label_names: list[str]
+    test_texts: list[str]
+    train_lengths: np.ndarray         # tokens in each training example
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    autocast: object
+    autocast: torch.autocast
+    collate: Callable[[list[np.ndarray]], dict]  # data.collate bound to the pad id, --max_len and --padding
+    plan_epoch: Callable[[int], list[list[np.ndarray]]]  # data.plan_epoch of an epoch, for this rank
     pad_id: int
     per_proc_batch: int
     steps_per_epoch: int
+    epochs: int
+    clip: float                     # max gradient norm; 0: no clipping
+    log_every: int
+    on_nan: str                     # "stop" or "skip"
+    eval_batch_size: int
     flops: models.TrainingFlops     # useful training FLOPs of sequences of given lengths
     peak_flops: float | None
     started: float
-    ddp_model: torch.nn.Module = None
-    wandb: tracking.WandbRun = None
-
-    @property
-    def ckpt_dir(self) -> str:
-        return os.path.join(self.run_dir, "ckpt")
+    checkpointer: checkpoint.Checkpointer
+    hooks: Hooks
+    ddp_model: torch.nn.Module | None = None
+    wandb: tracking.WandbRun | None = None
 
 
 def parse_args(argv=None, on_error=None):
@@ -111,7 +122,9 @@ def parse_args(argv=None, on_error=None):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None, hooks: Hooks | None = None) -> int:
+    """Train as the flags in argv say; the exit code. hooks: see hooks.py (tests, the benchmark);
+    by default the crash tests' FTKIT_* variables, if set."""
     try:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
         check_available(args)
@@ -120,7 +133,7 @@ def main(argv=None) -> int:
     watch_launcher()
     info = distributed.setup_distributed(args.dist_timeout)
     try:
-        return train(args, info)
+        return train(args, info, hooks if hooks is not None else faults.hooks_from_env())
     except Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
         print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
         return EXIT_SIGNAL + e.signum
@@ -154,7 +167,7 @@ def _user_error(e: UserError, is_main: bool) -> int:
     return 2
 
 
-def train(args, info: distributed.DistInfo) -> int:
+def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
     """One run, from scratch or from its newest checkpoint, to results.json; the exit code."""
     started = time.time()
     if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
@@ -170,7 +183,7 @@ def train(args, info: distributed.DistInfo) -> int:
         raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
     with StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
         distributed.main_process_first(info, lock.acquire)
-        run = set_up(args, info, entry, per_proc_batch, run_dir, log, started)
+        run = set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks)
         if run is None:
             return 0
         state = restore(run)
@@ -189,7 +202,7 @@ def check_fits(args, entry, info: distributed.DistInfo) -> int:
     return args.batch_size // shards
 
 
-def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | None:
+def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> Run | None:
     """Run folder, data, tokenizer, model, optimizer; None if the run already finished."""
     precision = resolve_precision(args.precision, info.device, log.warning)
     config = dict(vars(args), precision_used=precision)
@@ -223,8 +236,11 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
              f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
              f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
-    n_train = len(encoded["train"].ids)
-    steps_per_epoch = math.ceil(math.ceil(n_train / info.world_size) / (per_proc_batch * args.grad_accum))
+    train_lengths = np.array([len(x) for x in encoded["train"].ids])
+    plan_epoch = functools.partial(data.plan_epoch, train_lengths, args.batch_size, seed=args.seed, rank=info.rank,
+                                   world_size=info.world_size, micro_batch=per_proc_batch,
+                                   group_by_length=args.group_by_length)
+    steps_per_epoch = len(plan_epoch(0))  # the same in every epoch
     optimizer = make_optimizer(model, args)
     config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
                   effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
@@ -233,12 +249,19 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started) -> Run | No
     return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
                fingerprint=fingerprint,
                encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
-               test_texts=splits["test"].texts, model=model, optimizer=optimizer,
+               test_texts=splits["test"].texts, train_lengths=train_lengths, model=model, optimizer=optimizer,
                scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
                scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
                autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
-               pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch, steps_per_epoch=steps_per_epoch,
-               flops=flops, peak_flops=machine.device_peak_flops(info.device, precision), started=started)
+               collate=functools.partial(data.collate, pad_id=tokenizer.pad_token_id, max_len=args.max_len,
+                                         pad_to_max=args.padding == "max_len"),
+               plan_epoch=plan_epoch, pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch,
+               steps_per_epoch=steps_per_epoch, epochs=args.epochs, clip=args.clip, log_every=args.log_every,
+               on_nan=args.on_nan, eval_batch_size=args.eval_batch_size, flops=flops,
+               peak_flops=machine.device_peak_flops(info.device, precision), started=started,
+               checkpointer=checkpoint.Checkpointer(run_dir, args.save_every, args.keep_checkpoints, info.is_main,
+                                                    log, start_over=args.resume == "never"),
+               hooks=hooks)
 
 
 def restore(run: Run) -> TrainState:
@@ -246,7 +269,7 @@ def restore(run: Run) -> TrainState:
     run; then write config.json, wrap the model for DDP and start W&B."""
     args, info, log = run.args, run.info, run.log
     state = TrainState()
-    saved = checkpoint.load_latest_checkpoint(run.ckpt_dir, log.warning) if args.resume == "auto" else None
+    saved = run.checkpointer.resume() if args.resume == "auto" else None
     checkpoint.check_ranks_resume_alike(saved["progress"]["global_step"] if saved else None, info)
     if saved is not None:
         checkpoint.check_same_settings(saved, run.fingerprint)
@@ -287,27 +310,28 @@ def restore(run: Run) -> TrainState:
 def fit(run: Run, state: TrainState, stop) -> int:
     """The epoch loop: optimizer steps, then at each epoch end validation and a checkpoint;
     then the test with the best weights. Returns the exit code."""
-    args, log = run.args, run.log
-    saver = Saver(run, state)
-    log.info(f"training: {len(run.encoded['train'].ids)} examples, {args.epochs} epochs x {run.steps_per_epoch} "
-             f"steps, batch {args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
-             f"{args.grad_accum} accumulation, precision {run.config['precision_used']}")
+    log, hooks, checkpointer = run.log, run.hooks, run.checkpointer
+    log.info(f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
+             f"steps, batch {run.args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
+             f"{run.args.grad_accum} accumulation, precision {run.config['precision_used']}")
     run.model.train()
     stop.training = True
-    lengths = np.array([len(x) for x in run.encoded["train"].ids])
+    snapshot = functools.partial(checkpoint_state, run, state)
     window = state.log_window
-    bar = _progress_bar(run.info, run.steps_per_epoch * args.epochs, state.global_step)
+    bar = _progress_bar(run.info, run.steps_per_epoch * run.epochs, state.global_step)
     best_weights = None
-    while state.epoch < args.epochs:
-        batches = data.train_batches(lengths, args.batch_size, state.epoch, args.seed, run.info.world_size,
-                                     args.group_by_length)
+    while state.epoch < run.epochs:
+        plan = run.plan_epoch(state.epoch)
         while state.step_in_epoch < run.steps_per_epoch:
+            micro_batches = plan[state.step_in_epoch]
+            hooks.before_step(run, state, micro_batches)
             step_start = time.time()
-            step = forward_backward(run, state, batches[state.step_in_epoch], lengths, stop)
-            log_now = (state.global_step + 1) % args.log_every == 0 or state.step_in_epoch + 1 == run.steps_per_epoch
+            step = forward_backward(run, micro_batches, stop)
+            hooks.after_forward_backward(run, state, step)
+            log_now = (state.global_step + 1) % run.log_every == 0 or state.step_in_epoch + 1 == run.steps_per_epoch
             if math.isfinite(step["loss"]):
                 grad_norm = optimizer_step(run, log_now)
-            elif args.on_nan == "stop":
+            elif run.on_nan == "stop":
                 log.error(f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
                           "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
                           "--precision fp32, or --on_nan skip")
@@ -327,45 +351,40 @@ def fit(run: Run, state: TrainState, stop) -> int:
                              "grad_norm": float(grad_norm), **throughput(window, time.time() - window["time"],
                                                                          run.peak_flops, run.info.world_size)})
                 window = state.log_window = _new_window()
-            faults.fault_point("step")
+            hooks.after_step(run, state, step)
             if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
-                return saver.stop(stop.signum or signal.SIGTERM)
-            if state.global_step % args.save_every == 0 and state.step_in_epoch < run.steps_per_epoch:
-                saver.save("every")
+                return stop_run(run, state, snapshot, stop.signum or signal.SIGTERM)
+            checkpointer.step_done(state.global_step, state.step_in_epoch == run.steps_per_epoch, snapshot)
         try:
-            best_weights = end_of_epoch(run, state, saver, stop) or best_weights
+            best_weights = end_of_epoch(run, state, snapshot, stop) or best_weights
         except Interrupted as e:  # saved with the epoch trained and not yet validated
-            return saver.stop(e.signum)
+            return stop_run(run, state, snapshot, e.signum)
     if bar is not None:
         bar.close()
-    return test_and_write_results(run, state, saver, stop, best_weights)
+    return test_and_write_results(run, state, snapshot, stop, best_weights)
 
 
-def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -> dict:
+def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     """Forward and backward over this rank's share of a global batch, in micro-batches
     (gradients synced across ranks on the last one only), and one small all-reduce of the
     step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal."""
-    args, info = run.args, run.info
-    step_indices = data.rank_slice(global_batch, info.rank, info.world_size)
+    info = run.info
+    examples = sum(len(mb) for mb in micro_batches)
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
-    micro = [step_indices[i:i + run.per_proc_batch] for i in range(0, len(step_indices), run.per_proc_batch)]
-    for k, mb in enumerate(micro):
-        batch = data.collate([run.encoded["train"].ids[i] for i in mb], run.pad_id, args.max_len,
-                             args.padding == "max_len")
-        n = lengths[mb]
+    for k, mb in enumerate(micro_batches):
+        batch = run.collate([run.encoded["train"].ids[i] for i in mb])
+        n = run.train_lengths[mb]
         counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
         target = to_device(torch.from_numpy(run.labels["train"][mb]), info.device)
-        last = k == len(micro) - 1
+        last = k == len(micro_batches) - 1
         with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
             with run.autocast:
                 logits = run.ddp_model(**batch)
             # sum / this rank's examples in the step; DDP's gradient mean over ranks then gives
             # the mean over the whole global batch
-            loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(step_indices)
-            if faults.NAN_AT_STEP == state.global_step:  # divergence tests
-                loss = loss * float("nan")
+            loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
@@ -375,7 +394,7 @@ def forward_backward(run: Run, state: TrainState, global_batch, lengths, stop) -
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
-    return {"loss": loss_total / info.world_size, "samples": len(step_indices) * info.world_size,
+    return {"loss": loss_total / info.world_size, "samples": examples * info.world_size,
             "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
 
 
@@ -404,8 +423,8 @@ def optimizer_step(run: Run, log_now: bool) -> float:
     needs the extra pass over all gradients)."""
     run.scaler.unscale_(run.optimizer)  # clip and report the norm of the true gradients
     grad_norm = math.nan
-    if run.args.clip:
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip)
+    if run.clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
     elif log_now:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
     run.scaler.step(run.optimizer)
@@ -421,43 +440,39 @@ def skip_step(run: Run) -> float:
     return math.nan
 
 
-def end_of_epoch(run: Run, state: TrainState, saver, stop) -> dict | None:
+def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
     """Validate, keep the best weights (returned when they improved), checkpoint."""
-    faults.fault_point("epoch_end")
+    run.hooks.before_validation(run, state)
     val = metrics.classification_metrics(predict(run, "val", stop), run.labels["val"])
     state.history.append(val)
     improved = val["acc"] > state.best_val_acc
     best_weights = None
     if improved:
         state.best_val_acc, state.best_epoch = val["acc"], state.epoch
-        state.best_file = f"best_step{state.global_step}.pt"
         # every rank keeps a copy, so the test needs no shared file system across nodes;
         # the file (rank 0) serves a resumed run
         best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-        if run.info.is_main:
-            checkpoint.save_weights(os.path.join(run.run_dir, state.best_file), best_weights)
+        state.best_file = run.checkpointer.new_best(state.global_step, best_weights)
     record(run, {"event": "eval", "split": "val", "step": state.global_step, "epoch": state.epoch, **val,
                  "best": improved})
     state.epoch += 1
     state.step_in_epoch = 0
-    saver.save(f"end of epoch {state.epoch - 1}")
-    if run.info.is_main:
-        checkpoint.remove_unreferenced_weights(run.run_dir, run.ckpt_dir, run.log.warning)
+    run.checkpointer.epoch_done(state.global_step, state.epoch - 1, snapshot)
     return best_weights
 
 
-def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weights) -> int:
+def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_weights) -> int:
     """Score the test split with the best epoch's weights; write results.json (last, only on
     success) and the predictions; finish W&B."""
     args, info, log = run.args, run.info, run.log
     if best_weights is None:
-        best_weights = checkpoint.load_best_weights(run.run_dir, state.best_file, state.global_step, run.model, log)
+        best_weights = run.checkpointer.load_best(state.global_step, run.model)
     run.model.load_state_dict(best_weights)
     eval_start = time.time()
     try:
         test_probs = predict(run, "test", stop)
     except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
-        return saver.stop(e.signum)
+        return stop_run(run, state, snapshot, e.signum)
     eval_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
     test = metrics.classification_metrics(test_probs, run.labels["test"])
     best = state.history[state.best_epoch]
@@ -489,43 +504,25 @@ def test_and_write_results(run: Run, state: TrainState, saver, stop, best_weight
     return 0
 
 
-class Saver:
-    """Checkpoints of one run; remembers the step of the last one."""
-
-    def __init__(self, run: Run, state: TrainState):
-        self.run, self.state = run, state
-        self.saved_step = state.global_step
-        self.drop_newer = run.args.resume == "never"  # a run started over: the old run's later checkpoints go
-
-    def save(self, reason: str) -> str:
-        run, state = self.run, self.state
-        rng = distributed.all_gather_objects(distributed.get_rng_state(), run.info)
-        self.saved_step = state.global_step
-        if not run.info.is_main:
-            return ""
-        path = checkpoint.save_checkpoint(run.ckpt_dir, state.global_step, {
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+def checkpoint_state(run: Run, state: TrainState) -> dict:
+    """What a checkpoint holds. On every rank: it gathers the ranks' RNG states."""
+    rng = distributed.all_gather_objects(distributed.get_rng_state(), run.info)
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "progress": dict(asdict(state), log_window=dict(state.log_window,
                                                             time=time.time() - state.log_window["time"])),
-            "rng": rng, "fingerprint": run.fingerprint},
-            keep=run.args.keep_checkpoints, drop_newer=self.drop_newer)
-        self.drop_newer = False
-        run.log.info(f"checkpoint ({reason}): {path}")
-        return path
+            "rng": rng, "fingerprint": run.fingerprint}
 
-    def stop(self, signum: int) -> int:
-        """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
-        run, args = self.run, self.run.args
-        path = self.save("signal") if self.state.global_step > self.saved_step else ""
-        if run.info.is_main and not path:
-            path = next(iter(checkpoint.list_checkpoints(run.ckpt_dir)), "")
-        rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
-            (" without --resume never" if args.resume == "never" else "")
-        run.log.info(f"checkpointed at step {self.state.global_step} — {rerun} to resume"
-                     + (f" ({path})" if path else ""))
-        run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
-        return EXIT_SIGNAL + signum
+
+def stop_run(run: Run, state: TrainState, snapshot, signum: int) -> int:
+    """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
+    path = run.checkpointer.stop(state.global_step, snapshot)
+    args = run.args
+    rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
+        (" without --resume never" if args.resume == "never" else "")
+    run.log.info(f"checkpointed at step {state.global_step} — {rerun} to resume" + (f" ({path})" if path else ""))
+    run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
+    return EXIT_SIGNAL + signum
 
 
 def resolve_precision(name: str, device: torch.device, warn) -> str:
@@ -584,19 +581,18 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     """Class probabilities for every example of a split, in split order, exact across ranks:
     each rank scores its own shard and the shards are gathered. Raises Interrupted on every
     rank when any rank got a stop signal."""
-    args, info, encoded = run.args, run.info, run.encoded[split]
+    info, encoded = run.info, run.encoded[split]
     lengths = np.array([len(x) for x in encoded.ids])
     shard = data.eval_shard(lengths, info.rank, info.world_size)
     was_training = run.model.training
     run.model.eval()
     probs = []
-    for start in range(0, len(shard), args.eval_batch_size):
-        batch = data.collate([encoded.ids[i] for i in shard[start:start + args.eval_batch_size]],
-                             run.pad_id, args.max_len, args.padding == "max_len")
+    for start in range(0, len(shard), run.eval_batch_size):
+        batch = run.collate([encoded.ids[i] for i in shard[start:start + run.eval_batch_size]])
         with run.autocast:
             logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
-        faults.fault_point("eval")
+        run.hooks.after_eval_batch(run, split)
         if stop is not None and stop.poll():
             break
     run.model.train(was_training)

@@ -74,7 +74,7 @@ def main() -> int:
     texts = data.load_splits(data_dir, ["text"], "label", 0.1, 2000, None)[0]["train"].texts
     summary = []
     for name, (config_name, overrides) in SHAPES[args.shapes].items():
-        folder = write_model_folder(os.path.join(out, name), config_name, overrides, texts)
+        folder = models.write_model_folder(os.path.join(out, name), config_name, overrides, texts)
         for max_len in args.lengths:
             variants = [IDENTICAL]
             if max_len == min(args.lengths) and name.startswith("bert") and not args.skip_compile:
@@ -137,20 +137,6 @@ def print_summary(summary: list[dict]) -> None:
         print(f"| {r['model']} | {r['max_len']} | {r['side']} | {r.get('attention')} | {r['samples_per_s']:.1f} | "
               f"{r['tokens_per_s']:.0f} | {mfu} | {ratio} | {memory} | {compiled} | {r['test_acc']:.3f} |",
               flush=True)
-
-
-def write_model_folder(folder: str, config_name: str, overrides: dict, texts: list[str]) -> str:
-    """Random-init encoder of the given shape + a WordPiece tokenizer, saved like a hub checkpoint."""
-    import transformers
-    from transformers import AutoModel
-    tokenizer = models.load_tokenizer(models.MODELS["tiny-bert"], texts, os.path.join(folder, "cache"))
-    ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
-           "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id,
-           "eos_token_id": tokenizer.sep_token_id}
-    config = getattr(transformers, config_name)(**{**overrides, **ids})
-    AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def write_imdb_like(folder: str, n_train: int = 6000, n_test: int = 1000) -> str:

@@ -11,13 +11,16 @@ timing them in separate processes could not resolve a 5% difference on a noisy V
 steps are extra updates, so this run's accuracy means nothing; it stops after the first epoch's
 last picked step.
 
-A loop step is timed from the end of the previous count_step call to this one, less any bare
-step in between: one whole iteration (collation, forward, backward, the step's all-reduce of
-figures, optimizer step, scheduler, and the previous step's logging, progress bar and checks).
-Inside it the loop's collation, forward_backward and optimizer_step are timed too, which shows
-where the loop's time goes. On a GPU the hooks synchronise after the optimizer step and at the
-step's end, so each part holds its own kernels and the loop loses the overlap of one step's
-tail with the next step's collation: its share is, if anything, understated.
+The loop is observed through its hooks (hooks.py; train.main(argv, hooks=...)), nothing in it
+is replaced. A loop step is timed from the end of the previous step (its after_step hook) to the
+end of this one, less any bare step in between: one whole iteration (collation, forward,
+backward, the step's all-reduce of figures, optimizer step, scheduler, logging, progress bar and
+checks). Inside it, forward_backward is timed from before_step to after_forward_backward (which
+follows the step's host sync), and the optimizer step from there to after_step (so it also holds
+the scheduler, counting and logging); collation is timed on the same micro-batches as the bare
+step collates them, outside the loop. On a GPU the after_step hook synchronises, so each step
+holds its own kernels and the loop loses the overlap of one step's tail with the next step's
+collation: its share is, if anything, understated.
 
 Then, on the same model, our predict() and HF Trainer's predict() score the test split in turn,
 EVAL_ROUNDS times each (the order swapped each round), with the same eval batch size and
@@ -31,13 +34,14 @@ import torch.nn.functional as F
 
 import data
 import train
+from hooks import Hooks
 
 WARMUP_STEPS = 2  # the first steps: allocator and kernel warm-up, never paired
 EVAL_ROUNDS = 5
 
 
 class _Finished(Exception):
-    """Raised from the count_step hook after the last paired step: no validation or test."""
+    """Raised from the after_step hook after the last paired step: no validation or test."""
 
 
 def pick_steps(steps_per_epoch: int, wanted: int | None) -> list[int]:
@@ -53,97 +57,76 @@ def pick_steps(steps_per_epoch: int, wanted: int | None) -> list[int]:
 def measure(train_argv: list[str], wanted_steps: int | None) -> tuple[dict, "train.Run"]:
     """Run train.py's loop with a bare step on each picked step: per-step timings, and the run
     (its model trained up to the last picked step)."""
-    real = {"collate": data.collate, "forward_backward": train.forward_backward,
-            "optimizer_step": train.optimizer_step, "count_step": train.count_step}
-    timers = dict.fromkeys(("collate", "forward_backward", "optimizer_step"), 0.0)
-    seen, steps = {}, []
-
-    def timed(name, sync_after=False):
-        def wrapper(*a, **k):
-            began = time.perf_counter()
-            try:
-                result = real[name](*a, **k)
-                if sync_after:  # its GPU kernels, not just their launch (a[0] is the run)
-                    _sync(a[0])
-                return result
-            finally:
-                timers[name] += time.perf_counter() - began
-        return wrapper
-
-    timed_forward_backward = timed("forward_backward")
-
-    def paired_bare_step(run, batch) -> tuple[float, float]:
-        """(bare step seconds, seconds spent in all, collation and synchronisation included)."""
-        entered = time.perf_counter()
-        micro = _collated(run, batch, real["collate"])
-        _sync(run)
-        began = time.perf_counter()
-        _bare_step(run, micro, len(batch))
-        _sync(run)
-        ended = time.perf_counter()
-        return ended - began, ended - entered
-
-    def forward_backward(run, state, global_batch, lengths, stop):
-        if run.info.world_size != 1:
-            raise RuntimeError("the paired measurement runs one process, not under torchrun")
-        picked = seen.setdefault("picked", pick_steps(run.steps_per_epoch, wanted_steps))
-        seen.update(run=run, batch=global_batch, lengths=lengths, bare_first=None)
-        if state.epoch == 0 and state.step_in_epoch in picked and picked.index(state.step_in_epoch) % 2:
-            seen["bare_first"] = paired_bare_step(run, global_batch)
-        return timed_forward_backward(run, state, global_batch, lengths, stop)
-
-    def count_step(state, window, step, seconds):
-        run = seen["run"]
-        _sync(run)  # the loop's queued GPU work belongs to the loop step
-        bare_first = seen["bare_first"]
-        loop_s = time.perf_counter() - seen["resumed"] - (bare_first[1] if bare_first else 0.0) \
-            if "resumed" in seen else None
-        index = state.step_in_epoch
-        real["count_step"](state, window, step, seconds)
-        if state.epoch == 0 and index in seen["picked"] and loop_s is not None:
-            bare_s = bare_first[0] if bare_first else paired_bare_step(run, seen["batch"])[0]
-            n = seen["lengths"][seen["batch"]].astype(np.float64)
-            steps.append({"step": index, "samples": len(seen["batch"]), "loop_s": loop_s, "bare_s": bare_s,
-                          "bare_first": bare_first is not None,
-                          "flops": run.flops(n),
-                          **{f"{k}_s": v for k, v in timers.items()}})
-            if index == seen["picked"][-1]:
-                raise _Finished
-        for k in timers:
-            timers[k] = 0.0
-        seen["resumed"] = time.perf_counter()
-
-    data.collate, train.optimizer_step = timed("collate"), timed("optimizer_step", sync_after=True)
-    train.forward_backward, train.count_step = forward_backward, count_step
+    pairing = Pairing(wanted_steps)
     try:
-        code = train.main(train_argv)
+        code = train.main(train_argv, hooks=pairing)
     except _Finished:
         code = 0
-    finally:
-        data.collate, train.forward_backward = real["collate"], real["forward_backward"]
-        train.optimizer_step, train.count_step = real["optimizer_step"], real["count_step"]
-    if code != 0 or not steps:
-        raise RuntimeError(f"the paired loop run failed (exit {code}, {len(steps)} paired steps)")
-    raw = {"steps": steps, "of_steps": seen["run"].steps_per_epoch, "warmup_steps": WARMUP_STEPS,
-           "precision": seen["run"].config["precision_used"]}
-    return raw, seen["run"]
+    if code != 0 or not pairing.steps:
+        raise RuntimeError(f"the paired loop run failed (exit {code}, {len(pairing.steps)} paired steps)")
+    raw = {"steps": pairing.steps, "of_steps": pairing.run.steps_per_epoch, "warmup_steps": WARMUP_STEPS,
+           "precision": pairing.run.config["precision_used"]}
+    return raw, pairing.run
+
+
+class Pairing(Hooks):
+    """The loop's hooks that time its steps and run a bare step beside each picked one."""
+
+    def __init__(self, wanted_steps: int | None):
+        self.wanted, self.picked, self.run = wanted_steps, None, None
+        self.steps = []
+        self.micro_batches, self.bare_first = None, None
+        self.began = self.forward_backward_done = self.resumed = None
+
+    def before_step(self, run, state, micro_batches) -> None:
+        if run.info.world_size != 1:
+            raise RuntimeError("the paired measurement runs one process, not under torchrun")
+        if self.picked is None:
+            self.picked = pick_steps(run.steps_per_epoch, self.wanted)
+        self.run, self.micro_batches, self.bare_first = run, micro_batches, None
+        if state.epoch == 0 and state.step_in_epoch in self.picked and self.picked.index(state.step_in_epoch) % 2:
+            self.bare_first = self.paired_bare_step()
+        self.began = time.perf_counter()
+
+    def after_forward_backward(self, run, state, figures) -> None:
+        self.forward_backward_done = time.perf_counter()  # after the step's host sync
+
+    def after_step(self, run, state, figures) -> None:
+        _sync(run)  # the loop's queued GPU work belongs to the loop step
+        ended = time.perf_counter()
+        index = state.step_in_epoch - 1  # the step just counted
+        if state.epoch == 0 and index in self.picked and self.resumed is not None:
+            loop_s = ended - self.resumed - (self.bare_first["all_s"] if self.bare_first else 0.0)
+            bare = self.bare_first or self.paired_bare_step()
+            n = np.concatenate([run.train_lengths[mb] for mb in self.micro_batches]).astype(np.float64)
+            self.steps.append({"step": index, "samples": len(n), "loop_s": loop_s, "bare_s": bare["bare_s"],
+                               "bare_first": self.bare_first is not None, "flops": run.flops(n),
+                               "collate_s": bare["collate_s"],
+                               "forward_backward_s": self.forward_backward_done - self.began,
+                               "optimizer_step_s": ended - self.forward_backward_done})
+            if index == self.picked[-1]:
+                raise _Finished
+        self.resumed = time.perf_counter()
+
+    def paired_bare_step(self) -> dict:
+        """Seconds of the bare step, of its collation, and spent in all (synchronisation included)."""
+        run, entered = self.run, time.perf_counter()
+        host = [run.collate([run.encoded["train"].ids[i] for i in mb]) for mb in self.micro_batches]
+        collate_s = time.perf_counter() - entered
+        micro = [({k: v.to(run.info.device) for k, v in batch.items()},
+                  torch.from_numpy(run.labels["train"][mb]).to(run.info.device))
+                 for batch, mb in zip(host, self.micro_batches)]
+        _sync(run)
+        began = time.perf_counter()
+        _bare_step(run, micro, sum(len(mb) for mb in self.micro_batches))
+        _sync(run)
+        ended = time.perf_counter()
+        return {"bare_s": ended - began, "collate_s": collate_s, "all_s": ended - entered}
 
 
 def _sync(run) -> None:
     if run.info.device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _collated(run, global_batch, collate) -> list:
-    """[(inputs, targets)] per micro-batch of this single-process step, as the loop cuts it."""
-    micro = []
-    for start in range(0, len(global_batch), run.per_proc_batch):
-        mb = global_batch[start:start + run.per_proc_batch]
-        batch = collate([run.encoded["train"].ids[i] for i in mb], run.pad_id, run.args.max_len,
-                        run.args.padding == "max_len")
-        micro.append(({k: v.to(run.info.device) for k, v in batch.items()},
-                      torch.from_numpy(run.labels["train"][mb]).to(run.info.device)))
-    return micro
 
 
 def _bare_step(run, micro: list, examples: int) -> None:
@@ -177,7 +160,7 @@ def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_R
         def forward(self, input_ids, attention_mask):
             return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask)}
 
-    args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=run.args.eval_batch_size,
+    args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=run.eval_batch_size,
                              report_to="none", use_cpu=run.info.device.type == "cpu", dataloader_num_workers=0,
                              disable_tqdm=True, bf16=run.config["precision_used"] == "bf16",
                              fp16=run.config["precision_used"] == "fp16")

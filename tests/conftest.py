@@ -73,8 +73,6 @@ def read_events(run_dir, kind=None) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory, syn_folder):
     """A random-init tiny BERT saved like a hub checkpoint: config, weights and tokenizer."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import gpu_check
     import model as models
     folder = str(tmp_path_factory.mktemp("tiny-bert-folder"))
-    return gpu_check.write_model_folder(folder, "BertConfig", models._TINY, data.make_synthetic()["train"]["text"])
+    return models.write_model_folder(folder, "BertConfig", models._TINY, data.make_synthetic()["train"]["text"])

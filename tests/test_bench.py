@@ -105,13 +105,13 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
     import data
     import torch
     import train
-    loop_batches, bare_calls = {}, []
+    loop_batches, bare_calls = [], []  # the loop's batches, step after step
     real_forward_backward, real_bare, real_collate = train.forward_backward, paired._bare_step, data.collate
     bare_seconds = 0.5  # far longer than a tiny model's loop step: shows which side holds it
 
-    def forward_backward(run, state, global_batch, lengths, stop):
-        loop_batches[(state.epoch, state.step_in_epoch)] = global_batch.copy()
-        return real_forward_backward(run, state, global_batch, lengths, stop)
+    def forward_backward(run, micro_batches, stop):
+        loop_batches.append(np.concatenate(micro_batches))
+        return real_forward_backward(run, micro_batches, stop)
 
     def bare(run, micro, examples):
         before = [p.detach().clone() for p in run.model.parameters()]
@@ -132,7 +132,7 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
     assert [s["step"] for s in raw["steps"]] == paired.pick_steps(6, 2) == [2, 5] and raw["of_steps"] == 6
     assert [s["bare_first"] for s in raw["steps"]] == [False, True] and len(bare_calls) == 2
     for s, (run, micro, examples, changed) in zip(raw["steps"], bare_calls):
-        batch = loop_batches[(0, s["step"])]
+        batch = loop_batches[s["step"]]  # epoch 0
         assert examples == s["samples"] == 16 and len(micro) == 2  # cut like the loop: 2 x 8, accumulated
         for half, (inputs, target) in zip((batch[:8], batch[8:]), micro):
             expected = real_collate([run.encoded["train"].ids[i] for i in half], run.pad_id, run.args.max_len)
@@ -141,8 +141,8 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
         assert changed  # a real optimizer step
         # the bare step's time is its own, before or after the loop's step, never the loop's
         assert s["bare_s"] >= bare_seconds > s["loop_s"] > s["forward_backward_s"] > s["collate_s"] > 0
-    # stopped after the last picked step of epoch 0: no validation, no results; the loop is restored
-    assert max(loop_batches) == (0, 5)
+    # stopped after the last picked step of epoch 0 (of 6): no validation, no results; the loop is intact
+    assert len(loop_batches) == 6
     assert not os.path.exists(os.path.join(str(tmp_path), "paired", "results.json"))
     assert train.forward_backward is forward_backward and data.collate is real_collate
     assert train.count_step.__module__ == "train" and train.optimizer_step.__module__ == "train"
@@ -150,7 +150,7 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
     # our predict and Trainer's predict on the same model score the same examples in the same
     # order, a last batch of one example included
     n_test = len(run.labels["test"])
-    run.args.eval_batch_size = n_test - 1
+    run.eval_batch_size = n_test - 1
     evaluated = paired.eval_rounds(run, pad_to_max_len=True, output_dir=str(tmp_path / "trainer"), rounds=2)
     assert evaluated["n"] == n_test > 2 and evaluated["max_prob_diff"] < 1e-5
     assert [len(evaluated["seconds"][side]) for side in ("ours", "trainer")] == [2, 2]

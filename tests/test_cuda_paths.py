@@ -4,6 +4,7 @@ packages the lent GPU machine's image lacks."""
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -40,29 +41,37 @@ def gpu_tagged_saves(monkeypatch):
     torch.serialization.register_package(0, lambda obj: "cuda:0", lambda obj, location: None)
 
 
+def _quiet_log(warnings: list):
+    return types.SimpleNamespace(info=lambda message: None, warning=warnings.append)
+
+
 def test_a_checkpoint_written_on_a_gpu_is_read_to_cpu_and_keeps_its_best_weights(tmp_path, gpu_tagged_saves):
     ckpt = tmp_path / "ckpt"
-    checkpoint.save_checkpoint(str(ckpt), 10, {"progress": {"best_file": "best_step10.pt"},
+    checkpoint.save_checkpoint(str(ckpt), 10, {"progress": {"best_file": "best_step10.pt", "global_step": 10},
                                                "model": {"w": torch.ones(3)}})
     for name in ("best_step10.pt", "best_step5.pt"):
         (tmp_path / name).write_bytes(b"weights")
     with pytest.raises(RuntimeError, match="CUDA"):  # as a plain torch.load on this CPU machine fails
         torch.load(checkpoint.list_checkpoints(str(ckpt))[0], weights_only=True)
     warnings = []
-    checkpoint.remove_unreferenced_weights(str(tmp_path), str(ckpt), warnings.append)
+    keeper = checkpoint.Checkpointer(str(tmp_path), every=100, keep=2, is_main=True, log=_quiet_log(warnings))
+    assert keeper.resume()["model"]["w"].device.type == "cpu" and keeper.best_file == "best_step10.pt"
+    keeper.save(11, lambda: {"progress": {}}, "test")
     assert sorted(p.name for p in tmp_path.glob("best_step*.pt")) == ["best_step10.pt"] and not warnings
 
 
 def test_an_unreadable_checkpoint_deletes_no_best_weights(tmp_path):
     ckpt = tmp_path / "ckpt"
-    checkpoint.save_checkpoint(str(ckpt), 5, {"progress": {"best_file": "best_step5.pt"}})
+    checkpoint.save_checkpoint(str(ckpt), 5, {"progress": {"best_file": "best_step5.pt", "global_step": 5}})
     (ckpt / "step_00000010.pt").write_bytes(b"not a checkpoint")
     for name in ("best_step10.pt", "best_step5.pt", "best_step1.pt"):
         (tmp_path / name).write_bytes(b"weights")
     warnings = []
-    checkpoint.remove_unreferenced_weights(str(tmp_path), str(ckpt), warnings.append)
+    keeper = checkpoint.Checkpointer(str(tmp_path), every=100, keep=2, is_main=True, log=_quiet_log(warnings))
+    keeper.resume()  # step 5; which file the unreadable step 10 names is unknown
+    keeper.save(6, lambda: {"progress": {}}, "test")  # keeps steps 10 and 6
     assert len(list(tmp_path.glob("best_step*.pt"))) == 3
-    assert "keeping every best-weights file" in warnings[0]
+    assert "step_00000010.pt is unreadable" in warnings[0]
 
 
 def test_precision_auto_picks_fp16_on_a_gpu_that_only_emulates_bf16(monkeypatch):

@@ -146,3 +146,14 @@ def test_bad_labels(tmp_path, labels, message):
     write(tmp_path, "train", {"text": ["a"] * 10, "label": labels})
     with pytest.raises(UserError, match=message):
         data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None)
+
+
+def test_an_epoch_plan_cuts_each_ranks_share_of_every_global_batch_into_micro_batches():
+    lengths = np.random.default_rng(0).integers(5, 300, size=203)
+    batches = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=True)
+    plans = [data.plan_epoch(lengths, 16, 1, 3, rank, 2, micro_batch=3, group_by_length=True) for rank in range(2)]
+    assert len(plans[0]) == len(plans[1]) == len(batches) == 13  # the steps per epoch
+    for step, batch in enumerate(batches):
+        for rank, plan in enumerate(plans):
+            assert all(1 <= len(mb) <= 3 for mb in plan[step])
+            assert (np.concatenate(plan[step]) == data.rank_slice(batch, rank, 2)).all()

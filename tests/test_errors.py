@@ -1,13 +1,12 @@
 """Every mistake a user can make ends in one clear line on stderr and a non-zero exit."""
 import json
 import os
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli, run_inprocess
+from conftest import run_cli, run_inprocess
 
 
 def folder(tmp_path, train, test=None):
@@ -96,10 +95,8 @@ def model_folder(tmp_path, config):
     path.mkdir(exist_ok=True)
     if config == "tiny":
         import data
-        sys.path.insert(0, os.path.join(ROOT, "bench"))
-        import gpu_check
         import model as models
-        gpu_check.write_model_folder(str(path), "BertConfig", models._TINY, data.make_synthetic()["train"]["text"][:200])
+        models.write_model_folder(str(path), "BertConfig", models._TINY, data.make_synthetic()["train"]["text"][:200])
         for weights in path.glob("*.safetensors"):
             weights.unlink()
     else:

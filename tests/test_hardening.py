@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import checkpoint
+import config
 import data
-import train
 from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
 # 128 train examples, batch 16: 8 steps per epoch; dropout on (tiny-bert's encoder has 0.1 too)
@@ -102,7 +102,7 @@ OPERATIONAL_VARIANTS = {
 
 
 def test_every_operational_setting_is_tested_below():
-    assert set(OPERATIONAL_VARIANTS) | {"out_dir", "run_name", "wandb"} == train.OPERATIONAL
+    assert set(OPERATIONAL_VARIANTS) | {"out_dir", "run_name", "wandb"} == config.OPERATIONAL
 
 
 @pytest.mark.parametrize("key", list(OPERATIONAL_VARIANTS))

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -152,6 +153,33 @@ def test_checkpoints_keep_the_newest_two_and_load_without_running_code(tmp_path)
     warnings = []
     state = checkpoint.load_latest_checkpoint(str(tmp_path), warnings.append)
     assert state["progress"]["global_step"] == 3 and "step_00000009.pt is unreadable" in warnings[0]
+
+
+def test_the_checkpointer_decides_when_to_save_and_keeps_only_named_best_weights(tmp_path):
+    said = []
+    keeper = checkpoint.Checkpointer(str(tmp_path), every=3, keep=2, is_main=True,
+                                     log=types.SimpleNamespace(info=said.append, warning=said.append))
+    snapshots = []
+
+    def snapshot():
+        snapshots.append(1)
+        return {"progress": {"global_step": len(snapshots)}}
+
+    for step in range(1, 5):  # an epoch of 4 steps: every 3, not at the epoch's last step
+        keeper.step_done(step, last_in_epoch=step == 4, snapshot=snapshot)
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(keeper.ckpt_dir)] == ["step_00000003.pt"]
+    assert keeper.new_best(4, {"w": torch.ones(2)}) == "best_step4.pt"
+    keeper.epoch_done(4, 0, snapshot)
+    for step in (5, 6):
+        keeper.step_done(step, last_in_epoch=False, snapshot=snapshot)
+    keeper.new_best(8, {"w": torch.zeros(2)})
+    keeper.epoch_done(8, 1, snapshot)  # keeps steps 8 and 6, which name best_step8 and best_step4
+    assert sorted(p.name for p in tmp_path.glob("best_step*.pt")) == ["best_step4.pt", "best_step8.pt"]
+    keeper.step_done(9, last_in_epoch=False, snapshot=snapshot)
+    assert keeper.stop(9, snapshot).endswith("step_00000009.pt") and len(snapshots) == 5  # nothing new to save
+    assert sorted(p.name for p in tmp_path.glob("best_step*.pt")) == ["best_step8.pt"]
+    assert torch.equal(keeper.load_best(9, None)["w"], torch.zeros(2))
+    assert "checkpoint (end of epoch 1): " in " ".join(said)
 
 
 def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_path, capsys):
