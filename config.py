@@ -14,6 +14,9 @@ import json
 import math
 import os
 
+import glue
+import metrics
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in declaration order
 OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
@@ -84,9 +87,23 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a("--data", name="", default="imdb", help="hub dataset name (imdb = stanfordnlp/imdb), a local "
       "folder with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
       "(a generated task, no network)" + d)
-    a("--text_col", name="", nargs="+", default=["text"], help="text column(s), joined with a space "
-      "(default: text)")
-    a("--label_col", name="", default="label", help="label column: integers or strings" + d)
+    a("--text_col", name="", nargs="+", default=["text"], help="text column(s). Two or more are encoded "
+      "as a sentence pair with the tokenizer's pair template (BERT: [CLS] A [SEP] B [SEP], segment ids "
+      "0/1), as HF's run_glue does: the first column is segment A, the others joined with a space are "
+      "segment B; see --no-text_pairs (default: text)")
+    a("--label_col", name="", default="label", help="label column: integers or strings; numbers with "
+      "--task regression" + d)
+    a("--task", name="", default="classification", choices=list(metrics.TASK_METRICS), help="classification: "
+      "one output per class, cross-entropy; regression: one output, MSE against float labels (not "
+      "rescaled)" + d)
+    a("--text_pairs", name="pair", action=argparse.BooleanOptionalAction, default=True, help="with two or "
+      "more --text_col, encode them as a pair; --no-text_pairs joins them with a space into one text "
+      "(the toolkit's encoding before pairs, for comparison)" + d)
+    a("--metric_for_best", name="best", default=None, help="validation metric that picks the best epoch, "
+      "whose weights score the test split. classification: acc (or accuracy), f1 (macro), f1_positive "
+      "(F1 of label id 1; two classes), mcc (or matthews_correlation), loss; regression: pearson, "
+      "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
+      "--task regression)")
     a("--group_by_length", name="group", action=argparse.BooleanOptionalAction, default=True,
       help="batch examples of similar length together (shuffled within groups of 50 batches, "
       "batches in random order) so little compute goes to padding" + d)
@@ -144,6 +161,10 @@ def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace
         args.max_eval_samples = 64 if args.max_eval_samples is None else min(args.max_eval_samples, 64)
         args.epochs = 1
         args.wandb = "disabled"
+    glue.apply_defaults(args, DEFAULTS["text_col"], DEFAULTS["task"])
+    if args.metric_for_best is None:
+        args.metric_for_best = metrics.DEFAULT_METRIC[args.task]
+    args.metric_for_best = metrics.metric_name(args.metric_for_best)
     check_args(args)
     if args.run_name is None:
         args.run_name = derive_run_name(args)
@@ -179,6 +200,13 @@ def check_args(args) -> None:
     if args.label_col in args.text_col:
         raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part "
                         "of the input")
+    if args.metric_for_best is not None and metrics.metric_problem(args.task, args.metric_for_best):
+        raise UserError(metrics.metric_problem(args.task, args.metric_for_best))
+    if len(args.text_col) < 2 and not args.text_pairs:
+        raise UserError("--no-text_pairs joins two or more --text_col columns; there is one")
+    if len(args.text_col) >= 2 and args.text_pairs and args.truncation != "head":
+        raise UserError(f"--truncation {args.truncation} applies to single texts; a pair is truncated longest-first "
+                        "(HF's default, --truncation head), or join the columns with --no-text_pairs")
     if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         raise UserError(f"model folder {args.model} has no config.json")
 
@@ -194,8 +222,12 @@ def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
     {"batch_size": "bs32", "clip": "clip1"}: the run name's middle, and report.py's setup column."""
     labels = {}
     for key, short in NAME_LABELS.items():
-        value = values.get(key)
-        if value == defaults[key]:
+        value = values.get(key, defaults[key])  # a key missing from an older run's config.json: its default
+        default = defaults[key]
+        if key == "metric_for_best":  # the default depends on the task
+            default = metrics.DEFAULT_METRIC[values.get("task", defaults["task"])]
+            value = default if value is None else value
+        if value == default or key in _no_effect(values):
             continue
         if isinstance(value, list):
             value = "+".join(value)
@@ -218,8 +250,27 @@ def derive_run_name(args) -> str:
 
 
 def run_fingerprint(config: dict) -> dict:
-    """The settings that decide what a run computes: a resume must match them."""
-    return {k: v for k, v in config.items() if k not in OPERATIONAL}
+    """The settings that decide what a run computes: a resume must match them. Settings added
+    later are left out where they mean what their absence from an older run's config.json means,
+    so such runs still resume and count as finished in grids."""
+    omitted = OPERATIONAL | _as_if_absent(config) | _no_effect(config)
+    return {k: v for k, v in config.items() if k not in omitted}
+
+
+def _as_if_absent(config: dict) -> set[str]:
+    """The later-added settings of `config` that hold what every run before them did: a
+    classification task whose best epoch is picked by accuracy, text columns joined."""
+    task = config.get("task", "classification")
+    classification_by_acc = task == "classification" and \
+        config.get("metric_for_best") in (None, metrics.DEFAULT_METRIC["classification"])
+    return ({"task"} if task == "classification" else set()) | \
+        ({"metric_for_best"} if classification_by_acc else set()) | \
+        ({"text_pairs"} if config.get("text_pairs") is False else set())
+
+
+def _no_effect(config: dict) -> set[str]:
+    """Settings that change nothing in this configuration: pairs need two text columns."""
+    return {"text_pairs"} if len(config.get("text_col") or []) < 2 else set()
 
 
 def differing_settings(saved: dict, config: dict) -> list[str]:
@@ -230,6 +281,13 @@ def differing_settings(saved: dict, config: dict) -> list[str]:
     if new.get("lr", 0) is None:
         new["lr"] = saved.get("model_default_lr")
     return sorted(k for k in new if old.get(k) != new[k])
+
+
+def has_results(run_dir: str) -> bool:
+    """Whether run_dir's run wrote its results (train.py writes results.json last, atomically).
+    finished() adds the check that they are this run's settings; report.py and slurm.py --status,
+    which have no settings to compare, ask this alone."""
+    return os.path.exists(os.path.join(run_dir, "results.json"))
 
 
 def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, or --fresh to discard it") -> bool:
@@ -255,7 +313,7 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")
-    return os.path.exists(os.path.join(run_dir, "results.json"))
+    return has_results(run_dir)
 
 
 def code_version() -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import glue
 from config import UserError, first_line
 from files import atomic_write, hash_texts
 
@@ -25,42 +26,87 @@ OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 
 @dataclass
 class Split:
-    texts: list[str]
-    labels: np.ndarray  # int64 ids 0..K-1
+    texts: list[str]    # the text columns joined with a space: the joined encoding, and what predictions show
+    labels: np.ndarray  # int64 ids 0..K-1; float32 targets for --task regression
+    # with two or more text columns, (A, B) per example for the pair encoding: A the first column,
+    # B the others joined with a space
+    segments: tuple[list[str], list[str]] | None = None
+    source: str = ""  # the data's split these examples come from: "validation" for a test with hidden labels
+
+    def encoder_inputs(self, pairs: bool) -> tuple[list[str], list[str] | None]:
+        """(texts, text_pairs) for encode: the segments when pairs is on and there are two, else
+        the joined texts."""
+        if pairs and self.segments is not None:
+            return self.segments
+        return self.texts, None
 
 
 # ----------------------------------------------------------------------------- loading
 
 def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
-                max_train_samples: int | None, max_eval_samples: int | None, warn=print):
-    """Return ({"train", "val", "test"} -> Split, label_names)."""
+                max_train_samples: int | None, max_eval_samples: int | None, warn=print,
+                task: str = "classification"):
+    """Return ({"train", "val", "test"} -> Split, label_names). With --task regression the labels
+    are float32 as given (not rescaled), label_names is empty and the splits carved out of train
+    are seeded random, not stratified."""
     raw, class_names = _load_raw(data, label_col)
+    test_source = "test"
+    if "test" in raw and label_col in raw["test"] and _labels_hidden(raw["test"][label_col]):
+        if "validation" not in raw:
+            raise UserError(f"the test split of {data} has hidden labels (all -1) and there is no validation "
+                            "split to evaluate on instead")
+        del raw["test"]
+        raw["test"], test_source = raw.pop("validation"), "validation"
     for split, rows in raw.items():
         check_columns(rows, text_cols, label_col)
         for col in text_cols:
             check_texts(rows[col], f"column {col!r} of the {split} split of {data}")
-    values, label_names = (list(range(len(class_names))), class_names) if class_names else \
-        _label_values(raw, label_col, warn)
+    regression = task == "regression"
+    if regression:
+        values, label_names = None, []
+        for split, rows in raw.items():
+            rows[label_col] = regression_targets(rows[label_col], label_col, split)
+    else:
+        values, label_names = (list(range(len(class_names))), class_names) if class_names else \
+            _label_values(raw, label_col, warn)
+    carve = _random_split if regression else _stratified_split
     if "test" not in raw:
-        raw["train"], raw["test"] = _stratified_split(raw["train"], val_ratio, label_col)
+        raw["train"], raw["test"] = carve(raw["train"], val_ratio, label_col)
     if "validation" in raw:
         raw["val"] = raw.pop("validation")
     else:
-        raw["train"], raw["val"] = _stratified_split(raw["train"], val_ratio, label_col)
+        raw["train"], raw["val"] = carve(raw["train"], val_ratio, label_col)
     for name, rows in raw.items():
         if len(rows[label_col]) == 0:
             raise UserError(f"the {name} split of {data} is empty")
-    label_ids = {v: i for i, v in enumerate(values)}
-    if len(label_names) < 2:
+    if regression and len(set(raw["train"][label_col])) < 2:
+        raise UserError(f"column {label_col!r} holds a single value ({raw['train'][label_col][0]:g}) in train: "
+                        "nothing to regress")
+    if not regression and len(label_names) < 2:
         raise UserError(f"column {label_col!r} holds a single class ({label_names[0]}): nothing to classify")
+    label_ids = None if regression else {v: i for i, v in enumerate(values)}
     splits = {}
     for name in ("train", "val", "test"):
         rows = raw[name]
-        labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
-        keep = balanced_subset(labels, max_train_samples if name == "train" else max_eval_samples)
+        limit = max_train_samples if name == "train" else max_eval_samples
+        if regression:
+            labels = np.array(rows[label_col], dtype=np.float32)
+            keep = random_subset(len(labels), limit)
+        else:
+            labels = np.array([label_ids[v] for v in rows[label_col]], dtype=np.int64)
+            keep = balanced_subset(labels, limit)
         texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in keep]
-        splits[name] = Split(texts, labels[keep])
+        segments = None
+        if len(text_cols) >= 2:
+            segments = ([str(rows[text_cols[0]][i]) for i in keep],
+                        [" ".join(str(rows[c][i]) for c in text_cols[1:]) for i in keep])
+        splits[name] = Split(texts, labels[keep], segments, test_source if name == "test" else name)
     return splits, label_names
+
+
+def _labels_hidden(labels) -> bool:
+    """GLUE-style test files: every label -1 (or missing), withheld for the leaderboard."""
+    return len(labels) > 0 and all(v is None or (not isinstance(v, str) and v == -1) for v in labels)
 
 
 def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
@@ -86,7 +132,10 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
                         "(pip install -r requirements.txt), or pass a local folder")
     else:
         try:
-            loaded = datasets.load_dataset(HUB_ALIASES.get(data, data))
+            loaded = datasets.load_dataset(_hub_name(data), glue.task_of(data))
+            if glue.task_of(data) == "mnli":  # its matched validation and test are the GLUE ones
+                loaded = {"train": loaded["train"], "validation": loaded["validation_matched"],
+                          "test": loaded["test_matched"]}
         except Exception as e:  # hub errors come in many types; the first line says which
             raise UserError(f"cannot load dataset {data!r}: {first_line(e)} "
                             "(offline? pass a local folder with --data)") from None
@@ -142,10 +191,14 @@ def data_unavailable(data: str) -> str | None:
     if _looks_like_path(data):
         return f"--data {data}: no such file or folder"
     why = hub_unavailable()
-    if why and not _in_hub_cache(HUB_ALIASES.get(data, data)):
+    if why and not _in_hub_cache(_hub_name(data)):
         return (f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
                 f"or {OFFLINE_DEMO}")
     return None
+
+
+def _hub_name(data: str) -> str:
+    return glue.HUB_NAME if glue.task_of(data) else HUB_ALIASES.get(data, data)
 
 
 def _in_hub_cache(name: str) -> bool:
@@ -230,8 +283,9 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
         seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
+                hint = "; for a regression target pass --task regression" if isinstance(v, (float, np.floating)) else ""
                 raise UserError(f"label column {label_col!r} holds {type(v).__name__} values like "
-                                f"{v!r}: labels must be integers or strings")
+                                f"{v!r}: labels must be integers or strings{hint}")
             seen[split].add(v)
     values = seen["train"]
     for split, found in seen.items():
@@ -251,6 +305,27 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
              f"{'; '.join(' / '.join(map(repr, group)) for group in twins)}")
     ordered = sorted(values)
     return ordered, [str(v) for v in ordered]
+
+
+def regression_targets(values, label_col: str, split: str) -> list[float]:
+    """The labels of one split as finite floats; numbers written as text (a CSV column with one
+    stray word is read as text) are parsed. A UserError names the split and the data row."""
+    targets = []
+    for row, v in enumerate(values):
+        number = None
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            number = float(v)
+        elif isinstance(v, str):
+            try:
+                number = float(v)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            what = "empty" if v is None or (isinstance(v, float) and math.isnan(v)) else "not a finite number"
+            raise UserError(f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
+                            f"(value {v!r:.60}); --task regression needs a number in every row")
+        targets.append(number)
+    return targets
 
 
 def check_texts(values, where: str) -> None:
@@ -282,6 +357,16 @@ def _stratified_split(rows: dict, ratio: float, label_col: str):
     return _take(rows, rest), _take(rows, sorted(carved))
 
 
+def _random_split(rows: dict, ratio: float, label_col: str):
+    """Deterministically carve a random `ratio` of rows (regression: no classes to stratify by):
+    (rest, carved)."""
+    n = len(rows[label_col])
+    order = list(range(n))
+    random.Random(SPLIT_SEED).shuffle(order)
+    carved = set(order[:round(n * ratio)])
+    return _take(rows, [i for i in range(n) if i not in carved]), _take(rows, sorted(carved))
+
+
 def _take(rows: dict, idx: list[int]) -> dict:
     return {c: [v[i] for i in idx] for c, v in rows.items()}
 
@@ -298,6 +383,13 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
         keep.append(idx[:share])
         remaining -= len(keep[-1])
     return np.sort(np.concatenate(keep))
+
+
+def random_subset(n: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of n examples, seeded (regression: no classes to balance)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SPLIT_SEED).permutation(n)[:limit])
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -338,6 +430,9 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dic
 class Encoded:
     ids: list[np.ndarray]   # token ids per example, truncated, with special tokens
     n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
+    # segment ids per example where the pair template gives segment B its own (BERT: 0 for
+    # [CLS] A [SEP], 1 for B [SEP]); None for single texts and templates that are all 0 (ModernBERT)
+    token_types: list[np.ndarray] | None = None
 
 
 def make_cache_dir(cache_dir: str) -> None:
@@ -353,19 +448,38 @@ def make_cache_dir(cache_dir: str) -> None:
                         "or set $FTKIT_CACHE") from None
 
 
-def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print) -> Encoded:
-    """Tokenize once; cached on disk by (texts, tokenizer, max_len, truncation). An unreadable
-    cache file (cut short by a full disk or a copy) is rebuilt."""
-    key = hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
+def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print,
+           text_pairs: list[str] | None = None) -> Encoded:
+    """Tokenize once; cached on disk by (texts, text_pairs, tokenizer, max_len, truncation). An
+    unreadable cache file (cut short by a full disk or a copy) is rebuilt.
+
+    With text_pairs (segment B of each example, as in tokenizer(text, text_pair)) each example is
+    encoded with the tokenizer's pair template, both segments truncated longest-first (HF's
+    default) to fit max_len."""
+    pairs = text_pairs is not None
+    if pairs and truncation != "head":
+        raise UserError(f"--truncation {truncation} applies to single texts; a pair is truncated longest-first "
+                        "(--truncation head)")
+    if pairs and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+    key = hash_texts([*texts, *text_pairs], tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}/pair") \
+        if pairs else hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
     path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
         try:
             with np.load(path) as f:
                 flat, offsets, n_tokens = f["flat"], f["offsets"], f["n_tokens"]
-            return Encoded([flat[offsets[i]:offsets[i + 1]] for i in range(len(n_tokens))], n_tokens)
+                flat_types = f["token_types"] if "token_types" in f.files else None
+            cut = [slice(offsets[i], offsets[i + 1]) for i in range(len(n_tokens))]
+            types = None if flat_types is None else [flat_types[c] for c in cut]
+            return Encoded([flat[c] for c in cut], n_tokens, types)
         except Exception as e:  # zip, pickle and key errors come in many types
             warn(f"warning: the tokens cache {path} is unreadable ({type(e).__name__}); rebuilding it")
 
+    if pairs:
+        encoded = _encode_pairs(texts, text_pairs, tokenizer, max_len)
+        _write_tokens_cache(path, cache_dir, encoded)
+        return encoded
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)
     if budget < 1:
@@ -376,12 +490,97 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
         for body in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
             n_tokens.append(len(body) + len(prefix) + len(suffix))
             ids.append(np.array(prefix + truncate(body, budget, truncation) + suffix, dtype=np.int32))
-    n_tokens = np.array(n_tokens, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+    encoded = Encoded(ids, np.array(n_tokens, dtype=np.int64))
+    _write_tokens_cache(path, cache_dir, encoded)
+    return encoded
+
+
+def _write_tokens_cache(path: str, cache_dir: str, encoded: Encoded) -> None:
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in encoded.ids])]).astype(np.int64)
     os.makedirs(cache_dir, exist_ok=True)
-    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
-    atomic_write(path, lambda f: np.savez(f, flat=flat, offsets=offsets, n_tokens=n_tokens))
-    return Encoded(ids, n_tokens)
+    flat = np.concatenate(encoded.ids) if encoded.ids else np.zeros(0, np.int32)
+    arrays = {"flat": flat, "offsets": offsets, "n_tokens": encoded.n_tokens}
+    if encoded.token_types is not None:
+        arrays["token_types"] = np.concatenate(encoded.token_types) if encoded.ids else np.zeros(0, np.int8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where a tokenizer's pair template puts its special tokens: prefix A middle B suffix, each
+    part with its segment (token type) id."""
+    prefix: list[int]
+    middle: list[int]
+    suffix: list[int]
+    prefix_types: list[int]
+    middle_types: list[int]
+    suffix_types: list[int]
+    type_a: int
+    type_b: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @property
+    def has_types(self) -> bool:
+        return any([*self.prefix_types, *self.middle_types, *self.suffix_types, self.type_a, self.type_b])
+
+    def build(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+        ids = self.prefix + a + self.middle + b + self.suffix
+        types = (self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b)
+                 + self.suffix_types)
+        return ids, types
+
+
+def pair_template(tokenizer) -> PairTemplate:
+    """The tokenizer's own pair template, found by encoding a probe pair (as _special_tokens does
+    for single texts)."""
+    a = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    b = tokenizer("world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", "world", return_token_type_ids=True)
+    ids, types = full["input_ids"], full.get("token_type_ids") or [0] * len(full["input_ids"])
+    for i in range(len(ids) - len(a) + 1):
+        if ids[i:i + len(a)] != a:
+            continue
+        for j in range(i + len(a), len(ids) - len(b) + 1):
+            if ids[j:j + len(b)] == b:
+                end = j + len(b)
+                return PairTemplate(ids[:i], ids[i + len(a):j], ids[end:], types[:i], types[i + len(a):j],
+                                    types[end:], types[i], types[j])
+    raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts the special tokens of a pair")
+
+
+def _encode_pairs(texts: list[str], text_pairs: list[str], tokenizer, max_len: int) -> Encoded:
+    template = pair_template(tokenizer)
+    budget = max_len - template.n_special
+    if budget < 2:
+        raise UserError(f"--max_len {max_len} cannot hold a sentence pair: the model's {template.n_special} special "
+                        f"tokens and at least one token of each text need {template.n_special + 2}")
+    ids, types, n_tokens = [], [], []
+    for start in range(0, len(texts), 1000):
+        bodies_a = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
+        bodies_b = tokenizer(text_pairs[start:start + 1000], add_special_tokens=False)["input_ids"]
+        for a, b in zip(bodies_a, bodies_b, strict=True):
+            n_tokens.append(len(a) + len(b) + template.n_special)
+            example_ids, example_types = template.build(*truncate_longest_first(a, b, budget))
+            ids.append(np.array(example_ids, dtype=np.int32))
+            types.append(np.array(example_types, dtype=np.int8))
+    return Encoded(ids, np.array(n_tokens, dtype=np.int64), types if template.has_types else None)
+
+
+def truncate_longest_first(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut a pair to `budget` tokens from the ends, as HF tokenizers' longest_first does: the
+    shorter text is kept whole when it fits in half the budget and the longer gets the rest;
+    otherwise each gets half, the odd token going to the longer one (to B on a tie)."""
+    if len(a) + len(b) <= budget:
+        return a, b
+    n_short, n_long = sorted((len(a), len(b)))
+    n_long = max(n_short, budget - n_short)
+    if n_short + n_long > budget:
+        n_short, n_long = budget // 2, budget // 2 + budget % 2
+    n_a, n_b = (n_long, n_short) if len(a) > len(b) else (n_short, n_long)
+    return a[:n_a], b[:n_b]
 
 
 def truncate(body: list[int], budget: int, mode: str) -> list[int]:
@@ -419,9 +618,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 # ----------------------------------------------------------------------------- batching
 
-def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False) -> dict:
+def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False,
+            token_types: list[np.ndarray] | None = None) -> dict:
     """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly),
-    or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons)."""
+    or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons). With
+    token_types (pass them only for a model that uses them: uses_token_type_ids) the batch also
+    holds token_type_ids, padded with 0."""
     longest = max(len(x) for x in ids)
     width = max_len if pad_to_max else min(math.ceil(longest / 8) * 8, max(max_len, longest))
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -429,7 +631,19 @@ def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool =
     for row, x in enumerate(ids):
         input_ids[row, :len(x)] = x
         mask[row, :len(x)] = 1
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if token_types is not None:
+        types = np.zeros((len(ids), width), dtype=np.int64)
+        for row, x in enumerate(token_types):
+            types[row, :len(x)] = x
+        batch["token_type_ids"] = torch.from_numpy(types)
+    return batch
+
+
+def uses_token_type_ids(model_config) -> bool:
+    """Whether the encoder has learned segment embeddings to feed token_type_ids into: BERT (2
+    types) does; RoBERTa (1), ModernBERT and DistilBERT (none) do not."""
+    return getattr(model_config, "type_vocab_size", 0) > 1
 
 
 MEGABATCH = 50  # batches per length-sorted group, as in HF's LengthGroupedSampler

@@ -24,6 +24,8 @@ Used by run_grid.sh:
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
         ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+    python grid.py defaults
+        ->  the grid file and the --out_dir used when none is given (run_grid.sh, tmux_launch.sh, slurm.py)
 """
 import contextlib
 import itertools
@@ -36,6 +38,8 @@ import sys
 BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 SEP = "\x1f"
 RESERVED = ("--out_dir", "--output_dir", "--wandb_group")
+DEFAULT_GRID = "grids/exp1.grid"
+DEFAULT_OUT_ROOT = "runs"  # a grid's runs go to DEFAULT_OUT_ROOT/<grid name>/<run name>/
 
 
 class GridError(Exception):
@@ -124,19 +128,20 @@ def finished_runs(path: str, out_dir: str, runs) -> list[str]:
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
     same code: the smoke phase of a rerun skips them."""
-    from config import code_version, differing_settings, parse_args
+    from config import UserError, code_version, finished, parse_args
 
     version, passed = code_version(), []
     for _, name, args in runs:
         smoke = parse_args([*args, *extra, "--smoke"])
         folder = os.path.join(out_dir, "smoke", smoke.run_name)
         try:
+            if not finished(folder, vars(smoke)):
+                continue
             with open(os.path.join(folder, "config.json")) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
+                saved_version = json.load(f).get("code_version")
+        except (UserError, OSError, ValueError):  # other settings, or unreadable: run it again
             continue
-        same = isinstance(saved, dict) and not differing_settings(saved, vars(smoke))
-        if same and saved.get("code_version") == version and os.path.exists(os.path.join(folder, "results.json")):
+        if saved_version == version:
             passed.append(name)
     return passed
 
@@ -205,6 +210,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["progress"] and len(argv) >= 3:
         print("\n".join(f"{name}: {run_progress(os.path.join(argv[1], name))}" for name in argv[2:]))
         return 0
+    if argv == ["defaults"]:
+        print(DEFAULT_GRID, DEFAULT_OUT_ROOT)
+        return 0
     if argv[:1] == ["status"]:
         print("\n".join(filter(None, map(grid_status, argv[1:]))))
         return 0
@@ -215,7 +223,8 @@ def main(argv: list[str]) -> int:
               "       python grid.py name GRID\n"
               "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
               "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
-              "       python grid.py status GRID_OUT_DIR...", file=sys.stderr)
+              "       python grid.py status GRID_OUT_DIR...\n"
+              "       python grid.py defaults", file=sys.stderr)
         return 2
     try:
         if argv[0] == "name":

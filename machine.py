@@ -42,7 +42,8 @@ def peak_flops_for(device_name: str, precision: str) -> float | None:
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bf16 kernels for this CPU (AVX512 or newer); on AVX2-only CPUs bf16
-    matrix products take a fallback path far slower than fp32 (measured: README.md, Speed)."""
+    matrix products take a fallback path far slower than fp32 (measured: docs/speed.md, "What pays
+    and what does not")."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 

@@ -1,4 +1,6 @@
-"""Classification metrics: accuracy, cross-entropy, macro-F1, calibration, collapse."""
+"""Task metrics: accuracy, cross-entropy, F1, Matthews correlation, calibration and collapse for
+classification; MSE, Pearson and Spearman for regression. numpy only (report.py and config.py
+import this without torch)."""
 import math
 
 import numpy as np
@@ -40,3 +42,113 @@ def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> 
     chance_loss = math.log(num_labels)
     return bool(history) and all(abs(h["acc"] - majority_rate) <= 0.01 and
                                  h["loss"] >= 0.95 * chance_loss for h in history)
+
+
+# ----------------------------------------------------------------------------- per-task metrics
+
+# Every metric a task reports that --metric_for_best may select, and whether higher is better.
+TASK_METRICS = {
+    "classification": {"acc": True, "f1": True, "f1_positive": True, "mcc": True, "loss": False},
+    "regression": {"pearson": True, "spearman": True, "mse": False, "loss": False},
+}
+DEFAULT_METRIC = {"classification": "acc", "regression": "pearson"}
+METRIC_ALIASES = {"accuracy": "acc", "macro_f1": "f1", "matthews_correlation": "mcc", "spearmanr": "spearman"}
+BINARY_ONLY = {"f1_positive"}  # F1 of class id 1, defined for two classes
+HIGHER_IS_BETTER = {name: higher for table in TASK_METRICS.values() for name, higher in table.items()}
+
+
+def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
+    """The validation/test metrics of a task. classification: `outputs` are class probabilities
+    (n, K) and labels ids; adds Matthews correlation and, for two classes, the F1 of class 1 to
+    classification_metrics. regression: `outputs` are predictions (n,) or (n, 1) and labels
+    floats; loss is the MSE, the training objective."""
+    if task == "classification":
+        probs = np.asarray(outputs, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+        pred = probs.argmax(1)
+        out = classification_metrics(probs, labels, n_bins)
+        out["mcc"] = matthews_correlation(pred, labels, probs.shape[1])
+        if probs.shape[1] == 2:
+            out["f1_positive"] = f1_of_class(pred, labels, 1)
+        return out
+    if task == "regression":
+        pred = np.asarray(outputs, dtype=np.float64).reshape(-1)
+        target = np.asarray(labels, dtype=np.float64).reshape(-1)
+        mse = mean_squared_error(pred, target)
+        return {"loss": mse, "mse": mse, "pearson": pearson(pred, target), "spearman": spearman(pred, target)}
+    raise ValueError(f"unknown task {task!r}")
+
+
+def metric_name(name: str) -> str:
+    """The canonical name of a metric, accepting HF run_glue's spellings (accuracy, ...)."""
+    return METRIC_ALIASES.get(name, name)
+
+
+def metric_problem(task: str, metric: str, num_labels: int | None = None) -> str | None:
+    """Why `metric` cannot select the best epoch of `task` (num_labels: the data's classes, when
+    known); None when it can."""
+    defined = TASK_METRICS.get(task, {})
+    if metric_name(metric) not in defined:
+        return f"--metric_for_best {metric} is not a {task} metric (use one of: {', '.join(defined)})"
+    if metric_name(metric) in BINARY_ONLY and num_labels is not None and num_labels != 2:
+        return f"--metric_for_best {metric} needs two classes; the data has {num_labels}"
+    return None
+
+
+def is_improvement(metric: str, value: float, best: float | None) -> bool:
+    """Whether `value` beats `best` (None: nothing yet) on `metric`; a NaN (a Pearson of constant
+    predictions) never does."""
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value > best if HIGHER_IS_BETTER[metric_name(metric)] else value < best
+
+
+
+def f1_of_class(pred: np.ndarray, labels: np.ndarray, positive: int) -> float:
+    tp = np.sum((pred == positive) & (labels == positive))
+    fp = np.sum((pred == positive) & (labels != positive))
+    fn = np.sum((pred != positive) & (labels == positive))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def matthews_correlation(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Multiclass MCC (Gorodkin 2004) from the confusion matrix, as sklearn's matthews_corrcoef;
+    0 when either side holds a single class."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(confusion, (np.asarray(labels), np.asarray(pred)), 1)
+    true_counts, pred_counts = confusion.sum(1), confusion.sum(0)
+    n, correct = confusion.sum(), np.trace(confusion)
+    denominator = math.sqrt((n * n - pred_counts @ pred_counts) * (n * n - true_counts @ true_counts))
+    return float((correct * n - pred_counts @ true_counts) / denominator) if denominator else 0.0
+
+
+def mean_squared_error(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2))
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r; NaN when either side is constant (as scipy)."""
+    x = np.asarray(x, np.float64) - np.mean(x)
+    y = np.asarray(y, np.float64) - np.mean(y)
+    denominator = math.sqrt(float(x @ x) * float(y @ y))
+    return float(np.clip(x @ y / denominator, -1.0, 1.0)) if denominator else math.nan
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the ranks, ties given their average rank."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, tied values sharing the mean of their ranks (scipy.stats.rankdata's 'average')."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = (starts + ends + 1) / 2.0  # 1-based ranks starts+1 .. ends, averaged
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks

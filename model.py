@@ -25,17 +25,23 @@ class Family:
     dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
     model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
     flash_attention: bool = False           # flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed
+    mlm_head: tuple[str, ...] = ()          # attributes of its *ForMaskedLM model that map hidden states to
+                                            # vocabulary logits, applied in order (mlm.py); () = no masked-LM form
 
 
 FAMILIES = {
     # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
-    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
-    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}),
+    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
+                   mlm_head=("cls",)),
+    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
+                      mlm_head=("lm_head",)),
     # Under flash_attention_2, transformers 5 unpads and repads around each attention call (a host
     # sync per layer; the rest of the layer still computes on padding), and flash-attn computes
     # only the 128-token window of the sliding-window layers, which SDPA computes in full.
-    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True),
-    "distilbert": Family(("dropout", "attention_dropout")),
+    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True,
+                         mlm_head=("head", "decoder")),
+    "distilbert": Family(("dropout", "attention_dropout"),
+                         mlm_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")),
 }
 
 
@@ -135,7 +141,7 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
             raise UserError(f"cannot load tokenizer for {entry.source!r}: {first_line(e)}") from None
     from transformers import PreTrainedTokenizerFast
 
-    path = os.path.join(cache_dir, f"wordpiece-v2-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
+    path = os.path.join(cache_dir, f"wordpiece-v3-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
     if not os.path.exists(path):
         _train_wordpiece(train_texts, path)
     return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
@@ -160,7 +166,7 @@ def _train_wordpiece(texts, path: str) -> None:
     tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_bytes(path, tok.to_str().encode())
 
@@ -179,8 +185,10 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pool == "cls":
             pooled = hidden[:, 0]
         else:

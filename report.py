@@ -11,6 +11,8 @@ Writes RUNS_DIR/results.md and RUNS_DIR/results.csv and prints the markdown:
   with two it is too narrow);
 - collapsed runs (accuracy at the majority rate, loss at or above ln K) flagged, never bolded;
 - test accuracy by review length in tokens, so the effect of max_len / truncation is visible.
+Regression runs (--task regression) get a table of their own: Pearson, Spearman and MSE, Δ test
+Pearson with the same seed-and-example bootstrap; no calibration, collapse or length columns.
 """
 import argparse
 import csv
@@ -26,6 +28,9 @@ import metrics
 
 BUCKETS = [(0, 128, "≤128"), (129, 256, "129–256"), (257, 512, "257–512"), (513, math.inf, ">512")]
 COLUMNS = [("val_acc", max), ("test_acc", max), ("test_loss", min), ("test_ece", min)]
+REGRESSION_COLUMNS = [("val_pearson", max), ("test_pearson", max), ("test_spearman", max), ("test_mse", min)]
+COLUMNS_OF = {"classification": COLUMNS, "regression": REGRESSION_COLUMNS}
+COMPARED = {"classification": "test_acc", "regression": "test_pearson"}  # the Δ column's metric
 BOOTSTRAP_SAMPLES = 2000
 MIN_SEEDS_FOR_STAR = 3  # per side; see seed_and_example_bootstrap
 
@@ -47,7 +52,7 @@ def load_runs(runs_dir: str) -> list[dict]:
     for name in sorted(os.listdir(runs_dir)):
         folder = os.path.join(runs_dir, name)
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
-        if name == "smoke" or not all(os.path.exists(p) for p in paths):
+        if name == "smoke" or not settings.has_results(folder) or not all(os.path.exists(p) for p in paths[1:]):
             continue
         try:
             runs.append(read_run(name, *paths))
@@ -59,20 +64,26 @@ def load_runs(runs_dir: str) -> list[dict]:
 
 
 def read_run(name: str, results_path: str, config_path: str, predictions_path: str) -> dict:
-    results = _read_json_object(results_path, [col for col, _ in COLUMNS])
-    not_numbers = [col for col, _ in COLUMNS if isinstance(results[col], bool)
+    config = _read_json_object(config_path, ["model", "pool", "seed"])
+    task = config.get("task", "classification")
+    if task not in COLUMNS_OF:
+        raise ReportError(f"config.json: task {task!r} has no table here")
+    columns = [col for col, _ in COLUMNS_OF[task]]
+    results = _read_json_object(results_path, columns)
+    not_numbers = [col for col in columns if isinstance(results[col], bool)
                    or not isinstance(results[col], (int, float))]
     if not_numbers:
         raise ReportError(f"results.json: {', '.join(not_numbers)} not a number")
-    config = _read_json_object(config_path, ["model", "pool", "seed"])
+    output = "probs" if task == "classification" else "predictions"
     try:
         with np.load(predictions_path) as preds:
-            probs, labels, n_tokens = preds["probs"], preds["labels"], preds["n_tokens"]
+            outputs, labels, n_tokens = preds[output], preds["labels"], preds["n_tokens"]
     except Exception as e:  # zip, pickle, key and type errors: numpy raises many kinds
         raise ReportError(f"test_predictions.npz is unreadable ({type(e).__name__})") from None
-    if probs.ndim != 2 or labels.shape != (len(probs),) or n_tokens.shape != (len(probs),):
-        raise ReportError("test_predictions.npz: probs, labels and n_tokens do not match in shape")
-    return {"name": name, "results": results, "config": config, "probs": probs, "labels": labels,
+    if outputs.ndim != (2 if output == "probs" else 1) or labels.shape != (len(outputs),) \
+            or n_tokens.shape != (len(outputs),):
+        raise ReportError(f"test_predictions.npz: {output}, labels and n_tokens do not match in shape")
+    return {"name": name, "task": task, "results": results, "config": config, output: outputs, "labels": labels,
             "n_tokens": n_tokens}
 
 
@@ -100,6 +111,8 @@ def settings_of(config: dict) -> dict:
 
 
 def is_collapsed(run: dict) -> bool:
+    if run["task"] != "classification":
+        return False
     if run["results"].get("collapsed"):
         return True
     labels, k = run["labels"], run["probs"].shape[1]
@@ -115,25 +128,30 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
     groups = {}
     for run, shown in zip(runs, settings):
         setup = ", ".join(v for k, v in shown.items() if k not in common)
-        key = (os.path.basename(os.path.normpath(run["config"]["model"])), setup)
+        key = (run["task"], os.path.basename(os.path.normpath(run["config"]["model"])), setup)
         groups.setdefault(key, []).append(run)
     rows = []
-    for (model_name, setup), group in sorted(groups.items()):
+    for (task, model_name, setup), group in sorted(groups.items()):
         # runs of one seed (e.g. with 1 and 2 processes) are not independent samples: the first
         # (by name) counts, the others are listed
         by_seed = {}
         for run in group:
             by_seed.setdefault(run["config"]["seed"], []).append(run)
         members = [same_seed[0] for same_seed in by_seed.values()]
-        row = {"model": model_name, "setup": setup, "n": len(members), "runs": members,
+        row = {"task": task, "model": model_name, "setup": setup, "n": len(members), "runs": members,
                "collapsed": any(is_collapsed(r) for r in members),
                "names": [r["name"] for r in group],
                "duplicate_seeds": [(seed, [r["name"] for r in same_seed])
                                    for seed, same_seed in by_seed.items() if len(same_seed) > 1]}
-        for col, _ in COLUMNS:
+        for col, _ in COLUMNS_OF[task]:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
             row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else None  # no spread from one seed
+        if task == "regression":  # per-example predictions, one row per seed, for the bootstrap
+            row["prediction_runs"] = np.array([r["predictions"] for r in members], dtype=float)
+            row["correct"], row["buckets"] = row["prediction_runs"][0], None  # `correct`: the example count
+            rows.append(row)
+            continue
         # per-example correctness, one row per seed: the bootstrap resamples seeds and examples
         row["correct_runs"] = np.array([r["probs"].argmax(1) == r["labels"] for r in members], dtype=float)
         row["correct"] = row["correct_runs"].mean(0)
@@ -177,9 +195,33 @@ def seed_and_example_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, sam
     return float(a.mean() - b.mean()), float(low), float(high)
 
 
+def seed_and_example_bootstrap_of(metric, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
+                                  samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """seed_and_example_bootstrap for a metric that is not a mean over examples (Pearson): each
+    replicate resamples the shared examples (paired), scores every seed on them, then resamples
+    each side's seeds with the same stretch. Inputs: per-example outputs, one row per seed."""
+    a, b = np.asarray(outputs_a, float), np.asarray(outputs_b, float)
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+
+    def resampled_seeds(scores):
+        mean = scores.mean()
+        stretch = np.sqrt(len(scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+        return mean + stretch * (scores[rng.integers(0, len(scores), len(scores))].mean() - mean)
+
+    differences = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, n, n)
+        scores_a, scores_b = (np.array([metric(run[idx], labels[idx]) for run in side]) for side in (a, b))
+        differences[i] = resampled_seeds(scores_a) - resampled_seeds(scores_b)
+    low, high = np.nanpercentile(differences, [2.5, 97.5])
+    mean_a, mean_b = (np.mean([metric(run, labels) for run in side]) for side in (a, b))
+    return float(mean_a - mean_b), float(low), float(high)
+
+
 def add_significance(rows: list[dict], baseline: str | None) -> None:
-    for model_name in {r["model"] for r in rows}:
-        group = [r for r in rows if r["model"] == model_name]
+    for task, model_name in {(r["task"], r["model"]) for r in rows}:
+        group = [r for r in rows if r["task"] == task and r["model"] == model_name]
         if baseline:
             base = next((r for r in group if baseline in r["names"] or r["setup"] == baseline), None)
         else:
@@ -192,23 +234,62 @@ def add_significance(rows: list[dict], baseline: str | None) -> None:
                 continue
             if not np.array_equal(row["runs"][0]["labels"], base["runs"][0]["labels"]):
                 continue  # not the same test examples: no paired comparison
-            row["delta"] = seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
+            if task == "regression":
+                row["delta"] = seed_and_example_bootstrap_of(metrics.pearson, row["prediction_runs"],
+                                                             base["prediction_runs"], base["runs"][0]["labels"])
+            else:
+                row["delta"] = seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
             row["few_seeds"] = min(row["n"], base["n"]) < MIN_SEEDS_FOR_STAR
 
 
 def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
+    """The markdown (one table per task, the length buckets of the classification rows) and the
+    CSV rows."""
+    lines, table = [], []
+    for task in COLUMNS_OF:
+        task_rows = [r for r in rows if r["task"] == task]
+        if task_rows:
+            if lines:
+                lines += ["", f"{task.capitalize()} runs:", ""]
+            lines += task_table(task_rows, task, table)
+    duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
+    if duplicates:
+        lines += ["", "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
+                  "each seed counts once, the first run by name. " + "; ".join(
+                      f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
+                      for row, seed, names in duplicates) + "."]
+    classified = [r for r in rows if r["task"] == "classification"]
+    if classified:
+        lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
+        counts = classified[0]["buckets"]
+        lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS)
+                     + " |")
+        lines.append("|---|---|" + "---:|" * len(BUCKETS))
+        for row in _ordered(classified):
+            cells = [f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
+                     for _, _, label in BUCKETS]
+            lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Shared by every row: {common or 'nothing beyond the defaults'}. ± is the std over "
+              "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = fewer than "
+              f"{MIN_SEEDS_FOR_STAR} seeds on a side: the CI sees training randomness poorly (2) or not at all "
+              "(1), so it cannot support a conclusion (no *). Bold = best of its model, collapsed rows excluded."]
+    return "\n".join(lines) + "\n", table
+
+
+def task_table(rows: list[dict], task: str, table: list[dict]) -> list[str]:
+    """The markdown lines of one task's table; its CSV rows are appended to `table`."""
+    columns, compared = COLUMNS_OF[task], COMPARED[task]
     best = {}
     for model_name in {r["model"] for r in rows}:
         ranked = [r for r in rows if r["model"] == model_name and not r["collapsed"]]
-        for col, pick in COLUMNS:
+        for col, pick in columns:
             if ranked:
                 best[(model_name, col)] = pick(r[col] for r in ranked)
-    lines = ["| model | setup | val_acc | test_acc | test_loss | test_ece | n | Δ test_acc vs baseline [95% CI] |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    table = []
-    for row in sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"])):
+    lines = ["| model | setup | " + " | ".join(col for col, _ in columns) + f" | n | Δ {compared} vs baseline [95% CI] |",
+             "|---|---|" + "---:|" * len(columns) + "---:|---|"]
+    for row in _ordered(rows):
         cells = []
-        for col, _ in COLUMNS:
+        for col, _ in columns:
             text = f"{row[col]:.4f}" + (f" ± {row[col + '_std']:.4f}" if row["n"] > 1 else "")
             if not row["collapsed"] and math.isclose(row[col], best.get((row["model"], col), math.nan)):
                 text = f"**{text}**"
@@ -224,34 +305,18 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
         n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
         lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} | {delta} |")
-        table.append({"model": row["model"], "setup": setup, "n": row["n"],
-                      **{c: row[c] for c, _ in COLUMNS},
-                      **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in COLUMNS},
-                      "delta_test_acc": row["delta"][0] if row["delta"] else "",
-                      "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
-                      "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
-                      "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
-                      "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:]),
-                      **{f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS}})
-    duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
-    if duplicates:
-        lines += ["", "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
-                  "each seed counts once, the first run by name. " + "; ".join(
-                      f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
-                      for row, seed, names in duplicates) + "."]
-    lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
-    counts = rows[0]["buckets"]
-    lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS) + " |")
-    lines.append("|---|---|" + "---:|" * len(BUCKETS))
-    for row in sorted(rows, key=lambda r: (r["model"], not r.get("is_baseline"), r["setup"])):
-        cells = [f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
-                 for _, _, label in BUCKETS]
-        lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Shared by every row: {common or 'nothing beyond the defaults'}. ± is the std over "
-              "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = fewer than "
-              f"{MIN_SEEDS_FOR_STAR} seeds on a side: the CI sees training randomness poorly (2) or not at all "
-              "(1), so it cannot support a conclusion (no *). Bold = best of its model, collapsed rows excluded."]
-    return "\n".join(lines) + "\n", table
+        csv_row = {"model": row["model"], "setup": setup, "n": row["n"],
+                   **{c: row[c] for c, _ in columns},
+                   **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in columns},
+                   f"delta_{compared}": row["delta"][0] if row["delta"] else "",
+                   "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
+                   "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
+                   "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
+                   "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:])}
+        if row["buckets"] is not None:
+            csv_row.update({f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS})
+        table.append(csv_row if task == "classification" else {"task": task, **csv_row})
+    return lines
 
 
 def plot(rows: list[dict], out_dir: str, say=print) -> list[str]:
@@ -264,6 +329,10 @@ def plot(rows: list[dict], out_dir: str, say=print) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["task"] == "classification"]  # the figures plot accuracy
+    if not rows:
+        say("no plots: they show classification runs' accuracy, and there are none")
+        return []
     figures = {"test_acc.png": accuracy_figure(rows, plt), "acc_by_length.png": length_figure(rows, plt)}
     paths = []
     for file_name, fig in figures.items():
@@ -340,7 +409,8 @@ def main(argv=None) -> int:
     with open(paths[0], "w") as f:
         f.write(markdown)
     with open(paths[1], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        fields = list(dict.fromkeys(key for row in table for key in row))  # regression rows add their own
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(table)
     print(markdown, end="")

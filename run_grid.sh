@@ -20,13 +20,11 @@
 # resume: rerun the same command. A run folder holding other settings is refused before anything runs.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")" || exit 2
+# shellcheck source=grid_lib.sh
+source ./grid_lib.sh
 
-extra=() grid=grids/exp1.grid nproc=1 gpus="" smoke=1 dry_run=0 sync=0 out_root=runs port_base=${GRID_PORT_BASE:-29500}
-die() { echo "error: $*" >&2; exit 2; }
-need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
-  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
-}
+extra=() grid="" nproc=1 gpus="" smoke=1 dry_run=0 sync=0 out_root="" port_base=${GRID_PORT_BASE:-29500}
 # --slurm: slurm.py writes and submits the jobs; it takes all the options (they differ from these)
 for arg in "$@"; do
   [ "$arg" = -- ] && break
@@ -49,8 +47,12 @@ while [ $# -gt 0 ]; do
 done
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc must be a positive integer (got $nproc)"
 [ -z "$gpus" ] || [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus takes GPU indices like 0,1,2 (got $gpus)"
-[ -f "$grid" ] || die "grid file $grid not found"
 PYTHON=${PYTHON:-python}
+if [ -z "$grid" ] || [ -z "$out_root" ]; then
+  load_defaults
+  grid=${grid:-$DEFAULT_GRID} out_root=${out_root:-$DEFAULT_OUT_ROOT}
+fi
+[ -f "$grid" ] || die "grid file $grid not found"
 name=$("$PYTHON" grid.py name "$grid") || exit 2
 out="$out_root/$name"
 
@@ -66,9 +68,7 @@ if [ "$sync" = 1 ]; then
 fi
 
 # Expand and check every line with train.py's own parser before anything runs.
-expanded=$("$PYTHON" grid.py expand "$grid" -- "${extra[@]}") || exit 2
-runs=()
-while IFS= read -r line; do runs+=("$line"); done <<< "$expanded"
+expand_runs "$grid" "${extra[@]}" || exit 2
 
 # Device slots: one per group of N GPUs (--gpus), or a single slot that uses what it sees.
 slots=()
@@ -82,34 +82,17 @@ else
   slots+=("")
 fi
 
-TORCHRUN=$(command -v torchrun >/dev/null && echo torchrun || echo "$PYTHON -m torch.distributed.run")
-launcher() {  # $1 = slot index; prints the launcher words, one per line
-  if [ "$nproc" = 1 ]; then  # one process: the same code path without torchrun's start-up
-    printf '%s\n' "$PYTHON" train.py
-    return
-  fi
-  printf '%s\n' $TORCHRUN
-  if [ -n "$gpus" ]; then
-    printf '%s\n'  --nnodes=1 "--nproc_per_node=$nproc" --rdzv-backend=c10d \
-      "--rdzv-endpoint=localhost:$((port_base + $1))" train.py
-  else
-    printf '%s\n' --standalone "--nproc_per_node=$nproc" train.py
-  fi
-}
-
-devices_env() {  # $1 = slot index; the CUDA_VISIBLE_DEVICES setting for it, if --gpus was given
-  [ -n "${slots[$1]}" ] && echo "CUDA_VISIBLE_DEVICES=${slots[$1]}"
-}
-
-run_args() {  # $1 = one expanded line; sets: line_no run_name args
-  IFS=$'\x1f' read -r -a fields <<< "$1"
-  line_no=${fields[0]} run_name=${fields[1]} args=("${fields[@]:2}")
+PROCS_PER_NODE=$nproc PLAIN_ONE_PROCESS=1 OUT=$out
+use_slot() {  # $1 = slot index: its devices (--gpus) and its rendezvous port (--gpus with --nproc above 1)
+  RUN_DEVICES=${slots[$1]} RUN_PORT=""
+  if [ -n "$gpus" ]; then RUN_PORT=$((port_base + $1)); fi
 }
 
 if [ "$dry_run" = 1 ]; then
+  use_slot 0
   for run in "${runs[@]}"; do
-    run_args "$run"
-    mapfile -t cmd < <(launcher 0)
+    read_run "$run"
+    mapfile -t cmd < <(launcher_words)
     printf '%q ' "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name"
     echo
   done
@@ -118,9 +101,7 @@ fi
 
 # finished means finished with the settings of its grid line: a run folder holding other settings
 # is refused here, naming the line and the settings, before anything starts
-finished_names=$("$PYTHON" grid.py finished "$grid" "$out" -- "${extra[@]}") || exit 2
-declare -A finished=()
-while IFS= read -r run_name; do [ -n "$run_name" ] && finished[$run_name]=1; done <<< "$finished_names"
+load_finished "$grid" "$out" "${extra[@]}" || exit 2
 
 mkdir -p "$out/logs"
 # one launch per grid folder: a second one is refused here, before it writes anything (it would
@@ -140,15 +121,6 @@ write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ende
   } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
 }
 stopping=0 child=""
-exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
-  local status again
-  wait "$1"; status=$?
-  while kill -0 "$1" 2>/dev/null; do wait "$1"; status=$?; done
-  # it may have exited between an interrupted wait and kill -0: bash then still holds its status
-  wait "$1" 2>/dev/null; again=$?
-  [ "$again" != 127 ] && status=$again
-  return "$status"
-}
 on_signal() {
   stopping=1
   echo "run_grid: interrupted; letting running runs checkpoint..."
@@ -157,40 +129,25 @@ on_signal() {
 }
 trap on_signal INT TERM HUP
 
-first_error() {  # $1 = log: its error lines (train.py can report model and data together), else its last lines
-  { grep -m 3 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
-}
-
 # ---- smoke phase: same code path, 64 examples, 1 epoch, for every run not yet finished whose
 # smoke run has not passed with these settings and this code; stop on any failure
 if [ "$smoke" = 1 ]; then
   declare -A smoke_ok=()
-  while IFS= read -r passed; do [ -n "$passed" ] && smoke_ok[$passed]=1; done \
+  while IFS= read -r passed; do if [ -n "$passed" ]; then smoke_ok[$passed]=1; fi; done \
     < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
+  smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not
+    if [ -n "${finished[$1]:-}" ]; then echo finished; elif [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"; fi
+  }
   echo "== smoke phase: ${#runs[@]} runs"
   write_status smoke
-  for run in "${runs[@]}"; do
-    [ "$stopping" = 1 ] && break
-    run_args "$run"
-    if [ -n "${finished[$run_name]:-}" ]; then echo "smoke skipped: $run_name (finished)"; continue; fi
-    if [ -n "${smoke_ok[$run_name]:-}" ]; then echo "smoke skipped: $run_name (passed before)"; continue; fi
-    log="$out/logs/$run_name-smoke.log"
-    mapfile -t cmd < <(launcher 0)
-    env $(devices_env 0) "${cmd[@]}" "${args[@]}" --smoke --out_dir "$out/smoke" > "$log" 2>&1 &
-    child=$!
-    exit_status_of "$child"; status=$?
-    child=""
-    [ "$stopping" = 1 ] && break
-    if [ "$status" != 0 ]; then
-      echo "smoke FAILED: $grid line $line_no ($run_name), log $log:" >&2
-      first_error "$log" >&2
-      echo "stopping before the real runs." >&2
-      write_status ended "smoke failed: $run_name, log $log"
-      exit 1
-    fi
-    echo "smoke ok: $run_name"
-  done
-  [ "$stopping" = 1 ] && { echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; }
+  use_slot 0
+  smoke_phase "$grid"; status=$?
+  if [ "$status" = 130 ]; then echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; fi
+  if [ "$status" != 0 ]; then
+    echo "stopping before the real runs." >&2
+    write_status ended "smoke failed: $run_name, log $smoke_log"
+    exit 1
+  fi
 fi
 
 # ---- real runs: a queue over the device slots
@@ -214,7 +171,7 @@ finish_slot() {  # $1 = slot index: reap its run and record the outcome
     echo "[failed] ${slot_name[$s]} exit $status"
     first_error "$log"
   fi
-  slot_pid[$s]=""
+  slot_pid[s]=""
   write_status real
 }
 progress_every=${GRID_PROGRESS_EVERY:-60} last_progress=$SECONDS
@@ -232,7 +189,7 @@ reap_runs() {  # record the runs that have exited; every $progress_every s, the 
 busy_slots() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] && echo "$i"; done; }
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
-  run_args "$run"
+  read_run "$run"
   if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
   # reap here, not in a subshell, so the outcome lists stay in this shell
   s=""
@@ -242,12 +199,10 @@ for run in "${runs[@]}"; do
     [ -z "$s" ] && sleep 1
     [ "$stopping" = 1 ] && break 2
   done
-  mapfile -t cmd < <(launcher "$s")
-  port=$([ -n "$gpus" ] && echo $((port_base + s)) || echo auto)
-  echo "[start] $run_name devices=${slots[$s]:-default} port=$port log $out/logs/$run_name.log"
-  env $(devices_env "$s") "${cmd[@]}" "${args[@]}" --out_dir "$out" --wandb_group "$name" \
-    > "$out/logs/$run_name.log" 2>&1 &
-  slot_pid[$s]=$! slot_name[$s]=$run_name
+  use_slot "$s"
+  echo "[start] $run_name devices=${slots[$s]:-default} port=${RUN_PORT:-auto} log $out/logs/$run_name.log"
+  start_run "$out/logs/$run_name.log" "${args[@]}" --out_dir "$out" --wandb_group "$name"
+  slot_pid[s]=$child slot_name[s]=$run_name child=""
   write_status real
 done
 while [ -n "$(busy_slots)" ]; do reap_runs; [ -n "$(busy_slots)" ] && sleep 1; done
@@ -267,8 +222,8 @@ if [ -n "$(offline_runs)" ]; then
   echo "W&B: runs of this grid were logged offline; upload them all with:"
   echo "  bash run_grid.sh $(printf '%q' "$grid") --sync --out_dir $(printf '%q' "$out_root")"
 fi
-ended=done
+ended="done"
 (( ${#failed[@]} + ${#stopped[@]} )) && ended="${#failed[@]} failed, ${#stopped[@]} stopped"
 write_status ended "$ended"
 rm -f "$out/.grid.pid"
-[ "$ended" = done ]
+[ "$ended" = "done" ]

@@ -5,8 +5,9 @@
                                                                   requeued / done / failed
 
 Writes OUT_DIR/<grid>/slurm/: runs.grid (each run's flags, one run per line: line N is array
-task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch and, once submitted,
-jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
+task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch (slurm_jobs/'s templates with
+their #SBATCH lines and settings filled in; they run grid_lib.sh's launcher from this checkout)
+and, once submitted, jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
 unfinished run, at most --max-parallel at once) waits for it with afterok; the report job runs
 report.py after the array, however it ended (afterany).
 
@@ -26,9 +27,11 @@ import sys
 import time
 from typing import NamedTuple
 
+import config
 import grid
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+JOBS = os.path.join(ROOT, "slurm_jobs")  # the jobs' bash, as templates; they source grid_lib.sh
 NO_ID = {"smoke": "SMOKE_JOB_ID", "array": "ARRAY_JOB_ID"}  # stand-ins in scripts a dry run writes
 
 
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="run_grid.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="-- ARGS: train.py flags appended to every run (as without --slurm)")
     a = p.add_argument
-    a("grid", nargs="?", default="grids/exp1.grid", help="grid file (default: %(default)s); for "
+    a("grid", nargs="?", default=grid.DEFAULT_GRID, help="grid file (default: %(default)s); for "
       "--status its name is enough")
     a("--slurm", action="store_true", help="send the grid to SLURM (what run_grid.sh hands over here)")
     a("--status", action="store_true", help="per run: pending / running / requeued / done / failed, "
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--smoke", action=argparse.BooleanOptionalAction, default=True, help="a smoke job first: "
       "every run with --smoke; the runs start only if all pass (default: on)")
     a("--dry-run", action="store_true", help="write and print the scripts; submit nothing (needs no sbatch)")
-    a("--out_dir", default="runs", help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
+    a("--out_dir", default=grid.DEFAULT_OUT_ROOT, help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
     return p
 
 
@@ -141,155 +144,41 @@ def queue_lines(o) -> list[str]:
         ([f"--account={o.account}"] if o.account else []) + ([f"--qos={o.qos}"] if o.qos else []) + o.sbatch_arg
 
 
-def launcher(o) -> str:
-    """The bash function that starts one run under torchrun, in the background."""
+def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list[int] = (), **shell_values) -> str:
+    """slurm_jobs/<template>, the job's bash, with its @KEY@ placeholders filled: the #SBATCH lines,
+    where the job runs from, how a run starts, the tasks, and shell_values (quoted for the shell)."""
     per_node = o.gpus_per_run or o.nproc or 1
-    if o.nodes_per_run == 1:
-        return f"""\
-launch() {{  # $@ = train.py args: the run under torchrun, {per_node} process(es), in the background
-  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node={per_node} train.py "$@" &
-  child=$!
-}}"""
-    cpus = f" --cpus-per-task={o.cpus_per_task}" if o.cpus_per_task else ""  # srun does not inherit it
-    return f"""\
-launch() {{  # $@ = train.py args: srun starts one torchrun per node, {per_node} process(es) each
-  local head port
-  head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # rendezvous on the first node
-  port=$((20000 + SLURM_JOB_ID % 20000))  # from the job id: two jobs sharing a node differ
-  srun --nodes={o.nodes_per_run} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 \\
-    "$PYTHON" -m torch.distributed.run --nnodes={o.nodes_per_run} --nproc_per_node={per_node} \\
-    --rdzv-backend=c10d --rdzv-endpoint="$head:$port" --rdzv-id="$SLURM_JOB_ID" train.py "$@" &
-  child=$!
-}}"""
-
-
-WAIT = """\
-wait_for_child() {  # a trapped signal ends `wait` early: wait until the run has really exited
-  while kill -0 "$child" 2>/dev/null; do wait "$child"; done
-  wait "$child"
-}"""
-
-
-def header(what: str, job_name: str, output: str, options: list[str], script: str) -> str:
-    lines = ["#!/bin/bash", *[f"# {line}" if line else "#" for line in what.splitlines()],
-             "# Written by run_grid.sh --slurm (slurm.py). Submitted with:",
-             f"#   sbatch --parsable {shlex.quote(script)}",
-             f"#SBATCH --job-name={job_name}", f"#SBATCH --output={output}"]
-    return "\n".join(lines + [f"#SBATCH {opt}" for opt in options])
-
-
-def setup(p: Place) -> str:
-    return f"""\
-set -uo pipefail
-cd {shlex.quote(p.root)} || exit 1  # train.py, grid.py, report.py
-PYTHON={shlex.quote(p.python)}
-OUT={shlex.quote(p.out)}  # the grid's folder: runs in OUT/<run name>/, these scripts in OUT/slurm/"""
-
-
-# line N of runs.grid is array task N; grid.py checks every line with train.py's parser again
-EXPAND = 'runs=$("$PYTHON" grid.py expand "$OUT/slurm/runs.grid")'
+    shell_values = {"ROOT": p.root, "PYTHON": p.python, "OUT": p.out, "PROCS_PER_NODE": per_node,
+                    "NODES": o.nodes_per_run, "SRUN_CPUS": o.cpus_per_task or "", **shell_values}
+    values = {k: shlex.quote(str(v)) for k, v in shell_values.items()}
+    values |= {"NAME": p.name, "SCRIPT": shlex.quote(script), "GRACE": str(o.grace),
+               "TASKS": " ".join(map(str, tasks))}  # numbers: the template holds them in "..."
+    with open(os.path.join(JOBS, template)) as f:
+        text = f.read().replace("# @SBATCH@", "\n".join(f"#SBATCH {line}" for line in sbatch), 1)
+    return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
 
 
 def smoke_script(o, p: Place, tasks: list[int]) -> str:
     path = os.path.join(p.out, "slurm", "smoke.sbatch")
-    what = (f"Grid {p.name}, smoke job: every run still to do with --smoke (64 examples, 1 epoch), one\n"
-            "after another, started as the real runs are. If one fails, this job fails and SLURM\n"
-            "cancels the runs' array, which waits for it (afterok, --kill-on-invalid-dep=yes).")
-    return f"""\
-{header(what, f"{p.name}-smoke", f"{p.out}/logs/slurm-smoke-%j.log", resource_lines(o), path)}
-{setup(p)}
-TASKS=" {' '.join(map(str, tasks))} "  # the runs still to do
-{launcher(o)}
-{WAIT}
-
-echo "running" > "$OUT/slurm/status/smoke"
-{EXPAND} || {{ echo "failed: runs.grid does not expand" > "$OUT/slurm/status/smoke"; exit 2; }}
-while IFS=$'\\x1f' read -r -a run; do
-  line=${{run[0]}} name=${{run[1]}} log="$OUT/logs/${{run[1]}}-smoke.log"
-  [[ "$TASKS" == *" $line "* ]] || continue
-  launch "${{run[@]:2}}" --smoke --out_dir "$OUT/smoke" > "$log" 2>&1
-  if ! wait_for_child; then
-    echo "smoke FAILED: runs.grid line $line ($name), log $log:"
-    {{ grep -m 3 -E '^([0-9:]+ )?error:' "$log" || grep -v '^\\s*$' "$log" | tail -n 8; }} | sed 's/^/    /'
-    echo "failed: line $line ($name), log $log" > "$OUT/slurm/status/smoke"
-    echo "the real runs are cancelled (their array waits for this job)."
-    exit 1
-  fi
-  echo "smoke ok: $name"
-done <<< "$runs"
-echo "ok" > "$OUT/slurm/status/smoke"
-"""
+    sbatch = [f"--job-name={p.name}-smoke", f"--output={p.out}/logs/slurm-smoke-%j.log", *resource_lines(o)]
+    return fill("smoke.sbatch", path, sbatch, p, o, tasks)
 
 
 def runs_script(o, p: Place, tasks: list[int], smoke_job: str | None) -> str:
     path = os.path.join(p.out, "slurm", "runs.sbatch")
-    what = (f"Grid {p.name}: one array task per run still to do; task N runs line N of runs.grid.\n"
-            f"USR1 comes {o.grace} s before the time limit: the run checkpoints and the task requeues\n"
-            "itself; when it starts again the run resumes (train.py does, from its folder).\n"
-            "One log per task, appended across restarts.")
-    options = [f"--array={array_spec(tasks, o.max_parallel)}", "--open-mode=append", "--requeue",
-               f"--signal=B:USR1@{o.grace}", *resource_lines(o)]
+    sbatch = [f"--job-name={p.name}", f"--output={p.out}/logs/slurm-%A_%a.log",
+              f"--array={array_spec(tasks, o.max_parallel)}", "--open-mode=append", "--requeue",
+              f"--signal=B:USR1@{o.grace}", *resource_lines(o)]
     if smoke_job:
-        options += [f"--dependency=afterok:{smoke_job}", "--kill-on-invalid-dep=yes"]
-    return f"""\
-{header(what, p.name, f"{p.out}/logs/slurm-%A_%a.log", options, path)}
-{setup(p)}
-MAX_REQUEUES={o.max_requeues}
-task=$SLURM_ARRAY_TASK_ID restarts=${{SLURM_RESTART_COUNT:-0}}
-{launcher(o)}
-{WAIT}
-
-note() {{  # the task's state, for --status, and the same line in this log
-  echo "$*" > "$OUT/slurm/status/$task"
-  echo "ftkit $(date '+%F %T') task $task: $*"
-}}
-signalled=0 termed="" child=""
-on_usr1() {{  # the time limit (or a preemption) is near: checkpoint now
-  signalled=1
-  echo "ftkit $(date '+%F %T') task $task: USR1: stopping the run so it checkpoints"
-  [ -n "$child" ] && kill -TERM "$child"  # torchrun forwards TERM to its workers, not USR1
-}}
-on_term() {{  # scancel or a preemption: SLURM sends TERM to every process of the job itself
-  termed=" after TERM (scancel, or a preemption that SLURM requeues itself)"
-  echo "ftkit $(date '+%F %T') task $task: TERM: waiting for the run to checkpoint"
-}}
-trap on_usr1 USR1
-trap on_term TERM
-
-{EXPAND} || {{ note "failed: runs.grid does not expand (see this log)"; exit 2; }}
-IFS=$'\\x1f' read -r -a run < <(grep "^$task"$'\\x1f' <<< "$runs")
-[ ${{#run[@]}} -ge 2 ] || {{ note "failed: no line $task in runs.grid"; exit 2; }}
-run_name=${{run[1]}}
-if [ -f "$OUT/$run_name/results.json" ]; then note "done: $run_name finished before this start"; exit 0; fi
-note "running: $run_name, job ${{SLURM_ARRAY_JOB_ID}}_$task on $(hostname -s), start $((restarts + 1))"
-status=1  # stays so if USR1 came before the run started
-if [ "$signalled" = 0 ]; then
-  launch "${{run[@]:2}}" --out_dir "$OUT" --wandb_group {shlex.quote(p.name)}
-  wait_for_child; status=$?
-fi
-# the run's exit code decides, except after USR1: torchrun may end non-zero after its workers
-# checkpointed, so the signal path is "this script got USR1", whatever torchrun returned
-if [ "$status" = 0 ]; then note "done: $run_name"; exit 0; fi
-if [ "$signalled" = 0 ]; then note "failed: $run_name exit $status$termed (not requeued)"; exit "$status"; fi
-if [ "$restarts" -ge "$MAX_REQUEUES" ]; then
-  note "failed: $run_name stopped after $restarts requeues (--max-requeues $MAX_REQUEUES)"
-  exit 1
-fi
-note "requeued: $run_name checkpointed after USR1 (requeue $((restarts + 1)) of at most $MAX_REQUEUES)"
-scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_$task" || {{ note "failed: scontrol requeue refused"; exit 1; }}
-"""
+        sbatch += [f"--dependency=afterok:{smoke_job}", "--kill-on-invalid-dep=yes"]
+    return fill("runs.sbatch", path, sbatch, p, o, GRID_NAME=p.name, MAX_REQUEUES=o.max_requeues)
 
 
 def report_script(o, p: Place, array_job: str) -> str:
     path = os.path.join(p.out, "slurm", "report.sbatch")
-    what = (f"Grid {p.name}, report job: the results table (report.py) in the grid folder, after the\n"
-            "runs' array has ended, however it ended (afterany).")
-    options = ["--ntasks=1", "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{array_job}"]
-    return f"""\
-{header(what, f"{p.name}-report", f"{p.out}/logs/slurm-report-%j.log", options, path)}
-{setup(p)}
-"$PYTHON" report.py "$OUT"
-"""
+    sbatch = [f"--job-name={p.name}-report", f"--output={p.out}/logs/slurm-report-%j.log", "--ntasks=1",
+              "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{array_job}"]
+    return fill("report.sbatch", path, sbatch, p, o)
 
 
 def runs_file(runs: list[tuple[int, str, list[str]]]) -> str:
@@ -344,7 +233,7 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     if not tasks:
         print(f"all {len(runs)} runs of {grid_path} are finished (results in {out}); nothing submitted")
         return 0
-    if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid when they start
+    if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid and grid_lib.sh when they start
         earlier = read_jobs(slurm_dir)
         if earlier and queue(job_ids(earlier)):
             raise SlurmError(f"grid {name} still has jobs in the queue ({','.join(job_ids(earlier))}); "
@@ -404,7 +293,7 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
           "   (where the cluster keeps accounting)")
     print(f"  tail -f {logs}/slurm-{jobs['array']}_{tasks[0]}.log")
     print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
-          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != "runs" else ""))
+          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != grid.DEFAULT_OUT_ROOT else ""))
     return 0
 
 
@@ -462,7 +351,7 @@ def status(o) -> int:
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
     """One run: (pending | running | requeued | done | failed, detail)."""
-    if os.path.exists(os.path.join(out, run_name, "results.json")):
+    if config.has_results(os.path.join(out, run_name)):
         return "done", "" if submitted else "finished before this submission"
     if row is not None:
         restarts = int(row["RestartCnt"] or 0)

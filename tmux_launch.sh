@@ -11,29 +11,33 @@
 #                                                      exit; start again to resume
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
 set -uo pipefail
-cd "$(dirname "$0")"
-die() { echo "error: $*" >&2; exit 2; }
-need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
-  [ $# -ge 2 ] && [[ "$2" != -* ]] || die "$1 needs a value"
-}
+cd "$(dirname "$0")" || exit 2
+case "${1:-}" in
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+# shellcheck source=grid_lib.sh
+source ./grid_lib.sh
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
+load_defaults
 
 session_of() { local n; n=$(basename "$1" .grid); echo "grid-${n//[^A-Za-z0-9_-]/_}"; }
 sessions() { tmux list-sessions -F '#{session_name}' 2>/dev/null | grep '^grid-' || true; }
 
-progress() {  # $1 = session: "done/total" from the run folders and the grid file
-  local grid out total finished
+progress() {  # $1 = session: "done/total" from the grid file, its extra flags and its run folders
+  local grid out extra=() total finished_count
   grid=$(tmux show-options -t "$1" -v @grid_file 2>/dev/null) out=$(tmux show-options -t "$1" -v @grid_out 2>/dev/null)
-  total=$("$PYTHON" grid.py expand "$grid" 2>/dev/null | wc -l)
-  finished=$(find "$out" -mindepth 2 -maxdepth 2 -name results.json -not -path '*/smoke/*' 2>/dev/null | wc -l)
-  echo "$finished/$total runs done  (grid $grid, log $out/grid.log)"
+  IFS=$'\x1f' read -r -a extra < <(tmux show-options -t "$1" -v @grid_extra 2>/dev/null)
+  if expand_runs "$grid" "${extra[@]}" 2>/dev/null; then total=${#runs[@]}; else total="?"; fi
+  finished_count="?"
+  if load_finished "$grid" "$out" "${extra[@]}" 2>/dev/null; then finished_count=${#finished[@]}; fi
+  echo "$finished_count/$total runs done  (grid $grid, log $out/grid.log)"
 }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --status)
-    root=runs; [ "${2:-}" = --out_dir ] && root=${3:-runs}
+    root=$DEFAULT_OUT_ROOT
+    if [ "${2:-}" = --out_dir ]; then root=${3:-$DEFAULT_OUT_ROOT}; fi
     list=$(sessions) shown=()
     for s in $list; do
       echo "$s: $(progress "$s")"
@@ -73,12 +77,12 @@ case "${1:-}" in
     exit 0 ;;
 esac
 
-grid=grids/exp1.grid out_root=runs args=()
+grid=$DEFAULT_GRID out_root=$DEFAULT_OUT_ROOT args=() extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out_dir) need_value "$@"; out_root=$2; args+=("$1" "$2"); shift 2 ;;
     --nproc|--gpus) need_value "$@"; args+=("$1" "$2"); shift 2 ;;
-    --) args+=("$@"); break ;;
+    --) args+=("$@"); extra=("${@:2}"); break ;;
     -*) args+=("$1"); shift ;;
     *) grid=$1; shift ;;
   esac
@@ -94,6 +98,7 @@ echo \"grid exited with status \${PIPESTATUS[0]}\" | tee -a $(printf '%q' "$out/
 tmux new-session -d -s "$s" -c "$PWD" "bash -c $(printf '%q' "$cmd")" || die "tmux could not start session $s"
 tmux set-option -t "$s" @grid_file "$grid" >/dev/null
 tmux set-option -t "$s" @grid_out "$out" >/dev/null
+tmux set-option -t "$s" @grid_extra "$( (( ${#extra[@]} )) && printf '%s\x1f' "${extra[@]}")" >/dev/null  # for --status
 tmux set-option -t "$s" @grid_launch "$(printf '%q ' "$grid" "${args[@]}")" >/dev/null
 echo "started grid $grid in tmux session $s (detached; it keeps running if you log out)"
 echo "  follow:   tail -f $out/grid.log"

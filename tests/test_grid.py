@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import config
 import grid
 from conftest import ROOT
 
@@ -41,6 +42,11 @@ def test_shipped_grids_expand_to_the_experiment():
     assert len(names) == len(set(names)) == 10
     assert "bert-cls-bs32-wd0.01-clip1-s42" in names and "modernbert-cls-L256-s42" in names
     assert len(grid.resolve(os.path.join(ROOT, "grids", "demo.grid"))) == 4
+    glue_runs = grid.resolve(os.path.join(ROOT, "grids", "glue.grid"))
+    assert len({name for _, name, _ in glue_runs}) == 54
+    stsb = next(argv for _, name, argv in glue_runs if "stsb" in name)
+    args = config.parse_args(stsb)
+    assert (args.task, args.metric_for_best, args.data) == ("regression", "pearson", "glue/stsb")
 
 
 def test_dry_run_prints_only_the_commands(tmp_path):

@@ -229,3 +229,47 @@ def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
     assert f"seed 1: counted {names[0]}, not {twin.name}" in text
     csv_row = next(line for line in (tmp_path / "results.csv").read_text().splitlines() if ",cls," in line)
     assert f",{twin.name}," in csv_row + ","
+
+
+def _regression_run(folder, pool, seed, predictions, labels):
+    folder.mkdir(parents=True)
+    scores = {"val_pearson": report.metrics.pearson(predictions, labels) - 0.01,
+              "test_pearson": report.metrics.pearson(predictions, labels),
+              "test_spearman": report.metrics.spearman(predictions, labels),
+              "test_mse": report.metrics.mean_squared_error(predictions, labels), "test_loss": 0.0}
+    (folder / "results.json").write_text(json.dumps(scores))
+    (folder / "config.json").write_text(json.dumps({"model": "tiny-bert", "pool": pool, "seed": seed,
+                                                    "task": "regression", "metric_for_best": "pearson"}))
+    np.savez(folder / "test_predictions.npz", predictions=predictions, labels=labels,
+             n_tokens=np.full(len(labels), 20))
+
+
+def test_regression_runs_get_their_own_table_with_pearson_and_its_ci(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=300)
+    for seed in (1, 2, 3):  # mean pooling tracks the labels far better than cls here
+        _regression_run(tmp_path / f"cls-s{seed}", "cls", seed, labels + rng.normal(scale=2.0, size=300), labels)
+        _regression_run(tmp_path / f"mean-s{seed}", "mean", seed, labels + rng.normal(scale=0.5, size=300), labels)
+    assert report.main([str(tmp_path), "--plot"]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| model"))
+    assert "test_pearson" in header and "test_spearman" in header and "test_mse" in header
+    assert "ece" not in printed and "COLLAPSED" not in printed and "by review length" not in printed
+    assert "no plots" in printed
+    mean_row = next(line for line in printed.splitlines() if line.startswith("| tiny-bert | mean"))
+    d, low, high = report.seed_and_example_bootstrap_of(
+        report.metrics.pearson, *[np.array([np.load(tmp_path / f"{p}-s{s}" / "test_predictions.npz")["predictions"]
+                                            for s in (1, 2, 3)]) for p in ("mean", "cls")], labels)
+    assert low > 0 and mean_row.endswith(f"{d:+.4f} [{low:+.4f}, {high:+.4f}] * |")
+    assert (tmp_path / "results.csv").read_text().startswith("task,model,setup,n,val_pearson")
+
+
+def test_a_pearson_difference_of_one_lucky_seed_is_not_significant():
+    rng = np.random.default_rng(1)
+    labels = rng.normal(size=200)
+    noisy = np.array([labels + rng.normal(scale=s, size=200) for s in (3.0, 3.0, 0.2)])  # one lucky seed
+    base = np.array([labels + rng.normal(scale=2.0, size=200) for _ in range(3)])
+    d, low, high = report.seed_and_example_bootstrap_of(report.metrics.pearson, noisy, base, labels)
+    assert low < 0 < high
+    d, low, high = report.seed_and_example_bootstrap_of(report.metrics.pearson, noisy[[2, 2, 2]], base, labels)
+    assert low > 0  # the same gain on every seed is

@@ -85,11 +85,22 @@ def test_scripts_for_exp1_equal_the_expected_copy(tmp_path):
     assert "#SBATCH --signal=B:USR1@180" in written["runs.sbatch"] and "--requeue" in written["runs.sbatch"]
     assert "#SBATCH --dependency=afterok:1001" in written["runs.sbatch"]
     assert "#SBATCH --dependency=afterany:1002" in written["report.sbatch"]
-    assert "--standalone --nproc_per_node=2" in written["runs.sbatch"]
-    assert "srun --nodes=2" in written["runs-2nodes.sbatch"] and "--rdzv-backend=c10d" in written["runs-2nodes.sbatch"]
+    assert "--standalone --nproc_per_node=2" in launch_command(written["runs.sbatch"])
+    two_nodes_launch = launch_command(written["runs-2nodes.sbatch"])
+    assert "srun --nodes=2" in two_nodes_launch and "--rdzv-backend=c10d" in two_nodes_launch
     # runs.grid is itself a grid: the same 10 runs, the same names, in the same order
     (tmp_path / "again.grid").write_text(written["runs.grid"])
     assert grid.resolve(str(tmp_path / "again.grid")) == [(i, name, args) for i, (_, name, args) in enumerate(runs, 1)]
+
+
+def launch_command(script: str) -> str:
+    """The command a job script starts a run with: its settings line, through grid_lib.sh's launcher_words
+    (on a pretend 2-node allocation)."""
+    settings = next(line for line in script.splitlines() if line.startswith("PROCS_PER_NODE="))
+    bash = (f"source ./grid_lib.sh; PYTHON=python SLURM_JOB_ID=7 SLURM_JOB_NODELIST='n[1-2]'; scontrol() {{ echo n1; }}; "
+            f"{settings}\nlauncher_words")
+    words = subprocess.run(["bash", "-c", bash], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return " ".join(words.splitlines())
 
 
 def test_array_spec_compresses_ranges():

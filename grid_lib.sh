@@ -1,0 +1,121 @@
+# shellcheck shell=bash
+# The grid launcher's bash, written once: run_grid.sh and tmux_launch.sh source it, and so do the
+# SLURM jobs slurm.py writes from slurm_jobs/*.sbatch. It reads grid lines, asks grid.py which runs
+# are finished (config.finished decides), starts a run, waits until it has really exited, shows its
+# first error lines, and runs the smoke phase.
+#
+# The caller sets PYTHON and, to start runs, OUT (the grid's folder) and:
+#   PROCS_PER_NODE     processes per run and node, under torchrun
+#   PLAIN_ONE_PROCESS  1: a one-process run starts as plain python, without torchrun's start-up
+#   NODES              nodes per run; above 1, srun starts one torchrun per node (SLURM only)
+#   SRUN_CPUS          CPUs per node for srun, which does not inherit them (empty: SLURM's default)
+#   RUN_PORT           a fixed rendezvous port on this machine (run_grid.sh --gpus); empty: torchrun
+#                      picks a free one
+#   RUN_DEVICES        CUDA_VISIBLE_DEVICES for the run; empty: the devices it sees
+
+die() { echo "error: $*" >&2; exit 2; }
+
+need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
+  { [ $# -ge 2 ] && [[ "$2" != -* ]]; } || die "$1 needs a value"
+}
+
+load_defaults() {  # sets DEFAULT_GRID and DEFAULT_OUT_ROOT: grid.py holds them, for slurm.py too
+  # shellcheck disable=SC2034  # for the caller
+  read -r DEFAULT_GRID DEFAULT_OUT_ROOT < <("$PYTHON" grid.py defaults)
+  [ -n "${DEFAULT_OUT_ROOT:-}" ] || die "$PYTHON grid.py defaults failed (is $PYTHON the toolkit's Python?)"
+}
+
+expand_runs() {  # $1 = grid file, the rest = train.py args added to every run; sets runs[], one line each
+  local expanded
+  expanded=$("$PYTHON" grid.py expand "$1" -- "${@:2}") || return 2
+  mapfile -t runs <<< "$expanded"
+}
+
+read_run() {  # $1 = one line of runs[]; sets line_no, run_name and args (the run's train.py args)
+  local fields
+  IFS=$'\x1f' read -r -a fields <<< "$1"
+  line_no=${fields[0]} run_name=${fields[1]} args=("${fields[@]:2}")
+}
+
+load_finished() {  # $1 = grid file, $2 = its folder, the rest = extra train.py args; sets finished[run name]=1.
+  # grid.py refuses (exit 2, one error line) a run folder that holds a run with other settings
+  local names name
+  names=$("$PYTHON" grid.py finished "$1" "$2" -- "${@:3}") || return 2
+  declare -gA finished=()
+  while IFS= read -r name; do
+    # shellcheck disable=SC2034  # for the caller
+    if [ -n "$name" ]; then finished[$name]=1; fi
+  done <<< "$names"
+}
+
+launcher_words() {  # the words that start train.py as the variables above say, one per line
+  if [ "${NODES:-1}" -gt 1 ]; then
+    local head port
+    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # rendezvous on the first node
+    port=$((20000 + SLURM_JOB_ID % 20000))  # from the job id: two jobs sharing a node differ
+    printf '%s\n' srun "--nodes=$NODES" --ntasks-per-node=1 ${SRUN_CPUS:+"--cpus-per-task=$SRUN_CPUS"} \
+      --kill-on-bad-exit=1 "$PYTHON" -m torch.distributed.run "--nnodes=$NODES" "--nproc_per_node=$PROCS_PER_NODE" \
+      --rdzv-backend=c10d "--rdzv-endpoint=$head:$port" "--rdzv-id=$SLURM_JOB_ID" train.py
+  elif [ "$PROCS_PER_NODE" = 1 ] && [ "${PLAIN_ONE_PROCESS:-0}" = 1 ]; then
+    printf '%s\n' "$PYTHON" train.py
+  elif [ -n "${RUN_PORT:-}" ]; then
+    printf '%s\n' "$PYTHON" -m torch.distributed.run --nnodes=1 "--nproc_per_node=$PROCS_PER_NODE" \
+      --rdzv-backend=c10d "--rdzv-endpoint=localhost:$RUN_PORT" train.py
+  else
+    printf '%s\n' "$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$PROCS_PER_NODE" train.py
+  fi
+}
+
+start_run() {  # $1 = log file, or - for this script's own output; the rest = train.py args.
+  # Starts the run in the background; child = its pid
+  local log=$1 words
+  shift
+  mapfile -t words < <(launcher_words)
+  if [ -n "${RUN_DEVICES:-}" ]; then words=(env "CUDA_VISIBLE_DEVICES=$RUN_DEVICES" "${words[@]}"); fi
+  if [ "$log" = - ]; then
+    "${words[@]}" "$@" &
+  else
+    "${words[@]}" "$@" > "$log" 2>&1 &
+  fi
+  child=$!
+}
+
+exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signal ends `wait` early)
+  local status again
+  wait "$1"; status=$?
+  while kill -0 "$1" 2>/dev/null; do wait "$1"; status=$?; done
+  # it may have exited between an interrupted wait and kill -0: bash then still holds its status
+  wait "$1" 2>/dev/null; again=$?
+  [ "$again" != 127 ] && status=$again
+  return "$status"
+}
+
+first_error() {  # $1 = log: its error lines (train.py can report model and data together), else its last lines
+  { grep -m 3 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
+}
+
+smoke_phase() {  # $1 = the grid file, as a failure names it. Runs every run of runs[] with --smoke
+  # (64 examples, 1 epoch) into $OUT/smoke, one after another, its log $OUT/logs/<run>-smoke.log,
+  # except those the caller's smoke_skip (run name, line) prints a reason for. Returns 0 when all
+  # passed; 1 at the first failure, after printing its error lines (line_no, run_name and smoke_log
+  # name it); 130 once a signal handler has set stopping=1
+  local run reason status
+  for run in "${runs[@]}"; do
+    [ "${stopping:-0}" = 1 ] && return 130
+    read_run "$run"
+    reason=$(smoke_skip "$run_name" "$line_no")
+    if [ -n "$reason" ]; then echo "smoke skipped: $run_name ($reason)"; continue; fi
+    smoke_log="$OUT/logs/$run_name-smoke.log"
+    start_run "$smoke_log" "${args[@]}" --smoke --out_dir "$OUT/smoke"
+    exit_status_of "$child"; status=$?
+    child=""
+    [ "${stopping:-0}" = 1 ] && return 130
+    if [ "$status" != 0 ]; then
+      echo "smoke FAILED: $1 line $line_no ($run_name), log $smoke_log:" >&2
+      first_error "$smoke_log" >&2
+      return 1
+    fi
+    echo "smoke ok: $run_name"
+  done
+  return 0
+}

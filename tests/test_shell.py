@@ -1,0 +1,31 @@
+"""The bash files: run_grid.sh, tmux_launch.sh, grid_lib.sh and the SLURM job templates parse (bash -n)
+and pass shellcheck where it is installed (Debian: apt-get install shellcheck; .ci/run installs it)."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+BASH_FILES = ["run_grid.sh", "tmux_launch.sh", "grid_lib.sh",
+              *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "slurm_jobs", "*.sbatch")))]
+
+
+def test_the_slurm_job_templates_are_there():
+    assert {"slurm_jobs/smoke.sbatch", "slurm_jobs/runs.sbatch", "slurm_jobs/report.sbatch"} <= set(BASH_FILES)
+
+
+@pytest.mark.parametrize("path", BASH_FILES)
+def test_bash_parses(path):
+    check = subprocess.run(["bash", "-n", path], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)")
+@pytest.mark.parametrize("path", BASH_FILES)
+def test_shellcheck_passes(path):
+    # -x follows `source ./grid_lib.sh`, so the variables the library reads and sets are checked too
+    check = subprocess.run(["shellcheck", "-x", path], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
