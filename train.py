@@ -1,4 +1,5 @@
-"""Fine-tune a pretrained encoder for text classification with a hand-written DDP loop.
+"""Fine-tune a pretrained encoder for text classification, sentence pairs or regression with a
+hand-written DDP loop.
 
 One process (CPU or one GPU):
     python train.py --model bert --pool cls
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 # Under torchrun, the launcher's pid, read before the slow imports below: a launcher that dies
 # while they run must still be noticed (see watch_launcher).
@@ -33,7 +34,6 @@ LAUNCHER_GONE = threading.Event()
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
@@ -45,6 +45,7 @@ import files
 import machine
 import metrics
 import model as models
+import tasks
 import tracking
 from config import UserError
 from hooks import Hooks
@@ -61,7 +62,7 @@ class TrainState:
     epoch: int = 0                  # epochs finished: trained, validated and checkpointed
     step_in_epoch: int = 0          # optimizer steps done in the current epoch
     global_step: int = 0            # optimizer steps done in all
-    best_val_acc: float = -1.0
+    best_val_metric: float | None = None  # of --metric_for_best
     best_epoch: int = -1
     best_file: str | None = None    # best_step<N>.pt in the run folder: the best epoch's weights
     history: list = field(default_factory=list)  # val metrics of every finished epoch
@@ -86,8 +87,11 @@ class Run:
     config: dict
     fingerprint: dict
     encoded: dict[str, data.Encoded]  # split -> token ids
-    labels: dict[str, np.ndarray]     # split -> label ids
-    label_names: list[str]
+    labels: dict[str, np.ndarray]     # split -> label ids (float targets for regression)
+    label_names: list[str]            # class names; empty for regression
+    task: str                         # classification | regression
+    task_rules: tasks.Task            # its loss and per-example outputs
+    metric_for_best: str              # the validation metric that picks the best epoch
     test_texts: list[str]
     train_lengths: np.ndarray         # tokens in each training example
     model: torch.nn.Module
@@ -95,7 +99,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     autocast: torch.autocast
-    collate: Callable[[list[np.ndarray]], dict]  # data.collate bound to the pad id, --max_len and --padding
+    collate: Callable[..., dict]      # data.collate bound to the pad id, --max_len and --padding
     plan_epoch: Callable[[int], list[list[np.ndarray]]]  # data.plan_epoch of an epoch, for this rank
     pad_id: int
     per_proc_batch: int
@@ -217,7 +221,14 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
 
     splits, label_names = distributed.node_main_first(
         info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None)
+        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
+        task=args.task)
+    if splits["test"].source != "test":
+        log.info(f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
+                 "(results.json: test_split)")
+    problem = metrics.metric_problem(args.task, args.metric_for_best, len(label_names) or None)
+    if problem:
+        raise UserError(problem)
     tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
     # and one with another train, validation or test file
@@ -225,13 +236,18 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
                    for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
-    encoded = {name: distributed.node_main_first(info, data.encode, split.texts, tokenizer, args.max_len,
-                                           args.truncation, args.cache_dir, log.warning)
-               for name, split in splits.items()}
+    encoded = {}
+    for name, split in splits.items():
+        texts, text_pairs = split.encoder_inputs(args.text_pairs)
+        encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
+                                                    args.truncation, args.cache_dir, log.warning, text_pairs=text_pairs)
     log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
-    model = models.build_model(entry, tokenizer, len(label_names), args.pool, args.dropout,
+    task_rules = tasks.TASKS[args.task]
+    model = models.build_model(entry, tokenizer, task_rules.outputs(len(label_names)), args.pool, args.dropout,
                                args.encoder_dropout, info.device, precision).to(info.device)
+    if not data.uses_token_type_ids(model.encoder.config):  # ModernBERT, RoBERTa: one segment embedding
+        encoded = {name: replace(enc, token_types=None) for name, enc in encoded.items()}
     flops = models.training_flops(model)
     log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
              f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
@@ -242,13 +258,14 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
                                    group_by_length=args.group_by_length)
     steps_per_epoch = len(plan_epoch(0))  # the same in every epoch
     optimizer = make_optimizer(model, args)
-    config.update(label_names=label_names, world_size=info.world_size, per_process_batch=per_proc_batch,
+    config.update(label_names=label_names, test_split=splits["test"].source, world_size=info.world_size, per_process_batch=per_proc_batch,
                   effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
                   code_version=settings.code_version(), model_default_lr=entry.default_lr,
                   attention=model.encoder.config._attn_implementation)
     return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
                fingerprint=fingerprint,
                encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
+               task=args.task, task_rules=task_rules, metric_for_best=args.metric_for_best,
                test_texts=splits["test"].texts, train_lengths=train_lengths, model=model, optimizer=optimizer,
                scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
                scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
@@ -277,7 +294,11 @@ def restore(run: Run) -> TrainState:
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
         run.scaler.load_state_dict(saved["scaler"])
-        state = TrainState(**saved["progress"])
+        progress = saved["progress"]
+        if "best_val_acc" in progress:  # a checkpoint from before --metric_for_best (it was accuracy)
+            old = progress.pop("best_val_acc")
+            progress["best_val_metric"] = old if old >= 0 else None
+        state = TrainState(**progress)
         state.log_window["time"] = time.time() - state.log_window["time"]
         if len(saved["rng"]) == info.world_size:
             distributed.set_rng_state(saved["rng"][info.rank])
@@ -373,7 +394,7 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
     for k, mb in enumerate(micro_batches):
-        batch = run.collate([run.encoded["train"].ids[i] for i in mb])
+        batch = collate_split(run, "train", mb)
         n = run.train_lengths[mb]
         counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
@@ -384,7 +405,7 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
                 logits = run.ddp_model(**batch)
             # sum / this rank's examples in the step; DDP's gradient mean over ranks then gives
             # the mean over the whole global batch
-            loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
+            loss = run.task_rules.loss_sum(logits, target) / examples
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
@@ -396,6 +417,13 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {"loss": loss_total / info.world_size, "samples": examples * info.world_size,
             "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
+
+
+def collate_split(run: Run, split: str, indices) -> dict:
+    """The batch of a split's examples at `indices`, with their segment ids where the model uses them."""
+    encoded = run.encoded[split]
+    types = None if encoded.token_types is None else [encoded.token_types[i] for i in indices]
+    return run.collate([encoded.ids[i] for i in indices], token_types=types)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -443,12 +471,12 @@ def skip_step(run: Run) -> float:
 def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
     """Validate, keep the best weights (returned when they improved), checkpoint."""
     run.hooks.before_validation(run, state)
-    val = metrics.classification_metrics(predict(run, "val", stop), run.labels["val"])
+    val = metrics.task_metrics(run.task, predict(run, "val", stop), run.labels["val"])
     state.history.append(val)
-    improved = val["acc"] > state.best_val_acc
+    improved = metrics.is_improvement(run.metric_for_best, val[run.metric_for_best], state.best_val_metric)
     best_weights = None
     if improved:
-        state.best_val_acc, state.best_epoch = val["acc"], state.epoch
+        state.best_val_metric, state.best_epoch = val[run.metric_for_best], state.epoch
         # every rank keeps a copy, so the test needs no shared file system across nodes;
         # the file (rank 0) serves a resumed run
         best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
@@ -470,37 +498,44 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     run.model.load_state_dict(best_weights)
     eval_start = time.time()
     try:
-        test_probs = predict(run, "test", stop)
+        test_outputs = predict(run, "test", stop)
     except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
         return stop_run(run, state, snapshot, e.signum)
-    eval_samples_per_s = len(test_probs) / max(time.time() - eval_start, 1e-9)
-    test = metrics.classification_metrics(test_probs, run.labels["test"])
+    eval_samples_per_s = len(test_outputs) / max(time.time() - eval_start, 1e-9)
+    test = metrics.task_metrics(run.task, test_outputs, run.labels["test"])
     best = state.history[state.best_epoch]
-    num_labels = len(run.label_names)
-    majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
-    results = {"val_acc": best["acc"], "val_loss": best["loss"], "val_f1": best["f1"], "val_ece": best["ece"],
-               "test_acc": test["acc"], "test_loss": test["loss"], "test_f1": test["f1"], "test_ece": test["ece"],
+    classification = run.task == "classification"
+    if classification:
+        num_labels = len(run.label_names)
+        majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
+    results = {**{f"val_{k}": v for k, v in best.items()}, **{f"test_{k}": v for k, v in test.items()},
+               "task": run.task, "metric_for_best": run.metric_for_best, "test_split": run.config["test_split"],
                "best_epoch": state.best_epoch, "epochs": args.epochs, "global_step": state.global_step,
-               "collapsed": metrics.is_collapsed(state.history, majority, num_labels),
+               **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
                **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
                                                           info.world_size, prefix="train_").items()},
                "eval_samples_per_s": eval_samples_per_s, **machine.peak_memory(info.device),
                **(models.compile_report() if args.compile else {}),
                "wall_s": time.time() - run.started, "run_name": args.run_name}
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
-    if results["collapsed"]:
+    if results.get("collapsed"):
         log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
                     f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
                     "Lower --lr or change batch size / clipping.")
     if info.is_main:
-        np.savez_compressed(os.path.join(run.run_dir, "test_predictions.npz"), probs=test_probs.astype(np.float32),
+        output = "probs" if classification else "predictions"  # what report.py reads
+        np.savez_compressed(os.path.join(run.run_dir, "test_predictions.npz"),
+                            **{output: test_outputs.astype(np.float32)},
                             labels=run.labels["test"], n_tokens=run.encoded["test"].n_tokens)
         files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
-    run.wandb.final_plots(test_probs, run.labels["test"], run.test_texts, run.label_names)
+    if classification:
+        run.wandb.final_plots(test_outputs, run.labels["test"], run.test_texts, run.label_names)
     run.wandb.finish()
-    log.info(f"results: val_acc {results['val_acc']:.4f}  test_acc {results['test_acc']:.4f}  "
-             f"test_loss {results['test_loss']:.4f}  ({run.run_dir}/results.json)")
+    shown = ["val_acc", "test_acc", "test_loss"] if classification else ["val_pearson", "test_pearson", "test_mse"]
+    if f"val_{run.metric_for_best}" not in shown:
+        shown.insert(1, f"val_{run.metric_for_best}")
+    log.info("results: " + "  ".join(f"{k} {results[k]:.4f}" for k in shown) + f"  ({run.run_dir}/results.json)")
     return 0
 
 
@@ -578,7 +613,8 @@ class Interrupted(Exception):
 
 @torch.inference_mode()
 def predict(run: Run, split: str, stop=None) -> np.ndarray:
-    """Class probabilities for every example of a split, in split order, exact across ranks:
+    """Class probabilities (regression: predicted values) for every example of a split, in split
+    order, exact across ranks:
     each rank scores its own shard and the shards are gathered. Raises Interrupted on every
     rank when any rank got a stop signal."""
     info, encoded = run.info, run.encoded[split]
@@ -586,17 +622,18 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     shard = data.eval_shard(lengths, info.rank, info.world_size)
     was_training = run.model.training
     run.model.eval()
-    probs = []
+    outputs = []
     for start in range(0, len(shard), run.eval_batch_size):
-        batch = run.collate([encoded.ids[i] for i in shard[start:start + run.eval_batch_size]])
+        batch = collate_split(run, split, shard[start:start + run.eval_batch_size])
         with run.autocast:
             logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
-        probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+        outputs.append(run.task_rules.per_example(logits).cpu().numpy())
         run.hooks.after_eval_batch(run, split)
         if stop is not None and stop.poll():
             break
     run.model.train(was_training)
-    local = np.concatenate(probs) if probs else np.zeros((0, len(run.label_names)), np.float32)
+    width = run.task_rules.outputs(len(run.label_names))
+    local = np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
     gathered = distributed.all_gather_objects((shard, local, stop.signum if stop else 0), info)
     if any(g[2] for g in gathered):
         raise Interrupted(stop.signum or signal.SIGTERM)

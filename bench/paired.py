@@ -30,7 +30,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 import train
@@ -111,7 +110,7 @@ class Pairing(Hooks):
     def paired_bare_step(self) -> dict:
         """Seconds of the bare step, of its collation, and spent in all (synchronisation included)."""
         run, entered = self.run, time.perf_counter()
-        host = [run.collate([run.encoded["train"].ids[i] for i in mb]) for mb in self.micro_batches]
+        host = [train.collate_split(run, "train", mb) for mb in self.micro_batches]
         collate_s = time.perf_counter() - entered
         micro = [({k: v.to(run.info.device) for k, v in batch.items()},
                   torch.from_numpy(run.labels["train"][mb]).to(run.info.device))
@@ -133,7 +132,7 @@ def _bare_step(run, micro: list, examples: int) -> None:
     for inputs, target in micro:
         with run.autocast:
             logits = run.ddp_model(**inputs)
-        loss = F.cross_entropy(logits.float(), target, reduction="sum") / examples
+        loss = run.task_rules.loss_sum(logits, target) / examples
         run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()

@@ -1,0 +1,27 @@
+"""What differs between fine-tuning tasks, in one table: the head's width, the loss, and what
+evaluation keeps of each example (class probabilities, or the predicted value)."""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Task:
+    outputs: Callable[[int], int]                          # number of classes -> head width
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> fp32 sum
+    per_example: Callable[[torch.Tensor], torch.Tensor]    # logits -> what evaluation keeps
+
+
+TASKS = {
+    "classification": Task(
+        outputs=lambda num_labels: num_labels,
+        loss_sum=lambda logits, target: F.cross_entropy(logits.float(), target, reduction="sum"),
+        per_example=lambda logits: torch.softmax(logits.float(), -1)),
+    # one output; the MSE in fp32 whatever the autocast dtype, on the targets as given (no scaling)
+    "regression": Task(
+        outputs=lambda num_labels: 1,
+        loss_sum=lambda logits, target: F.mse_loss(logits.float().squeeze(-1), target.float(), reduction="sum"),
+        per_example=lambda logits: logits.float().squeeze(-1)),
+}
