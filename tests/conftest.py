@@ -14,12 +14,9 @@ sys.path.insert(0, ROOT)
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download: a hub name fails at once, not after retries
 
-import torch  # noqa: E402
-
-import data  # noqa: E402
-import train  # noqa: E402
-
-torch.set_num_threads(1)
+# torch, data and train are imported where a fixture or helper needs them: the grid, report and
+# config tests run without torch (tests/test_config.py checks), and OMP_NUM_THREADS above already
+# gives torch one thread.
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +29,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def syn_folder(tmp_path_factory):
     """The generated task as a local folder of train.csv / test.csv (columns text, label)."""
+    import data
     folder = tmp_path_factory.mktemp("syn")
     for split, cols in data.make_synthetic().items():
         pd.DataFrame({"text": cols["text"], "label": cols["label"]}).to_csv(folder / f"{split}.csv", index=False)
@@ -40,6 +38,7 @@ def syn_folder(tmp_path_factory):
 
 def run_inprocess(*argv) -> int:
     """train.main in this process (fast: no re-import); returns its exit code."""
+    import train
     try:
         return train.main([str(a) for a in argv])
     except SystemExit as e:  # argparse errors
@@ -73,6 +72,7 @@ def read_events(run_dir, kind=None) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory, syn_folder):
     """A random-init tiny BERT saved like a hub checkpoint: config, weights and tokenizer."""
+    import data
     import model as models
     folder = str(tmp_path_factory.mktemp("tiny-bert-folder"))
     return models.write_model_folder(folder, "BertConfig", models._TINY, data.make_synthetic()["train"]["text"])

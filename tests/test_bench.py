@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench  # noqa: E402
 import paired  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 IDENTICAL = "--padding max_len --no-group_by_length"
 
 

@@ -12,9 +12,13 @@ import grid
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("module", ["report", "grid", "config", "metrics"])
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["report", "grid", "config", "metrics", "glue",
+                                    "conftest, test_config, test_grid, test_report, test_shell"])
 def test_tools_that_read_tables_and_grids_load_no_torch(module):
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); import {module}; print('torch' in sys.modules)"
+    """The tools, and the test modules of the fast subset that exercise them (pytest -m 'not slow')."""
+    tests = os.path.join(ROOT, "tests")
+    code = f"import sys; sys.path[:0] = [{ROOT!r}, {tests!r}]; import {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -36,6 +40,7 @@ def test_prefixes_are_refused_and_hf_spellings_accepted():
                                              "--warmup_ratio", "0.1", "--weight_decay", "0.01"]).run_name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--out_dir x", "--output_dir=x", "--wandb_group g"])
 def test_a_grid_line_setting_what_run_grid_sets_is_refused_naming_the_line(flag, tmp_path):
     path = tmp_path / "g.grid"
@@ -44,6 +49,7 @@ def test_a_grid_line_setting_what_run_grid_sets_is_refused_naming_the_line(flag,
         grid.resolve(str(path))
 
 
+@pytest.mark.slow
 def test_tmux_launch_help_prints_help_and_starts_nothing(tmp_path):
     # no tmux on PATH, only what --help needs: help comes first, and nothing can start a session
     for tool in ("dirname", "sed"):

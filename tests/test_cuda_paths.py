@@ -24,6 +24,7 @@ SMALL = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 2
          "--epochs", 1, "--wandb", "disabled", "--run_name", "r"]
 
 
+@pytest.mark.slow
 def test_fp16_with_loss_scaling_skips_a_non_finite_step_and_finishes(cache_dir, tmp_path):
     """GradScaler("cpu") through the skip path: update() without recorded inf checks used to raise."""
     done = run_cli(*SMALL, "--precision", "fp16", "--on_nan", "skip", "--out_dir", tmp_path,
@@ -138,6 +139,7 @@ def _resume_worker(rank: int, port: int, steps: list, errors):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns process groups
 def test_ranks_that_found_different_checkpoints_stop_on_every_rank_before_training():
     port = 29000 + os.getpid() % 1000
     for steps in ([10, 5], [None, 10], [10, 10]):
@@ -242,6 +244,7 @@ def hide_datasets(tmp_path) -> str:
     return str(hide)
 
 
+@pytest.mark.slow
 def test_without_datasets_local_files_load_the_same_and_the_hub_is_one_clear_error(tmp_path, syn_folder):
     code = ("import json, sys; sys.path.insert(0, %r); import data\n"
             "splits, names = data.load_splits(%r, ['text'], 'label', 0.1, 300, 100)\n"
@@ -256,6 +259,7 @@ def test_without_datasets_local_files_load_the_same_and_the_hub_is_one_clear_err
                                  "(pip install -r requirements.txt), or pass a local folder"
 
 
+@pytest.mark.slow
 def test_the_gpu_check_starts_and_runs_its_cpu_parts_without_datasets(tmp_path):
     """The lent GPU machine's image has no `datasets`: hidden here the way Python hides a module."""
     hide = hide_datasets(tmp_path)

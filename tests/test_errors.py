@@ -8,6 +8,8 @@ import pytest
 
 from conftest import run_cli, run_inprocess
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 
 def folder(tmp_path, train, test=None):
     pd.DataFrame(train).to_csv(tmp_path / "train.csv", index=False)

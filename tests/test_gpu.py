@@ -8,7 +8,7 @@ import torch
 
 from conftest import read_events, read_results, run_cli
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.slow]
 
 COMMON = ["--model", "tiny-bert", "--data", "synthetic", "--epochs", 2, "--wandb", "disabled", "--log_every", 5]
 

@@ -49,6 +49,7 @@ def test_shipped_grids_expand_to_the_experiment():
     assert (args.task, args.metric_for_best, args.data) == ("regression", "pearson", "glue/stsb")
 
 
+@pytest.mark.slow
 def test_dry_run_prints_only_the_commands(tmp_path):
     g = write_grid(tmp_path / "g.grid", f"{SMALL} --pool {{cls,mean}}")
     out = run_grid(g, "--dry-run", "--nproc", 2, "--out_dir", tmp_path / "runs")
@@ -61,6 +62,7 @@ def test_dry_run_prints_only_the_commands(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_bad_line_is_reported_with_its_number_before_anything_runs(tmp_path):
     g = write_grid(tmp_path / "bad.grid", SMALL, f"{SMALL} --pool max")
     out = run_grid(g, "--out_dir", tmp_path / "runs")
@@ -70,6 +72,7 @@ def test_bad_line_is_reported_with_its_number_before_anything_runs(tmp_path):
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: grid file {tmp_path / 'nope.grid'} not found"
 
 
+@pytest.mark.slow
 def test_a_failing_smoke_run_stops_the_grid_and_names_the_line(tmp_path):
     g = write_grid(tmp_path / "broken.grid", f"{SMALL} --data {tmp_path / 'missing'}", SMALL)
     out = run_grid(g, "--out_dir", tmp_path / "runs")
@@ -80,6 +83,7 @@ def test_a_failing_smoke_run_stops_the_grid_and_names_the_line(tmp_path):
     assert not list((tmp_path / "runs" / "broken").glob("*/results.json"))
 
 
+@pytest.mark.slow
 def test_a_failed_run_shows_every_error_line_it_printed(tmp_path):
     """train.py reports an unavailable model and missing data together: the console shows both."""
     g = write_grid(tmp_path / "both.grid", f"{SMALL} --model nosuch/model --data {tmp_path / 'missing'}")
@@ -88,6 +92,7 @@ def test_a_failed_run_shows_every_error_line_it_printed(tmp_path):
     assert "cannot load model 'nosuch/model'" in out.stderr and "no such file or folder" in out.stderr
 
 
+@pytest.mark.slow
 def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     out_dir = tmp_path / "runs"
     shrink = ["--", "--max_train_samples", 200, "--max_eval_samples", 100]  # the demo's path, smaller
@@ -122,6 +127,7 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     assert "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
 
 
+@pytest.mark.slow
 def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, cache_dir):
     g = write_grid(tmp_path / "f.grid", f"{SMALL} --seed {{1,2}}")
     env_nan = dict(os.environ, FTKIT_NAN_AT="0")  # every run diverges at its first step
@@ -132,6 +138,7 @@ def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, c
     assert "exit 3, log" in out.stdout and "error: loss is not finite at step 1" in out.stdout
 
 
+@pytest.mark.slow
 def test_gpu_queue_never_shares_a_device_or_port(tmp_path, cache_dir):
     g = write_grid(tmp_path / "q.grid", f"{SMALL} --seed {{1,2,3}}")  # 2 slots: the third run waits
     out = run_grid(g, "--no-smoke", "--gpus", "0,1", "--out_dir", tmp_path / "runs")
@@ -155,6 +162,7 @@ def tmux(*args):
     return subprocess.run(["tmux", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir):
     launch = os.path.join(ROOT, "tmux_launch.sh")
@@ -197,6 +205,7 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
             tmux("kill-session", "-t", session)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [["--gpus", "--dry-run"], ["--out_dir", "--dry-run"], ["--nproc", "--no-smoke"],
                                      ["--gpus"], ["--gpus", "a,b"]])
 def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options, tmp_path):
@@ -208,6 +217,7 @@ def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options,
     assert out.stdout == "" and sorted(os.listdir(tmp_path)) == ["g.grid"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_name", ["...grid", "..grid", "-x.grid"])
 def test_a_grid_whose_name_is_not_a_plain_folder_name_writes_nothing_outside_out_dir(file_name, tmp_path):
     g = write_grid(tmp_path / file_name, f"{SMALL} --data {tmp_path / 'missing'}")
@@ -221,6 +231,7 @@ def test_a_grid_whose_name_is_not_a_plain_folder_name_writes_nothing_outside_out
         assert sorted(os.listdir(tmp_path)) == [file_name], command
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not_skipped(tmp_path, syn_folder, cache_dir):
     for parent in ("a", "b"):  # two data folders with the same base name: the run name stays the same
         shutil.copytree(syn_folder, tmp_path / parent / "syn")
@@ -256,6 +267,7 @@ def start_slow_grid(tmp_path, name, env=None):
     return g, grid_run, run_dir
 
 
+@pytest.mark.slow
 def test_a_second_launch_is_refused_untouched_and_ctrl_c_reports_the_run_stopped(tmp_path, cache_dir):
     g, grid_run, run_dir = start_slow_grid(tmp_path, "live")
     try:
@@ -274,6 +286,7 @@ def test_a_second_launch_is_refused_untouched_and_ctrl_c_reports_the_run_stopped
     assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_signal_is_counted_as_stopped_not_failed(tmp_path, cache_dir):
     _, grid_run, run_dir = start_slow_grid(tmp_path, "sig")
     train_pid = int((run_dir / ".lock").read_text().split()[1])
@@ -285,6 +298,7 @@ def test_a_run_stopped_by_a_signal_is_counted_as_stopped_not_failed(tmp_path, ca
     assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_ended(tmp_path, cache_dir):
     _, grid_run, run_dir = start_slow_grid(tmp_path, "prog", env={"GRID_PROGRESS_EVERY": "1"})
@@ -305,6 +319,7 @@ def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_en
     assert "no grid sessions running" not in ended
 
 
+@pytest.mark.slow
 def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_path):
     g = write_grid(tmp_path / "w.grid", f"{SMALL} --seed {{1,2}}")
     folder = tmp_path / "runs" / "w"

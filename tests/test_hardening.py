@@ -40,6 +40,7 @@ def reference(cache_dir, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- 1. run names
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [".", "..", "../escape", "/abs", "", "a/b", " x"])
 def test_run_name_must_be_one_plain_folder_name_and_fresh_deletes_nothing_outside(name, tmp_path, capsys):
     sibling = tmp_path / "out" / "other-run"
@@ -51,6 +52,7 @@ def test_run_name_must_be_one_plain_folder_name_and_fresh_deletes_nothing_outsid
     assert (sibling / "results.json").exists() and (tmp_path / "keep.txt").exists()
 
 
+@pytest.mark.slow
 def test_fresh_refuses_a_folder_without_this_toolkits_config(tmp_path, cache_dir, capsys):
     foreign = tmp_path / "r"
     foreign.mkdir()
@@ -62,6 +64,7 @@ def test_fresh_refuses_a_folder_without_this_toolkits_config(tmp_path, cache_dir
 
 # ----------------------------------------------------------------------------- 2. tokenizer
 
+@pytest.mark.slow
 def test_tiny_tokenizer_training_is_deterministic_across_processes(tmp_path):
     code = ("import sys; sys.path.insert(0, {root!r}); import data, model; "
             "model._train_wordpiece(data.make_synthetic()['train']['text'], sys.argv[1])").format(root=ROOT)
@@ -71,6 +74,7 @@ def test_tiny_tokenizer_training_is_deterministic_across_processes(tmp_path):
     assert texts[0] == texts[1] == texts[2]
 
 
+@pytest.mark.slow
 def test_resume_with_another_tokenizer_is_refused(tmp_path, capsys):
     cache = tmp_path / "cache"
     args = [*BASE, "--out_dir", tmp_path, "--cache_dir", cache, "--save_every", 3]
@@ -105,6 +109,7 @@ def test_every_operational_setting_is_tested_below():
     assert set(OPERATIONAL_VARIANTS) | {"out_dir", "run_name", "wandb"} == config.OPERATIONAL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(OPERATIONAL_VARIANTS))
 def test_operational_settings_do_not_change_the_numbers(key, reference, tmp_path):
     extra = [str(a).format(tmp=tmp_path) for a in OPERATIONAL_VARIANTS[key]]
@@ -119,6 +124,7 @@ def test_operational_settings_do_not_change_the_numbers(key, reference, tmp_path
         same_numbers(tmp_path / "r", reference, tol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [["--padding", "max_len"], ["--compile"]])
 def test_padding_and_compile_are_part_of_the_settings(change, tmp_path, cache_dir, capsys):
     """Both change the numbers with dropout on (masks over the padded width; compiled dropout),
@@ -129,6 +135,7 @@ def test_padding_and_compile_are_part_of_the_settings(change, tmp_path, cache_di
     assert f"holds a run with other settings ({change[0][2:]})" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_checkpoints_settings_are_compared_even_without_config_json(tmp_path, cache_dir, capsys):
     args = [*BASE, "--out_dir", tmp_path, "--save_every", 3]
     assert run_cli(*args, "--lr", 3e-3, env={"FTKIT_KILL_AT": "step:5"}).returncode == -signal.SIGKILL
@@ -137,6 +144,7 @@ def test_the_checkpoints_settings_are_compared_even_without_config_json(tmp_path
     assert "was made with other settings (lr: 0.003 there, 0.0001 now)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["validation", "test"])
 def test_a_resume_after_a_data_file_changed_is_refused(split, tmp_path, cache_dir, capsys):
     folder = tmp_path / "d"
@@ -174,6 +182,7 @@ def write_folder(folder, train_rows, test_rows=None, kind="csv"):
 GOOD = {"text": ["good movie", "bad movie"] * 20, "label": [1, 0] * 20}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["empty text", "null text", "list text", "unseen label"])
 def test_bad_cells_and_labels_are_refused(case, tmp_path, cache_dir, capsys):
     if case == "empty text":
@@ -194,6 +203,7 @@ def test_bad_cells_and_labels_are_refused(case, tmp_path, cache_dir, capsys):
     assert want in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_labels_differing_only_by_spaces_are_named_in_a_warning(tmp_path, cache_dir, capsys):
     folder = write_folder(tmp_path / "d", {"text": GOOD["text"], "label": ["pos", "neg", "pos ", "neg"] * 10})
     assert run_inprocess(*BASE, "--data", folder, "--epochs", 1, "--out_dir", tmp_path / "runs") == 0
@@ -202,6 +212,7 @@ def test_labels_differing_only_by_spaces_are_named_in_a_warning(tmp_path, cache_
 
 # ----------------------------------------------------------------------------- 7. metrics.jsonl
 
+@pytest.mark.slow
 def test_a_half_written_last_metrics_line_is_dropped_with_a_warning(reference, tmp_path):
     args = [*BASE, "--log_every", 1, "--out_dir", tmp_path, "--save_every", 3]
     assert run_cli(*args, env={"FTKIT_KILL_AT": "step:7"}).returncode == -signal.SIGKILL
@@ -269,6 +280,7 @@ def _workers(launcher_pid):
 LONG = [*BASE, "--max_train_samples", 1024, "--epochs", 3, "--save_every", 4]
 
 
+@pytest.mark.slow
 def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cache_dir):
     run_dir = tmp_path / "r"
     launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
@@ -287,6 +299,7 @@ def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cach
     assert "resumed from" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_killing_torchrun_during_set_up_stops_its_workers_within_seconds(tmp_path, cache_dir):
     """Killed before any step (the workers still importing or meeting at the rendezvous): the
     workers must not wait out the process group's timeout."""
@@ -301,6 +314,7 @@ def test_killing_torchrun_during_set_up_stops_its_workers_within_seconds(tmp_pat
     assert not checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))  # it was stopped before training
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_worker_stops_both_ranks_cleanly(tmp_path, cache_dir):
     run_dir = tmp_path / "r"
     launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
@@ -316,6 +330,7 @@ def test_sigterm_to_one_worker_stops_both_ranks_cleanly(tmp_path, cache_dir):
 
 # ----------------------------------------------------------------------------- 11, 12. errors
 
+@pytest.mark.slow
 def test_a_truncated_best_weights_file_falls_back_to_the_checkpoint(tmp_path, cache_dir, capsys):
     """Killed during the test evaluation, then the best-weights file damaged: with one epoch the best
     epoch is the last checkpointed one, whose checkpoint holds the same weights."""
@@ -330,6 +345,7 @@ def test_a_truncated_best_weights_file_falls_back_to_the_checkpoint(tmp_path, ca
     same_numbers(tmp_path / "r", tmp_path / "ref" / "r")
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_what_was_written(tmp_path, cache_dir, capsys,
                                                                              monkeypatch):
     import errno
@@ -352,6 +368,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_what_was_written(tmp_
     assert ckpts == ["step_00000003.pt"]  # the earlier checkpoint kept, no temp file left
 
 
+@pytest.mark.slow
 def test_user_errors_under_torchrun_show_the_error_line_as_the_root_cause(tmp_path):
     out = run_cli(*BASE, "--out_dir", tmp_path, "--max_len", 2000, nproc=2)
     assert out.returncode != 0
@@ -362,6 +379,7 @@ def test_user_errors_under_torchrun_show_the_error_line_as_the_root_cause(tmp_pa
 
 # ----------------------------------------------------------------------------- 14, 16, 17, 18
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,step", [("eval:1:TERM", 8), ("eval:3:TERM", 16)], ids=["validation", "test"])
 def test_a_signal_during_evaluation_stops_the_run_and_the_rerun_finishes_it(point, step, reference, tmp_path):
     args = [*BASE, "--log_every", 1, "--out_dir", tmp_path]
@@ -373,6 +391,7 @@ def test_a_signal_during_evaluation_stops_the_run_and_the_rerun_finishes_it(poin
     same_numbers(tmp_path / "r", reference)
 
 
+@pytest.mark.slow
 def test_the_resume_hint_after_fresh_or_resume_never_says_how_to_resume(tmp_path, cache_dir):
     args = [*BASE, "--out_dir", tmp_path, "--save_every", 3]
     assert run_cli(*args, "--epochs", 1).returncode == 0
@@ -389,6 +408,7 @@ def test_the_resume_hint_after_fresh_or_resume_never_says_how_to_resume(tmp_path
         ["step_00000002.pt"]
 
 
+@pytest.mark.slow
 def test_stale_temp_files_in_the_run_folder_are_removed_on_the_next_start(tmp_path, cache_dir):
     args = [*BASE, "--out_dir", tmp_path, "--epochs", 1]
     assert run_inprocess(*args) == 0

@@ -25,6 +25,7 @@ def runs_dir(tmp_path_factory, cache_dir):
     return out
 
 
+@pytest.mark.slow
 def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert report.main([str(runs_dir)]) == 0
     printed = capsys.readouterr().out
@@ -52,6 +53,7 @@ def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert csv_text.startswith("model,setup,n,val_acc") and csv_text.count("\n") == 4
 
 
+@pytest.mark.slow
 def test_ci_compares_the_rows_seed_by_seed_and_example_by_example(runs_dir):
     rows, _ = report.build_rows(report.load_runs(str(runs_dir)))
     report.add_significance(rows, None)
@@ -99,6 +101,7 @@ def test_the_ci_pairs_the_two_rows_on_the_same_examples():
     assert high - low < np.ptp(np.percentile(unpaired, [2.5, 97.5])) / 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds", [("-s1",), ("-s1", "-s2")])
 def test_a_comparison_with_fewer_than_3_seeds_is_never_starred(runs_dir, seeds):
     runs = [r for r in report.load_runs(str(runs_dir)) if r["name"].endswith(seeds) and "lr" not in r["name"]]
@@ -114,6 +117,7 @@ def test_a_comparison_with_fewer_than_3_seeds_is_never_starred(runs_dir, seeds):
     assert next(t for t in table if t["setup"] == "mean")["ci_few_seeds"] is True
 
 
+@pytest.mark.slow
 def test_length_buckets_match_a_direct_computation(runs_dir):
     rows, _ = report.build_rows(report.load_runs(str(runs_dir)))
     row = next(r for r in rows if r["setup"] == "cls")
@@ -124,6 +128,7 @@ def test_length_buckets_match_a_direct_computation(runs_dir):
     assert row["buckets"]["≤128"] == (pytest.approx(correct[lengths <= 128].mean()), int((lengths <= 128).sum()))
 
 
+@pytest.mark.slow
 def test_plots_are_written(runs_dir, capsys):
     assert report.main([str(runs_dir), "--plot"]) == 0
     assert (runs_dir / "test_acc.png").stat().st_size > 1000
@@ -143,6 +148,7 @@ def one_seed_rows(runs_dir):
     return rows, common
 
 
+@pytest.mark.slow
 def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(runs_dir):
     import matplotlib
     matplotlib.use("Agg")
@@ -161,6 +167,7 @@ def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(ru
     plt.close("all")
 
 
+@pytest.mark.slow
 def test_the_length_plot_says_tokens_and_is_skipped_with_one_bucket(runs_dir, tmp_path):
     import matplotlib
     matplotlib.use("Agg")
@@ -190,6 +197,7 @@ def copy_runs(runs_dir, to, names):
     return [to / name for name in names]
 
 
+@pytest.mark.slow
 def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys):
     good, *bad = copy_runs(runs_dir, tmp_path, [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}"
                                                 for pool, s in [("cls", 1), ("cls", 2), ("cls", 3), ("mean", 1), ("mean", 2)]])
@@ -211,6 +219,7 @@ def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys
     assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables
 
 
+@pytest.mark.slow
 def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
     names = [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" for pool, s in [("cls", 1), ("cls", 2), ("mean", 1)]]
     copy_runs(runs_dir, tmp_path, names)

@@ -43,6 +43,7 @@ def reference(cache_dir, tmp_path_factory):
     return out / "r"
 
 
+@pytest.mark.slow
 def test_kill_9_at_five_points_then_rerun_gives_identical_results(reference, tmp_path):
     """One run killed at five points in turn, each rerun resuming and then being killed at the
     next point; the last rerun must finish with the uninterrupted run's numbers. Any resume
@@ -72,6 +73,7 @@ def reference_2proc(cache_dir, tmp_path_factory):
     return out / "r"
 
 
+@pytest.mark.slow
 def test_kill_9_under_torchrun_at_three_points_then_rerun_gives_identical_results(reference_2proc, tmp_path):
     """One 2-process run killed at three points in turn (each rerun resumes, then is killed at the
     next point); the last rerun finishes with the uninterrupted run's numbers."""
@@ -101,6 +103,7 @@ def wait_for_log(run_dir, text, proc, timeout=120):
     raise TimeoutError(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, nproc", [(signal.SIGTERM, 2), (signal.SIGHUP, 2), (signal.SIGINT, 1)])
 def test_signal_checkpoints_and_the_same_command_resumes(sig, nproc, cache_dir, tmp_path, request):
     args = [*RUN, "--out_dir", tmp_path]
@@ -122,6 +125,7 @@ def test_signal_checkpoints_and_the_same_command_resumes(sig, nproc, cache_dir, 
     assert_same_run(tmp_path / "r", request.getfixturevalue("reference_2proc" if nproc > 1 else "reference"))
 
 
+@pytest.mark.slow
 def test_the_first_train_log_line_after_a_resume_averages_the_same_steps(cache_dir, tmp_path):
     """A log line every 4 steps, killed at step 7, resumed from step 5: the step-8 line must still
     average steps 5-8, as the uninterrupted run's does (the log window is in the checkpoint)."""
@@ -144,6 +148,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     assert "step_00000010.pt is unreadable" in warnings[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_newest_two_and_load_without_running_code(tmp_path):
     for step in (1, 2, 3):
         checkpoint.save_checkpoint(str(tmp_path), step, {"progress": {"global_step": step}})
@@ -182,6 +187,7 @@ def test_the_checkpointer_decides_when_to_save_and_keeps_only_named_best_weights
     assert "checkpoint (end of epoch 1): " in " ".join(said)
 
 
+@pytest.mark.slow
 def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_path, capsys):
     args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
             "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
@@ -193,6 +199,7 @@ def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_p
     assert read_results(tmp_path / "r")  # rerun from scratch with the new settings
 
 
+@pytest.mark.slow
 def test_concurrent_launch_is_refused_and_a_stale_lock_taken_over(syn_folder, cache_dir, tmp_path, capsys):
     import socket
     args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
@@ -210,6 +217,7 @@ def test_concurrent_launch_is_refused_and_a_stale_lock_taken_over(syn_folder, ca
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path):
     args = [*RUN, "--out_dir", tmp_path]
     out = run_cli(*args, env={"FTKIT_NAN_AT": "7"})
@@ -220,6 +228,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cache_
     assert skipped.returncode == 0 and "step skipped" in skipped.stdout + skipped.stderr
 
 
+@pytest.mark.slow
 def test_a_collapsing_run_is_marked(syn_folder, cache_dir, tmp_path, capsys):
     assert run_inprocess("--model", "tiny-bert", "--lr", 0.1, "--max_train_samples", 512, "--max_eval_samples", 200,
                          "--epochs", 1, "--wandb", "disabled", "--run_name", "r", "--data", syn_folder,

@@ -59,6 +59,7 @@ def one_error_line(out, text: str):
 
 # ---- unit: the scripts, without a cluster
 
+@pytest.mark.slow
 def test_scripts_for_exp1_equal_the_expected_copy(tmp_path):
     runs = grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))
     tasks = list(range(1, 11))
@@ -108,6 +109,7 @@ def test_array_spec_compresses_ranges():
     assert slurm.array_spec([4], 2) == "4%2"
 
 
+@pytest.mark.slow
 def test_dry_run_writes_and_prints_the_scripts_lists_10_tasks_and_submits_nothing(tmp_path, fake_slurm):
     env, calls, _ = fake_slurm
     out = run_grid("grids/exp1.grid", "--slurm", "--dry-run", "--out_dir", tmp_path / "runs", env=env)
@@ -128,6 +130,7 @@ def finish(run_dir, args):
     (run_dir / "results.json").write_text("{}")
 
 
+@pytest.mark.slow
 def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path, fake_slurm):
     env, calls, _ = fake_slurm
     runs = grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))
@@ -149,6 +152,7 @@ def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path
     assert "nothing submitted" in done.stdout and sbatch_calls(calls) == []
 
 
+@pytest.mark.slow
 def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_queued(tmp_path, fake_slurm):
     env, calls, queue = fake_slurm
     g = tmp_path / "two.grid"
@@ -174,6 +178,7 @@ def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_que
     assert len(sbatch_calls(calls)) == 3
 
 
+@pytest.mark.slow
 def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
     out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 7)]
@@ -200,6 +205,7 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         assert "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed" in tmux.stdout, tmux.stdout + tmux.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_ends_in_one_error_line(tmp_path, fake_slurm):
     env, calls, _ = fake_slurm
     runs = ["--out_dir", tmp_path / "runs"]
@@ -269,6 +275,7 @@ def scontrol_job(job: str) -> str:
     return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_demo_grid_on_slurm_smoke_array_report(cluster, tmp_path, cache_dir):
     out = tmp_path / "runs" / "demo"
     submit = run_grid("grids/demo.grid", "--slurm", "--gpus-per-run", 0, "--max-parallel", 2, "--out_dir", tmp_path / "runs",
@@ -292,6 +299,7 @@ def test_demo_grid_on_slurm_smoke_array_report(cluster, tmp_path, cache_dir):
     assert again.returncode == 0 and "all 4 runs" in again.stdout and "nothing submitted" in again.stdout
 
 
+@pytest.mark.slow
 def test_preempted_2_process_task_requeues_resumes_and_matches_the_uninterrupted_run(cluster, tmp_path, cache_dir):
     # two identical 2-process gloo runs (tasks 1 and 2); task 1 gets SLURM's warning signal mid-run
     g = tmp_path / "pre.grid"

@@ -141,6 +141,7 @@ def test_regression_and_metric_for_best_in_run_names_and_fingerprints():
     assert config.differing_settings(vars(parse()), vars(by_mcc)) == ["metric_for_best"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--task", "regression", "--metric_for_best", "acc"],
      "--metric_for_best acc is not a regression metric (use one of: pearson, spearman, mse, loss)"),

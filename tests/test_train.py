@@ -13,6 +13,7 @@ RESULT_FIELDS = {"val_acc", "val_loss", "test_acc", "test_loss", "test_f1", "tes
                  "eval_samples_per_s", "wall_s", "collapsed"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-modernbert"])
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_tiny_models_learn_the_generated_task(model, pool, syn_folder, cache_dir, tmp_path):
@@ -43,6 +44,7 @@ SAME_RUN = ["--model", "tiny-bert", "--pool", "mean", "--dropout", 0, "--encoder
             "--wandb", "disabled", "--run_name", "r"]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(syn_folder, cache_dir, tmp_path):
     """Same global batch (16 = 2 x 8 vs 1 x 16), dropout off: the loss curves agree to float
     reduction-order noise, and every eval example is counted once on an uneven split (101)."""
@@ -60,6 +62,7 @@ def test_two_process_torchrun_matches_one_process(syn_folder, cache_dir, tmp_pat
     assert len(np.load(tmp_path / "two" / "r" / "test_predictions.npz")["labels"]) == 101
 
 
+@pytest.mark.slow
 def test_smoke_mode_uses_a_small_subset_and_its_own_name(syn_folder, cache_dir, tmp_path):
     assert run_inprocess("--model", "tiny-modernbert", "--data", syn_folder, "--smoke", "--out_dir", tmp_path) == 0
     (run_dir,) = tmp_path.iterdir()
@@ -80,6 +83,7 @@ def test_run_name_lists_only_settings_that_differ(tmp_path):
     assert train.parse_args(["--padding", "max_len"]).run_name == "bert-cls-padmax_len-s42"
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path):
     common = ["--model", "tiny-bert", "--dropout", 0, "--encoder_dropout", 0, "--max_train_samples", 160,
               "--max_eval_samples", 50, "--epochs", 1, "--log_every", 1, "--wandb", "disabled", "--data", syn_folder]
@@ -93,6 +97,7 @@ def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path)
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_dir, tmp_path):
     """With dropout OFF, padding to max_len or to the longest in the batch computes the same losses:
     the attention mask and the mean pooling hide the padding. (With dropout on they differ, since

@@ -1,9 +1,12 @@
+import pytest
 """W&B: an offline run's history holds the metrics; a resumed run continues the same run;
 an unreachable W&B never fails a run."""
 import os
 
 from conftest import run_cli
 from wandb_history import history, run_ids
+
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
 RUN = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64,
        "--epochs", 2, "--save_every", 5, "--log_every", 4, "--wandb", "offline", "--run_name", "r"]
