@@ -42,6 +42,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                            allow_abbrev=False)  # a prefix like --drop would silently mean --dropout
 
     def a(*flags, name=None, operational=False, **kwargs):
+        """name: the setting's label in run names when it differs from its default ("" = the value
+        alone, e.g. `mrpc`; None = not listed: model, pool and seed have places of their own, and
+        the rest change no number). operational: how the run is run, not what it computes."""
         dest = p.add_argument(*flags, **kwargs).dest
         if name is not None:
             NAME_LABELS[dest] = name
