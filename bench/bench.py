@@ -203,8 +203,8 @@ def row_from_slices(slices: list[dict], test: dict, eval_seconds: float, flops_p
             "eval_samples_per_s": test["n"] / eval_seconds, "test_acc": test["acc"], "test_loss": test["loss"]}
 
 
-def flops_per_sample(args, train: "data.Split") -> float:
-    """Mean useful training FLOPs per example of the train subset (real, truncated tokens)."""
+def flops_per_sample(args, train) -> float:
+    """Mean useful training FLOPs per example of the train subset (a data.Split; real, truncated tokens)."""
     import model as models
     from transformers import AutoTokenizer, logging
     logging.set_verbosity_error()  # the load report of a headless encoder says nothing here
