@@ -297,8 +297,8 @@ def _as_if_absent(config: dict) -> set[str]:
 
 def _no_effect(config: dict) -> set[str]:
     """Settings that change nothing in this configuration: pairs need two text columns; the
-    masked-LM settings need --task mlm, which has no classifier head to pool or drop out into and
-    joins its text columns."""
+    masked-LM settings need --task mlm, which has no classifier head (--dropout), reads no labels
+    and joins its text columns."""
     task = config.get("task", "classification")
     pairs = {"text_pairs"} if len(config.get("text_col") or []) < 2 or task == "mlm" else set()
     return pairs | ({"dropout", "label_col"} if task == "mlm" else set(MLM_SETTINGS))
