@@ -174,7 +174,7 @@ def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> boo
     config_path = os.path.join(run_dir, "config.json")
     if is_main:
         for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.tmp*")):  # from a kill mid-write
-            os.remove(stale)
+            shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)  # a dir: mlm's model folder
     if args.fresh and is_main:
         ours = {"train.log", ".lock"}
         if not _is_our_config(config_path) and set(os.listdir(run_dir)) - ours:

@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in declaration order
 OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
 POOLS = ("cls", "mean")            # --pool: how model.Classifier pools the encoder's tokens
+MASKING_MODES = ("dynamic", "static")  # --masking; mlm.py holds the same (it imports torch)
+MLM_SETTINGS = ("mlm_prob", "masking", "whole_word_mask", "pack", "init", "unlabeled_split")
 
 
 class UserError(Exception):
@@ -98,7 +100,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
       "--task regression" + d)
     a("--task", name="", default="classification", choices=list(metrics.TASK_METRICS), help="classification: "
       "one output per class, cross-entropy; regression: one output, MSE against float labels (not "
-      "rescaled)" + d)
+      "rescaled); mlm: masked-LM (continued) pretraining on the training texts (labels not needed), "
+      "writing RUN_DIR/model for fine-tuning with --model RUN_DIR/model" + d)
     a("--text_pairs", name="pair", action=argparse.BooleanOptionalAction, default=True, help="with two or "
       "more --text_col, encode them as a pair; --no-text_pairs joins them with a space into one text "
       "(the toolkit's encoding before pairs, for comparison)" + d)
@@ -107,6 +110,21 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
       "(F1 of label id 1; two classes), mcc (or matthews_correlation), loss; regression: pearson, "
       "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
       "--task regression)")
+    # masked-LM settings (--task mlm); left out of names and fingerprints for the other tasks
+    a("--mlm_prob", name="mp", type=float, default=0.15, help="--task mlm: share of tokens predicted, "
+      "in (0, 1); of those 80%% become [MASK], 10%% a random token, 10%% stay" + d)
+    a("--masking", name="mask", default="dynamic", choices=list(MASKING_MODES), help="--task mlm: dynamic = "
+      "new masks every epoch; static = the same masks every epoch (original BERT)" + d)
+    a("--whole_word_mask", name="wwm", action="store_true", help="--task mlm: mask whole words (WordPiece "
+      "tokenizers only)")
+    a("--pack", name="pack", action="store_true", help="--task mlm: concatenate the texts into full "
+      "--max_len blocks (HF run_mlm's group_texts) instead of one truncated example per text")
+    a("--init", name="init", default="pretrained", choices=["pretrained", "random"], help="--task mlm: "
+      "start from the checkpoint's weights (continued pretraining) or from its config with random "
+      "weights (from scratch)" + d)
+    a("--unlabeled_split", name="unl", default=None, help="--task mlm: an extra split file of the --data "
+      "folder (e.g. unsupervised for IMDb's unsupervised.parquet) whose texts are added to the training "
+      "texts; never test (default: none)")
     a("--group_by_length", name="group", action=argparse.BooleanOptionalAction, default=True,
       help="batch examples of similar length together (shuffled within groups of 50 batches, "
       "batches in random order) so little compute goes to padding" + d)
@@ -210,6 +228,15 @@ def check_args(args) -> None:
     if len(args.text_col) >= 2 and args.text_pairs and args.truncation != "head":
         raise UserError(f"--truncation {args.truncation} applies to single texts; a pair is truncated longest-first "
                         "(HF's default, --truncation head), or join the columns with --no-text_pairs")
+    if not 0 < args.mlm_prob < 1:  # also false for nan
+        bad("mlm_prob", "in (0, 1)")
+    if args.task != "mlm":
+        given = [f"--{k}" for k in MLM_SETTINGS if getattr(args, k) != DEFAULTS[k]]
+        if given:
+            raise UserError(f"{', '.join(given)} applies to --task mlm only (the task is {args.task})")
+    if args.unlabeled_split == "test":
+        raise UserError("--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
+                        "of the fine-tuning runs that start from this model")
     if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         raise UserError(f"model folder {args.model} has no config.json")
 
@@ -272,8 +299,12 @@ def _as_if_absent(config: dict) -> set[str]:
 
 
 def _no_effect(config: dict) -> set[str]:
-    """Settings that change nothing in this configuration: pairs need two text columns."""
-    return {"text_pairs"} if len(config.get("text_col") or []) < 2 else set()
+    """Settings that change nothing in this configuration: pairs need two text columns; the
+    masked-LM settings need --task mlm, which has no classifier head (--dropout), reads no labels
+    and joins its text columns."""
+    task = config.get("task", "classification")
+    pairs = {"text_pairs"} if len(config.get("text_col") or []) < 2 or task == "mlm" else set()
+    return pairs | ({"dropout", "label_col"} if task == "mlm" else set(MLM_SETTINGS))
 
 
 def differing_settings(saved: dict, config: dict) -> list[str]:

@@ -104,6 +104,42 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     return splits, label_names
 
 
+def load_texts(data: str, text_cols: list[str], val_ratio: float, max_train_samples: int | None,
+               max_eval_samples: int | None, unlabeled_split: str | None = None) -> dict[str, Split]:
+    """The texts of masked-LM pretraining: {"train", "val"} -> Split (no labels). The train split's
+    texts (the text columns joined with a space; a label column is not needed), plus those of the
+    folder's `unlabeled_split` file, with a seeded random `val_ratio` of them held out for
+    validation. The data's validation and test splits are not read."""
+    if unlabeled_split is not None and not os.path.isdir(data):
+        raise UserError(f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
+                        f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})")
+    rows = {"train": _load_raw(data, None)[0]["train"]}
+    if unlabeled_split is not None:
+        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
+        if len(found) != 1:
+            raise UserError(f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
+                            f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl")
+        rows[unlabeled_split] = _read_with_pyarrow(found[0], unlabeled_split)
+    texts = []
+    for split, columns in rows.items():
+        check_columns(columns, text_cols, None)
+        for col in text_cols:
+            check_texts(columns[col], f"column {col!r} of the {split} split of {data}")
+        texts += [" ".join(str(columns[c][i]) for c in text_cols) for i in range(len(columns[text_cols[0]]))]
+    order = list(range(len(texts)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_val = round(len(texts) * val_ratio)
+    if n_val == 0 or n_val == len(texts):
+        raise UserError(f"--val_ratio {val_ratio} of the {len(texts)} texts leaves "
+                        f"{'no validation' if n_val == 0 else 'no training'} texts; change --val_ratio or add text")
+    held_out = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
+    splits = {}
+    for name, limit in (("train", max_train_samples), ("val", max_eval_samples)):
+        keep = [held_out[name][i] for i in random_subset(len(held_out[name]), limit)]
+        splits[name] = Split([texts[i] for i in keep], np.zeros(0, np.int64), source=name)
+    return splits
+
+
 def _labels_hidden(labels) -> bool:
     """GLUE-style test files: every label -1 (or missing), withheld for the leaderboard."""
     return len(labels) > 0 and all(v is None or (not isinstance(v, str) and v == -1) for v in labels)
@@ -336,8 +372,8 @@ def check_texts(values, where: str) -> None:
             raise UserError(f"{where}: data row {row + 1} is {what} (value {v!r:.60}); clean or drop such rows")
 
 
-def check_columns(columns, text_cols: list[str], label_col: str) -> None:
-    missing = [c for c in [*text_cols, label_col] if c not in columns]
+def check_columns(columns, text_cols: list[str], label_col: str | None) -> None:
+    missing = [c for c in [*text_cols, *([label_col] if label_col else [])] if c not in columns]
     if missing:
         raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: "
                         f"{', '.join(columns)}")

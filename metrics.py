@@ -1,5 +1,6 @@
 """Task metrics: accuracy, cross-entropy, F1, Matthews correlation, calibration and collapse for
-classification; MSE, Pearson and Spearman for regression. numpy only (report.py and config.py
+classification; MSE, Pearson and Spearman for regression;
+masked-token loss, accuracy and perplexity for masked-LM pretraining. numpy only (report.py and config.py
 import this without torch)."""
 import math
 
@@ -50,8 +51,9 @@ def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> 
 TASK_METRICS = {
     "classification": {"acc": True, "f1": True, "f1_positive": True, "mcc": True, "loss": False},
     "regression": {"pearson": True, "spearman": True, "mse": False, "loss": False},
+    "mlm": {"loss": False, "acc": True, "perplexity": False},  # of the masked tokens
 }
-DEFAULT_METRIC = {"classification": "acc", "regression": "pearson"}
+DEFAULT_METRIC = {"classification": "acc", "regression": "pearson", "mlm": "loss"}
 METRIC_ALIASES = {"accuracy": "acc", "macro_f1": "f1", "matthews_correlation": "mcc", "spearmanr": "spearman"}
 BINARY_ONLY = {"f1_positive"}  # F1 of class id 1, defined for two classes
 HIGHER_IS_BETTER = {name: higher for table in TASK_METRICS.values() for name, higher in table.items()}
@@ -76,7 +78,16 @@ def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray, n_bins: int
         target = np.asarray(labels, dtype=np.float64).reshape(-1)
         mse = mean_squared_error(pred, target)
         return {"loss": mse, "mse": mse, "pearson": pearson(pred, target), "spearman": spearman(pred, target)}
+    if task == "mlm":
+        return masked_lm_metrics(*outputs)
     raise ValueError(f"unknown task {task!r}")
+
+
+def masked_lm_metrics(loss_sum: float, correct: float, masked: float) -> dict:
+    """Mean cross-entropy per masked token, the accuracy of the masked tokens and the perplexity
+    exp(loss), from sums over the split (mlm.MaskedLMOutput.sums, added over batches and ranks)."""
+    loss = float(loss_sum) / max(float(masked), 1.0)
+    return {"loss": loss, "acc": float(correct) / max(float(masked), 1.0), "perplexity": math.exp(min(loss, 700.0))}
 
 
 def metric_name(name: str) -> str:

@@ -15,12 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import UserError, first_line
-from data import collate
+from config import MASKING_MODES, UserError, first_line
+from data import Encoded, collate
 from model import FAMILIES, ModelEntry, attention_for, load_config
 
 IGNORE = -100  # label of a position that is not predicted (PyTorch's and HF's ignore_index)
-MASKING_MODES = ("dynamic", "static")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -176,6 +175,19 @@ def pack(ids_list: list, max_len: int, cls_id: int, sep_id: int) -> np.ndarray:
                         f"add text or lower --max_len")
     blocks = stream[:n_blocks * body].reshape(n_blocks, body)
     return np.concatenate([np.full((n_blocks, 1), cls_id), blocks, np.full((n_blocks, 1), sep_id)], axis=1)
+
+
+def encode_packed(texts: list[str], tokenizer, max_len: int) -> Encoded:
+    """The texts tokenized without special tokens or truncation, then packed into blocks of
+    max_len (pack); n_tokens is max_len for every block."""
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise UserError(f"--pack needs a tokenizer with [CLS] and [SEP] tokens to frame its blocks; the tokenizer "
+                        f"of {tokenizer.name_or_path or 'this model'!r} lacks one")
+    bodies = []
+    for start in range(0, len(texts), 1000):
+        bodies += tokenizer(texts[start:start + 1000], add_special_tokens=False, verbose=False)["input_ids"]
+    blocks = pack(bodies, max_len, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    return Encoded(list(blocks), np.full(len(blocks), max_len, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- model

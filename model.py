@@ -264,9 +264,12 @@ def window_pairs(n: np.ndarray, half_window: int) -> np.ndarray:
     return n + 2 * (m * n - m * (m + 1) / 2)
 
 
-def training_flops(model: Classifier) -> TrainingFlops:
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
-    n = sum(p.numel() for p in model.parameters()) - embedding
+def training_flops(model: nn.Module, encoder_only: bool = False) -> TrainingFlops:
+    """The useful FLOPs of a model with an `.encoder`. encoder_only: count the encoder alone (a
+    masked-LM model's vocabulary head runs on the masked tokens only, and is left out)."""
+    counted = model.encoder if encoder_only else model
+    embedding = sum(p.numel() for m in counted.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+    n = sum(p.numel() for p in counted.parameters()) - embedding
     config = model.encoder.config
     types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     window_layers = sum(t == "sliding_attention" for t in types)

@@ -13,6 +13,8 @@ Writes RUNS_DIR/results.md and RUNS_DIR/results.csv and prints the markdown:
 - test accuracy by review length in tokens, so the effect of max_len / truncation is visible.
 Regression runs (--task regression) get a table of their own: Pearson, Spearman and MSE, Δ test
 Pearson with the same seed-and-example bootstrap; no calibration, collapse or length columns.
+Masked-LM pretraining runs (--task mlm) get a table of their own too: validation masked-token loss,
+accuracy and perplexity, mean ± std over seeds; they have no test split, so no Δ column.
 """
 import argparse
 import csv
@@ -29,8 +31,10 @@ import metrics
 BUCKETS = [(0, 128, "≤128"), (129, 256, "129–256"), (257, 512, "257–512"), (513, math.inf, ">512")]
 COLUMNS = [("val_acc", max), ("test_acc", max), ("test_loss", min), ("test_ece", min)]
 REGRESSION_COLUMNS = [("val_pearson", max), ("test_pearson", max), ("test_spearman", max), ("test_mse", min)]
-COLUMNS_OF = {"classification": COLUMNS, "regression": REGRESSION_COLUMNS}
-COMPARED = {"classification": "test_acc", "regression": "test_pearson"}  # the Δ column's metric
+MLM_COLUMNS = [("val_loss", min), ("val_acc", max), ("val_perplexity", min)]
+COLUMNS_OF = {"classification": COLUMNS, "regression": REGRESSION_COLUMNS, "mlm": MLM_COLUMNS}
+COMPARED = {"classification": "test_acc", "regression": "test_pearson"}  # the Δ column's metric; mlm has none
+TITLES = {"regression": "Regression runs:", "mlm": "Masked-LM pretraining runs (validation, masked tokens):"}
 BOOTSTRAP_SAMPLES = 2000
 MIN_SEEDS_FOR_STAR = 3  # per side; see seed_and_example_bootstrap
 
@@ -52,7 +56,9 @@ def load_runs(runs_dir: str) -> list[dict]:
     for name in sorted(os.listdir(runs_dir)):
         folder = os.path.join(runs_dir, name)
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
-        if name == "smoke" or not settings.has_results(folder) or not all(os.path.exists(p) for p in paths[1:]):
+        pretraining = _task_of(paths[1]) == "mlm"  # no test split: no predictions file
+        if name == "smoke" or not settings.has_results(folder) or \
+                not all(os.path.exists(p) for p in paths[1:2 if pretraining else 3]):
             continue
         try:
             runs.append(read_run(name, *paths))
@@ -61,6 +67,14 @@ def load_runs(runs_dir: str) -> list[dict]:
     if not runs:
         raise ReportError(f"no finished runs (folders with results.json) in {runs_dir}")
     return runs
+
+
+def _task_of(config_path: str) -> str | None:
+    try:
+        config = _read_json(config_path)
+    except (OSError, ValueError):
+        return None  # read_run says what is wrong with it
+    return config.get("task", "classification") if isinstance(config, dict) else None
 
 
 def read_run(name: str, results_path: str, config_path: str, predictions_path: str) -> dict:
@@ -74,6 +88,8 @@ def read_run(name: str, results_path: str, config_path: str, predictions_path: s
                    or not isinstance(results[col], (int, float))]
     if not_numbers:
         raise ReportError(f"results.json: {', '.join(not_numbers)} not a number")
+    if task == "mlm":
+        return {"name": name, "task": task, "results": results, "config": config}
     output = "probs" if task == "classification" else "predictions"
     try:
         with np.load(predictions_path) as preds:
@@ -147,6 +163,10 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
             row[col + "_std"] = values.std(ddof=1) if len(values) > 1 else None  # no spread from one seed
+        if task not in COMPARED:  # mlm: validation figures only, nothing per example to compare
+            row["buckets"] = None
+            rows.append(row)
+            continue
         if task == "regression":  # per-example predictions, one row per seed, for the bootstrap
             row["prediction_runs"] = np.array([r["predictions"] for r in members], dtype=float)
             row["correct"], row["buckets"] = row["prediction_runs"][0], None  # `correct`: the example count
@@ -222,6 +242,10 @@ def seed_and_example_bootstrap_of(metric, outputs_a: np.ndarray, outputs_b: np.n
 def add_significance(rows: list[dict], baseline: str | None) -> None:
     for task, model_name in {(r["task"], r["model"]) for r in rows}:
         group = [r for r in rows if r["task"] == task and r["model"] == model_name]
+        if task not in COMPARED:
+            for row in group:
+                row["is_baseline"], row["delta"] = False, None
+            continue
         if baseline:
             base = next((r for r in group if baseline in r["names"] or r["setup"] == baseline), None)
         else:
@@ -250,7 +274,7 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
         task_rows = [r for r in rows if r["task"] == task]
         if task_rows:
             if lines:
-                lines += ["", f"{task.capitalize()} runs:", ""]
+                lines += ["", TITLES[task], ""]
             lines += task_table(task_rows, task, table)
     duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
     if duplicates:
@@ -278,15 +302,16 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
 
 def task_table(rows: list[dict], task: str, table: list[dict]) -> list[str]:
     """The markdown lines of one task's table; its CSV rows are appended to `table`."""
-    columns, compared = COLUMNS_OF[task], COMPARED[task]
+    columns, compared = COLUMNS_OF[task], COMPARED.get(task)
     best = {}
     for model_name in {r["model"] for r in rows}:
         ranked = [r for r in rows if r["model"] == model_name and not r["collapsed"]]
         for col, pick in columns:
             if ranked:
                 best[(model_name, col)] = pick(r[col] for r in ranked)
-    lines = ["| model | setup | " + " | ".join(col for col, _ in columns) + f" | n | Δ {compared} vs baseline [95% CI] |",
-             "|---|---|" + "---:|" * len(columns) + "---:|---|"]
+    delta_header = f" Δ {compared} vs baseline [95% CI] |" if compared else ""
+    lines = ["| model | setup | " + " | ".join(col for col, _ in columns) + f" | n |{delta_header}",
+             "|---|---|" + "---:|" * len(columns) + "---:|" + ("---|" if compared else "")]
     for row in _ordered(rows):
         cells = []
         for col, _ in columns:
@@ -304,13 +329,13 @@ def task_table(rows: list[dict], task: str, table: list[dict]) -> list[str]:
             delta += " †" if row["few_seeds"] else (" *" if low > 0 or high < 0 else "")
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
         n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
-        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} | {delta} |")
+        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} |" + (f" {delta} |" if compared else ""))
         csv_row = {"model": row["model"], "setup": setup, "n": row["n"],
                    **{c: row[c] for c, _ in columns},
                    **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in columns},
-                   f"delta_{compared}": row["delta"][0] if row["delta"] else "",
-                   "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
-                   "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
+                   **({f"delta_{compared}": row["delta"][0] if row["delta"] else "",
+                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
+                       "ci_few_seeds": row["few_seeds"] if row["delta"] else ""} if compared else {}),
                    "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
                    "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:])}
         if row["buckets"] is not None:

@@ -1,5 +1,6 @@
-"""What differs between fine-tuning tasks, in one table: the head's width, the loss, and what
-evaluation keeps of each example (class probabilities, or the predicted value)."""
+"""What differs between tasks, in one table: the head's width, the loss, and what evaluation
+keeps of each example (class probabilities, or the predicted value; for masked-LM pretraining
+the batch's loss sum, correct predictions and masked tokens)."""
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,4 +25,10 @@ TASKS = {
         outputs=lambda num_labels: 1,
         loss_sum=lambda logits, target: F.mse_loss(logits.float().squeeze(-1), target.float(), reduction="sum"),
         per_example=lambda logits: logits.float().squeeze(-1)),
+    # masked-LM pretraining: the model (mlm.MaskedLM) returns the logits and labels of the masked
+    # tokens; no classifier head, and evaluation keeps sums, not per-example outputs (train.predict)
+    "mlm": Task(
+        outputs=lambda num_labels: 0,
+        loss_sum=lambda output, _: output.loss_sum(),
+        per_example=lambda output: output.sums()),
 }

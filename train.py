@@ -10,6 +10,9 @@ Two nodes, 8 GPUs each (run on both; MASTER = the first node's address):
     torchrun --nnodes=2 --node_rank=1 --nproc_per_node=8 --master_addr=MASTER --master_port=29500 train.py ...
 Offline demo in seconds:
     python train.py --model tiny-bert --data synthetic --epochs 3 --wandb disabled
+Masked-LM (continued) pretraining through the same loop, then fine-tuning from its output:
+    python train.py --task mlm --model bert --data FOLDER --run_name mlm
+    python train.py --model runs/mlm/model --data FOLDER
 
 Rerunning the same command resumes an interrupted run from its newest checkpoint.
 """
@@ -44,6 +47,7 @@ import faults
 import files
 import machine
 import metrics
+import mlm
 import model as models
 import tasks
 import tracking
@@ -88,8 +92,8 @@ class Run:
     fingerprint: dict
     encoded: dict[str, data.Encoded]  # split -> token ids
     labels: dict[str, np.ndarray]     # split -> label ids (float targets for regression)
-    label_names: list[str]            # class names; empty for regression
-    task: str                         # classification | regression
+    label_names: list[str]            # class names; empty for regression and mlm
+    task: str                         # classification | regression | mlm
     task_rules: tasks.Task            # its loss and per-example outputs
     metric_for_best: str              # the validation metric that picks the best epoch
     test_texts: list[str]
@@ -116,6 +120,11 @@ class Run:
     hooks: Hooks
     ddp_model: torch.nn.Module | None = None
     wandb: tracking.WandbRun | None = None
+    tokenizer: object = None
+    # --task mlm: the training masks, and the validation's fixed ones (one seed for every run)
+    masker: mlm.Masker | None = None
+    val_masker: mlm.Masker | None = None
+    epoch_in_training: int = 0        # fit sets it: the epoch whose masks the training batches get
 
 
 def parse_args(argv=None, on_error=None):
@@ -219,17 +228,25 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     distributed.seed_everything(args.seed)
     data.make_cache_dir(args.cache_dir)
 
-    splits, label_names = distributed.node_main_first(
-        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
-        task=args.task)
-    if splits["test"].source != "test":
+    pretraining = args.task == "mlm"
+    if pretraining:
+        splits, label_names = distributed.node_main_first(
+            info, data.load_texts, args.data, args.text_col, args.val_ratio, args.max_train_samples,
+            args.max_eval_samples, args.unlabeled_split), []
+    else:
+        splits, label_names = distributed.node_main_first(
+            info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
+            args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
+            task=args.task)
+    if not pretraining and splits["test"].source != "test":
         log.info(f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
                  "(results.json: test_split)")
     problem = metrics.metric_problem(args.task, args.metric_for_best, len(label_names) or None)
     if problem:
         raise UserError(problem)
     tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    masker = mlm.make_masker(tokenizer, args.mlm_prob, args.masking, args.seed, args.whole_word_mask) \
+        if pretraining else None
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
     # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
@@ -239,16 +256,32 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     encoded = {}
     for name, split in splits.items():
         texts, text_pairs = split.encoder_inputs(args.text_pairs)
-        encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
-                                                    args.truncation, args.cache_dir, log.warning, text_pairs=text_pairs)
-    log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
+        if args.pack:
+            encoded[name] = mlm.encode_packed(texts, tokenizer, args.max_len)
+        else:
+            encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
+                                                        args.truncation, args.cache_dir, log.warning,
+                                                        text_pairs=text_pairs)
+        if pretraining:
+            empty = mlm.unmaskable(masker, encoded[name].ids, f"the {name} texts")
+            if empty:
+                log.warning(f"warning: {empty} of the {len(encoded[name].ids)} {name} examples hold no token to "
+                            "mask (only special tokens); they train nothing")
+    if pretraining:  # --pack: the examples are blocks
+        log.info(f"data: {', '.join(f'{k} {len(v.texts)} texts, {len(encoded[k].ids)} examples' for k, v in splits.items())}")
+    else:
+        log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
     task_rules = tasks.TASKS[args.task]
-    model = models.build_model(entry, tokenizer, task_rules.outputs(len(label_names)), args.pool, args.dropout,
-                               args.encoder_dropout, info.device, precision).to(info.device)
+    if pretraining:
+        model = mlm.build_masked_lm(entry, tokenizer, args.init, args.encoder_dropout, info.device,
+                                    precision).to(info.device)
+    else:
+        model = models.build_model(entry, tokenizer, task_rules.outputs(len(label_names)), args.pool, args.dropout,
+                                   args.encoder_dropout, info.device, precision).to(info.device)
     if not data.uses_token_type_ids(model.encoder.config):  # ModernBERT, RoBERTa: one segment embedding
         encoded = {name: replace(enc, token_types=None) for name, enc in encoded.items()}
-    flops = models.training_flops(model)
+    flops = models.training_flops(model, encoder_only=pretraining)
     log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
              f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
              f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
@@ -258,7 +291,8 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
                                    group_by_length=args.group_by_length)
     steps_per_epoch = len(plan_epoch(0))  # the same in every epoch
     optimizer = make_optimizer(model, args)
-    config.update(label_names=label_names, test_split=splits["test"].source, world_size=info.world_size, per_process_batch=per_proc_batch,
+    test_split = splits["test"].source if "test" in splits else None  # mlm: none
+    config.update(label_names=label_names, test_split=test_split, world_size=info.world_size, per_process_batch=per_proc_batch,
                   effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
                   code_version=settings.code_version(), model_default_lr=entry.default_lr,
                   attention=model.encoder.config._attn_implementation)
@@ -266,7 +300,8 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
                fingerprint=fingerprint,
                encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
                task=args.task, task_rules=task_rules, metric_for_best=args.metric_for_best,
-               test_texts=splits["test"].texts, train_lengths=train_lengths, model=model, optimizer=optimizer,
+               test_texts=splits["test"].texts if test_split else [], train_lengths=train_lengths, model=model,
+               optimizer=optimizer,
                scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
                scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
                autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
@@ -278,7 +313,8 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
                peak_flops=machine.device_peak_flops(info.device, precision), started=started,
                checkpointer=checkpoint.Checkpointer(run_dir, args.save_every, args.keep_checkpoints, info.is_main,
                                                     log, start_over=args.resume == "never"),
-               hooks=hooks)
+               hooks=hooks, tokenizer=tokenizer, masker=masker,
+               val_masker=replace(masker, seed=data.SPLIT_SEED, masking="static") if pretraining else None)
 
 
 def restore(run: Run) -> TrainState:
@@ -343,6 +379,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
     best_weights = None
     while state.epoch < run.epochs:
         plan = run.plan_epoch(state.epoch)
+        run.epoch_in_training = state.epoch
         while state.step_in_epoch < run.steps_per_epoch:
             micro_batches = plan[state.step_in_epoch]
             hooks.before_step(run, state, micro_batches)
@@ -391,21 +428,30 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal."""
     info = run.info
     examples = sum(len(mb) for mb in micro_batches)
+    batches = [training_batch(run, mb) for mb in micro_batches]
+    # the loss is a sum over units (examples; masked tokens for mlm) divided by the units of the
+    # global step / world size, so DDP's gradient mean over ranks is the gradient of the mean
+    # over the whole global batch
+    units = examples  # every rank holds an equal share of the examples
+    if run.masker is not None:  # masked counts differ across ranks: one tiny all-reduce
+        units = sum(int((batch["labels"] != mlm.IGNORE).sum()) for batch, _ in batches)
+        if info.is_distributed:
+            total = torch.tensor([float(units)], dtype=torch.float64, device=info.device)
+            torch.distributed.all_reduce(total)
+            units = total.item() / info.world_size
+        units = max(units, 1)
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
-    for k, mb in enumerate(micro_batches):
-        batch = collate_split(run, "train", mb)
+    for k, (mb, (batch, target)) in enumerate(zip(micro_batches, batches)):
         n = run.train_lengths[mb]
         counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
-        target = to_device(torch.from_numpy(run.labels["train"][mb]), info.device)
+        target = None if target is None else to_device(target, info.device)
         last = k == len(micro_batches) - 1
         with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
             with run.autocast:
-                logits = run.ddp_model(**batch)
-            # sum / this rank's examples in the step; DDP's gradient mean over ranks then gives
-            # the mean over the whole global batch
-            loss = run.task_rules.loss_sum(logits, target) / examples
+                output = run.ddp_model(**batch)
+            loss = run.task_rules.loss_sum(output, target) / units
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
@@ -417,6 +463,19 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {"loss": loss_total / info.world_size, "samples": examples * info.world_size,
             "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
+
+
+def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | None]:
+    """The model's inputs for training examples at `indices`, and the loss's targets: their
+    labels, or None for mlm, whose inputs hold the labels (masked for the epoch being trained)."""
+    if run.masker is not None:
+        return masked_batch(run, run.masker, "train", indices, run.epoch_in_training), None
+    return collate_split(run, "train", indices), torch.from_numpy(run.labels["train"][indices])
+
+
+def masked_batch(run: Run, masker: mlm.Masker, split: str, indices, epoch: int) -> dict:
+    return masker.batch([run.encoded[split].ids[i] for i in indices], indices, epoch, run.args.max_len,
+                        run.args.padding == "max_len")
 
 
 def collate_split(run: Run, split: str, indices) -> dict:
@@ -496,6 +555,8 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     if best_weights is None:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
     run.model.load_state_dict(best_weights)
+    if run.task == "mlm":
+        return write_pretraining_results(run, state)
     eval_start = time.time()
     try:
         test_outputs = predict(run, "test", stop)
@@ -510,13 +571,8 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
         majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
     results = {**{f"val_{k}": v for k, v in best.items()}, **{f"test_{k}": v for k, v in test.items()},
                "task": run.task, "metric_for_best": run.metric_for_best, "test_split": run.config["test_split"],
-               "best_epoch": state.best_epoch, "epochs": args.epochs, "global_step": state.global_step,
                **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
-               **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
-                                                          info.world_size, prefix="train_").items()},
-               "eval_samples_per_s": eval_samples_per_s, **machine.peak_memory(info.device),
-               **(models.compile_report() if args.compile else {}),
-               "wall_s": time.time() - run.started, "run_name": args.run_name}
+               "eval_samples_per_s": eval_samples_per_s, **run_figures(run, state)}
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
     if results.get("collapsed"):
         log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
@@ -536,6 +592,30 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     if f"val_{run.metric_for_best}" not in shown:
         shown.insert(1, f"val_{run.metric_for_best}")
     log.info("results: " + "  ".join(f"{k} {results[k]:.4f}" for k in shown) + f"  ({run.run_dir}/results.json)")
+    return 0
+
+
+def run_figures(run: Run, state: TrainState) -> dict:
+    """What results.json holds for every task: the best epoch, steps, throughput, memory, time."""
+    return {"best_epoch": state.best_epoch, "epochs": run.args.epochs, "global_step": state.global_step,
+            **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
+                                                       run.info.world_size, prefix="train_").items()},
+            **machine.peak_memory(run.info.device), **(models.compile_report() if run.args.compile else {}),
+            "wall_s": time.time() - run.started, "run_name": run.args.run_name}
+
+
+def write_pretraining_results(run: Run, state: TrainState) -> int:
+    """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
+    (RUN_DIR/model, the MLM head left out), then results.json (last: it marks the run finished)."""
+    results = {**{f"val_{k}": v for k, v in state.history[state.best_epoch].items()},
+               "task": run.task, "metric_for_best": run.metric_for_best, **run_figures(run, state)}
+    if run.info.is_main:
+        mlm.save_for_fine_tuning(run.model, run.tokenizer, os.path.join(run.run_dir, "model"))
+        files.write_json(os.path.join(run.run_dir, "results.json"), results)
+    run.wandb.summary(results)
+    run.wandb.finish()
+    run.log.info("results: " + "  ".join(f"{k} {results[k]:.4f}" for k in ("val_loss", "val_acc", "val_perplexity"))
+                 + f"  ({run.run_dir}/results.json); fine-tune it with --model {os.path.join(run.run_dir, 'model')}")
     return 0
 
 
@@ -615,8 +695,11 @@ class Interrupted(Exception):
 def predict(run: Run, split: str, stop=None) -> np.ndarray:
     """Class probabilities (regression: predicted values) for every example of a split, in split
     order, exact across ranks:
-    each rank scores its own shard and the shards are gathered. Raises Interrupted on every
-    rank when any rank got a stop signal."""
+    each rank scores its own shard and the shards are gathered. For mlm: the split's
+    [loss sum, correct, masked tokens] (masked_lm_sums). Raises Interrupted on every rank when
+    any rank got a stop signal."""
+    if run.masker is not None:
+        return masked_lm_sums(run, split, stop)
     info, encoded = run.info, run.encoded[split]
     lengths = np.array([len(x) for x in encoded.ids])
     shard = data.eval_shard(lengths, info.rank, info.world_size)
@@ -642,6 +725,34 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
         raise RuntimeError("distributed evaluation did not score every example exactly once")
     return out[np.argsort(index)]
+
+
+def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
+    """[loss sum, correct predictions, masked tokens] over a split, with the validation's fixed
+    masks: each rank sums its shard, then one all-reduce (which also carries any rank's stop
+    signal). Raises Interrupted on every rank when any rank got a stop signal."""
+    info = run.info
+    lengths = np.array([len(x) for x in run.encoded[split].ids])
+    shard = data.eval_shard(lengths, info.rank, info.world_size)
+    was_training = run.model.training
+    run.model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    for start in range(0, len(shard), run.eval_batch_size):
+        batch = masked_batch(run, run.val_masker, split, shard[start:start + run.eval_batch_size], 0)
+        with run.autocast:
+            output = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
+        sums += run.task_rules.per_example(output)
+        run.hooks.after_eval_batch(run, split)
+        if stop is not None and stop.poll():
+            break
+    run.model.train(was_training)
+    figures = torch.cat([sums, torch.tensor([float(stop.signum if stop else 0)], dtype=torch.float64,
+                                            device=info.device)])
+    if info.is_distributed:
+        torch.distributed.all_reduce(figures)
+    if figures[3] > 0:
+        raise Interrupted(stop.signum or signal.SIGTERM)
+    return figures[:3].cpu().numpy()
 
 
 class StopRequest:
