@@ -22,6 +22,7 @@ NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in 
 OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
 POOLS = ("cls", "mean")            # --pool: how model.Classifier pools the encoder's tokens
 MASKING_MODES = ("dynamic", "static")  # --masking; mlm.py holds the same (it imports torch)
+RUN_MODEL = "run:"  # --model run:NAME: the model folder of the --task mlm run NAME in --out_dir
 MLM_SETTINGS = ("mlm_prob", "masking", "whole_word_mask", "pack", "init", "unlabeled_split")
 
 
@@ -55,7 +56,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
     d = " (default: %(default)s)"
     a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, any hub id or "
-      "name, or a local model folder" + d)
+      "name, a local model folder, or run:NAME = the model a finished --task mlm run NAME in --out_dir "
+      "wrote (a grid's pretraining stage)" + d)
     a("--pool", default="cls", choices=POOLS, help="cls = first token; mean = average of "
       "non-padding tokens" + d)
     # named settings, in the order the run name lists them
@@ -189,6 +191,8 @@ def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace
     check_args(args)
     if args.run_name is None:
         args.run_name = derive_run_name(args)
+    elif args.smoke:  # a smoke run's name always says so; --model run:NAME finds NAME's smoke run by it
+        args.run_name += "-smoke"
     check_run_name(args.run_name)
     return args
 
@@ -237,7 +241,12 @@ def check_args(args) -> None:
     if args.unlabeled_split == "test":
         raise UserError("--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
                         "of the fine-tuning runs that start from this model")
-    if os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
+    if model_run(args) is not None:
+        try:
+            check_run_name(model_run(args))
+        except UserError:
+            raise UserError(f"--model {args.model}: {RUN_MODEL}NAME takes one run name (a folder in --out_dir)") from None
+    elif os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         raise UserError(f"model folder {args.model} has no config.json")
 
 
@@ -270,8 +279,41 @@ def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
     return labels
 
 
+def model_run(args) -> str | None:
+    """NAME of --model run:NAME (the run whose model this one starts from), else None."""
+    return args.model[len(RUN_MODEL):] if args.model.startswith(RUN_MODEL) else None
+
+
+def model_run_dir(args) -> str | None:
+    """The folder of the run --model run:NAME names: NAME in --out_dir; a smoke run starts from
+    NAME's smoke run (NAME-smoke), so a grid's smoke phase chains its stages too."""
+    name = model_run(args)
+    return None if name is None else os.path.join(args.out_dir, name + ("-smoke" if args.smoke else ""))
+
+
+def model_source(args) -> str:
+    """What --model loads: the name or folder as given, or for run:NAME that run's model folder."""
+    run_dir = model_run_dir(args)
+    return args.model if run_dir is None else os.path.join(run_dir, "model")
+
+
+def model_run_unfinished(args) -> str | None:
+    """Why --model run:NAME cannot be loaded yet (its run has not finished, or is not a masked-LM
+    run), else None. Checked when a run starts, not when a grid is read: then it has not run yet."""
+    run_dir = model_run_dir(args)
+    if run_dir is None:
+        return None
+    if not has_results(run_dir):
+        return (f"--model {args.model}: run {os.path.basename(run_dir)} has not finished (no results.json in "
+                f"{run_dir}), so there is no pretrained model to start from; finish it first (rerun its grid or "
+                "its train.py command)")
+    if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
+        return f"--model {args.model}: run {os.path.basename(run_dir)} wrote no model folder; only --task mlm runs do"
+    return None
+
+
 def derive_run_name(args) -> str:
-    model_name = os.path.basename(os.path.normpath(args.model)).replace("/", "_")
+    model_name = model_run(args) or os.path.basename(os.path.normpath(args.model)).replace("/", "_")
     labels = setting_labels(vars(args))
     if args.smoke:  # --smoke sets these itself; the -smoke suffix says so
         for key in ("max_train_samples", "max_eval_samples", "epochs"):

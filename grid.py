@@ -6,12 +6,15 @@ Grid syntax (one run per non-comment line; the train.py flags that differ from t
     --model bert --pool mean                   one run
     --model {bert,modernbert} --dropout 0.3    {a,b} expands: two runs
     --pool {cls,mean} --max_len {128,256}      braces multiply: four runs
+    --task mlm --run_name pre                  a pretraining stage, and
+    --model run:pre --max_train_samples 500    a run that starts from its model, after it
 
 Text after '#' is a comment; quoting follows the shell (shlex), nothing is evaluated.
 
 Used by run_grid.sh:
     python grid.py expand GRID [-- EXTRA ARGS]
-        ->  one line per run: LINE_NO <US> RUN_NAME <US> ARG <US> ARG ...  (<US> = \\x1f)
+        ->  one line per run: LINE_NO <US> RUN_NAME <US> STARTS_FROM <US> ARG <US> ARG ...  (<US> = \\x1f;
+            STARTS_FROM: the run whose model it starts from, --model run:NAME, or empty)
         EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
     python grid.py smoke-passed GRID OUT_DIR [-- EXTRA ARGS]
         ->  the run names whose smoke run already passed with these settings and this code
@@ -75,10 +78,11 @@ def expand_file(path: str) -> list[tuple[int, list[str]]]:
 
 
 def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]]:
-    """Expand, append `extra`, and check each run with train.py's parser; (line, run name, args)."""
-    from config import UserError, parse_args
+    """Expand, append `extra`, and check each run with train.py's parser; (line, run name, args).
+    A run may start from the model of a --task mlm run on an earlier line (--model run:NAME)."""
+    from config import UserError, model_run, parse_args
 
-    resolved, seen = [], {}
+    resolved, seen, pretraining = [], {}, set()
     for number, args in expand_file(path):
         for flag in RESERVED:  # run_grid.sh sets these for every run of the grid
             if any(a == flag or a.startswith(flag + "=") for a in args):
@@ -91,9 +95,34 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
             raise GridError(f"{path}:{number}: {e}") from None
         if parsed.run_name in seen:
             raise GridError(f"{path}:{number}: run {parsed.run_name} is already on line {seen[parsed.run_name]}")
+        start = model_run(parsed)
+        if start is not None and start not in pretraining:
+            raise GridError(f"{path}:{number}: --model run:{start} names no --task mlm run on an earlier line of "
+                            f"this grid{' (run ' + start + ' is not --task mlm)' if start in seen else ''}; "
+                            "a run starts from a pretraining run listed before it")
         seen[parsed.run_name] = number
+        if parsed.task == "mlm":
+            pretraining.add(parsed.run_name)
         resolved.append((number, parsed.run_name, args))
     return resolved
+
+
+def starts_from(args: list[str]) -> str:
+    """The run whose model a run of the grid starts from (--model run:NAME), or ""."""
+    from config import model_run, parse_args
+
+    return model_run(parse_args(args)) or ""
+
+
+def stages(runs) -> dict[str, int]:
+    """{run name: stage}: 1 for a run that starts from no run of the grid, else 1 + its run's stage.
+    The stages run in order: locally a run waits for the run it starts from; on SLURM each stage
+    is an array that waits for the earlier ones (afterok)."""
+    stage = {}
+    for _, name, args in runs:  # resolve() put every run after the one it starts from
+        start = starts_from(args)
+        stage[name] = stage[start] + 1 if start else 1
+    return stage
 
 
 def grid_name(path: str) -> str:
@@ -244,7 +273,7 @@ def main(argv: list[str]) -> int:
         print("\n".join(smoke_passed(argv[2], runs)))
         return 0
     for number, name, args in runs:
-        print(SEP.join([str(number), name, *args]))
+        print(SEP.join([str(number), name, starts_from(args), *args]))
     return 0
 
 

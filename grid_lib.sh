@@ -31,10 +31,22 @@ expand_runs() {  # $1 = grid file, the rest = train.py args added to every run; 
   mapfile -t runs <<< "$expanded"
 }
 
-read_run() {  # $1 = one line of runs[]; sets line_no, run_name and args (the run's train.py args)
+read_run() {  # $1 = one line of runs[]; sets line_no, run_name, starts_from (the run whose model it
+  # starts from, --model run:NAME, or empty) and args (the run's train.py args)
   local fields
   IFS=$'\x1f' read -r -a fields <<< "$1"
-  line_no=${fields[0]} run_name=${fields[1]} args=("${fields[@]:2}")
+  line_no=${fields[0]} run_name=${fields[1]} starts_from=${fields[2]} args=("${fields[@]:3}")
+}
+
+load_needed() {  # sets needed[run name]=1 for every run of runs[] that a run still to do starts from
+  # (the caller's run_finished (run name, line) tells which are done)
+  local run
+  declare -gA needed=()
+  for run in "${runs[@]}"; do
+    read_run "$run"
+    # shellcheck disable=SC2034  # for the caller
+    if [ -n "$starts_from" ] && ! run_finished "$run_name" "$line_no"; then needed[$starts_from]=1; fi
+  done
 }
 
 load_finished() {  # $1 = grid file, $2 = its folder, the rest = extra train.py args; sets finished[run name]=1.

@@ -123,7 +123,20 @@ def settings_of(config: dict) -> dict:
     seed and model aside), labelled as in run names."""
     # config.json holds the resolved lr; its default depends on the model, which train.py recorded
     defaults = dict(settings.DEFAULTS, lr=config.get("model_default_lr", 5e-5))
-    return {"pool": config["pool"], **settings.setting_labels(config, defaults)}
+    start = config["model"][len(settings.RUN_MODEL):] if config["model"].startswith(settings.RUN_MODEL) else None
+    pool = {} if config.get("task") == "mlm" else {"pool": config["pool"]}  # no head to pool for
+    return {**pool, **({"start": f"from {start}"} if start else {}), **settings.setting_labels(config, defaults)}
+
+
+def model_of(config: dict, configs: dict[str, dict]) -> str:
+    """The model column: --model's name; for run:NAME (a run that starts from pretraining run
+    NAME of the same folder) the model NAME started from, so it compares with runs from that
+    model (its setup says "from NAME")."""
+    model, seen = config["model"], set()
+    while model.startswith(settings.RUN_MODEL) and model not in seen:
+        seen.add(model)
+        model = configs.get(model[len(settings.RUN_MODEL):], {}).get("model", model)
+    return os.path.basename(os.path.normpath(model))
 
 
 def is_collapsed(run: dict) -> bool:
@@ -141,10 +154,11 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
     """Rows of runs that differ only in seed, and the settings every row shares."""
     settings = [settings_of(run["config"]) for run in runs]
     common = {k: v for k, v in settings[0].items() if k != "pool" and all(s.get(k) == v for s in settings)}
+    configs = {run["name"]: run["config"] for run in runs}
     groups = {}
     for run, shown in zip(runs, settings):
         setup = ", ".join(v for k, v in shown.items() if k not in common)
-        key = (run["task"], os.path.basename(os.path.normpath(run["config"]["model"])), setup)
+        key = (run["task"], model_of(run["config"], configs), setup)
         groups.setdefault(key, []).append(run)
     rows = []
     for (task, model_name, setup), group in sorted(groups.items()):

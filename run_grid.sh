@@ -19,6 +19,8 @@
 # Finished runs (results.json, with the settings of their grid line) are skipped; interrupted ones
 # resume: rerun the same command. A run folder holding other settings is refused before anything runs.
 # A failing run does not stop the grid; the exit code is non-zero if any run failed.
+# Stages: a run with --model run:NAME starts from the model of NAME, a --task mlm run on an earlier
+# line; it waits for NAME to end and is not started (counted failed) if NAME did not finish.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
 # shellcheck source=grid_lib.sh
@@ -102,6 +104,8 @@ fi
 # finished means finished with the settings of its grid line: a run folder holding other settings
 # is refused here, naming the line and the settings, before anything starts
 load_finished "$grid" "$out" "${extra[@]}" || exit 2
+run_finished() { [ -n "${finished[$1]:-}" ]; }
+load_needed  # the runs that a run still to do starts from (--model run:NAME)
 
 mkdir -p "$out/logs"
 # one launch per grid folder: a second one is refused here, before it writes anything (it would
@@ -111,6 +115,7 @@ flock -n "$grid_lock" || die "grid $name is already running (run_grid.sh pid $(c
   || echo '?'), runs in $out); wait for it, or stop it first (bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
 echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
+declare -A succeeded=()
 done_runs=() skipped=() failed=() stopped=()
 write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
   local s
@@ -135,8 +140,10 @@ if [ "$smoke" = 1 ]; then
   declare -A smoke_ok=()
   while IFS= read -r passed; do if [ -n "$passed" ]; then smoke_ok[$passed]=1; fi; done \
     < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
-  smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not
-    if [ -n "${finished[$1]:-}" ]; then echo finished; elif [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"; fi
+  smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not (a finished run
+    # that a run still to do starts from is smoke-run: that run's smoke run starts from its smoke run)
+    if [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"
+    elif [ -n "${finished[$1]:-}" ] && [ -z "${needed[$1]:-}" ]; then echo finished; fi
   }
   echo "== smoke phase: ${#runs[@]} runs"
   write_status smoke
@@ -159,7 +166,7 @@ checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a sign
 finish_slot() {  # $1 = slot index: reap its run and record the outcome
   local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
   exit_status_of "$pid"; status=$?
-  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}"); echo "[done] ${slot_name[$s]}"
+  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}") succeeded[${slot_name[$s]}]=1; echo "[done] ${slot_name[$s]}"
   elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
     stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
     echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
@@ -187,10 +194,20 @@ reap_runs() {  # record the runs that have exited; every $progress_every s, the 
   fi
 }
 busy_slots() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] && echo "$i"; done; }
+is_running() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] && [ "${slot_name[$i]}" = "$1" ] && return 0; done; return 1; }
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   read_run "$run"
   if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  if [ -n "$starts_from" ]; then  # it starts from the model of an earlier run: wait for that one to end
+    while is_running "$starts_from" && [ "$stopping" = 0 ]; do reap_runs; sleep 1; done
+    [ "$stopping" = 1 ] && break
+    if [ -z "${finished[$starts_from]:-}${succeeded[$starts_from]:-}" ]; then
+      failed+=("$run_name (not started: $starts_from, the run it starts from, did not finish)")
+      echo "[failed] $run_name not started: $starts_from, the run it starts from, did not finish"
+      continue
+    fi
+  fi
   # reap here, not in a subshell, so the outcome lists stay in this shell
   s=""
   while [ -z "$s" ]; do

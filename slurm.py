@@ -17,6 +17,7 @@ and the script requeues its own task, which resumes from the checkpoint when it 
 """
 import argparse
 import contextlib
+import glob
 import json
 import os
 import re
@@ -164,21 +165,35 @@ def smoke_script(o, p: Place, tasks: list[int]) -> str:
     return fill("smoke.sbatch", path, sbatch, p, o, tasks)
 
 
-def runs_script(o, p: Place, tasks: list[int], smoke_job: str | None) -> str:
-    path = os.path.join(p.out, "slurm", "runs.sbatch")
+def runs_path(p: Place, stage: int) -> str:
+    return os.path.join(p.out, "slurm", "runs.sbatch" if stage == 1 else f"runs-stage{stage}.sbatch")
+
+
+def runs_script(o, p: Place, tasks: list[int], after: list[str], stage: int = 1) -> str:
+    """The job array of `tasks` (one stage's); it starts once every job in `after` (the smoke job,
+    the arrays of earlier stages) has ended successfully (afterok), and is cancelled if one has not."""
+    path = runs_path(p, stage)
     sbatch = [f"--job-name={p.name}", f"--output={p.out}/logs/slurm-%A_%a.log",
               f"--array={array_spec(tasks, o.max_parallel)}", "--open-mode=append", "--requeue",
               f"--signal=B:USR1@{o.grace}", *resource_lines(o)]
-    if smoke_job:
-        sbatch += [f"--dependency=afterok:{smoke_job}", "--kill-on-invalid-dep=yes"]
+    if after:
+        sbatch += [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
     return fill("runs.sbatch", path, sbatch, p, o, GRID_NAME=p.name, MAX_REQUEUES=o.max_requeues)
 
 
-def report_script(o, p: Place, array_job: str) -> str:
+def report_script(o, p: Place, array_jobs: list[str]) -> str:
     path = os.path.join(p.out, "slurm", "report.sbatch")
     sbatch = [f"--job-name={p.name}-report", f"--output={p.out}/logs/slurm-report-%j.log", "--ntasks=1",
-              "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{array_job}"]
+              "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{':'.join(array_jobs)}"]
     return fill("report.sbatch", path, sbatch, p, o)
+
+
+def stage_tasks(runs, tasks: list[int]) -> list[list[int]]:
+    """The tasks to run, one list per stage in order (grid.stages): a run that starts from
+    another's model (--model run:NAME) is in a later stage's array than that run."""
+    stage = grid.stages(runs)
+    of_task = {task: stage[runs[task - 1][1]] for task in tasks}
+    return [[t for t in tasks if of_task[t] == k] for k in sorted(set(of_task.values()))]
 
 
 def runs_file(runs: list[tuple[int, str, list[str]]]) -> str:
@@ -248,27 +263,38 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     place = Place(ROOT, sys.executable, out, name)
     jobs = {"grid": os.path.abspath(grid_path), "out": out, "runs": [n for _, n, _ in runs], "tasks": tasks,
             "smoke": None, "array": None, "report": None}
-    paths = {k: os.path.join(slurm_dir, f"{k}.sbatch") for k in ("smoke", "runs", "report")}
+    stages = stage_tasks(runs, tasks)
+    paths = {"smoke": os.path.join(slurm_dir, "smoke.sbatch"),
+             **{f"runs{i}": runs_path(place, i + 1) for i in range(len(stages))},
+             "report": os.path.join(slurm_dir, "report.sbatch")}
+    for stale in glob.glob(os.path.join(slurm_dir, "runs-stage*.sbatch")):  # an earlier submission's
+        os.remove(stale)
     if o.smoke:
         write(paths["smoke"], smoke_script(o, place, tasks))
         jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
     elif os.path.exists(paths["smoke"]):
         os.remove(paths["smoke"])
+    jobs["arrays"], jobs["task_array"] = [], {}
     try:
-        write(paths["runs"], runs_script(o, place, tasks, jobs["smoke"]))
-        jobs["array"] = NO_ID["array"] if o.dry_run else sbatch(paths["runs"])
-        write(paths["report"], report_script(o, place, jobs["array"]))
+        for i, stage_runs in enumerate(stages):
+            after = [j for j in (jobs["smoke"], *jobs["arrays"]) if j]
+            write(paths[f"runs{i}"], runs_script(o, place, stage_runs, after, stage=i + 1))
+            array = (NO_ID["array"] + (f"_STAGE{i + 1}" if i else "")) if o.dry_run else sbatch(paths[f"runs{i}"])
+            jobs["arrays"].append(array)
+            jobs["task_array"] |= {str(task): array for task in stage_runs}
+        jobs["array"] = jobs["arrays"][0]
+        write(paths["report"], report_script(o, place, jobs["arrays"]))
         jobs["report"] = None if o.dry_run else sbatch(paths["report"])
     except SlurmError:
-        submitted = [j for j in (jobs["smoke"], jobs["array"]) if j and not o.dry_run]
+        submitted = [j for j in (jobs["smoke"], *jobs["arrays"]) if j and not o.dry_run]
         if submitted:  # no half-submitted grid: its jobs would wait for nothing
             subprocess.run(["scancel", *submitted], capture_output=True)
         raise
 
     if o.dry_run:
-        for key in ("smoke", "runs", "report"):
+        for key, path in paths.items():
             if key != "smoke" or o.smoke:
-                print(f"==> {paths[key]} <==\n{open(paths[key]).read()}")
+                print(f"==> {path} <==\n{open(path).read()}")
         print(f"dry run: nothing submitted; scripts and runs.grid in {slurm_dir}")
     else:
         jobs["submitted"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -276,15 +302,17 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     left_out = len(runs) - len(tasks)
     print(f"grid {name}: {len(tasks)} runs as array tasks"
           + (f" ({left_out} finished ones left out)" if left_out else "")
-          + (f", at most {o.max_parallel} at once" if o.max_parallel else ""))
-    for task in tasks:
-        print(f"  task {task:<4} {runs[task - 1][1]}")
+          + (f", at most {o.max_parallel} at once" if o.max_parallel else "")
+          + (f", in {len(stages)} stages, each waiting for the one before (afterok)" if len(stages) > 1 else ""))
+    for i, stage_runs in enumerate(stages):
+        for task in stage_runs:
+            print(f"  task {task:<4} {runs[task - 1][1]}" + (f"  (stage {i + 1})" if len(stages) > 1 else ""))
     if o.dry_run:
         return 0
     ids = job_ids(jobs)
     logs = os.path.join(out, "logs")
-    print(f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}array job {jobs['array']}, "
-          f"report job {jobs['report']}")
+    print(f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}"
+          f"array job{'s' if len(stages) > 1 else ''} {', '.join(jobs['arrays'])}, report job {jobs['report']}")
     print(f"logs: {logs}/slurm-{jobs['array']}_<task>.log (one per task, appended across restarts)"
           + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else ""))
     print("follow:")
@@ -298,7 +326,8 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
 
 
 def job_ids(jobs: dict) -> list[str]:
-    return [jobs[k] for k in ("smoke", "array", "report") if jobs.get(k)]
+    arrays = jobs.get("arrays") or [jobs.get("array")]  # a jobs.json from before stages: one array
+    return [j for j in (jobs.get("smoke"), *arrays, jobs.get("report")) if j]
 
 
 def read_jobs(slurm_dir: str) -> dict | None:
@@ -329,15 +358,18 @@ def status(o) -> int:
         raise SlurmError(f"grid {name} was not sent to SLURM from here (no {slurm_dir}/jobs.json)")
     out = jobs["out"]
     live = {row["JobArrayID"]: row for row in queue(job_ids(jobs))}
+    arrays = jobs.get("arrays") or [jobs["array"]]
     print(f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
-          + ", ".join(f"{k} job {jobs[k]}" for k in ("smoke", "array", "report") if jobs.get(k)))
+          + ", ".join([*([f"smoke job {jobs['smoke']}"] if jobs.get("smoke") else []),
+                       f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}",
+                       *([f"report job {jobs['report']}"] if jobs.get("report") else [])]))
     if jobs.get("smoke"):
         smoke = live.get(jobs["smoke"])
         print(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
     counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
     for task, run_name in enumerate(jobs["runs"], 1):
         state, detail = run_state(out, slurm_dir, run_name, task, task in jobs["tasks"],
-                                  live.get(f"{jobs['array']}_{task}"))
+                                  live.get(f"{jobs.get('task_array', {}).get(str(task), jobs['array'])}_{task}"))
         counts[state] += 1
         print(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
     report = live.get(jobs["report"]) if jobs.get("report") else None
@@ -365,7 +397,8 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
     if not submitted:
         return "failed", "not finished and not in this submission"
     if note is None:
-        return "failed", f"task {task} never started (cancelled, or the smoke job failed)"
+        return "failed", f"task {task} never started (cancelled, the smoke job failed, or a run of an earlier " \
+                         "stage did not finish)"
     if note.startswith(("running", "requeued")):  # but SLURM no longer lists it
         return "failed", f"task {task} ended outside the script (killed, or not started again): {note}"
     return "failed", f"task {task}: {note}"

@@ -131,8 +131,20 @@ def parse_args(argv=None, on_error=None):
     """config.parse_args, with --lr defaulting to the model's own default."""
     args = settings.parse_args(argv, on_error, description=__doc__)
     if args.lr is None:
-        args.lr = models.resolve_model(args.model).default_lr
+        args.lr = model_entry(args).default_lr
     return args
+
+
+def model_entry(args) -> models.ModelEntry:
+    """--model's registry entry. run:NAME starts from the model run NAME trained: its folder, with
+    the default lr of the model NAME started from (a tiny random-init model's, say)."""
+    entry = models.resolve_model(settings.model_source(args))
+    run_dir = settings.model_run_dir(args)
+    if run_dir is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # not run yet: check_available says so
+            entry = replace(entry, default_lr=float(files.read_json(os.path.join(run_dir, "config.json"))
+                                                   .get("model_default_lr", entry.default_lr)))
+    return entry
 
 
 def main(argv=None, hooks: Hooks | None = None) -> int:
@@ -165,7 +177,9 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
 def check_available(args) -> None:
     """Model and data, together and in seconds, before the process group: the user learns both
     problems at once, without the hub client's retries on every rank."""
-    problems = [p for p in (models.model_unavailable(models.resolve_model(args.model)),
+    model_problem = settings.model_run_unfinished(args) or models.model_unavailable(
+        model_entry(args))
+    problems = [p for p in (model_problem,
                             data.data_unavailable(args.data)) if p]
     if problems:
         raise UserError("\nerror: ".join(problems))  # one error line each
@@ -186,7 +200,7 @@ def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
     if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
         import transformers
         transformers.logging.set_verbosity_error()
-    entry = models.resolve_model(args.model)
+    entry = model_entry(args)
     per_proc_batch = check_fits(args, entry, info)
     run_dir = os.path.join(args.out_dir, args.run_name)
     try:
@@ -294,7 +308,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     test_split = splits["test"].source if "test" in splits else None  # mlm: none
     config.update(label_names=label_names, test_split=test_split, world_size=info.world_size, per_process_batch=per_proc_batch,
                   effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
-                  code_version=settings.code_version(), model_default_lr=entry.default_lr,
+                  code_version=settings.code_version(), model_default_lr=entry.default_lr, model_folder=entry.source,
                   attention=model.encoder.config._attn_implementation)
     return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
                fingerprint=fingerprint,
@@ -551,7 +565,7 @@ def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
 def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_weights) -> int:
     """Score the test split with the best epoch's weights; write results.json (last, only on
     success) and the predictions; finish W&B."""
-    args, info, log = run.args, run.info, run.log
+    info, log = run.info, run.log
     if best_weights is None:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
     run.model.load_state_dict(best_weights)

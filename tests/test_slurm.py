@@ -67,9 +67,9 @@ def test_scripts_for_exp1_equal_the_expected_copy(tmp_path):
     two_nodes = slurm.build_parser().parse_args(["grids/exp1.grid", "--slurm", *FIXED, "--nodes-per-run", "2"])
     written = {"runs.grid": slurm.runs_file(runs),
                "smoke.sbatch": slurm.smoke_script(one_node, PLACE, tasks),
-               "runs.sbatch": slurm.runs_script(one_node, PLACE, tasks, smoke_job="1001"),
-               "report.sbatch": slurm.report_script(one_node, PLACE, array_job="1002"),
-               "runs-2nodes.sbatch": slurm.runs_script(two_nodes, PLACE, tasks, smoke_job="1001")}
+               "runs.sbatch": slurm.runs_script(one_node, PLACE, tasks, after=["1001"]),
+               "report.sbatch": slurm.report_script(one_node, PLACE, array_jobs=["1002"]),
+               "runs-2nodes.sbatch": slurm.runs_script(two_nodes, PLACE, tasks, after=["1001"])}
     for name, text in written.items():
         path = os.path.join(EXPECTED, name)
         if os.environ.get("FTKIT_UPDATE_EXPECTED"):
@@ -176,6 +176,44 @@ def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_que
     again = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
     one_error_line(again, "grid two still has jobs in the queue (101,102,103)")
     assert len(sbatch_calls(calls)) == 3
+
+
+CHAIN = ["--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 "
+         "--epochs 1 --wandb disabled",
+         "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled "
+         "--seed {1,2}"]
+
+
+@pytest.mark.slow
+def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(tmp_path, fake_slurm):
+    env, calls, queue = fake_slurm
+    g = tmp_path / "chain.grid"
+    g.write_text("\n".join(CHAIN) + "\n")
+    out = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "runs" / "chain" / "slurm"
+    assert sbatch_calls(calls) == [f"--parsable {folder / name}" for name in
+                                   ("smoke.sbatch", "runs.sbatch", "runs-stage2.sbatch", "report.sbatch")]
+    assert "in 2 stages" in out.stdout and "array jobs 102, 103, report job 104" in out.stdout
+    assert "#SBATCH --array=1\n" in (folder / "runs.sbatch").read_text()
+    stage2 = (folder / "runs-stage2.sbatch").read_text()
+    assert "#SBATCH --array=2-3\n" in stage2 and "#SBATCH --dependency=afterok:101:102\n" in stage2
+    assert "--kill-on-invalid-dep=yes" in stage2
+    assert "#SBATCH --dependency=afterany:102:103\n" in (folder / "report.sbatch").read_text()
+    queue.write_text("102_1|RUNNING|0|None|node1|\n103_2|PENDING|0|Dependency||\n103_3|PENDING|0|Dependency||\n")
+    status = run_grid("chain", "--slurm", "--status", "--out_dir", tmp_path / "runs", env=env)
+    assert re.search(r"^  running +pre\b", status.stdout, re.M), status.stdout
+    assert re.search(r"^  pending +pre-cls-\S+-s1 +\(task 2, pending: Dependency\)", status.stdout, re.M), status.stdout
+
+    # the pretraining run finished: a resubmission is one array again, with no stage to wait for
+    (tmp_path / "runs" / "chain" / "pre").mkdir()
+    (tmp_path / "runs" / "chain" / "pre" / "results.json").write_text("{}")
+    (tmp_path / "runs" / "chain" / "pre" / "config.json").write_text(json.dumps(vars(config.parse_args(CHAIN[0].split()))))
+    queue.write_text("")
+    again = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "2 runs as array tasks (1 finished ones left out)" in again.stdout and "stages" not in again.stdout
+    assert not (folder / "runs-stage2.sbatch").exists()
 
 
 @pytest.mark.slow
@@ -297,6 +335,26 @@ def test_demo_grid_on_slurm_smoke_array_report(cluster, tmp_path, cache_dir):
     again = run_grid("grids/demo.grid", "--slurm", "--out_dir", tmp_path / "runs", "--", "--max_train_samples", 200,
                      "--max_eval_samples", 100)
     assert again.returncode == 0 and "all 4 runs" in again.stdout and "nothing submitted" in again.stdout
+
+
+@pytest.mark.slow
+def test_chained_grid_on_slurm_pretrains_then_fine_tunes_from_it(cluster, tmp_path, cache_dir):
+    g = tmp_path / "chain.grid"
+    g.write_text("\n".join(CHAIN) + "\n")
+    out = tmp_path / "runs" / "chain"
+    submit = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs")
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    ids = slurm.job_ids(jobs_of(out))
+    try:
+        wait_for(lambda: not queued(ids), 600, "the chained grid's jobs", out)
+    finally:
+        subprocess.run(["scancel", *ids])
+    assert sorted(p.parent.name for p in out.glob("*/results.json")) == [
+        "pre", "pre-cls-ep1-ntr96-nev32-synthetic-s1", "pre-cls-ep1-ntr96-nev32-synthetic-s2"]
+    assert next((out / "logs").glob("slurm-smoke-*.log")).read_text().count("smoke ok:") == 3
+    tuned = json.loads((out / "pre-cls-ep1-ntr96-nev32-synthetic-s1" / "config.json").read_text())
+    assert tuned["model_folder"] == str(out / "pre" / "model")
+    assert "| tiny-bert | cls, from pre |" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

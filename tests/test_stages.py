@@ -1,0 +1,124 @@
+"""Chained grids: a --task mlm stage, then runs that start from its model (--model run:NAME)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+import config
+import grid
+import report
+from conftest import ROOT
+
+PRETRAIN = "--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 " \
+           "--epochs 1 --wandb disabled"
+FINE_TUNE = "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
+
+
+def write_grid(path, *lines):
+    path.write_text("# test grid\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def run_grid(*args, timeout=600):
+    env = dict(os.environ, WANDB_MODE="disabled")
+    return subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+# ---- the grid, the names and the paths (no torch)
+
+def test_a_run_starts_from_an_mlm_run_on_an_earlier_line_only(tmp_path):
+    good = grid.resolve(write_grid(tmp_path / "good.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}"))
+    assert [name for _, name, _ in good] == ["pre", "pre-cls-ep1-ntr96-nev32-synthetic-s1",
+                                            "pre-cls-ep1-ntr96-nev32-synthetic-s2"]
+    assert grid.stages(good) == {"pre": 1, "pre-cls-ep1-ntr96-nev32-synthetic-s1": 2,
+                                 "pre-cls-ep1-ntr96-nev32-synthetic-s2": 2}
+    expanded = subprocess.run(["python", "grid.py", "expand", tmp_path / "good.grid"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.splitlines()
+    assert [line.split(grid.SEP)[1:3] for line in expanded] == [["pre", ""], [good[1][1], "pre"], [good[2][1], "pre"]]
+
+    with pytest.raises(grid.GridError, match=r"later\.grid:2: --model run:pre names no --task mlm run on an earlier"):
+        grid.resolve(write_grid(tmp_path / "later.grid", FINE_TUNE, PRETRAIN))
+    not_mlm = PRETRAIN.replace("--task mlm ", "")
+    with pytest.raises(grid.GridError, match=r"no --task mlm run .*\(run pre is not --task mlm\)"):
+        grid.resolve(write_grid(tmp_path / "cls.grid", not_mlm, FINE_TUNE))
+
+
+def test_run_model_names_its_run_and_finds_it_in_out_dir_or_its_smoke_run(tmp_path):
+    args = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path)])
+    assert args.run_name == "pre-cls-s42" and config.model_run(args) == "pre"
+    assert config.model_source(args) == os.path.join(str(tmp_path), "pre", "model")
+    smoke = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path / "smoke"), "--smoke"])
+    assert config.model_source(smoke) == os.path.join(str(tmp_path), "smoke", "pre-smoke", "model")
+    # an explicit name gets the suffix too, so run:NAME finds NAME's smoke run by it
+    assert config.parse_args(["--task", "mlm", "--run_name", "pre", "--smoke"]).run_name == "pre-smoke"
+    with pytest.raises(config.UserError, match="run:NAME takes one run name"):
+        config.parse_args(["--model", "run:a/b"])
+
+
+def test_a_run_model_that_has_not_finished_or_wrote_no_model_is_named(tmp_path):
+    args = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path)])
+    assert "run pre has not finished (no results.json" in config.model_run_unfinished(args)
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "results.json").write_text("{}")
+    assert "run pre wrote no model folder; only --task mlm runs do" in config.model_run_unfinished(args)
+    (tmp_path / "pre" / "model").mkdir()
+    (tmp_path / "pre" / "model" / "config.json").write_text("{}")
+    assert config.model_run_unfinished(args) is None
+    assert config.model_run_unfinished(config.parse_args(["--model", "tiny-bert"])) is None
+
+
+def test_the_report_compares_runs_from_a_pretraining_run_with_runs_from_its_model():
+    configs = {"pre": {"model": "tiny-bert", "task": "mlm", "pool": "cls"}}
+    start = dict(config.DEFAULTS, model="run:pre", model_default_lr=1e-3, lr=1e-3)
+    assert report.model_of(start, configs) == "tiny-bert"
+    assert report.settings_of(start) == {"pool": "cls", "start": "from pre"}
+    assert report.model_of(dict(start, model="run:elsewhere"), configs) == "run:elsewhere"  # not in this folder
+    assert "pool" not in report.settings_of(dict(config.DEFAULTS, task="mlm"))
+
+
+# ---- train.py and run_grid.sh (they train)
+
+@pytest.mark.slow
+def test_train_refuses_a_run_model_whose_run_has_not_finished(tmp_path):
+    (tmp_path / "pre" / "ckpt").mkdir(parents=True)  # started, not finished
+    out = subprocess.run(["python", "train.py", *FINE_TUNE.split(), "--out_dir", tmp_path], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: --model run:pre: run pre has not finished"), out.stderr
+    assert not (tmp_path / "pre-cls-ep1-ntr96-nev32-synthetic-s42").exists()
+
+
+@pytest.mark.slow
+def test_grid_runs_the_pretraining_stage_then_the_runs_that_start_from_it(tmp_path):
+    g = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}", FINE_TUNE.replace("run:pre", "tiny-bert"))
+    out = run_grid(g, "--out_dir", tmp_path / "runs")
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = tmp_path / "runs" / "chain"
+    # the smoke phase chains too: the fine-tuning smoke runs start from the pretraining smoke run
+    assert out.stdout.count("smoke ok:") == 4
+    smoke = json.loads((folder / "smoke" / "pre-cls-synthetic-s1-smoke" / "config.json").read_text())
+    assert smoke["model_folder"] == str(folder / "smoke" / "pre-smoke" / "model")
+    assert out.stdout.index("[done] pre\n") < out.stdout.index("[start] pre-cls")
+    tuned = json.loads((folder / "pre-cls-ep1-ntr96-nev32-synthetic-s1" / "config.json").read_text())
+    assert tuned["model_folder"] == str(folder / "pre" / "model") and tuned["lr"] == 1e-3  # tiny-bert's default lr
+    table = (folder / "results.md").read_text()
+    assert "| tiny-bert | cls, from pre |" in table and "| tiny-bert | cls |" in table
+
+    again = run_grid(g, "--out_dir", tmp_path / "runs")
+    assert again.returncode == 0 and again.stdout.count("[skip]") == 4 and "smoke ok" not in again.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_pretraining_run_stops_the_runs_that_start_from_it(tmp_path):
+    broken = PRETRAIN.replace("--data synthetic", f"--data {tmp_path / 'missing'}")
+    g = write_grid(tmp_path / "chain.grid", broken, FINE_TUNE.replace("synthetic", str(tmp_path / "missing")),
+                   FINE_TUNE.replace("run:pre", "tiny-bert"))
+    out = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "[failed] pre exit 2" in out.stdout
+    assert "[failed] pre-cls-ep1-ntr96-nev32-missing-s42 not started: pre, the run it starts from, did not finish" \
+        in out.stdout
+    assert "[done] tiny-bert-cls-ep1-ntr96-nev32-synthetic-s42" in out.stdout  # the others still run
+    assert not (tmp_path / "runs" / "chain" / "pre-cls-ep1-ntr96-nev32-missing-s42").exists()
