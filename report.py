@@ -153,11 +153,14 @@ def is_collapsed(run: dict) -> bool:
 def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
     """Rows of runs that differ only in seed, and the settings every row shares."""
     settings = [settings_of(run["config"]) for run in runs]
-    common = {k: v for k, v in settings[0].items() if k != "pool" and all(s.get(k) == v for s in settings)}
+    # what the compared runs share; a pretraining stage's runs (mlm) do not narrow it
+    compared = [s for run, s in zip(runs, settings) if run["task"] != "mlm"] or settings
+    common = {k: v for k, v in compared[0].items() if k != "pool" and all(s.get(k) == v for s in compared)}
     configs = {run["name"]: run["config"] for run in runs}
     groups = {}
     for run, shown in zip(runs, settings):
-        setup = ", ".join(v for k, v in shown.items() if k not in common)
+        # a pretraining run shows all its settings: `common` is what the compared runs share
+        setup = ", ".join(v for k, v in shown.items() if k not in common or run["task"] == "mlm")
         key = (run["task"], model_of(run["config"], configs), setup)
         groups.setdefault(key, []).append(run)
     rows = []
@@ -307,7 +310,8 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
             cells = [f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
                      for _, _, label in BUCKETS]
             lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Shared by every row: {common or 'nothing beyond the defaults'}. ± is the std over "
+    rows_sharing = "fine-tuning row" if any(r["task"] == "mlm" for r in rows) else "row"
+    lines += ["", f"Shared by every {rows_sharing}: {common or 'nothing beyond the defaults'}. ± is the std over "
               "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = fewer than "
               f"{MIN_SEEDS_FOR_STAR} seeds on a side: the CI sees training randomness poorly (2) or not at all "
               "(1), so it cannot support a conclusion (no *). Bold = best of its model, collapsed rows excluded."]

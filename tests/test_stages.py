@@ -122,3 +122,12 @@ def test_a_failed_pretraining_run_stops_the_runs_that_start_from_it(tmp_path):
         in out.stdout
     assert "[done] tiny-bert-cls-ep1-ntr96-nev32-synthetic-s42" in out.stdout  # the others still run
     assert not (tmp_path / "runs" / "chain" / "pre-cls-ep1-ntr96-nev32-missing-s42").exists()
+
+
+def test_the_shipped_pretraining_demo_is_a_pretraining_stage_then_six_runs():
+    runs = grid.resolve(os.path.join(ROOT, "grids", "pretrain_demo.grid"))
+    stages = grid.stages(runs)
+    assert [name for name, stage in stages.items() if stage == 1] == ["pretrain"]
+    second = sorted(name for name, stage in stages.items() if stage == 2)
+    assert second == sorted(f"{start}-cls-ep5-ntr200-synthetic-s{seed}" for start in ("pretrain", "tiny-bert")
+                            for seed in range(3))
