@@ -8,8 +8,9 @@ Writes OUT_DIR/<grid>/slurm/: runs.grid (each run's flags, one run per line: lin
 task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch (slurm_jobs/'s templates with
 their #SBATCH lines and settings filled in; they run grid_lib.sh's launcher from this checkout)
 and, once submitted, jobs.json. Jobs: the smoke job runs every run still to do with --smoke; the array (one task per
-unfinished run, at most --max-parallel at once) waits for it with afterok; the report job runs
-report.py after the array, however it ended (afterany).
+unfinished run, at most --max-parallel at once) waits for it with afterok; a grid with stages
+(--model run:NAME) gets one array per stage (runs-stage2.sbatch, ...), each waiting for the ones
+before it (afterok); the report job runs report.py after the arrays, however they ended (afterany).
 
 Preemption and time limits: SLURM sends the batch script USR1 --grace seconds before the end;
 the script sends TERM to torchrun (which forwards TERM, not USR1), train.py checkpoints and exits,
