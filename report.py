@@ -154,11 +154,11 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
     """Rows of runs that differ only in seed, and the settings every row shares."""
     settings = [settings_of(run["config"]) for run in runs]
     # what the compared runs share; a pretraining stage's runs (mlm) do not narrow it
-    compared = [s for run, s in zip(runs, settings) if run["task"] != "mlm"] or settings
+    compared = [s for run, s in zip(runs, settings, strict=True) if run["task"] != "mlm"] or settings
     common = {k: v for k, v in compared[0].items() if k != "pool" and all(s.get(k) == v for s in compared)}
     configs = {run["name"]: run["config"] for run in runs}
     groups = {}
-    for run, shown in zip(runs, settings):
+    for run, shown in zip(runs, settings, strict=True):
         # a pretraining run shows all its settings: `common` is what the compared runs share
         setup = ", ".join(v for k, v in shown.items() if k not in common or run["task"] == "mlm")
         key = (run["task"], model_of(run["config"], configs), setup)

@@ -221,7 +221,7 @@ def queue(job_ids: list[str]) -> list[dict]:
         if "Invalid job id" in done.stderr:
             return []
         raise SlurmError(f"squeue failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines() if line.strip()]
+    return [dict(zip(fields, line.split("|"), strict=False)) for line in done.stdout.splitlines() if line.strip()]
 
 
 def submit(o, grid_path: str, extra: list[str]) -> int:

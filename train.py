@@ -456,7 +456,7 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
         units = max(units, 1)
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
-    for k, (mb, (batch, target)) in enumerate(zip(micro_batches, batches)):
+    for k, (mb, (batch, target)) in enumerate(zip(micro_batches, batches, strict=True)):
         n = run.train_lengths[mb]
         counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
@@ -675,7 +675,7 @@ def resolve_precision(name: str, device: torch.device, warn) -> str:
 
 def make_optimizer(model, args):
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)  # biases and norm weights
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]

@@ -27,7 +27,7 @@ def test_encode_adds_special_tokens_and_caches(tmp_path):
     assert enc.ids[0][0] == tok.cls_token_id and enc.ids[0][-1] == tok.sep_token_id
     assert list(enc.ids[0][1:16]) == full[1:16] and list(enc.ids[0][-16:]) == full[-16:]
     cached = data.encode(texts, tok, 32, "head_tail", str(tmp_path))
-    assert all((a == b).all() for a, b in zip(enc.ids, cached.ids))
+    assert all((a == b).all() for a, b in zip(enc.ids, cached.ids, strict=True))
     assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
 
 
@@ -38,7 +38,7 @@ def test_a_truncated_tokens_cache_file_is_rebuilt_with_a_warning(tmp_path, capsy
     (cache_file,) = tmp_path.glob("tokens-*.npz")
     cache_file.write_bytes(cache_file.read_bytes()[:100])  # a full disk or an interrupted copy
     rebuilt = data.encode(texts, tok, 32, "head", str(tmp_path))
-    assert all((a == b).all() for a, b in zip(enc.ids, rebuilt.ids))
+    assert all((a == b).all() for a, b in zip(enc.ids, rebuilt.ids, strict=True))
     assert f"the tokens cache {cache_file} is unreadable" in capsys.readouterr().out
     data.encode(texts, tok, 32, "head", str(tmp_path))
     assert capsys.readouterr().out == ""  # the rebuilt file reads
@@ -73,13 +73,13 @@ def test_train_batches_cover_each_example_once_and_split_equally_across_ranks():
             shares = [data.rank_slice(b, r, 2) for r in range(2)]
             assert sorted(np.concatenate(shares).tolist()) == sorted(b.tolist())
         again = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=grouped)
-        assert all((a == b).all() for a, b in zip(batches, again))
+        assert all((a == b).all() for a, b in zip(batches, again, strict=True))
         other = data.train_batches(lengths, 16, epoch=2, seed=3, world_size=2, group_by_length=grouped)
-        assert not all((a == b).all() for a, b in zip(batches, other))
+        assert not all((a == b).all() for a, b in zip(batches, other, strict=True))
     # the global batches do not depend on the world size (when it divides the data)
     one = data.train_batches(lengths[:200], 16, 0, 3, 1, True)
     two = data.train_batches(lengths[:200], 16, 0, 3, 2, True)
-    assert all((a == b).all() for a, b in zip(one, two))
+    assert all((a == b).all() for a, b in zip(one, two, strict=True))
 
 
 def test_length_grouping_cuts_padding_and_still_mixes_lengths_across_steps():
@@ -131,7 +131,7 @@ def test_multiple_text_columns_are_joined(tmp_path):
 def test_synthetic_task_is_balanced_and_has_cues():
     raw = data.make_synthetic(n_train=200, n_test=50)
     assert sum(raw["train"]["label"]) == 100
-    for text, label in zip(raw["train"]["text"], raw["train"]["label"]):
+    for text, label in zip(raw["train"]["text"], raw["train"]["label"], strict=True):
         words = text.split()
         own = sum(w in (data.POSITIVE if label else data.NEGATIVE) for w in words)
         other = sum(w in (data.NEGATIVE if label else data.POSITIVE) for w in words)

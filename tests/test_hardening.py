@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,7 +27,7 @@ def same_numbers(a, b, tol=1e-6):
         assert abs(ra[key] - rb[key]) <= tol, (key, ra[key], rb[key])
     la = [e["loss"] for e in read_events(a, "train")]
     lb = [e["loss"] for e in read_events(b, "train")]
-    assert len(la) == len(lb) and max(abs(x - y) for x, y in zip(la, lb)) <= tol
+    assert len(la) == len(lb) and max(abs(x - y) for x, y in zip(la, lb, strict=True)) <= tol
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,7 @@ def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys
     warnings = captured.err.strip().splitlines()
     assert [line.split(":")[0] for line in warnings] == ["warning"] * 4
     for folder, why in zip(bad, ["results.json is unreadable", "results.json has no test_acc",
-                                 "test_predictions.npz is unreadable", "config.json has no model, pool, seed"]):
+                                 "test_predictions.npz is unreadable", "config.json has no model, pool, seed"], strict=True):
         assert any(f"skipped {folder}: {why}" in line for line in warnings), (folder, why)
     table = (tmp_path / "results.md").read_text()
     assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables

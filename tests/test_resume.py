@@ -32,7 +32,7 @@ def assert_same_run(run_dir, reference_dir):
     got_loss = [(e["step"], e["loss"]) for e in read_events(run_dir, "train")]
     want_loss = [(e["step"], e["loss"]) for e in read_events(reference_dir, "train")]
     assert [s for s, _ in got_loss] == [s for s, _ in want_loss]  # each step logged once
-    assert max(abs(a[1] - b[1]) for a, b in zip(got_loss, want_loss)) <= 1e-6
+    assert max(abs(a[1] - b[1]) for a, b in zip(got_loss, want_loss, strict=True)) <= 1e-6
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_que
     assert "#SBATCH --cpus-per-task=1" in runs_sbatch and "--gres" not in runs_sbatch
     assert "#SBATCH --dependency=afterany:102" in (folder / "report.sbatch").read_text()
     assert all(line.endswith("--epochs 2  # " + name) for line, name in
-               zip((folder / "runs.grid").read_text().splitlines(), json.loads((folder / "jobs.json").read_text())["runs"]))
+               zip((folder / "runs.grid").read_text().splitlines(), json.loads((folder / "jobs.json").read_text())["runs"], strict=True))
 
     queue.write_text("102_1|RUNNING|0|None|node1|\n")
     again = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)

@@ -1,7 +1,8 @@
-import pytest
 """W&B: an offline run's history holds the metrics; a resumed run continues the same run;
 an unreachable W&B never fails a run."""
 import os
+
+import pytest
 
 from conftest import run_cli
 from wandb_history import history, run_ids
