@@ -10,6 +10,7 @@ one line per run, our loop against a bare training step, and one line `BENCH_JSO
     python bench/bench.py --seeds 0,1,2           # every side once per seed: mean ± std over seeds
     python bench/bench.py --max_len 256           # where dynamic padding and length grouping pay
     python bench/bench.py --ours="--compile"      # any train.py flags, one --ours=... per variant
+    python bench/bench.py --task mlm              # masked-LM training: vs Trainer + DataCollatorForLanguageModeling
 
 Each variant is one train.py run per seed. With --seeds the runs go seed by seed, all sides for
 one seed before the next (so a machine whose speed drifts slows every side alike); our runs get
@@ -31,6 +32,23 @@ the loop's median time per step split into collation, forward + backward, optimi
 rest. The same process then scores the test
 split with our predict() and with HF Trainer's predict() on that one model, 5 times each in turn:
 the evaluation loops compared without the machine's drift or any model difference.
+
+--task mlm: our side is train.py --task mlm (--mlm_prob, --pack passed on), HF's side
+AutoModelForMaskedLM from the same folder (a checkpoint without an MLM head gets a new one, seeded
+alike) trained by Trainer with DataCollatorForLanguageModeling(mlm_probability=the same) on the
+same texts (train.py's seeded subset of the train file, 10% held out for validation), one example
+per text truncated to max_len with its special tokens (run_mlm's line-by-line encoding; the
+special-tokens mask passed, as run_mlm does), or with --pack the very blocks train.py trains on
+(mlm.pack: run_mlm's group_texts with each block framed [CLS] ... [SEP]). Trainer's batches are
+random and padded to the longest, rounded up to a multiple of 8 as ours are (--trainer_padding
+max_length: to max_len), so the identical variant of ours is --no-group_by_length. Masks are not
+the same draws (HF's collator draws them with torch, ours are a function of seed, epoch and
+example), only the same rate and 80/10/10 rule. Both sides' validation loss and accuracy are per
+masked token, on the same held-out examples with the same fixed masks (train.py's validation
+masks; for HF computed after training with mlm.MaskedLM on the trained model), after the last
+epoch. No loop-vs-bare-step pairing and no eval throughput for mlm. Throughput counts the encoder's
+FLOPs only, on both sides (HF's BertForMaskedLM also runs the vocabulary head on every position,
+ours on the masked ones only: that is work ours skips, not counted as useful).
 
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
 CUDA), measured the same way (machine.peak_memory) at the end of HF Trainer's process.
