@@ -227,23 +227,7 @@ def queue(job_ids: list[str]) -> list[dict]:
 def submit(o, grid_path: str, extra: list[str]) -> int:
     if not o.dry_run and shutil.which("sbatch") is None:
         raise SlurmError("--slurm needs sbatch on PATH (run it on the cluster's login node), or use --dry-run")
-    if not os.path.isfile(grid_path):
-        raise SlurmError(f"grid file {grid_path} not found")
-    try:
-        runs = grid.resolve(grid_path, extra)
-    except OSError as e:
-        raise SlurmError(f"cannot read grid {grid_path}: {e.strerror}") from None
-    except grid.GridError as e:
-        raise SlurmError(str(e)) from None
-    for number, _, args in runs:  # runs.grid is expanded again in the jobs: nothing may expand twice
-        if any(grid.BRACES.search(arg) for arg in args):
-            raise SlurmError(f"{grid_path}:{number}: a flag still holds {{a,b}} after expansion (nested braces?)")
-    try:
-        name = grid.grid_name(grid_path)
-        out = os.path.abspath(os.path.join(o.out_dir, name))
-        finished = set(grid.finished_runs(grid_path, out, runs))
-    except grid.GridError as e:
-        raise SlurmError(str(e)) from None
+    runs, name, out, finished = read_grid(o, grid_path, extra)
     slurm_dir = os.path.join(out, "slurm")
     tasks = [i for i, (_, run_name, _) in enumerate(runs, 1) if run_name not in finished]
     if not tasks:
@@ -260,37 +244,16 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     for key in ["smoke", *map(str, tasks)]:  # the states an earlier submission left
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(slurm_dir, "status", key))
+    for stale in glob.glob(os.path.join(slurm_dir, "runs-stage*.sbatch")):  # an earlier submission's
+        os.remove(stale)
     write(os.path.join(slurm_dir, "runs.grid"), runs_file(runs))
     place = Place(ROOT, sys.executable, out, name)
-    jobs = {"grid": os.path.abspath(grid_path), "out": out, "runs": [n for _, n, _ in runs], "tasks": tasks,
-            "smoke": None, "array": None, "report": None}
     stages = stage_tasks(runs, tasks)
     paths = {"smoke": os.path.join(slurm_dir, "smoke.sbatch"),
              **{f"runs{i}": runs_path(place, i + 1) for i in range(len(stages))},
              "report": os.path.join(slurm_dir, "report.sbatch")}
-    for stale in glob.glob(os.path.join(slurm_dir, "runs-stage*.sbatch")):  # an earlier submission's
-        os.remove(stale)
-    if o.smoke:
-        write(paths["smoke"], smoke_script(o, place, tasks))
-        jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
-    elif os.path.exists(paths["smoke"]):
-        os.remove(paths["smoke"])
-    jobs["arrays"], jobs["task_array"] = [], {}
-    try:
-        for i, stage_runs in enumerate(stages):
-            after = [j for j in (jobs["smoke"], *jobs["arrays"]) if j]
-            write(paths[f"runs{i}"], runs_script(o, place, stage_runs, after, stage=i + 1))
-            array = (NO_ID["array"] + (f"_STAGE{i + 1}" if i else "")) if o.dry_run else sbatch(paths[f"runs{i}"])
-            jobs["arrays"].append(array)
-            jobs["task_array"] |= {str(task): array for task in stage_runs}
-        jobs["array"] = jobs["arrays"][0]
-        write(paths["report"], report_script(o, place, jobs["arrays"]))
-        jobs["report"] = None if o.dry_run else sbatch(paths["report"])
-    except SlurmError:
-        submitted = [j for j in (jobs["smoke"], *jobs["arrays"]) if j and not o.dry_run]
-        if submitted:  # no half-submitted grid: its jobs would wait for nothing
-            subprocess.run(["scancel", *submitted], capture_output=True)
-        raise
+    jobs = {"grid": os.path.abspath(grid_path), "out": out, "runs": [n for _, n, _ in runs], "tasks": tasks,
+            **submit_jobs(o, place, tasks, stages, paths)}
 
     if o.dry_run:
         for key, path in paths.items():
@@ -308,22 +271,71 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     for i, stage_runs in enumerate(stages):
         for task in stage_runs:
             print(f"  task {task:<4} {runs[task - 1][1]}" + (f"  (stage {i + 1})" if len(stages) > 1 else ""))
-    if o.dry_run:
-        return 0
-    ids = job_ids(jobs)
-    logs = os.path.join(out, "logs")
+    if not o.dry_run:
+        print_how_to_follow(o, grid_path, jobs)
+    return 0
+
+
+def read_grid(o, grid_path: str, extra: list[str]) -> tuple[list, str, str, set[str]]:
+    """The grid's runs (checked with train.py's parser), its name, its folder and the runs
+    finished there; a SlurmError says what is wrong."""
+    if not os.path.isfile(grid_path):
+        raise SlurmError(f"grid file {grid_path} not found")
+    try:
+        runs = grid.resolve(grid_path, extra)
+        for number, _, args in runs:  # runs.grid is expanded again in the jobs: nothing may expand twice
+            if any(grid.BRACES.search(arg) for arg in args):
+                raise SlurmError(f"{grid_path}:{number}: a flag still holds {{a,b}} after expansion (nested braces?)")
+        name = grid.grid_name(grid_path)
+        out = os.path.abspath(os.path.join(o.out_dir, name))
+        return runs, name, out, set(grid.finished_runs(grid_path, out, runs))
+    except OSError as e:
+        raise SlurmError(f"cannot read grid {grid_path}: {e.strerror}") from None
+    except grid.GridError as e:
+        raise SlurmError(str(e)) from None
+
+
+def submit_jobs(o, place: Place, tasks: list[int], stages: list[list[int]], paths: dict) -> dict:
+    """Write the scripts to `paths` and submit them (a dry run: write only): the smoke job, one
+    array per stage, the report job. Their ids; if sbatch refuses one, what was submitted is
+    cancelled (its jobs would wait for nothing) and the SlurmError raised."""
+    jobs = {"smoke": None, "arrays": [], "task_array": {}}
+    if o.smoke:
+        write(paths["smoke"], smoke_script(o, place, tasks))
+        jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
+    elif os.path.exists(paths["smoke"]):
+        os.remove(paths["smoke"])
+    try:
+        for i, stage_runs in enumerate(stages):
+            after = [j for j in (jobs["smoke"], *jobs["arrays"]) if j]
+            write(paths[f"runs{i}"], runs_script(o, place, stage_runs, after, stage=i + 1))
+            array = (NO_ID["array"] + (f"_STAGE{i + 1}" if i else "")) if o.dry_run else sbatch(paths[f"runs{i}"])
+            jobs["arrays"].append(array)
+            jobs["task_array"] |= {str(task): array for task in stage_runs}
+        write(paths["report"], report_script(o, place, jobs["arrays"]))
+        jobs["report"] = None if o.dry_run else sbatch(paths["report"])
+    except SlurmError:
+        submitted = [j for j in (jobs["smoke"], *jobs["arrays"]) if j and not o.dry_run]
+        if submitted:
+            subprocess.run(["scancel", *submitted], capture_output=True)
+        raise
+    return {**jobs, "array": jobs["arrays"][0]}
+
+
+def print_how_to_follow(o, grid_path: str, jobs: dict) -> None:
+    ids, logs, arrays = job_ids(jobs), os.path.join(jobs["out"], "logs"), jobs["arrays"]
     print(f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}"
-          f"array job{'s' if len(stages) > 1 else ''} {', '.join(jobs['arrays'])}, report job {jobs['report']}")
-    print(f"logs: {logs}/slurm-{jobs['array']}_<task>.log (one per task, appended across restarts)"
+          f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}, report job {jobs['report']}")
+    print(f"logs: {logs}/slurm-<array job>_<task>.log (one per task, appended across restarts)"
           + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else ""))
     print("follow:")
     print(f"  squeue -j {','.join(ids)}")
     print(f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed"
           "   (where the cluster keeps accounting)")
-    print(f"  tail -f {logs}/slurm-{jobs['array']}_{tasks[0]}.log")
+    first = jobs["tasks"][0]
+    print(f"  tail -f {logs}/slurm-{jobs['task_array'][str(first)]}_{first}.log")
     print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
           + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != grid.DEFAULT_OUT_ROOT else ""))
-    return 0
 
 
 def job_ids(jobs: dict) -> list[str]:

@@ -12,7 +12,7 @@ Offline demo in seconds:
     python train.py --model tiny-bert --data synthetic --epochs 3 --wandb disabled
 Masked-LM (continued) pretraining through the same loop, then fine-tuning from its output:
     python train.py --task mlm --model bert --data FOLDER --run_name mlm
-    python train.py --model runs/mlm/model --data FOLDER
+    python train.py --model run:mlm --data FOLDER        (runs/mlm/model; run mlm must have finished)
 
 Rerunning the same command resumes an interrupted run from its newest checkpoint.
 """
@@ -243,21 +243,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     data.make_cache_dir(args.cache_dir)
 
     pretraining = args.task == "mlm"
-    if pretraining:
-        splits, label_names = distributed.node_main_first(
-            info, data.load_texts, args.data, args.text_col, args.val_ratio, args.max_train_samples,
-            args.max_eval_samples, args.unlabeled_split), []
-    else:
-        splits, label_names = distributed.node_main_first(
-            info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-            args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
-            task=args.task)
-    if not pretraining and splits["test"].source != "test":
-        log.info(f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
-                 "(results.json: test_split)")
-    problem = metrics.metric_problem(args.task, args.metric_for_best, len(label_names) or None)
-    if problem:
-        raise UserError(problem)
+    splits, label_names = load_data(args, info, log)
     tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
     masker = mlm.make_masker(tokenizer, args.mlm_prob, args.masking, args.seed, args.whole_word_mask) \
         if pretraining else None
@@ -267,20 +253,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
                    for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
-    encoded = {}
-    for name, split in splits.items():
-        texts, text_pairs = split.encoder_inputs(args.text_pairs)
-        if args.pack:
-            encoded[name] = mlm.encode_packed(texts, tokenizer, args.max_len)
-        else:
-            encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
-                                                        args.truncation, args.cache_dir, log.warning,
-                                                        text_pairs=text_pairs)
-        if pretraining:
-            empty = mlm.unmaskable(masker, encoded[name].ids, f"the {name} texts")
-            if empty:
-                log.warning(f"warning: {empty} of the {len(encoded[name].ids)} {name} examples hold no token to "
-                            "mask (only special tokens); they train nothing")
+    encoded = encode_splits(args, info, log, splits, tokenizer, masker)
     if pretraining:  # --pack: the examples are blocks
         log.info(f"data: {', '.join(f'{k} {len(v.texts)} texts, {len(encoded[k].ids)} examples' for k, v in splits.items())}")
     else:
@@ -329,6 +302,43 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
                                                     log, start_over=args.resume == "never"),
                hooks=hooks, tokenizer=tokenizer, masker=masker,
                val_masker=replace(masker, seed=data.SPLIT_SEED, masking="static") if pretraining else None)
+
+
+def load_data(args, info, log) -> tuple[dict, list]:
+    """The splits and the class names (none for mlm, whose splits are texts only)."""
+    if args.task == "mlm":
+        return distributed.node_main_first(info, data.load_texts, args.data, args.text_col, args.val_ratio,
+                                           args.max_train_samples, args.max_eval_samples, args.unlabeled_split), []
+    splits, label_names = distributed.node_main_first(
+        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
+        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
+        task=args.task)
+    if splits["test"].source != "test":
+        log.info(f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
+                 "(results.json: test_split)")
+    problem = metrics.metric_problem(args.task, args.metric_for_best, len(label_names) or None)
+    if problem:
+        raise UserError(problem)
+    return splits, label_names
+
+
+def encode_splits(args, info, log, splits: dict, tokenizer, masker) -> dict:
+    """Token ids per split (the cache's, or --pack's blocks); mlm warns of examples with nothing to mask."""
+    encoded = {}
+    for name, split in splits.items():
+        texts, text_pairs = split.encoder_inputs(args.text_pairs)
+        if args.pack:
+            encoded[name] = mlm.encode_packed(texts, tokenizer, args.max_len)
+        else:
+            encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
+                                                        args.truncation, args.cache_dir, log.warning,
+                                                        text_pairs=text_pairs)
+        if masker is not None:
+            empty = mlm.unmaskable(masker, encoded[name].ids, f"the {name} texts")
+            if empty:
+                log.warning(f"warning: {empty} of the {len(encoded[name].ids)} {name} examples hold no token to "
+                            "mask (only special tokens); they train nothing")
+    return encoded
 
 
 def restore(run: Run) -> TrainState:
