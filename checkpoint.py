@@ -1,5 +1,6 @@
 """Crash-safe run state: atomic checkpoints, resume from the newest valid one, the run folder's
 checks (finished, same settings, --fresh) and its lock."""
+
 import contextlib
 import fcntl
 import glob
@@ -38,8 +39,9 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int = 2, drop_n
 
 def list_checkpoints(ckpt_dir: str) -> list[str]:
     """Checkpoint files, newest first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt"))
-             if (m := CKPT_PATTERN.search(p))]
+    found = [
+        (int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")) if (m := CKPT_PATTERN.search(p))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -62,8 +64,10 @@ def check_ranks_resume_alike(step: int | None, info) -> None:
     steps = all_gather_objects(step, info)
     if len(set(steps)) > 1:
         shown = ", ".join(f"rank {r}: {'none' if s is None else f'step {s}'}" for r, s in enumerate(steps))
-        raise UserError(f"the ranks found different newest checkpoints ({shown}); put --out_dir on storage "
-                        "every node shares, or copy the run folder to every node, then rerun")
+        raise UserError(
+            f"the ranks found different newest checkpoints ({shown}); put --out_dir on storage "
+            "every node shares, or copy the run folder to every node, then rerun"
+        )
 
 
 def save_weights(path: str, state_dict: dict) -> None:
@@ -160,14 +164,19 @@ class Checkpointer:
             return load_weights(path)
         except Exception as e:  # truncated, corrupt or missing: the unpickler raises many types
             if self.best_file == f"best_step{global_step}.pt":
-                self.log.warning(f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
-                                 "from the last checkpoint")
+                self.log.warning(
+                    f"warning: {path} is unreadable ({type(e).__name__}); using the same weights "
+                    "from the last checkpoint"
+                )
                 return {k: v.detach().clone() for k, v in model.state_dict().items()}
-            raise UserError(f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
-                            "holds them; rerun with --fresh to train again") from None
+            raise UserError(
+                f"the best weights {path} are unreadable ({type(e).__name__}) and no checkpoint "
+                "holds them; rerun with --fresh to train again"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- run folder
+
 
 def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> bool:
     """Apply --fresh, refuse a run dir that holds other settings; True if already finished."""
@@ -178,8 +187,10 @@ def prepare_run_dir(args, config: dict, run_dir: str, is_main: bool, log) -> boo
     if args.fresh and is_main:
         ours = {"train.log", ".lock"}
         if not _is_our_config(config_path) and set(os.listdir(run_dir)) - ours:
-            raise UserError(f"--fresh: {run_dir} holds files but no config.json of a run of this "
-                            "toolkit; not deleting anything there")
+            raise UserError(
+                f"--fresh: {run_dir} holds files but no config.json of a run of this "
+                "toolkit; not deleting anything there"
+            )
         log.info(f"--fresh: deleting earlier checkpoints and results in {run_dir}")
         for name in set(os.listdir(run_dir)) - ours:
             path = os.path.join(run_dir, name)
@@ -201,11 +212,14 @@ def check_same_settings(state: dict, fingerprint: dict) -> None:
     differing = sorted(k for k in saved if k in fingerprint and saved[k] != fingerprint[k])
     if differing:
         shown = ", ".join(f"{k}: {saved[k]!r} there, {fingerprint[k]!r} now" for k in differing)
-        raise UserError(f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
-                        "its settings, or use --fresh / another --run_name")
+        raise UserError(
+            f"checkpoint {state['path']} was made with other settings ({shown}); rerun with "
+            "its settings, or use --fresh / another --run_name"
+        )
 
 
 # ----------------------------------------------------------------------------- lock
+
 
 class RunLock:
     """One live process per run dir, as a context manager. Held with flock on `.lock` (which
@@ -236,8 +250,10 @@ class RunLock:
             except BlockingIOError:
                 owner = _read_owner(fd)
                 os.close(fd)
-                raise UserError(f"{os.path.dirname(self.path)} is in use by {owner or 'another process'}; "
-                                "wait for it, or stop it first") from None
+                raise UserError(
+                    f"{os.path.dirname(self.path)} is in use by {owner or 'another process'}; "
+                    "wait for it, or stop it first"
+                ) from None
             try:  # a releasing owner may have unlinked the file we locked: lock the current one
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -7,6 +7,7 @@ the run name lists the named settings that differ from the defaults, in declarat
 whether it is operational (`operational=True`: it does not change what a run computes, so it is
 left out of the name and of the fingerprint that guards resume). Adding a flag is one edit here.
 """
+
 import argparse
 import glob
 import hashlib
@@ -18,9 +19,9 @@ import glue
 import metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-NAME_LABELS: dict[str, str] = {}   # setting -> short label in the run name, in declaration order
-OPERATIONAL: set[str] = set()      # settings left out of the fingerprint
-POOLS = ("cls", "mean")            # --pool: how model.Classifier pools the encoder's tokens
+NAME_LABELS: dict[str, str] = {}  # setting -> short label in the run name, in declaration order
+OPERATIONAL: set[str] = set()  # settings left out of the fingerprint
+POOLS = ("cls", "mean")  # --pool: how model.Classifier pools the encoder's tokens
 MASKING_MODES = ("dynamic", "static")  # --masking; mlm.py holds the same (it imports torch)
 RUN_MODEL = "run:"  # --model run:NAME: the model folder of the --task mlm run NAME in --out_dir
 MLM_SETTINGS = ("mlm_prob", "masking", "whole_word_mask", "pack", "init", "unlabeled_split")
@@ -32,6 +33,7 @@ class UserError(Exception):
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """Bad flags end in one line, not the whole usage text; or raise `raise_as` (grid checks)."""
+
     raise_as = None
 
     def error(self, message):
@@ -41,8 +43,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = OneLineErrorParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           allow_abbrev=False)  # a prefix like --drop would silently mean --dropout
+    p = OneLineErrorParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )  # a prefix like --drop would silently mean --dropout
 
     def a(*flags, name=None, operational=False, **kwargs):
         """name: the setting's label in run names when it differs from its default ("" = the value
@@ -55,118 +58,290 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
             OPERATIONAL.add(dest)
 
     d = " (default: %(default)s)"
-    a("--model", default="bert", help="bert | modernbert | tiny-bert | tiny-modernbert, any hub id or "
-      "name, a local model folder, or run:NAME = the model a finished --task mlm run NAME in --out_dir "
-      "wrote (a grid's pretraining stage)" + d)
-    a("--pool", default="cls", choices=POOLS, help="cls = first token; mean = average of "
-      "non-padding tokens" + d)
+    a(
+        "--model",
+        default="bert",
+        help="bert | modernbert | tiny-bert | tiny-modernbert, any hub id or "
+        "name, a local model folder, or run:NAME = the model a finished --task mlm run NAME in --out_dir "
+        "wrote (a grid's pretraining stage)" + d,
+    )
+    a("--pool", default="cls", choices=POOLS, help="cls = first token; mean = average of non-padding tokens" + d)
     # named settings, in the order the run name lists them
-    a("--max_len", "--max_seq_length", name="L", type=int, default=128, help="tokens per example incl. "
-      "special tokens" + d)
-    a("--batch_size", name="bs", type=int, default=16, help="GLOBAL examples per optimizer step; "
-      "per-process batch = batch_size / (world size x grad_accum)" + d)
+    a(
+        "--max_len",
+        "--max_seq_length",
+        name="L",
+        type=int,
+        default=128,
+        help="tokens per example incl. special tokens" + d,
+    )
+    a(
+        "--batch_size",
+        name="bs",
+        type=int,
+        default=16,
+        help="GLOBAL examples per optimizer step; per-process batch = batch_size / (world size x grad_accum)" + d,
+    )
     a("--grad_accum", name="ga", type=int, default=1, help="micro-batches per optimizer step" + d)
-    a("--lr", "--learning_rate", name="lr", type=float, default=None, help="peak learning rate "
-      "(default: 5e-5; 1e-3 for tiny-* models)")
-    a("--optimizer", name="", default="adam", choices=["adam", "adamw"], help="adam: L2 weight decay "
-      "added to the gradient; adamw: decoupled weight decay" + d)
-    a("--scheduler", name="", default="constant", choices=["constant", "linear", "cosine"],
-      help="learning-rate schedule after warmup" + d)
+    a(
+        "--lr",
+        "--learning_rate",
+        name="lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 5e-5; 1e-3 for tiny-* models)",
+    )
+    a(
+        "--optimizer",
+        name="",
+        default="adam",
+        choices=["adam", "adamw"],
+        help="adam: L2 weight decay added to the gradient; adamw: decoupled weight decay" + d,
+    )
+    a(
+        "--scheduler",
+        name="",
+        default="constant",
+        choices=["constant", "linear", "cosine"],
+        help="learning-rate schedule after warmup" + d,
+    )
     a("--warmup_ratio", name="wu", type=float, default=0.0, help="share of steps with linear warmup" + d)
     a("--dropout", name="d", type=float, default=0.1, help="dropout before the classification head" + d)
-    a("--encoder_dropout", name="ed", type=float, default=None, help="the encoder's internal dropouts, "
-      "mapped to each family's config names (default: the checkpoint's own values)")
-    a("--weight_decay", name="wd", type=float, default=0.0, help="weight decay, not applied to biases "
-      "and norms" + d)
+    a(
+        "--encoder_dropout",
+        name="ed",
+        type=float,
+        default=None,
+        help="the encoder's internal dropouts, "
+        "mapped to each family's config names (default: the checkpoint's own values)",
+    )
+    a("--weight_decay", name="wd", type=float, default=0.0, help="weight decay, not applied to biases and norms" + d)
     a("--clip", name="clip", type=float, default=0.0, help="max gradient norm; 0 = no clipping" + d)
     a("--epochs", "--num_train_epochs", name="ep", type=int, default=3, help="passes over the training set" + d)
-    a("--truncation", name="", default="head", choices=["head", "tail", "head_tail"], help="which tokens "
-      "a long text keeps: first, last, or first 128 + the rest from the end" + d)
-    a("--precision", name="", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast "
-      "dtype; auto = bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16 where "
-      "oneDNN has fast bf16 kernels (AVX512 and newer), else fp32" + d)
-    a("--val_ratio", name="val", type=float, default=0.1, help="share of train carved out (stratified, "
-      "fixed seed) as validation when the data has no validation split" + d)
-    a("--max_train_samples", name="ntr", type=int, default=None, help="balanced seeded subset of train "
-      "(default: all)")
-    a("--max_eval_samples", name="nev", type=int, default=None, help="balanced seeded subset of val and "
-      "test (default: all)")
-    a("--data", name="", default="imdb", help="hub dataset name (imdb = stanfordnlp/imdb), a local "
-      "folder with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
-      "(a generated task, no network)" + d)
-    a("--text_col", name="", nargs="+", default=["text"], help="text column(s). Two or more are encoded "
-      "as a sentence pair with the tokenizer's pair template (BERT: [CLS] A [SEP] B [SEP], segment ids "
-      "0/1), as HF's run_glue does: the first column is segment A, the others joined with a space are "
-      "segment B; see --no-text_pairs (default: text)")
-    a("--label_col", name="", default="label", help="label column: integers or strings; numbers with "
-      "--task regression" + d)
-    a("--task", name="", default="classification", choices=list(metrics.TASK_METRICS), help="classification: "
-      "one output per class, cross-entropy; regression: one output, MSE against float labels (not "
-      "rescaled); mlm: masked-LM (continued) pretraining on the training texts (labels not needed), "
-      "writing RUN_DIR/model for fine-tuning with --model RUN_DIR/model" + d)
-    a("--text_pairs", name="pair", action=argparse.BooleanOptionalAction, default=True, help="with two or "
-      "more --text_col, encode them as a pair; --no-text_pairs joins them with a space into one text "
-      "(the toolkit's encoding before pairs, for comparison)" + d)
-    a("--metric_for_best", name="best", default=None, help="validation metric that picks the best epoch, "
-      "whose weights score the test split. classification: acc (or accuracy), f1 (macro), f1_positive "
-      "(F1 of label id 1; two classes), mcc (or matthews_correlation), loss; regression: pearson, "
-      "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
-      "--task regression)")
+    a(
+        "--truncation",
+        name="",
+        default="head",
+        choices=["head", "tail", "head_tail"],
+        help="which tokens a long text keeps: first, last, or first 128 + the rest from the end" + d,
+    )
+    a(
+        "--precision",
+        name="",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="autocast "
+        "dtype; auto = bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16 where "
+        "oneDNN has fast bf16 kernels (AVX512 and newer), else fp32" + d,
+    )
+    a(
+        "--val_ratio",
+        name="val",
+        type=float,
+        default=0.1,
+        help="share of train carved out (stratified, "
+        "fixed seed) as validation when the data has no validation split" + d,
+    )
+    a("--max_train_samples", name="ntr", type=int, default=None, help="balanced seeded subset of train (default: all)")
+    a(
+        "--max_eval_samples",
+        name="nev",
+        type=int,
+        default=None,
+        help="balanced seeded subset of val and test (default: all)",
+    )
+    a(
+        "--data",
+        name="",
+        default="imdb",
+        help="hub dataset name (imdb = stanfordnlp/imdb), a local "
+        "folder with train/test(/validation) .parquet/.csv/.jsonl, one such file, or 'synthetic' "
+        "(a generated task, no network)" + d,
+    )
+    a(
+        "--text_col",
+        name="",
+        nargs="+",
+        default=["text"],
+        help="text column(s). Two or more are encoded "
+        "as a sentence pair with the tokenizer's pair template (BERT: [CLS] A [SEP] B [SEP], segment ids "
+        "0/1), as HF's run_glue does: the first column is segment A, the others joined with a space are "
+        "segment B; see --no-text_pairs (default: text)",
+    )
+    a(
+        "--label_col",
+        name="",
+        default="label",
+        help="label column: integers or strings; numbers with --task regression" + d,
+    )
+    a(
+        "--task",
+        name="",
+        default="classification",
+        choices=list(metrics.TASK_METRICS),
+        help="classification: "
+        "one output per class, cross-entropy; regression: one output, MSE against float labels (not "
+        "rescaled); mlm: masked-LM (continued) pretraining on the training texts (labels not needed), "
+        "writing RUN_DIR/model for fine-tuning with --model RUN_DIR/model" + d,
+    )
+    a(
+        "--text_pairs",
+        name="pair",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with two or "
+        "more --text_col, encode them as a pair; --no-text_pairs joins them with a space into one text "
+        "(the toolkit's encoding before pairs, for comparison)" + d,
+    )
+    a(
+        "--metric_for_best",
+        name="best",
+        default=None,
+        help="validation metric that picks the best epoch, "
+        "whose weights score the test split. classification: acc (or accuracy), f1 (macro), f1_positive "
+        "(F1 of label id 1; two classes), mcc (or matthews_correlation), loss; regression: pearson, "
+        "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
+        "--task regression)",
+    )
     # masked-LM settings (--task mlm); left out of names and fingerprints for the other tasks
-    a("--mlm_prob", name="mp", type=float, default=0.15, help="--task mlm: share of tokens predicted, "
-      "in (0, 1); of those 80%% become [MASK], 10%% a random token, 10%% stay" + d)
-    a("--masking", name="mask", default="dynamic", choices=list(MASKING_MODES), help="--task mlm: dynamic = "
-      "new masks every epoch; static = the same masks every epoch (original BERT)" + d)
-    a("--whole_word_mask", name="wwm", action="store_true", help="--task mlm: mask whole words (WordPiece "
-      "tokenizers only)")
-    a("--pack", name="pack", action="store_true", help="--task mlm: concatenate the texts into full "
-      "--max_len blocks (HF run_mlm's group_texts) instead of one truncated example per text")
-    a("--init", name="init", default="pretrained", choices=["pretrained", "random"], help="--task mlm: "
-      "start from the checkpoint's weights (continued pretraining) or from its config with random "
-      "weights (from scratch)" + d)
-    a("--unlabeled_split", name="unl", default=None, help="--task mlm: an extra split file of the --data "
-      "folder (e.g. unsupervised for IMDb's unsupervised.parquet) whose texts are added to the training "
-      "texts; never test (default: none)")
-    a("--group_by_length", name="group", action=argparse.BooleanOptionalAction, default=True,
-      help="batch examples of similar length together (shuffled within groups of 50 batches, "
-      "batches in random order) so little compute goes to padding" + d)
+    a(
+        "--mlm_prob",
+        name="mp",
+        type=float,
+        default=0.15,
+        help="--task mlm: share of tokens predicted, "
+        "in (0, 1); of those 80%% become [MASK], 10%% a random token, 10%% stay" + d,
+    )
+    a(
+        "--masking",
+        name="mask",
+        default="dynamic",
+        choices=list(MASKING_MODES),
+        help="--task mlm: dynamic = new masks every epoch; static = the same masks every epoch (original BERT)" + d,
+    )
+    a(
+        "--whole_word_mask",
+        name="wwm",
+        action="store_true",
+        help="--task mlm: mask whole words (WordPiece tokenizers only)",
+    )
+    a(
+        "--pack",
+        name="pack",
+        action="store_true",
+        help="--task mlm: concatenate the texts into full "
+        "--max_len blocks (HF run_mlm's group_texts) instead of one truncated example per text",
+    )
+    a(
+        "--init",
+        name="init",
+        default="pretrained",
+        choices=["pretrained", "random"],
+        help="--task mlm: "
+        "start from the checkpoint's weights (continued pretraining) or from its config with random "
+        "weights (from scratch)" + d,
+    )
+    a(
+        "--unlabeled_split",
+        name="unl",
+        default=None,
+        help="--task mlm: an extra split file of the --data "
+        "folder (e.g. unsupervised for IMDb's unsupervised.parquet) whose texts are added to the training "
+        "texts; never test (default: none)",
+    )
+    a(
+        "--group_by_length",
+        name="group",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch examples of similar length together (shuffled within groups of 50 batches, "
+        "batches in random order) so little compute goes to padding" + d,
+    )
     # dropout masks are drawn over the padded width, and compiled dropout draws them differently:
     # both change the numbers, so both are named settings
-    a("--padding", name="pad", default="longest", choices=["longest", "max_len"], help="pad each batch "
-      "to its longest example (rounded up to a multiple of 8), or always to --max_len" + d)
-    a("--compile", name="compile", action="store_true", help="torch.compile the model for training; "
-      "falls back to eager with a message where it cannot compile")
+    a(
+        "--padding",
+        name="pad",
+        default="longest",
+        choices=["longest", "max_len"],
+        help="pad each batch to its longest example (rounded up to a multiple of 8), or always to --max_len" + d,
+    )
+    a(
+        "--compile",
+        name="compile",
+        action="store_true",
+        help="torch.compile the model for training; falls back to eager with a message where it cannot compile",
+    )
     a("--seed", type=int, default=42, help="seed for init, data order and dropout" + d)
-    a("--smoke", action="store_true", help="check the whole path in seconds: 64 train / 64 val / "
-      "64 test examples, 1 epoch, run name suffixed -smoke, no W&B")
+    a(
+        "--smoke",
+        action="store_true",
+        help="check the whole path in seconds: 64 train / 64 val / "
+        "64 test examples, 1 epoch, run name suffixed -smoke, no W&B",
+    )
     # operational settings
-    a("--eval_batch_size", operational=True, type=int, default=64, help="per-process batch for "
-      "evaluation" + d)
-    a("--out_dir", "--output_dir", operational=True, default="runs", help="runs are written to "
-      "OUT_DIR/RUN_NAME" + d)
-    a("--run_name", operational=True, default=None, help="default: model, pooling, the settings that "
-      "differ from the defaults, and the seed")
-    a("--cache_dir", operational=True, default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
-      help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)")
-    a("--wandb", operational=True, default="auto", choices=["auto", "online", "offline", "disabled"],
-      help="W&B logging; auto = $WANDB_MODE if set, else online when logged in (W&B cloud or the "
-      "server in $WANDB_BASE_URL), else offline" + d)
-    a("--wandb_project", operational=True, default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
-      help="W&B project (default: $WANDB_PROJECT or %(default)s)")
+    a("--eval_batch_size", operational=True, type=int, default=64, help="per-process batch for evaluation" + d)
+    a("--out_dir", "--output_dir", operational=True, default="runs", help="runs are written to OUT_DIR/RUN_NAME" + d)
+    a(
+        "--run_name",
+        operational=True,
+        default=None,
+        help="default: model, pooling, the settings that differ from the defaults, and the seed",
+    )
+    a(
+        "--cache_dir",
+        operational=True,
+        default=os.environ.get("FTKIT_CACHE", os.path.expanduser("~/.cache/ftkit")),
+        help="tokenized data and locally trained tokenizers (default: $FTKIT_CACHE or %(default)s)",
+    )
+    a(
+        "--wandb",
+        operational=True,
+        default="auto",
+        choices=["auto", "online", "offline", "disabled"],
+        help="W&B logging; auto = $WANDB_MODE if set, else online when logged in (W&B cloud or the "
+        "server in $WANDB_BASE_URL), else offline" + d,
+    )
+    a(
+        "--wandb_project",
+        operational=True,
+        default=os.environ.get("WANDB_PROJECT", "encoder-finetune"),
+        help="W&B project (default: $WANDB_PROJECT or %(default)s)",
+    )
     a("--wandb_group", operational=True, default=None, help="W&B group, e.g. the grid name (default: none)")
     a("--log_every", operational=True, type=int, default=50, help="optimizer steps between train log lines" + d)
-    a("--save_every", operational=True, type=int, default=500, help="optimizer steps between checkpoints; "
-      "one is also written at each epoch end" + d)
+    a(
+        "--save_every",
+        operational=True,
+        type=int,
+        default=500,
+        help="optimizer steps between checkpoints; one is also written at each epoch end" + d,
+    )
     a("--keep_checkpoints", operational=True, type=int, default=2, help="newest checkpoints kept" + d)
-    a("--resume", operational=True, default="auto", choices=["auto", "never"], help="auto: continue from "
-      "the newest valid checkpoint in the run folder" + d)
-    a("--fresh", operational=True, action="store_true", help="delete this run's old checkpoints and "
-      "results first")
-    a("--dist_timeout", operational=True, type=float, default=60, help="minutes a collective waits "
-      "for the other ranks (e.g. while rank 0 alone downloads, tokenizes or writes a checkpoint) before "
-      "the run fails; NCCL's own default is 10" + d)
-    a("--on_nan", operational=True, default="stop", choices=["stop", "skip"], help="on a non-finite "
-      "loss: stop (keeping the last good checkpoint) or skip that step" + d)
+    a(
+        "--resume",
+        operational=True,
+        default="auto",
+        choices=["auto", "never"],
+        help="auto: continue from the newest valid checkpoint in the run folder" + d,
+    )
+    a("--fresh", operational=True, action="store_true", help="delete this run's old checkpoints and results first")
+    a(
+        "--dist_timeout",
+        operational=True,
+        type=float,
+        default=60,
+        help="minutes a collective waits "
+        "for the other ranks (e.g. while rank 0 alone downloads, tokenizes or writes a checkpoint) before "
+        "the run fails; NCCL's own default is 10" + d,
+    )
+    a(
+        "--on_nan",
+        operational=True,
+        default="stop",
+        choices=["stop", "skip"],
+        help="on a non-finite loss: stop (keeping the last good checkpoint) or skip that step" + d,
+    )
     return p
 
 
@@ -199,11 +374,20 @@ def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace
 
 def check_args(args) -> None:
     """Range checks that need neither the model nor the world size; a UserError names the flag."""
+
     def bad(flag, rule):
         raise UserError(f"--{flag} must be {rule} (got {getattr(args, flag)})")
 
-    for key in ("max_len", "batch_size", "grad_accum", "epochs", "eval_batch_size", "log_every",
-                "save_every", "keep_checkpoints"):
+    for key in (
+        "max_len",
+        "batch_size",
+        "grad_accum",
+        "epochs",
+        "eval_batch_size",
+        "log_every",
+        "save_every",
+        "keep_checkpoints",
+    ):
         if getattr(args, key) < 1:
             bad(key, "at least 1")
     for key in ("max_train_samples", "max_eval_samples"):
@@ -220,18 +404,19 @@ def check_args(args) -> None:
             bad(key, "a number >= 0")
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         bad("dist_timeout", "a positive number of minutes")
-    if not 0 <= args.seed < 2 ** 31:
+    if not 0 <= args.seed < 2**31:
         bad("seed", "in [0, 2^31)")
     if args.label_col in args.text_col:
-        raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part "
-                        "of the input")
+        raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part of the input")
     if args.metric_for_best is not None and metrics.metric_problem(args.task, args.metric_for_best):
         raise UserError(metrics.metric_problem(args.task, args.metric_for_best))
     if len(args.text_col) < 2 and not args.text_pairs:
         raise UserError("--no-text_pairs joins two or more --text_col columns; there is one")
     if len(args.text_col) >= 2 and args.text_pairs and args.truncation != "head":
-        raise UserError(f"--truncation {args.truncation} applies to single texts; a pair is truncated longest-first "
-                        "(HF's default, --truncation head), or join the columns with --no-text_pairs")
+        raise UserError(
+            f"--truncation {args.truncation} applies to single texts; a pair is truncated longest-first "
+            "(HF's default, --truncation head), or join the columns with --no-text_pairs"
+        )
     if not 0 < args.mlm_prob < 1:  # also false for nan
         bad("mlm_prob", "in (0, 1)")
     if args.task != "mlm":
@@ -239,13 +424,17 @@ def check_args(args) -> None:
         if given:
             raise UserError(f"{', '.join(given)} applies to --task mlm only (the task is {args.task})")
     if args.unlabeled_split == "test":
-        raise UserError("--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
-                        "of the fine-tuning runs that start from this model")
+        raise UserError(
+            "--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
+            "of the fine-tuning runs that start from this model"
+        )
     if model_run(args) is not None:
         try:
             check_run_name(model_run(args))
         except UserError:
-            raise UserError(f"--model {args.model}: {RUN_MODEL}NAME takes one run name (a folder in --out_dir)") from None
+            raise UserError(
+                f"--model {args.model}: {RUN_MODEL}NAME takes one run name (a folder in --out_dir)"
+            ) from None
     elif os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         raise UserError(f"model folder {args.model} has no config.json")
 
@@ -281,7 +470,7 @@ def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
 
 def model_run(args) -> str | None:
     """NAME of --model run:NAME (the run whose model this one starts from), else None."""
-    return args.model[len(RUN_MODEL):] if args.model.startswith(RUN_MODEL) else None
+    return args.model[len(RUN_MODEL) :] if args.model.startswith(RUN_MODEL) else None
 
 
 def model_run_dir(args) -> str | None:
@@ -304,9 +493,11 @@ def model_run_unfinished(args) -> str | None:
     if run_dir is None:
         return None
     if not has_results(run_dir):
-        return (f"--model {args.model}: run {os.path.basename(run_dir)} has not finished (no results.json in "
-                f"{run_dir}), so there is no pretrained model to start from; finish it first (rerun its grid or "
-                "its train.py command)")
+        return (
+            f"--model {args.model}: run {os.path.basename(run_dir)} has not finished (no results.json in "
+            f"{run_dir}), so there is no pretrained model to start from; finish it first (rerun its grid or "
+            "its train.py command)"
+        )
     if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
         return f"--model {args.model}: run {os.path.basename(run_dir)} wrote no model folder; only --task mlm runs do"
     return None
@@ -333,11 +524,15 @@ def _as_if_absent(config: dict) -> set[str]:
     """The later-added settings of `config` that hold what every run before them did: a
     classification task whose best epoch is picked by accuracy, text columns joined."""
     task = config.get("task", "classification")
-    classification_by_acc = task == "classification" and \
-        config.get("metric_for_best") in (None, metrics.DEFAULT_METRIC["classification"])
-    return ({"task"} if task == "classification" else set()) | \
-        ({"metric_for_best"} if classification_by_acc else set()) | \
-        ({"text_pairs"} if config.get("text_pairs") is False else set())
+    classification_by_acc = task == "classification" and config.get("metric_for_best") in (
+        None,
+        metrics.DEFAULT_METRIC["classification"],
+    )
+    return (
+        ({"task"} if task == "classification" else set())
+        | ({"metric_for_best"} if classification_by_acc else set())
+        | ({"text_pairs"} if config.get("text_pairs") is False else set())
+    )
 
 
 def _no_effect(config: dict) -> set[str]:
@@ -378,14 +573,19 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
         with open(config_path) as f:
             saved = json.load(f)
     except OSError as e:
-        raise UserError(f"{config_path} is unreadable ({e.strerror}); move it away, or use --fresh to "
-                        "discard the run") from None
+        raise UserError(
+            f"{config_path} is unreadable ({e.strerror}); move it away, or use --fresh to discard the run"
+        ) from None
     except ValueError as e:
-        raise UserError(f"{config_path} is not valid JSON ({e}); restore it, or delete it to resume (each "
-                        "checkpoint holds the settings), or use --fresh to discard the run") from None
+        raise UserError(
+            f"{config_path} is not valid JSON ({e}); restore it, or delete it to resume (each "
+            "checkpoint holds the settings), or use --fresh to discard the run"
+        ) from None
     if not isinstance(saved, dict):
-        raise UserError(f"{config_path} holds no settings (a JSON {type(saved).__name__}); delete it to resume, "
-                        "or use --fresh to discard the run")
+        raise UserError(
+            f"{config_path} holds no settings (a JSON {type(saved).__name__}); delete it to resume, "
+            "or use --fresh to discard the run"
+        )
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")

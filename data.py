@@ -1,4 +1,5 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
+
 import errno
 import functools
 import glob
@@ -26,7 +27,7 @@ OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 
 @dataclass
 class Split:
-    texts: list[str]    # the text columns joined with a space: the joined encoding, and what predictions show
+    texts: list[str]  # the text columns joined with a space: the joined encoding, and what predictions show
     labels: np.ndarray  # int64 ids 0..K-1; float32 targets for --task regression
     # with two or more text columns, (A, B) per example for the pair encoding: A the first column,
     # B the others joined with a space
@@ -43,9 +44,17 @@ class Split:
 
 # ----------------------------------------------------------------------------- loading
 
-def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: float,
-                max_train_samples: int | None, max_eval_samples: int | None, warn=print,
-                task: str = "classification"):
+
+def load_splits(
+    data: str,
+    text_cols: list[str],
+    label_col: str,
+    val_ratio: float,
+    max_train_samples: int | None,
+    max_eval_samples: int | None,
+    warn=print,
+    task: str = "classification",
+):
     """Return ({"train", "val", "test"} -> Split, label_names). With --task regression the labels
     are float32 as given (not rescaled), label_names is empty and the splits carved out of train
     are seeded random, not stratified."""
@@ -53,8 +62,10 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
     test_source = "test"
     if "test" in raw and label_col in raw["test"] and _labels_hidden(raw["test"][label_col]):
         if "validation" not in raw:
-            raise UserError(f"the test split of {data} has hidden labels (all -1) and there is no validation "
-                            "split to evaluate on instead")
+            raise UserError(
+                f"the test split of {data} has hidden labels (all -1) and there is no validation "
+                "split to evaluate on instead"
+            )
         del raw["test"]
         raw["test"], test_source = raw.pop("validation"), "validation"
     for split, rows in raw.items():
@@ -67,8 +78,9 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
         for split, rows in raw.items():
             rows[label_col] = regression_targets(rows[label_col], label_col, split)
     else:
-        values, label_names = (list(range(len(class_names))), class_names) if class_names else \
-            _label_values(raw, label_col, warn)
+        values, label_names = (
+            (list(range(len(class_names))), class_names) if class_names else _label_values(raw, label_col, warn)
+        )
     carve = _random_split if regression else _stratified_split
     if "test" not in raw:
         raw["train"], raw["test"] = carve(raw["train"], val_ratio, label_col)
@@ -80,8 +92,9 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
         if len(rows[label_col]) == 0:
             raise UserError(f"the {name} split of {data} is empty")
     if regression and len(set(raw["train"][label_col])) < 2:
-        raise UserError(f"column {label_col!r} holds a single value ({raw['train'][label_col][0]:g}) in train: "
-                        "nothing to regress")
+        raise UserError(
+            f"column {label_col!r} holds a single value ({raw['train'][label_col][0]:g}) in train: nothing to regress"
+        )
     if not regression and len(label_names) < 2:
         raise UserError(f"column {label_col!r} holds a single class ({label_names[0]}): nothing to classify")
     label_ids = None if regression else {v: i for i, v in enumerate(values)}
@@ -98,27 +111,39 @@ def load_splits(data: str, text_cols: list[str], label_col: str, val_ratio: floa
         texts = [" ".join(str(rows[c][i]) for c in text_cols) for i in keep]
         segments = None
         if len(text_cols) >= 2:
-            segments = ([str(rows[text_cols[0]][i]) for i in keep],
-                        [" ".join(str(rows[c][i]) for c in text_cols[1:]) for i in keep])
+            segments = (
+                [str(rows[text_cols[0]][i]) for i in keep],
+                [" ".join(str(rows[c][i]) for c in text_cols[1:]) for i in keep],
+            )
         splits[name] = Split(texts, labels[keep], segments, test_source if name == "test" else name)
     return splits, label_names
 
 
-def load_texts(data: str, text_cols: list[str], val_ratio: float, max_train_samples: int | None,
-               max_eval_samples: int | None, unlabeled_split: str | None = None) -> dict[str, Split]:
+def load_texts(
+    data: str,
+    text_cols: list[str],
+    val_ratio: float,
+    max_train_samples: int | None,
+    max_eval_samples: int | None,
+    unlabeled_split: str | None = None,
+) -> dict[str, Split]:
     """The texts of masked-LM pretraining: {"train", "val"} -> Split (no labels). The train split's
     texts (the text columns joined with a space; a label column is not needed), plus those of the
     folder's `unlabeled_split` file, with a seeded random `val_ratio` of them held out for
     validation. The data's validation and test splits are not read."""
     if unlabeled_split is not None and not os.path.isdir(data):
-        raise UserError(f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
-                        f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})")
+        raise UserError(
+            f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
+            f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})"
+        )
     rows = {"train": _load_raw(data, None)[0]["train"]}
     if unlabeled_split is not None:
         found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
         if len(found) != 1:
-            raise UserError(f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
-                            f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl")
+            raise UserError(
+                f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
+                f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl"
+            )
         rows[unlabeled_split] = _read_with_pyarrow(found[0], unlabeled_split)
     texts = []
     for split, columns in rows.items():
@@ -130,8 +155,10 @@ def load_texts(data: str, text_cols: list[str], val_ratio: float, max_train_samp
     random.Random(SPLIT_SEED).shuffle(order)
     n_val = round(len(texts) * val_ratio)
     if n_val == 0 or n_val == len(texts):
-        raise UserError(f"--val_ratio {val_ratio} of the {len(texts)} texts leaves "
-                        f"{'no validation' if n_val == 0 else 'no training'} texts; change --val_ratio or add text")
+        raise UserError(
+            f"--val_ratio {val_ratio} of the {len(texts)} texts leaves "
+            f"{'no validation' if n_val == 0 else 'no training'} texts; change --val_ratio or add text"
+        )
     held_out = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
     splits = {}
     for name, limit in (("train", max_train_samples), ("val", max_eval_samples)):
@@ -157,26 +184,36 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
         loaded = {}
         for split, path in _local_files(data).items():
             try:
-                loaded[split] = datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]],
-                                                      data_files={split: path}, split=split)
+                loaded[split] = datasets.load_dataset(
+                    FILE_TYPES[os.path.splitext(path)[1]], data_files={split: path}, split=split
+                )
             except Exception as e:  # parser errors come in many types
                 raise UserError(f"cannot read {path} ({split} split): {_read_error(path, e)}") from None
     elif _looks_like_path(data):
         raise UserError(f"--data {data}: no such file or folder")
     elif datasets is None:
-        raise UserError(f"--data {data}: loading from the hub needs the datasets package "
-                        "(pip install -r requirements.txt), or pass a local folder")
+        raise UserError(
+            f"--data {data}: loading from the hub needs the datasets package "
+            "(pip install -r requirements.txt), or pass a local folder"
+        )
     else:
         try:
             loaded = datasets.load_dataset(_hub_name(data), glue.task_of(data))
             if glue.task_of(data) == "mnli":  # its matched validation and test are the GLUE ones
-                loaded = {"train": loaded["train"], "validation": loaded["validation_matched"],
-                          "test": loaded["test_matched"]}
+                loaded = {
+                    "train": loaded["train"],
+                    "validation": loaded["validation_matched"],
+                    "test": loaded["test_matched"],
+                }
         except Exception as e:  # hub errors come in many types; the first line says which
-            raise UserError(f"cannot load dataset {data!r}: {first_line(e)} "
-                            "(offline? pass a local folder with --data)") from None
-    out = {name: {c: loaded[name][c] for c in loaded[name].column_names}
-           for name in ("train", "validation", "test") if name in loaded}
+            raise UserError(
+                f"cannot load dataset {data!r}: {first_line(e)} (offline? pass a local folder with --data)"
+            ) from None
+    out = {
+        name: {c: loaded[name][c] for c in loaded[name].column_names}
+        for name in ("train", "validation", "test")
+        if name in loaded
+    }
     if "train" not in out:
         raise UserError(f"--data {data}: no train split (found: {', '.join(loaded)})")
     feature = loaded["train"].features.get(label_col)
@@ -201,8 +238,10 @@ def _read_with_pyarrow(path: str, split: str) -> dict:
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet
-    read = {"csv": pyarrow.csv.read_csv, "json": pyarrow.json.read_json,
-            "parquet": pyarrow.parquet.read_table}[FILE_TYPES[os.path.splitext(path)[1]]]
+
+    read = {"csv": pyarrow.csv.read_csv, "json": pyarrow.json.read_json, "parquet": pyarrow.parquet.read_table}[
+        FILE_TYPES[os.path.splitext(path)[1]]
+    ]
     try:
         return read(path).to_pydict()
     except Exception as e:  # parser errors come in many types
@@ -228,8 +267,10 @@ def data_unavailable(data: str) -> str | None:
         return f"--data {data}: no such file or folder"
     why = hub_unavailable()
     if why and not _in_hub_cache(_hub_name(data)):
-        return (f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
-                f"or {OFFLINE_DEMO}")
+        return (
+            f"cannot load dataset {data!r}: not in the local cache and {why}; pass a local folder with --data, "
+            f"or {OFFLINE_DEMO}"
+        )
     return None
 
 
@@ -239,10 +280,16 @@ def _hub_name(data: str) -> str:
 
 def _in_hub_cache(name: str) -> bool:
     from huggingface_hub import constants
+
     datasets_cache = os.environ.get("HF_DATASETS_CACHE", os.path.join(constants.HF_HOME, "datasets"))
-    return any(os.path.isdir(path) for path in (
-        os.path.join(constants.HF_HUB_CACHE, "datasets--" + name.replace("/", "--")),
-        os.path.join(datasets_cache, name.replace("/", "___")), os.path.join(datasets_cache, name.split("/")[-1])))
+    return any(
+        os.path.isdir(path)
+        for path in (
+            os.path.join(constants.HF_HUB_CACHE, "datasets--" + name.replace("/", "--")),
+            os.path.join(datasets_cache, name.replace("/", "___")),
+            os.path.join(datasets_cache, name.split("/")[-1]),
+        )
+    )
 
 
 @functools.cache
@@ -250,6 +297,7 @@ def hub_unavailable() -> str | None:
     """Why the hub cannot serve a download now, found in at most 3 s (its client retries for
     ~40 s before it gives up); None when it may answer."""
     from huggingface_hub import constants
+
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE=1 is set"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -296,8 +344,9 @@ def _local_files(path: str) -> dict:
     for split in ("train", "validation", "test"):
         found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), f"{split}{ext}"))]
         if len(found) > 1:
-            raise UserError(f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} "
-                            "files; keep one")
+            raise UserError(
+                f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} files; keep one"
+            )
         if found and not os.path.exists(found[0]):
             raise UserError(f"--data {path}: {found[0]} is a broken symbolic link (to {os.readlink(found[0])})")
         if found:
@@ -311,24 +360,32 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
     """The label values in id order (those of train), and their names."""
     seen = {}
     for split, rows in raw.items():
-        empty = next((row for row, v in enumerate(rows[label_col])
-                      if v is None or (isinstance(v, float) and math.isnan(v))), None)
+        empty = next(
+            (row for row, v in enumerate(rows[label_col]) if v is None or (isinstance(v, float) and math.isnan(v))),
+            None,
+        )
         if empty is not None:  # else an empty cell would be reported as the float column it makes
-            raise UserError(f"label column {label_col!r} of the {split} split: data row {empty + 1} is empty; "
-                            "clean or drop such rows")
+            raise UserError(
+                f"label column {label_col!r} of the {split} split: data row {empty + 1} is empty; "
+                "clean or drop such rows"
+            )
         seen[split] = set()
         for v in rows[label_col]:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
                 hint = "; for a regression target pass --task regression" if isinstance(v, (float, np.floating)) else ""
-                raise UserError(f"label column {label_col!r} holds {type(v).__name__} values like "
-                                f"{v!r}: labels must be integers or strings{hint}")
+                raise UserError(
+                    f"label column {label_col!r} holds {type(v).__name__} values like "
+                    f"{v!r}: labels must be integers or strings{hint}"
+                )
             seen[split].add(v)
     values = seen["train"]
     for split, found in seen.items():
         unseen = found - values
         if unseen:  # it would become a class the model never trains on
-            raise UserError(f"the {split} split has label(s) {', '.join(map(repr, sorted(unseen, key=str)))} "
-                            f"that train does not have (train's: {', '.join(map(repr, sorted(values, key=str)))})")
+            raise UserError(
+                f"the {split} split has label(s) {', '.join(map(repr, sorted(unseen, key=str)))} "
+                f"that train does not have (train's: {', '.join(map(repr, sorted(values, key=str)))})"
+            )
     if not (all(isinstance(v, str) for v in values) or all(not isinstance(v, str) for v in values)):
         raise UserError(f"label column {label_col!r} mixes integers and strings")
     stripped = {}
@@ -337,8 +394,10 @@ def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
             stripped.setdefault(v.strip(), []).append(v)
     twins = [sorted(group) for group in stripped.values() if len(group) > 1]
     if twins:
-        warn(f"warning: labels that differ only by surrounding spaces are separate classes here: "
-             f"{'; '.join(' / '.join(map(repr, group)) for group in twins)}")
+        warn(
+            f"warning: labels that differ only by surrounding spaces are separate classes here: "
+            f"{'; '.join(' / '.join(map(repr, group)) for group in twins)}"
+        )
     ordered = sorted(values)
     return ordered, [str(v) for v in ordered]
 
@@ -358,8 +417,10 @@ def regression_targets(values, label_col: str, split: str) -> list[float]:
                 pass
         if number is None or not math.isfinite(number):
             what = "empty" if v is None or (isinstance(v, float) and math.isnan(v)) else "not a finite number"
-            raise UserError(f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
-                            f"(value {v!r:.60}); --task regression needs a number in every row")
+            raise UserError(
+                f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
+                f"(value {v!r:.60}); --task regression needs a number in every row"
+            )
         targets.append(number)
     return targets
 
@@ -368,15 +429,18 @@ def check_texts(values, where: str) -> None:
     """Every cell a non-empty string: None would train on the text "None", a list on its repr."""
     for row, v in enumerate(values):
         if not isinstance(v, str) or not v.strip():
-            what = "empty" if isinstance(v, str) else ("missing (null)" if v is None else f"a {type(v).__name__}, not text")
+            what = (
+                "empty"
+                if isinstance(v, str)
+                else ("missing (null)" if v is None else f"a {type(v).__name__}, not text")
+            )
             raise UserError(f"{where}: data row {row + 1} is {what} (value {v!r:.60}); clean or drop such rows")
 
 
 def check_columns(columns, text_cols: list[str], label_col: str | None) -> None:
     missing = [c for c in [*text_cols, *([label_col] if label_col else [])] if c not in columns]
     if missing:
-        raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: "
-                        f"{', '.join(columns)}")
+        raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: {', '.join(columns)}")
 
 
 def _stratified_split(rows: dict, ratio: float, label_col: str):
@@ -387,7 +451,7 @@ def _stratified_split(rows: dict, ratio: float, label_col: str):
     for cls in sorted(set(labels)):
         idx = [i for i, v in enumerate(labels) if v == cls]
         rng.shuffle(idx)
-        carved += idx[:round(len(idx) * ratio)]
+        carved += idx[: round(len(idx) * ratio)]
     carved_set = set(carved)
     rest = [i for i in range(len(labels)) if i not in carved_set]
     return _take(rows, rest), _take(rows, sorted(carved))
@@ -399,7 +463,7 @@ def _random_split(rows: dict, ratio: float, label_col: str):
     n = len(rows[label_col])
     order = list(range(n))
     random.Random(SPLIT_SEED).shuffle(order)
-    carved = set(order[:round(n * ratio)])
+    carved = set(order[: round(n * ratio)])
     return _take(rows, [i for i in range(n) if i not in carved]), _take(rows, sorted(carved))
 
 
@@ -433,8 +497,11 @@ def random_subset(n: int, limit: int | None) -> np.ndarray:
 SYNTHETIC_LABELS = ("neg", "pos")
 POSITIVE = ["great", "excellent", "wonderful", "superb", "loved", "brilliant", "delightful", "moving"]
 NEGATIVE = ["awful", "terrible", "boring", "worst", "hated", "dull", "painful", "clumsy"]
-FILLER = [f"{a}{b}" for a in ["ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "vu", "ze"]
-          for b in ["x", "y", "z", "q", "w", "n", "m", "r", "d", "b"]]
+FILLER = [
+    f"{a}{b}"
+    for a in ["ka", "lo", "mi", "nu", "pe", "ro", "si", "ta", "vu", "ze"]
+    for b in ["x", "y", "z", "q", "w", "n", "m", "r", "d", "b"]
+]
 
 
 def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dict:
@@ -462,10 +529,11 @@ def make_synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> dic
 
 # ----------------------------------------------------------------------------- tokenization
 
+
 @dataclass
 class Encoded:
-    ids: list[np.ndarray]   # token ids per example, truncated, with special tokens
-    n_tokens: np.ndarray    # untruncated length in tokens (with special tokens)
+    ids: list[np.ndarray]  # token ids per example, truncated, with special tokens
+    n_tokens: np.ndarray  # untruncated length in tokens (with special tokens)
     # segment ids per example where the pair template gives segment B its own (BERT: 0 for
     # [CLS] A [SEP], 1 for B [SEP]); None for single texts and templates that are all 0 (ModernBERT)
     token_types: list[np.ndarray] | None = None
@@ -480,12 +548,20 @@ def make_cache_dir(cache_dir: str) -> None:
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:
-        raise UserError(f"--cache_dir {cache_dir}: cannot write there ({e.strerror}); pass a writable folder "
-                        "or set $FTKIT_CACHE") from None
+        raise UserError(
+            f"--cache_dir {cache_dir}: cannot write there ({e.strerror}); pass a writable folder or set $FTKIT_CACHE"
+        ) from None
 
 
-def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir: str, warn=print,
-           text_pairs: list[str] | None = None) -> Encoded:
+def encode(
+    texts: list[str],
+    tokenizer,
+    max_len: int,
+    truncation: str,
+    cache_dir: str,
+    warn=print,
+    text_pairs: list[str] | None = None,
+) -> Encoded:
     """Tokenize once; cached on disk by (texts, text_pairs, tokenizer, max_len, truncation). An
     unreadable cache file (cut short by a full disk or a copy) is rebuilt.
 
@@ -494,12 +570,16 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
     default) to fit max_len."""
     pairs = text_pairs is not None
     if pairs and truncation != "head":
-        raise UserError(f"--truncation {truncation} applies to single texts; a pair is truncated longest-first "
-                        "(--truncation head)")
+        raise UserError(
+            f"--truncation {truncation} applies to single texts; a pair is truncated longest-first (--truncation head)"
+        )
     if pairs and len(text_pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
-    key = hash_texts([*texts, *text_pairs], tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}/pair") \
-        if pairs else hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
+    key = (
+        hash_texts([*texts, *text_pairs], tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}/pair")
+        if pairs
+        else hash_texts(texts, tokenizer_fingerprint(tokenizer), f"{max_len}/{truncation}")
+    )
     path = os.path.join(cache_dir, f"tokens-{key[:24]}.npz")
     if os.path.exists(path):
         try:
@@ -519,11 +599,13 @@ def encode(texts: list[str], tokenizer, max_len: int, truncation: str, cache_dir
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_len - len(prefix) - len(suffix)
     if budget < 1:
-        raise UserError(f"--max_len {max_len} leaves no room for text after the model's "
-                        f"{len(prefix) + len(suffix)} special tokens; use at least {len(prefix) + len(suffix) + 1}")
+        raise UserError(
+            f"--max_len {max_len} leaves no room for text after the model's "
+            f"{len(prefix) + len(suffix)} special tokens; use at least {len(prefix) + len(suffix) + 1}"
+        )
     ids, n_tokens = [], []
     for start in range(0, len(texts), 1000):
-        for body in tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]:
+        for body in tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]:
             n_tokens.append(len(body) + len(prefix) + len(suffix))
             ids.append(np.array(prefix + truncate(body, budget, truncation) + suffix, dtype=np.int32))
     encoded = Encoded(ids, np.array(n_tokens, dtype=np.int64))
@@ -545,6 +627,7 @@ def _write_tokens_cache(path: str, cache_dir: str, encoded: Encoded) -> None:
 class PairTemplate:
     """Where a tokenizer's pair template puts its special tokens: prefix A middle B suffix, each
     part with its segment (token type) id."""
+
     prefix: list[int]
     middle: list[int]
     suffix: list[int]
@@ -564,8 +647,9 @@ class PairTemplate:
 
     def build(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
         ids = self.prefix + a + self.middle + b + self.suffix
-        types = (self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b)
-                 + self.suffix_types)
+        types = (
+            self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b) + self.suffix_types
+        )
         return ids, types
 
 
@@ -577,13 +661,21 @@ def pair_template(tokenizer) -> PairTemplate:
     full = tokenizer("hello", "world", return_token_type_ids=True)
     ids, types = full["input_ids"], full.get("token_type_ids") or [0] * len(full["input_ids"])
     for i in range(len(ids) - len(a) + 1):
-        if ids[i:i + len(a)] != a:
+        if ids[i : i + len(a)] != a:
             continue
         for j in range(i + len(a), len(ids) - len(b) + 1):
-            if ids[j:j + len(b)] == b:
+            if ids[j : j + len(b)] == b:
                 end = j + len(b)
-                return PairTemplate(ids[:i], ids[i + len(a):j], ids[end:], types[:i], types[i + len(a):j],
-                                    types[end:], types[i], types[j])
+                return PairTemplate(
+                    ids[:i],
+                    ids[i + len(a) : j],
+                    ids[end:],
+                    types[:i],
+                    types[i + len(a) : j],
+                    types[end:],
+                    types[i],
+                    types[j],
+                )
     raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts the special tokens of a pair")
 
 
@@ -591,12 +683,14 @@ def _encode_pairs(texts: list[str], text_pairs: list[str], tokenizer, max_len: i
     template = pair_template(tokenizer)
     budget = max_len - template.n_special
     if budget < 2:
-        raise UserError(f"--max_len {max_len} cannot hold a sentence pair: the model's {template.n_special} special "
-                        f"tokens and at least one token of each text need {template.n_special + 2}")
+        raise UserError(
+            f"--max_len {max_len} cannot hold a sentence pair: the model's {template.n_special} special "
+            f"tokens and at least one token of each text need {template.n_special + 2}"
+        )
     ids, types, n_tokens = [], [], []
     for start in range(0, len(texts), 1000):
-        bodies_a = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
-        bodies_b = tokenizer(text_pairs[start:start + 1000], add_special_tokens=False)["input_ids"]
+        bodies_a = tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]
+        bodies_b = tokenizer(text_pairs[start : start + 1000], add_special_tokens=False)["input_ids"]
         for a, b in zip(bodies_a, bodies_b, strict=True):
             n_tokens.append(len(a) + len(b) + template.n_special)
             example_ids, example_types = template.build(*truncate_longest_first(a, b, budget))
@@ -627,7 +721,7 @@ def truncate(body: list[int], budget: int, mode: str) -> list[int]:
     if mode == "tail":
         return body[-budget:]
     head = min(HEAD_TAIL_HEAD, budget // 2)
-    return body[:head] + body[len(body) - (budget - head):]
+    return body[:head] + body[len(body) - (budget - head) :]
 
 
 def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -635,8 +729,8 @@ def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     body = tokenizer("hello", add_special_tokens=False)["input_ids"]
     full = tokenizer("hello")["input_ids"]
     for at in range(len(full) - len(body) + 1):
-        if full[at:at + len(body)] == body:
-            return full[:at], full[at + len(body):]
+        if full[at : at + len(body)] == body:
+            return full[:at], full[at + len(body) :]
     raise RuntimeError(f"cannot find where {tokenizer.name_or_path} puts its special tokens")
 
 
@@ -654,8 +748,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 # ----------------------------------------------------------------------------- batching
 
-def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool = False,
-            token_types: list[np.ndarray] | None = None) -> dict:
+
+def collate(
+    ids: list[np.ndarray],
+    pad_id: int,
+    max_len: int,
+    pad_to_max: bool = False,
+    token_types: list[np.ndarray] | None = None,
+) -> dict:
     """Pad to the longest in the batch, rounded up to a multiple of 8 (tensor-core friendly),
     or with pad_to_max to max_len (what a pre-padded dataset does; for comparisons). With
     token_types (pass them only for a model that uses them: uses_token_type_ids) the batch also
@@ -665,13 +765,13 @@ def collate(ids: list[np.ndarray], pad_id: int, max_len: int, pad_to_max: bool =
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), width), dtype=np.int64)
     for row, x in enumerate(ids):
-        input_ids[row, :len(x)] = x
-        mask[row, :len(x)] = 1
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
     if token_types is not None:
         types = np.zeros((len(ids), width), dtype=np.int64)
         for row, x in enumerate(token_types):
-            types[row, :len(x)] = x
+            types[row, : len(x)] = x
         batch["token_type_ids"] = torch.from_numpy(types)
     return batch
 
@@ -685,8 +785,9 @@ def uses_token_type_ids(model_config) -> bool:
 MEGABATCH = 50  # batches per length-sorted group, as in HF's LengthGroupedSampler
 
 
-def train_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, world_size: int,
-                  group_by_length: bool) -> list[np.ndarray]:
+def train_batches(
+    lengths: np.ndarray, batch_size: int, epoch: int, seed: int, world_size: int, group_by_length: bool
+) -> list[np.ndarray]:
     """The GLOBAL batches of one epoch (example indices), the same for every rank.
 
     Seeded shuffle, padded by wrap-around to a multiple of the world size so every rank gets
@@ -699,12 +800,12 @@ def train_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, w
     order = rng.permutation(len(lengths))
     order = np.resize(order, math.ceil(len(order) / world_size) * world_size)  # repeats from the start
     if not group_by_length:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = []
     for start in range(0, len(order), MEGABATCH * batch_size):
-        mega = order[start:start + MEGABATCH * batch_size]
+        mega = order[start : start + MEGABATCH * batch_size]
         mega = mega[np.argsort(-lengths[mega], kind="stable")]
-        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+        batches += [mega[i : i + batch_size] for i in range(0, len(mega), batch_size)]
     batches = [batches[i] for i in rng.permutation(len(batches))]
     longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
     batches.insert(0, batches.pop(longest))
@@ -714,11 +815,19 @@ def train_batches(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, w
 def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's equal share of a global batch."""
     share = len(batch) // world_size
-    return batch[rank * share:(rank + 1) * share]
+    return batch[rank * share : (rank + 1) * share]
 
 
-def plan_epoch(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int, world_size: int,
-               micro_batch: int, group_by_length: bool) -> list[list[np.ndarray]]:
+def plan_epoch(
+    lengths: np.ndarray,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    micro_batch: int,
+    group_by_length: bool,
+) -> list[list[np.ndarray]]:
     """This rank's work in one epoch: for each optimizer step, its share of the global batch
     (train_batches, rank_slice) cut into micro-batches of at most micro_batch examples, whose
     gradients the step accumulates. Its length is the number of steps per epoch, the same on
@@ -726,7 +835,7 @@ def plan_epoch(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank
     plan = []
     for batch in train_batches(lengths, batch_size, epoch, seed, world_size, group_by_length):
         mine = rank_slice(batch, rank, world_size)
-        plan.append([mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)])
+        plan.append([mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)])
     return plan
 
 

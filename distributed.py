@@ -1,5 +1,6 @@
 """Processes and devices: torchrun's distributed setup, collectives between ranks, and the RNG
 state a checkpoint carries."""
+
 import datetime
 import os
 import random
@@ -43,9 +44,11 @@ def setup_distributed(timeout_minutes: float = 60) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
     return DistInfo(rank, world_size, local_rank, device)
 
 

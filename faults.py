@@ -1,4 +1,5 @@
 """Fault injection for the crash tests: kill this process at a named point, or make a loss NaN."""
+
 import math
 import os
 import signal

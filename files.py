@@ -1,4 +1,5 @@
 """What a run writes: the log, atomic files, JSON and JSONL records, content hashes."""
+
 import contextlib
 import hashlib
 import json
@@ -55,8 +56,15 @@ def write_torchrun_error_file(message: str) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         with contextlib.suppress(OSError), open(path, "w") as f:
-            json.dump({"message": {"message": message, "extraInfo": {
-                "py_callstack": message, "timestamp": str(int(time.time()))}}}, f)
+            json.dump(
+                {
+                    "message": {
+                        "message": message,
+                        "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))},
+                    }
+                },
+                f,
+            )
 
 
 def write_json(path: str, obj) -> None:

@@ -4,6 +4,7 @@ with the same splits, and what each task means: its text columns, task type and 
 GLUE's test labels are hidden (-1): data.load_splits then evaluates on the validation split and
 says so; the validation set used to pick the best epoch is carved out of train, as for any data.
 """
+
 import os
 from typing import NamedTuple
 
@@ -12,8 +13,8 @@ HUB_NAME = "nyu-mll/glue"
 
 class GlueTask(NamedTuple):
     text_cols: tuple[str, ...]
-    task: str            # classification | regression
-    metric: str          # the task's headline metric (GLUE's leaderboard), picks the best epoch
+    task: str  # classification | regression
+    metric: str  # the task's headline metric (GLUE's leaderboard), picks the best epoch
     validation: str = "validation"  # the split evaluated in place of the hidden test labels
 
 

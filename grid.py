@@ -30,6 +30,7 @@ Used by run_grid.sh:
     python grid.py defaults
         ->  the grid file and the --out_dir used when none is given (run_grid.sh, tmux_launch.sh, slurm.py)
 """
+
 import contextlib
 import itertools
 import json
@@ -54,7 +55,7 @@ def expand_token(token: str) -> list[str]:
     match = BRACES.search(token)
     if not match:
         return [token]
-    head, tail = token[:match.start()], token[match.end():]
+    head, tail = token[: match.start()], token[match.end() :]
     return [head + choice + rest for choice in match.group(1).split(",") for rest in expand_token(tail)]
 
 
@@ -86,8 +87,10 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
     for number, args in expand_file(path):
         for flag in RESERVED:  # run_grid.sh sets these for every run of the grid
             if any(a == flag or a.startswith(flag + "=") for a in args):
-                raise GridError(f"{path}:{number}: {flag} is set by run_grid.sh for the whole grid "
-                                "(use run_grid.sh --out_dir; the W&B group is the grid's name)")
+                raise GridError(
+                    f"{path}:{number}: {flag} is set by run_grid.sh for the whole grid "
+                    "(use run_grid.sh --out_dir; the W&B group is the grid's name)"
+                )
         args = [*args, *extra]
         try:
             parsed = parse_args(args, on_error=GridError)
@@ -97,9 +100,11 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
             raise GridError(f"{path}:{number}: run {parsed.run_name} is already on line {seen[parsed.run_name]}")
         start = model_run(parsed)
         if start is not None and start not in pretraining:
-            raise GridError(f"{path}:{number}: --model run:{start} names no --task mlm run on an earlier line of "
-                            f"this grid{' (run ' + start + ' is not --task mlm)' if start in seen else ''}; "
-                            "a run starts from a pretraining run listed before it")
+            raise GridError(
+                f"{path}:{number}: --model run:{start} names no --task mlm run on an earlier line of "
+                f"this grid{' (run ' + start + ' is not --task mlm)' if start in seen else ''}; "
+                "a run starts from a pretraining run listed before it"
+            )
         seen[parsed.run_name] = number
         if parsed.task == "mlm":
             pretraining.add(parsed.run_name)
@@ -130,8 +135,10 @@ def grid_name(path: str) -> str:
     plain folder name (a file named '...grid' would otherwise put them in --out_dir/..)."""
     name = os.path.basename(path).removesuffix(".grid")
     if not re.fullmatch(r"\w[\w.+-]*", name):
-        raise GridError(f"grid file {path}: its name {name!r} is the grid's folder inside --out_dir, so it must "
-                        "be a plain folder name (letters, digits, _ . + -, not starting with . or -); rename the file")
+        raise GridError(
+            f"grid file {path}: its name {name!r} is the grid's folder inside --out_dir, so it must "
+            "be a plain folder name (letters, digits, _ . + -, not starting with . or -); rename the file"
+        )
     return name
 
 
@@ -223,8 +230,10 @@ def grid_status(out_dir: str) -> str | None:
     try:
         os.kill(int(state["pid"]), 0)
     except (KeyError, ValueError, ProcessLookupError):
-        return f"{head}; not running: its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} " \
-               f"phase (log {log}); rerun the grid to resume"
+        return (
+            f"{head}; not running: its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} "
+            f"phase (log {log}); rerun the grid to resume"
+        )
     except PermissionError:  # alive, another user's
         pass
     lines = [f"{head}; {state.get('phase')} phase (grid {state.get('grid', '?')}, log {log})"]
@@ -234,8 +243,8 @@ def grid_status(out_dir: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     if argv[:1] == ["progress"] and len(argv) >= 3:
         print("\n".join(f"{name}: {run_progress(os.path.join(argv[1], name))}" for name in argv[2:]))
         return 0
@@ -245,15 +254,19 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         print("\n".join(filter(None, map(grid_status, argv[1:]))))
         return 0
-    if not (len(argv) == 2 and argv[0] in ("expand", "name")
-            or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")):
-        print("usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
-              "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
-              "       python grid.py name GRID\n"
-              "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
-              "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
-              "       python grid.py status GRID_OUT_DIR...\n"
-              "       python grid.py defaults", file=sys.stderr)
+    if not (
+        len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")
+    ):
+        print(
+            "usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
+            "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+            "       python grid.py name GRID\n"
+            "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+            "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
+            "       python grid.py status GRID_OUT_DIR...\n"
+            "       python grid.py defaults",
+            file=sys.stderr,
+        )
         return 2
     try:
         if argv[0] == "name":

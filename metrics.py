@@ -2,6 +2,7 @@
 classification; MSE, Pearson and Spearman for regression;
 masked-token loss, accuracy and perplexity for masked-LM pretraining. numpy only (report.py and config.py
 import this without torch)."""
+
 import math
 
 import numpy as np
@@ -21,28 +22,40 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 
         fp = np.sum((pred == c) & (labels != c))
         fn = np.sum((pred != c) & (labels == c))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"acc": float(correct.mean()), "loss": float(loss), "f1": float(np.mean(f1s)),
-            "ece": expected_calibration_error(probs.max(1), correct, n_bins)}
+    return {
+        "acc": float(correct.mean()),
+        "loss": float(loss),
+        "f1": float(np.mean(f1s)),
+        "ece": expected_calibration_error(probs.max(1), correct, n_bins),
+    }
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[tuple]:
     """(mean confidence, accuracy, count) of each non-empty equal-width confidence bin."""
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    return [(float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
-            for b in range(n_bins) if (bins == b).any()]
+    return [
+        (float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
+        for b in range(n_bins)
+        if (bins == b).any()
+    ]
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
-    return float(sum(count / len(confidence) * abs(acc - conf)
-                     for conf, acc, count in calibration_bins(confidence, correct, n_bins)))
+    return float(
+        sum(
+            count / len(confidence) * abs(acc - conf)
+            for conf, acc, count in calibration_bins(confidence, correct, n_bins)
+        )
+    )
 
 
 def is_collapsed(history: list[dict], majority_rate: float, num_labels: int) -> bool:
     """After every epoch, val accuracy at the majority-class rate and loss near ln K or above:
     the model is no better than the label prior (the original BERT bs32 run, 0.5000 / 0.6944)."""
     chance_loss = math.log(num_labels)
-    return bool(history) and all(abs(h["acc"] - majority_rate) <= 0.01 and
-                                 h["loss"] >= 0.95 * chance_loss for h in history)
+    return bool(history) and all(
+        abs(h["acc"] - majority_rate) <= 0.01 and h["loss"] >= 0.95 * chance_loss for h in history
+    )
 
 
 # ----------------------------------------------------------------------------- per-task metrics
@@ -114,7 +127,6 @@ def is_improvement(metric: str, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return True
     return value > best if HIGHER_IS_BETTER[metric_name(metric)] else value < best
-
 
 
 def f1_of_class(pred: np.ndarray, labels: np.ndarray, positive: int) -> float:

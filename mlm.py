@@ -5,6 +5,7 @@ The training loop treats a masked-LM run like a classification run: a batch is
 loss and the evaluation sums are computed from (MaskedLMOutput). Masks are a pure function of
 (seed, epoch, example index), so a resume, any world size and any batch order mask alike.
 """
+
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,9 +25,19 @@ IGNORE = -100  # label of a position that is not predicted (PyTorch's and HF's i
 
 # ----------------------------------------------------------------------------- masks
 
-def mask_tokens(ids: np.ndarray, special_mask: np.ndarray, *, mask_id: int, vocab_size: int, prob: float,
-                seed: int, epoch: int, index: int, word_starts: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+
+def mask_tokens(
+    ids: np.ndarray,
+    special_mask: np.ndarray,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    prob: float,
+    seed: int,
+    epoch: int,
+    index: int,
+    word_starts: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """BERT's masking of one example: (input_ids, labels), labels IGNORE where not predicted.
 
     Which positions are predicted: each token not in special_mask (special tokens, padding) is
@@ -52,7 +63,7 @@ def mask_tokens(ids: np.ndarray, special_mask: np.ndarray, *, mask_id: int, voca
     random_ids = rng.integers(0, vocab_size, len(ids))
 
     if word_starts is None:
-        units = maskable                               # a unit (token or word) is chosen as a whole
+        units = maskable  # a unit (token or word) is chosen as a whole
     else:
         after_special = np.concatenate([[True], ~maskable[:-1]])
         units = maskable & (np.asarray(word_starts, dtype=bool) | after_special)  # marked at the word start
@@ -83,20 +94,29 @@ def masking_epoch(masking: str, epoch: int) -> int:
 @dataclass(frozen=True)
 class Masker:
     """What masking needs from the tokenizer and the flags, checked once; batch() masks and pads."""
+
     mask_id: int
     pad_id: int
     vocab_size: int
-    is_special: np.ndarray                  # by token id: True for special tokens and padding, never masked
+    is_special: np.ndarray  # by token id: True for special tokens and padding, never masked
     prob: float
     masking: str
     seed: int
-    word_starts: np.ndarray | None = None   # by token id: True where it begins a word (whole-word masking)
+    word_starts: np.ndarray | None = None  # by token id: True where it begins a word (whole-word masking)
 
     def example(self, ids: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(ids)
-        return mask_tokens(ids, self.is_special[ids], mask_id=self.mask_id, vocab_size=self.vocab_size,
-                           prob=self.prob, seed=self.seed, epoch=masking_epoch(self.masking, epoch), index=index,
-                           word_starts=None if self.word_starts is None else self.word_starts[ids])
+        return mask_tokens(
+            ids,
+            self.is_special[ids],
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            prob=self.prob,
+            seed=self.seed,
+            epoch=masking_epoch(self.masking, epoch),
+            index=index,
+            word_starts=None if self.word_starts is None else self.word_starts[ids],
+        )
 
     def batch(self, ids: list[np.ndarray], indices, epoch: int, max_len: int, pad_to_max: bool = False) -> dict:
         """data.collate's batch of the examples `ids` (dataset positions `indices`), masked for
@@ -105,7 +125,7 @@ class Masker:
         batch = collate([inputs for inputs, _ in masked], self.pad_id, max_len, pad_to_max)
         labels = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
         for row, (_, example_labels) in enumerate(masked):
-            labels[row, :len(example_labels)] = torch.from_numpy(example_labels)
+            labels[row, : len(example_labels)] = torch.from_numpy(example_labels)
         batch["labels"] = labels
         return batch
 
@@ -114,8 +134,10 @@ def unmaskable(masker: Masker, ids_list, where: str) -> int:
     """How many examples hold no maskable token (they train nothing); a UserError when none holds one."""
     empty = sum(masker.is_special[np.asarray(ids)].all() for ids in ids_list)
     if empty == len(ids_list):
-        raise UserError(f"{where}: none of the {len(ids_list)} texts holds a token to mask (only special tokens); "
-                        f"masked-LM training needs text")
+        raise UserError(
+            f"{where}: none of the {len(ids_list)} texts holds a token to mask (only special tokens); "
+            f"masked-LM training needs text"
+        )
     return empty
 
 
@@ -126,26 +148,32 @@ def make_masker(tokenizer, prob: float, masking: str, seed: int, whole_word: boo
         raise UserError(f"--mlm_prob must be in (0, 1) (got {prob})")
     masking_epoch(masking, 0)
     if tokenizer.mask_token_id is None:
-        raise UserError(f"the tokenizer of {tokenizer.name_or_path or 'this model'!r} has no mask token, which "
-                        f"masked-LM training needs; use a model whose tokenizer has one")
+        raise UserError(
+            f"the tokenizer of {tokenizer.name_or_path or 'this model'!r} has no mask token, which "
+            f"masked-LM training needs; use a model whose tokenizer has one"
+        )
     vocab_size = len(tokenizer)
     word_starts = None
     if whole_word:
         prefix = wordpiece_prefix(tokenizer)
         if prefix is None:
-            raise UserError("--whole_word_mask needs a WordPiece tokenizer (word pieces marked \"##\"); the tokenizer "
-                            f"of {tokenizer.name_or_path or 'this model'!r} is not one")
+            raise UserError(
+                '--whole_word_mask needs a WordPiece tokenizer (word pieces marked "##"); the tokenizer '
+                f"of {tokenizer.name_or_path or 'this model'!r} is not one"
+            )
         tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
         word_starts = np.array([not (t or "").startswith(prefix) for t in tokens], dtype=bool)
     is_special = np.zeros(vocab_size, dtype=bool)
     is_special[tokenizer.all_special_ids] = True
-    return Masker(tokenizer.mask_token_id, tokenizer.pad_token_id, vocab_size, is_special, prob, masking, seed,
-                  word_starts)
+    return Masker(
+        tokenizer.mask_token_id, tokenizer.pad_token_id, vocab_size, is_special, prob, masking, seed, word_starts
+    )
 
 
 def wordpiece_prefix(tokenizer) -> str | None:
     """The continuation prefix of a WordPiece tokenizer ("##"), None for any other kind."""
     from tokenizers.models import WordPiece
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not isinstance(backend.model, WordPiece):
         return None
@@ -153,6 +181,7 @@ def wordpiece_prefix(tokenizer) -> str | None:
 
 
 # ----------------------------------------------------------------------------- packing
+
 
 def pack(ids_list: list, max_len: int, cls_id: int, sep_id: int) -> np.ndarray:
     """run_mlm's group_texts: the texts' token ids (WITHOUT special tokens) joined into one stream
@@ -170,10 +199,12 @@ def pack(ids_list: list, max_len: int, cls_id: int, sep_id: int) -> np.ndarray:
     stream = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
     n_blocks = len(stream) // body
     if n_blocks == 0:
-        raise UserError(f"--pack: the {len(ids_list)} texts hold {len(stream)} tokens with their separators, "
-                        f"less than one block of {body} (--max_len {max_len} minus [CLS] and [SEP]); "
-                        f"add text or lower --max_len")
-    blocks = stream[:n_blocks * body].reshape(n_blocks, body)
+        raise UserError(
+            f"--pack: the {len(ids_list)} texts hold {len(stream)} tokens with their separators, "
+            f"less than one block of {body} (--max_len {max_len} minus [CLS] and [SEP]); "
+            f"add text or lower --max_len"
+        )
+    blocks = stream[: n_blocks * body].reshape(n_blocks, body)
     return np.concatenate([np.full((n_blocks, 1), cls_id), blocks, np.full((n_blocks, 1), sep_id)], axis=1)
 
 
@@ -181,20 +212,23 @@ def encode_packed(texts: list[str], tokenizer, max_len: int) -> Encoded:
     """The texts tokenized without special tokens or truncation, then packed into blocks of
     max_len (pack); n_tokens is max_len for every block."""
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise UserError(f"--pack needs a tokenizer with [CLS] and [SEP] tokens to frame its blocks; the tokenizer "
-                        f"of {tokenizer.name_or_path or 'this model'!r} lacks one")
+        raise UserError(
+            f"--pack needs a tokenizer with [CLS] and [SEP] tokens to frame its blocks; the tokenizer "
+            f"of {tokenizer.name_or_path or 'this model'!r} lacks one"
+        )
     bodies = []
     for start in range(0, len(texts), 1000):
-        bodies += tokenizer(texts[start:start + 1000], add_special_tokens=False, verbose=False)["input_ids"]
+        bodies += tokenizer(texts[start : start + 1000], add_special_tokens=False, verbose=False)["input_ids"]
     blocks = pack(bodies, max_len, tokenizer.cls_token_id, tokenizer.sep_token_id)
     return Encoded(list(blocks), np.full(len(blocks), max_len, dtype=np.int64))
 
 
 # ----------------------------------------------------------------------------- model
 
+
 class MaskedLMOutput(NamedTuple):
-    logits: torch.Tensor   # (n_masked, vocab): logits at the masked positions only, in the compute dtype
-    labels: torch.Tensor   # (n_masked,): the original tokens there
+    logits: torch.Tensor  # (n_masked, vocab): logits at the masked positions only, in the compute dtype
+    labels: torch.Tensor  # (n_masked,): the original tokens there
 
     def loss_sum(self) -> torch.Tensor:
         """Cross-entropy summed over the masked tokens, in fp32 (0 when none is masked)."""
@@ -205,8 +239,13 @@ class MaskedLMOutput(NamedTuple):
         batches and all-reduces with SUM; loss = [0] / [2], accuracy = [1] / [2], perplexity = exp(loss)."""
         with torch.no_grad():
             correct = (self.logits.argmax(-1) == self.labels).sum()
-            return torch.stack([self.loss_sum().double(), correct.double(),
-                                torch.tensor(float(len(self.labels)), dtype=torch.float64, device=self.labels.device)])
+            return torch.stack(
+                [
+                    self.loss_sum().double(),
+                    correct.double(),
+                    torch.tensor(float(len(self.labels)), dtype=torch.float64, device=self.labels.device),
+                ]
+            )
 
 
 class MaskedLM(nn.Module):
@@ -217,9 +256,11 @@ class MaskedLM(nn.Module):
         super().__init__()
         family = FAMILIES.get(hf_model.config.model_type)
         if family is None or not family.mlm_head:
-            raise UserError(f"model type {hf_model.config.model_type!r} has no masked-LM head in the registry "
-                            f"(known: {', '.join(k for k, f in FAMILIES.items() if f.mlm_head)}); add its mlm_head "
-                            f"to FAMILIES in model.py")
+            raise UserError(
+                f"model type {hf_model.config.model_type!r} has no masked-LM head in the registry "
+                f"(known: {', '.join(k for k, f in FAMILIES.items() if f.mlm_head)}); add its mlm_head "
+                f"to FAMILIES in model.py"
+            )
         self.hf_model = hf_model
         self.head_names = family.mlm_head
 
@@ -240,12 +281,19 @@ class MaskedLM(nn.Module):
         return MaskedLMOutput(rows, labels[where])
 
 
-def build_masked_lm(entry: ModelEntry, tokenizer, init: str = "pretrained", encoder_dropout: float | None = None,
-                    device: torch.device | None = None, precision: str = "fp32") -> MaskedLM:
+def build_masked_lm(
+    entry: ModelEntry,
+    tokenizer,
+    init: str = "pretrained",
+    encoder_dropout: float | None = None,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> MaskedLM:
     """The masked-LM model with fp32 master weights: the checkpoint's weights (init="pretrained";
     a checkpoint without a masked-LM head gets a new one) or its config with random weights
     (init="random"; seed torch first). tiny-* models have no weights: random either way."""
     from transformers import MODEL_FOR_MASKED_LM_MAPPING, AutoModelForMaskedLM
+
     if init not in ("pretrained", "random"):
         raise UserError(f"unknown --init {init!r}: use pretrained or random")
     if entry.tiny_config is not None:
@@ -254,8 +302,11 @@ def build_masked_lm(entry: ModelEntry, tokenizer, init: str = "pretrained", enco
         config = load_config(entry.source)
     family = FAMILIES.get(config.model_type)
     if type(config) not in MODEL_FOR_MASKED_LM_MAPPING or family is None or not family.mlm_head:
-        where = "transformers has no masked-LM model for it" if type(config) not in MODEL_FOR_MASKED_LM_MAPPING \
+        where = (
+            "transformers has no masked-LM model for it"
+            if type(config) not in MODEL_FOR_MASKED_LM_MAPPING
             else "its masked-LM head is not in the registry (add mlm_head to its entry in FAMILIES in model.py)"
+        )
         raise UserError(f"--task mlm: model type {config.model_type!r} has no masked-LM form here: {where}")
     if encoder_dropout is not None:
         for key in family.dropout_keys:
@@ -272,6 +323,7 @@ def build_masked_lm(entry: ModelEntry, tokenizer, init: str = "pretrained", enco
 
 
 # ----------------------------------------------------------------------------- saved form
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP and torch.compile wrappers."""

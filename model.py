@@ -3,6 +3,7 @@
 Everything that differs between model families lives in the two tables below; the training
 loop never asks which family it is running.
 """
+
 import collections
 import importlib.util
 import os
@@ -14,48 +15,61 @@ import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
-from data import OFFLINE_DEMO, hub_unavailable
 from config import POOLS, UserError, first_line
+from data import OFFLINE_DEMO, hub_unavailable
 from files import atomic_write_bytes, hash_texts
 
 
 @dataclass(frozen=True)
 class Family:
     """How one encoder family (a config.model_type) names things."""
-    dropout_keys: tuple[str, ...]           # config attributes set by --encoder_dropout
+
+    dropout_keys: tuple[str, ...]  # config attributes set by --encoder_dropout
     model_kwargs: dict = field(default_factory=dict)  # extra AutoModel kwargs
-    flash_attention: bool = False           # flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed
-    mlm_head: tuple[str, ...] = ()          # attributes of its *ForMaskedLM model that map hidden states to
-                                            # vocabulary logits, applied in order (mlm.py); () = no masked-LM form
+    flash_attention: bool = False  # flash_attention_2 on CUDA in bf16/fp16 when flash-attn is installed
+    mlm_head: tuple[str, ...] = ()  # attributes of its *ForMaskedLM model that map hidden states to
+    # vocabulary logits, applied in order (mlm.py); () = no masked-LM form
 
 
 FAMILIES = {
     # The pooler is unused by our head; left in, DDP would fail on parameters without gradients.
-    "bert": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
-                   mlm_head=("cls",)),
-    "roberta": Family(("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False},
-                      mlm_head=("lm_head",)),
+    "bert": Family(
+        ("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}, mlm_head=("cls",)
+    ),
+    "roberta": Family(
+        ("hidden_dropout_prob", "attention_probs_dropout_prob"), {"add_pooling_layer": False}, mlm_head=("lm_head",)
+    ),
     # Under flash_attention_2, transformers 5 unpads and repads around each attention call (a host
     # sync per layer; the rest of the layer still computes on padding), and flash-attn computes
     # only the 128-token window of the sliding-window layers, which SDPA computes in full.
-    "modernbert": Family(("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True,
-                         mlm_head=("head", "decoder")),
-    "distilbert": Family(("dropout", "attention_dropout"),
-                         mlm_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")),
+    "modernbert": Family(
+        ("embedding_dropout", "mlp_dropout", "attention_dropout"), flash_attention=True, mlm_head=("head", "decoder")
+    ),
+    "distilbert": Family(
+        ("dropout", "attention_dropout"),
+        mlm_head=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+    ),
 }
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """A --model short name: a hub id / folder, or a small random-init config (tiny-*)."""
-    source: str | None = None               # hub id or folder with pretrained weights
-    tiny_config: type | None = None         # config class for a random-init model
+
+    source: str | None = None  # hub id or folder with pretrained weights
+    tiny_config: type | None = None  # config class for a random-init model
     tiny_kwargs: dict = field(default_factory=dict)
-    default_lr: float = 5e-5                # used when --lr is not given
+    default_lr: float = 5e-5  # used when --lr is not given
 
 
-_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-             max_position_embeddings=512, pad_token_id=0)  # ids fixed by _train_wordpiece's specials
+_TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    max_position_embeddings=512,
+    pad_token_id=0,
+)  # ids fixed by _train_wordpiece's specials
 _TINY_MODERNBERT = dict(_TINY, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3)
 TINY_VOCAB_SIZE = 2000
 
@@ -95,8 +109,10 @@ def model_unavailable(entry: ModelEntry) -> str | None:
     why = hub_unavailable()
     if why is None:
         return None
-    return (f"cannot load model {entry.source!r}: not in the local cache and {why}; pass a local model folder "
-            f"with --model, download it where the hub answers and rerun with HF_HUB_OFFLINE=1, or {OFFLINE_DEMO}")
+    return (
+        f"cannot load model {entry.source!r}: not in the local cache and {why}; pass a local model folder "
+        f"with --model, download it where the hub answers and rerun with HF_HUB_OFFLINE=1, or {OFFLINE_DEMO}"
+    )
 
 
 def model_max_positions(entry: ModelEntry) -> int:
@@ -114,14 +130,20 @@ def load_config(source: str):
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 def write_model_folder(folder: str, config_name: str, overrides: dict, texts: list[str]) -> str:
     """Random-init encoder of the given shape + a WordPiece tokenizer, saved like a hub checkpoint
     (for the GPU check and the tests: a local --model folder without a download)."""
     import transformers
+
     tokenizer = load_tokenizer(MODELS["tiny-bert"], texts, os.path.join(folder, "cache"))
-    ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
-           "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id,
-           "eos_token_id": tokenizer.sep_token_id}
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
     config = getattr(transformers, config_name)(**{**overrides, **ids})
     AutoModel.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -144,9 +166,15 @@ def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
     path = os.path.join(cache_dir, f"wordpiece-v3-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
     if not os.path.exists(path):
         _train_wordpiece(train_texts, path)
-    return PreTrainedTokenizerFast(tokenizer_file=path, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=entry.tiny_kwargs["max_position_embeddings"])
+    return PreTrainedTokenizerFast(
+        tokenizer_file=path,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=entry.tiny_kwargs["max_position_embeddings"],
+    )
 
 
 def _train_wordpiece(texts, path: str) -> None:
@@ -157,21 +185,24 @@ def _train_wordpiece(texts, path: str) -> None:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    counts = collections.Counter(word for t in texts
-                                 for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t)))
+    counts = collections.Counter(
+        word for t in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))
+    )
     chars = sorted({c for word in counts for c in word})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
     words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
-    vocab += words[:max(0, TINY_VOCAB_SIZE - len(vocab))]
+    vocab += words[: max(0, TINY_VOCAB_SIZE - len(vocab))]
     tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write_bytes(path, tok.to_str().encode())
 
 
 # ----------------------------------------------------------------------------- classifier
+
 
 class Classifier(nn.Module):
     """Encoder -> pooling (cls | mean over real tokens) -> dropout -> linear."""
@@ -185,8 +216,9 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pool == "cls":
@@ -197,9 +229,16 @@ class Classifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropout: float,
-                encoder_dropout: float | None, device: torch.device | None = None,
-                precision: str = "fp32") -> Classifier:
+def build_model(
+    entry: ModelEntry,
+    tokenizer,
+    num_labels: int,
+    pool: str,
+    dropout: float,
+    encoder_dropout: float | None,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> Classifier:
     """The classifier with fp32 master weights (autocast does the rest), whatever dtype the
     checkpoint was saved in."""
     if entry.tiny_config is not None:
@@ -209,12 +248,17 @@ def build_model(entry: ModelEntry, tokenizer, num_labels: int, pool: str, dropou
     family = FAMILIES.get(config.model_type)
     if encoder_dropout is not None:
         if family is None:
-            raise UserError(f"--encoder_dropout: model type {config.model_type!r} is not in the "
-                            f"registry (known: {', '.join(FAMILIES)}); add it to FAMILIES in model.py")
+            raise UserError(
+                f"--encoder_dropout: model type {config.model_type!r} is not in the "
+                f"registry (known: {', '.join(FAMILIES)}); add it to FAMILIES in model.py"
+            )
         for key in family.dropout_keys:
             setattr(config, key, encoder_dropout)
-    kwargs = dict(family.model_kwargs if family else {},
-                  attn_implementation=attention_for(family, device, precision), dtype=torch.float32)
+    kwargs = dict(
+        family.model_kwargs if family else {},
+        attn_implementation=attention_for(family, device, precision),
+        dtype=torch.float32,
+    )
     if entry.tiny_config is not None:
         encoder = AutoModel.from_config(config, **kwargs)
     else:
@@ -234,8 +278,14 @@ def encoder_dropout_values(model: Classifier) -> dict:
 def attention_for(family: Family | None, device: torch.device | None, precision: str) -> str:
     """flash_attention_2 where the family benefits and flash-attn can run (CUDA, an installed
     flash-attn, and a 16-bit autocast: flash-attn has no fp32 kernels), else PyTorch SDPA."""
-    if family is not None and family.flash_attention and device is not None and device.type == "cuda" \
-            and precision in ("bf16", "fp16") and importlib.util.find_spec("flash_attn") is not None:
+    if (
+        family is not None
+        and family.flash_attention
+        and device is not None
+        and device.type == "cuda"
+        and precision in ("bf16", "fp16")
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
         return "flash_attention_2"
     return "sdpa"
 
@@ -246,6 +296,7 @@ class TrainingFlops:
     the N parameters outside embeddings, plus 12 x hidden per attended query-key pair per layer
     (Chowdhery et al. 2022, appendix B). A sliding-window layer (ModernBERT's local layers) attends
     only to keys within half_window positions, whatever its kernel computes."""
+
     per_token: int
     per_pair: int
     full_layers: int
@@ -254,7 +305,7 @@ class TrainingFlops:
 
     def __call__(self, lengths) -> float:
         n = np.asarray(lengths, dtype=np.float64)
-        pairs = self.full_layers * n ** 2 + self.window_layers * window_pairs(n, self.half_window)
+        pairs = self.full_layers * n**2 + self.window_layers * window_pairs(n, self.half_window)
         return float(self.per_token * n.sum() + self.per_pair * pairs.sum())
 
 
@@ -273,8 +324,13 @@ def training_flops(model: nn.Module, encoder_only: bool = False) -> TrainingFlop
     config = model.encoder.config
     types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     window_layers = sum(t == "sliding_attention" for t in types)
-    return TrainingFlops(6 * n, 12 * config.hidden_size, len(types) - window_layers, window_layers,
-                         config.sliding_window if window_layers else 0)
+    return TrainingFlops(
+        6 * n,
+        12 * config.hidden_size,
+        len(types) - window_layers,
+        window_layers,
+        config.sliding_window if window_layers else 0,
+    )
 
 
 def compile_or_explain(module: nn.Module, device: torch.device, say) -> nn.Module:
@@ -299,6 +355,8 @@ def compile_report() -> dict:
         from torch._dynamo.utils import counters
     except ImportError:
         return {}
-    return {"compiled_graphs": counters["stats"]["unique_graphs"],
-            "frames_not_compiled": counters["frames"]["total"] - counters["frames"]["ok"],
-            "graph_breaks": sum(counters["graph_break"].values())}
+    return {
+        "compiled_graphs": counters["stats"]["unique_graphs"],
+        "frames_not_compiled": counters["frames"]["total"] - counters["frames"]["ok"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+    }

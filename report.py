@@ -16,6 +16,7 @@ Pearson with the same seed-and-example bootstrap; no calibration, collapse or le
 Masked-LM pretraining runs (--task mlm) get a table of their own too: validation masked-token loss,
 accuracy and perplexity, mean ± std over seeds; they have no test split, so no Δ column.
 """
+
 import argparse
 import csv
 import json
@@ -57,8 +58,11 @@ def load_runs(runs_dir: str) -> list[dict]:
         folder = os.path.join(runs_dir, name)
         paths = [os.path.join(folder, f) for f in ("results.json", "config.json", "test_predictions.npz")]
         pretraining = _task_of(paths[1]) == "mlm"  # no test split: no predictions file
-        if name == "smoke" or not settings.has_results(folder) or \
-                not all(os.path.exists(p) for p in paths[1:2 if pretraining else 3]):
+        if (
+            name == "smoke"
+            or not settings.has_results(folder)
+            or not all(os.path.exists(p) for p in paths[1 : 2 if pretraining else 3])
+        ):
             continue
         try:
             runs.append(read_run(name, *paths))
@@ -84,8 +88,9 @@ def read_run(name: str, results_path: str, config_path: str, predictions_path: s
         raise ReportError(f"config.json: task {task!r} has no table here")
     columns = [col for col, _ in COLUMNS_OF[task]]
     results = _read_json_object(results_path, columns)
-    not_numbers = [col for col in columns if isinstance(results[col], bool)
-                   or not isinstance(results[col], (int, float))]
+    not_numbers = [
+        col for col in columns if isinstance(results[col], bool) or not isinstance(results[col], (int, float))
+    ]
     if not_numbers:
         raise ReportError(f"results.json: {', '.join(not_numbers)} not a number")
     if task == "mlm":
@@ -96,11 +101,21 @@ def read_run(name: str, results_path: str, config_path: str, predictions_path: s
             outputs, labels, n_tokens = preds[output], preds["labels"], preds["n_tokens"]
     except Exception as e:  # zip, pickle, key and type errors: numpy raises many kinds
         raise ReportError(f"test_predictions.npz is unreadable ({type(e).__name__})") from None
-    if outputs.ndim != (2 if output == "probs" else 1) or labels.shape != (len(outputs),) \
-            or n_tokens.shape != (len(outputs),):
+    if (
+        outputs.ndim != (2 if output == "probs" else 1)
+        or labels.shape != (len(outputs),)
+        or n_tokens.shape != (len(outputs),)
+    ):
         raise ReportError(f"test_predictions.npz: {output}, labels and n_tokens do not match in shape")
-    return {"name": name, "task": task, "results": results, "config": config, output: outputs, "labels": labels,
-            "n_tokens": n_tokens}
+    return {
+        "name": name,
+        "task": task,
+        "results": results,
+        "config": config,
+        output: outputs,
+        "labels": labels,
+        "n_tokens": n_tokens,
+    }
 
 
 def _read_json_object(path: str, keys: list[str]) -> dict:
@@ -123,7 +138,7 @@ def settings_of(config: dict) -> dict:
     seed and model aside), labelled as in run names."""
     # config.json holds the resolved lr; its default depends on the model, which train.py recorded
     defaults = dict(settings.DEFAULTS, lr=config.get("model_default_lr", 5e-5))
-    start = config["model"][len(settings.RUN_MODEL):] if config["model"].startswith(settings.RUN_MODEL) else None
+    start = config["model"][len(settings.RUN_MODEL) :] if config["model"].startswith(settings.RUN_MODEL) else None
     pool = {} if config.get("task") == "mlm" else {"pool": config["pool"]}  # no head to pool for
     return {**pool, **({"start": f"from {start}"} if start else {}), **settings.setting_labels(config, defaults)}
 
@@ -135,7 +150,7 @@ def model_of(config: dict, configs: dict[str, dict]) -> str:
     model, seen = config["model"], set()
     while model.startswith(settings.RUN_MODEL) and model not in seen:
         seen.add(model)
-        model = configs.get(model[len(settings.RUN_MODEL):], {}).get("model", model)
+        model = configs.get(model[len(settings.RUN_MODEL) :], {}).get("model", model)
     return os.path.basename(os.path.normpath(model))
 
 
@@ -171,11 +186,18 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
         for run in group:
             by_seed.setdefault(run["config"]["seed"], []).append(run)
         members = [same_seed[0] for same_seed in by_seed.values()]
-        row = {"task": task, "model": model_name, "setup": setup, "n": len(members), "runs": members,
-               "collapsed": any(is_collapsed(r) for r in members),
-               "names": [r["name"] for r in group],
-               "duplicate_seeds": [(seed, [r["name"] for r in same_seed])
-                                   for seed, same_seed in by_seed.items() if len(same_seed) > 1]}
+        row = {
+            "task": task,
+            "model": model_name,
+            "setup": setup,
+            "n": len(members),
+            "runs": members,
+            "collapsed": any(is_collapsed(r) for r in members),
+            "names": [r["name"] for r in group],
+            "duplicate_seeds": [
+                (seed, [r["name"] for r in same_seed]) for seed, same_seed in by_seed.items() if len(same_seed) > 1
+            ],
+        }
         for col, _ in COLUMNS_OF[task]:
             values = np.array([r["results"][col] for r in members], dtype=float)
             row[col] = values.mean()
@@ -206,8 +228,9 @@ def bucket_accuracy(correct: np.ndarray, n_tokens: np.ndarray) -> dict:
     return out
 
 
-def seed_and_example_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
-                               seed: int = 0) -> tuple[float, float, float]:
+def seed_and_example_bootstrap(
+    correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean test accuracy of a minus b and its 95% percentile CI. Inputs: per-example correctness,
     one row per seed, over the same test examples. Each replicate resamples each side's seeds
     (seed-to-seed spread is often larger than test-set noise) and then the examples, the same
@@ -232,8 +255,14 @@ def seed_and_example_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, sam
     return float(a.mean() - b.mean()), float(low), float(high)
 
 
-def seed_and_example_bootstrap_of(metric, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
-                                  samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def seed_and_example_bootstrap_of(
+    metric,
+    outputs_a: np.ndarray,
+    outputs_b: np.ndarray,
+    labels: np.ndarray,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """seed_and_example_bootstrap for a metric that is not a mean over examples (Pearson): each
     replicate resamples the shared examples (paired), scores every seed on them, then resamples
     each side's seeds with the same stretch. Inputs: per-example outputs, one row per seed."""
@@ -276,8 +305,9 @@ def add_significance(rows: list[dict], baseline: str | None) -> None:
             if not np.array_equal(row["runs"][0]["labels"], base["runs"][0]["labels"]):
                 continue  # not the same test examples: no paired comparison
             if task == "regression":
-                row["delta"] = seed_and_example_bootstrap_of(metrics.pearson, row["prediction_runs"],
-                                                             base["prediction_runs"], base["runs"][0]["labels"])
+                row["delta"] = seed_and_example_bootstrap_of(
+                    metrics.pearson, row["prediction_runs"], base["prediction_runs"], base["runs"][0]["labels"]
+                )
             else:
                 row["delta"] = seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
             row["few_seeds"] = min(row["n"], base["n"]) < MIN_SEEDS_FOR_STAR
@@ -295,26 +325,38 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
             lines += task_table(task_rows, task, table)
     duplicates = [(row, seed, names) for row in rows for seed, names in row["duplicate_seeds"]]
     if duplicates:
-        lines += ["", "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
-                  "each seed counts once, the first run by name. " + "; ".join(
-                      f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
-                      for row, seed, names in duplicates) + "."]
+        lines += [
+            "",
+            "‡ = runs with the same settings and seed (e.g. with 1 and 2 processes) are not independent: "
+            "each seed counts once, the first run by name. "
+            + "; ".join(
+                f"{row['model']} {row['setup']}, seed {seed}: counted {names[0]}, not {', '.join(names[1:])}"
+                for row, seed, names in duplicates
+            )
+            + ".",
+        ]
     classified = [r for r in rows if r["task"] == "classification"]
     if classified:
         lines += ["", "Test accuracy by review length in tokens (examples per bucket in the header):", ""]
         counts = classified[0]["buckets"]
-        lines.append("| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS)
-                     + " |")
+        lines.append(
+            "| model | setup | " + " | ".join(f"{label} (n={counts[label][1]})" for _, _, label in BUCKETS) + " |"
+        )
         lines.append("|---|---|" + "---:|" * len(BUCKETS))
         for row in _ordered(classified):
-            cells = [f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
-                     for _, _, label in BUCKETS]
+            cells = [
+                f"{row['buckets'][label][0]:.4f}" if row["buckets"][label][0] is not None else "–"
+                for _, _, label in BUCKETS
+            ]
             lines.append(f"| {row['model']} | {row['setup']} | " + " | ".join(cells) + " |")
     rows_sharing = "fine-tuning row" if any(r["task"] == "mlm" for r in rows) else "row"
-    lines += ["", f"Shared by every {rows_sharing}: {common or 'nothing beyond the defaults'}. ± is the std over "
-              "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = fewer than "
-              f"{MIN_SEEDS_FOR_STAR} seeds on a side: the CI sees training randomness poorly (2) or not at all "
-              "(1), so it cannot support a conclusion (no *). Bold = best of its model, collapsed rows excluded."]
+    lines += [
+        "",
+        f"Shared by every {rows_sharing}: {common or 'nothing beyond the defaults'}. ± is the std over "
+        "seeds (n). The 95% CI resamples seeds and test examples; * = it excludes 0. † = fewer than "
+        f"{MIN_SEEDS_FOR_STAR} seeds on a side: the CI sees training randomness poorly (2) or not at all "
+        "(1), so it cannot support a conclusion (no *). Bold = best of its model, collapsed rows excluded.",
+    ]
     return "\n".join(lines) + "\n", table
 
 
@@ -328,8 +370,10 @@ def task_table(rows: list[dict], task: str, table: list[dict]) -> list[str]:
             if ranked:
                 best[(model_name, col)] = pick(r[col] for r in ranked)
     delta_header = f" Δ {compared} vs baseline [95% CI] |" if compared else ""
-    lines = ["| model | setup | " + " | ".join(col for col, _ in columns) + f" | n |{delta_header}",
-             "|---|---|" + "---:|" * len(columns) + "---:|" + ("---|" if compared else "")]
+    lines = [
+        "| model | setup | " + " | ".join(col for col, _ in columns) + f" | n |{delta_header}",
+        "|---|---|" + "---:|" * len(columns) + "---:|" + ("---|" if compared else ""),
+    ]
     for row in _ordered(rows):
         cells = []
         for col, _ in columns:
@@ -347,15 +391,29 @@ def task_table(rows: list[dict], task: str, table: list[dict]) -> list[str]:
             delta += " †" if row["few_seeds"] else (" *" if low > 0 or high < 0 else "")
         setup = row["setup"] + (" — COLLAPSED, not a result" if row["collapsed"] else "")
         n = f"{row['n']} ‡" if row["duplicate_seeds"] else str(row["n"])
-        lines.append(f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} |" + (f" {delta} |" if compared else ""))
-        csv_row = {"model": row["model"], "setup": setup, "n": row["n"],
-                   **{c: row[c] for c, _ in columns},
-                   **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in columns},
-                   **({f"delta_{compared}": row["delta"][0] if row["delta"] else "",
-                       "ci_low": row["delta"][1] if row["delta"] else "", "ci_high": row["delta"][2] if row["delta"] else "",
-                       "ci_few_seeds": row["few_seeds"] if row["delta"] else ""} if compared else {}),
-                   "collapsed": row["collapsed"], "runs": " ".join(row["names"]),
-                   "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:])}
+        lines.append(
+            f"| {row['model']} | {setup} | " + " | ".join(cells) + f" | {n} |" + (f" {delta} |" if compared else "")
+        )
+        csv_row = {
+            "model": row["model"],
+            "setup": setup,
+            "n": row["n"],
+            **{c: row[c] for c, _ in columns},
+            **{c + "_std": "" if row[c + "_std"] is None else row[c + "_std"] for c, _ in columns},
+            **(
+                {
+                    f"delta_{compared}": row["delta"][0] if row["delta"] else "",
+                    "ci_low": row["delta"][1] if row["delta"] else "",
+                    "ci_high": row["delta"][2] if row["delta"] else "",
+                    "ci_few_seeds": row["few_seeds"] if row["delta"] else "",
+                }
+                if compared
+                else {}
+            ),
+            "collapsed": row["collapsed"],
+            "runs": " ".join(row["names"]),
+            "duplicate_seed_runs": " ".join(name for _, names in row["duplicate_seeds"] for name in names[1:]),
+        }
         if row["buckets"] is not None:
             csv_row.update({f"acc_len_{label}": row["buckets"][label][0] for _, _, label in BUCKETS})
         table.append(csv_row if task == "classification" else {"task": task, **csv_row})
@@ -424,8 +482,12 @@ def length_figure(rows: list[dict], plt):
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in _ordered(rows):
         ys = [r["buckets"][b][0] for _, _, b in BUCKETS]
-        ax.plot([b for _, _, b in BUCKETS], [np.nan if y is None else y for y in ys], marker="o",
-                label=f"{r['model']} {r['setup']}")
+        ax.plot(
+            [b for _, _, b in BUCKETS],
+            [np.nan if y is None else y for y in ys],
+            marker="o",
+            label=f"{r['model']} {r['setup']}",
+        )
     ax.set_xlabel("length (tokens)")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
@@ -434,11 +496,15 @@ def length_figure(rows: list[dict], plt):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("runs_dir", help="folder of run folders (e.g. runs/exp1)")
-    p.add_argument("--baseline", default=None, help="run name or setup of the rows' reference "
-                   "(default: each model's row with default settings)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="run name or setup of the rows' reference (default: each model's row with default settings)",
+    )
     p.add_argument("--plot", action="store_true", help="also write test_acc.png and acc_by_length.png")
     args = p.parse_args(argv)
     try:

@@ -16,6 +16,7 @@ Preemption and time limits: SLURM sends the batch script USR1 --grace seconds be
 the script sends TERM to torchrun (which forwards TERM, not USR1), train.py checkpoints and exits,
 and the script requeues its own task, which resumes from the checkpoint when it starts again.
 """
+
 import argparse
 import contextlib
 import glob
@@ -43,6 +44,7 @@ class SlurmError(Exception):
 
 class Place(NamedTuple):
     """Where a grid's jobs run from: the checkout, the Python that submitted, the grid's folder."""
+
     root: str
     python: str
     out: str
@@ -55,38 +57,89 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="run_grid.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-               epilog="-- ARGS: train.py flags appended to every run (as without --slurm)")
+    p = Parser(
+        prog="run_grid.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="-- ARGS: train.py flags appended to every run (as without --slurm)",
+    )
     a = p.add_argument
-    a("grid", nargs="?", default=grid.DEFAULT_GRID, help="grid file (default: %(default)s); for "
-      "--status its name is enough")
+    a(
+        "grid",
+        nargs="?",
+        default=grid.DEFAULT_GRID,
+        help="grid file (default: %(default)s); for --status its name is enough",
+    )
     a("--slurm", action="store_true", help="send the grid to SLURM (what run_grid.sh hands over here)")
-    a("--status", action="store_true", help="per run: pending / running / requeued / done / failed, "
-      "from squeue and the run folders; submits nothing")
+    a(
+        "--status",
+        action="store_true",
+        help="per run: pending / running / requeued / done / failed, from squeue and the run folders; submits nothing",
+    )
     a("--partition", help="SLURM partition (default: the cluster's default)")
-    a("--gpus-per-run", type=int, default=1, help="GPUs per node for each run, one process each; "
-      "0 = a CPU partition, --nproc gloo processes (default: %(default)s)")
-    a("--nodes-per-run", type=int, default=1, help="nodes per run; above 1, srun starts one torchrun "
-      "per node with a c10d rendezvous on the first node (default: %(default)s)")
+    a(
+        "--gpus-per-run",
+        type=int,
+        default=1,
+        help="GPUs per node for each run, one process each; "
+        "0 = a CPU partition, --nproc gloo processes (default: %(default)s)",
+    )
+    a(
+        "--nodes-per-run",
+        type=int,
+        default=1,
+        help="nodes per run; above 1, srun starts one torchrun "
+        "per node with a c10d rendezvous on the first node (default: %(default)s)",
+    )
     a("--nproc", type=int, default=None, help="with --gpus-per-run 0: gloo processes per run (default: 1)")
-    a("--cpus-per-task", type=int, default=None, help="CPUs per node for each run (default: --nproc "
-      "on CPU partitions, else the cluster's default)")
+    a(
+        "--cpus-per-task",
+        type=int,
+        default=None,
+        help="CPUs per node for each run (default: --nproc on CPU partitions, else the cluster's default)",
+    )
     a("--mem", help="memory per node, as sbatch takes it, e.g. 64G (default: the cluster's default)")
-    a("--time", help="time limit per run start, D-HH:MM:SS; a longer run is requeued and resumes "
-      "(default: the partition's limit)")
+    a(
+        "--time",
+        help="time limit per run start, D-HH:MM:SS; a longer run is requeued and resumes "
+        "(default: the partition's limit)",
+    )
     a("--max-parallel", type=int, default=None, help="at most K runs at once (array %%K; default: no limit)")
     a("--account", help="SLURM account to charge")
     a("--qos", help="SLURM quality of service")
-    a("--sbatch-arg", action="append", default=[], metavar="ARG", help="one more sbatch option for "
-      "every job, written as --sbatch-arg=--constraint=a100 (repeatable)")
-    a("--grace", type=int, default=180, help="seconds before the time limit (or preemption, where "
-      "the cluster sends the signal then) at which a run is told to checkpoint (default: %(default)s)")
-    a("--max-requeues", type=int, default=10, help="a task is not requeued again after this many "
-      "restarts, so a run that never gets further cannot loop (default: %(default)s)")
-    a("--smoke", action=argparse.BooleanOptionalAction, default=True, help="a smoke job first: "
-      "every run with --smoke; the runs start only if all pass (default: on)")
+    a(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more sbatch option for every job, written as --sbatch-arg=--constraint=a100 (repeatable)",
+    )
+    a(
+        "--grace",
+        type=int,
+        default=180,
+        help="seconds before the time limit (or preemption, where "
+        "the cluster sends the signal then) at which a run is told to checkpoint (default: %(default)s)",
+    )
+    a(
+        "--max-requeues",
+        type=int,
+        default=10,
+        help="a task is not requeued again after this many "
+        "restarts, so a run that never gets further cannot loop (default: %(default)s)",
+    )
+    a(
+        "--smoke",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a smoke job first: every run with --smoke; the runs start only if all pass (default: on)",
+    )
     a("--dry-run", action="store_true", help="write and print the scripts; submit nothing (needs no sbatch)")
-    a("--out_dir", default=grid.DEFAULT_OUT_ROOT, help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)")
+    a(
+        "--out_dir",
+        default=grid.DEFAULT_OUT_ROOT,
+        help="runs go to OUT_DIR/<grid name>/<run name>/ (default: %(default)s)",
+    )
     return p
 
 
@@ -94,6 +147,7 @@ def check_options(o) -> None:
     def at_least(flag, value, low):
         if value is not None and value < low:
             raise SlurmError(f"--{flag} must be at least {low} (got {value})")
+
     at_least("gpus-per-run", o.gpus_per_run, 0)
     at_least("nodes-per-run", o.nodes_per_run, 1)
     at_least("nproc", o.nproc, 1)
@@ -106,18 +160,17 @@ def check_options(o) -> None:
     if o.nodes_per_run > 1 and o.gpus_per_run == 0:
         raise SlurmError("--nodes-per-run above 1 needs GPUs: CPU runs (--gpus-per-run 0) use one node")
     if o.nproc is not None and o.gpus_per_run > 0:
-        raise SlurmError("--nproc is for CPU partitions (--gpus-per-run 0); with GPUs a run has one "
-                         "process per GPU")
+        raise SlurmError("--nproc is for CPU partitions (--gpus-per-run 0); with GPUs a run has one process per GPU")
     for arg in o.sbatch_arg:
         if not arg.startswith("-"):
-            raise SlurmError(f"--sbatch-arg takes one sbatch option, e.g. --sbatch-arg=--constraint=a100 "
-                             f"(got {arg!r})")
+            raise SlurmError(f"--sbatch-arg takes one sbatch option, e.g. --sbatch-arg=--constraint=a100 (got {arg!r})")
     for value in [o.partition, o.mem, o.time, o.account, o.qos, o.out_dir, *o.sbatch_arg]:
         if value is not None and re.search(r"\s", value):  # they go into #SBATCH lines
             raise SlurmError(f"{value!r}: SLURM options and --out_dir must not contain spaces")
 
 
 # ---- the scripts
+
 
 def array_spec(tasks: list[int], max_parallel: int | None) -> str:
     """[1, 2, 3, 5] -> '1-3,5' (+ '%K')."""
@@ -142,19 +195,34 @@ def resource_lines(o) -> list[str]:
 
 
 def queue_lines(o) -> list[str]:
-    return ([f"--partition={o.partition}"] if o.partition else []) + \
-        ([f"--account={o.account}"] if o.account else []) + ([f"--qos={o.qos}"] if o.qos else []) + o.sbatch_arg
+    return (
+        ([f"--partition={o.partition}"] if o.partition else [])
+        + ([f"--account={o.account}"] if o.account else [])
+        + ([f"--qos={o.qos}"] if o.qos else [])
+        + o.sbatch_arg
+    )
 
 
 def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list[int] = (), **shell_values) -> str:
     """slurm_jobs/<template>, the job's bash, with its @KEY@ placeholders filled: the #SBATCH lines,
     where the job runs from, how a run starts, the tasks, and shell_values (quoted for the shell)."""
     per_node = o.gpus_per_run or o.nproc or 1
-    shell_values = {"ROOT": p.root, "PYTHON": p.python, "OUT": p.out, "PROCS_PER_NODE": per_node,
-                    "NODES": o.nodes_per_run, "SRUN_CPUS": o.cpus_per_task or "", **shell_values}
+    shell_values = {
+        "ROOT": p.root,
+        "PYTHON": p.python,
+        "OUT": p.out,
+        "PROCS_PER_NODE": per_node,
+        "NODES": o.nodes_per_run,
+        "SRUN_CPUS": o.cpus_per_task or "",
+        **shell_values,
+    }
     values = {k: shlex.quote(str(v)) for k, v in shell_values.items()}
-    values |= {"NAME": p.name, "SCRIPT": shlex.quote(script), "GRACE": str(o.grace),
-               "TASKS": " ".join(map(str, tasks))}  # numbers: the template holds them in "..."
+    values |= {
+        "NAME": p.name,
+        "SCRIPT": shlex.quote(script),
+        "GRACE": str(o.grace),
+        "TASKS": " ".join(map(str, tasks)),
+    }  # numbers: the template holds them in "..."
     with open(os.path.join(JOBS, template)) as f:
         text = f.read().replace("# @SBATCH@", "\n".join(f"#SBATCH {line}" for line in sbatch), 1)
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
@@ -174,9 +242,15 @@ def runs_script(o, p: Place, tasks: list[int], after: list[str], stage: int = 1)
     """The job array of `tasks` (one stage's); it starts once every job in `after` (the smoke job,
     the arrays of earlier stages) has ended successfully (afterok), and is cancelled if one has not."""
     path = runs_path(p, stage)
-    sbatch = [f"--job-name={p.name}", f"--output={p.out}/logs/slurm-%A_%a.log",
-              f"--array={array_spec(tasks, o.max_parallel)}", "--open-mode=append", "--requeue",
-              f"--signal=B:USR1@{o.grace}", *resource_lines(o)]
+    sbatch = [
+        f"--job-name={p.name}",
+        f"--output={p.out}/logs/slurm-%A_%a.log",
+        f"--array={array_spec(tasks, o.max_parallel)}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{o.grace}",
+        *resource_lines(o),
+    ]
     if after:
         sbatch += [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
     return fill("runs.sbatch", path, sbatch, p, o, GRID_NAME=p.name, MAX_REQUEUES=o.max_requeues)
@@ -184,8 +258,14 @@ def runs_script(o, p: Place, tasks: list[int], after: list[str], stage: int = 1)
 
 def report_script(o, p: Place, array_jobs: list[str]) -> str:
     path = os.path.join(p.out, "slurm", "report.sbatch")
-    sbatch = [f"--job-name={p.name}-report", f"--output={p.out}/logs/slurm-report-%j.log", "--ntasks=1",
-              "--time=00:30:00", *queue_lines(o), f"--dependency=afterany:{':'.join(array_jobs)}"]
+    sbatch = [
+        f"--job-name={p.name}-report",
+        f"--output={p.out}/logs/slurm-report-%j.log",
+        "--ntasks=1",
+        "--time=00:30:00",
+        *queue_lines(o),
+        f"--dependency=afterany:{':'.join(array_jobs)}",
+    ]
     return fill("report.sbatch", path, sbatch, p, o)
 
 
@@ -204,6 +284,7 @@ def runs_file(runs: list[tuple[int, str, list[str]]]) -> str:
 
 # ---- submit
 
+
 def sbatch(path: str) -> str:
     done = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True)
     if done.returncode != 0:
@@ -215,8 +296,11 @@ def sbatch(path: str) -> str:
 def queue(job_ids: list[str]) -> list[dict]:
     """squeue's view of these jobs (one row per array task); [] when SLURM no longer lists them."""
     fields = ["JobArrayID", "State", "RestartCnt", "Reason", "NodeList"]
-    done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-O", ",".join(f + ":|" for f in fields)],
-                          capture_output=True, text=True)  # -r: one row per array task; "|" after each field
+    done = subprocess.run(
+        ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-O", ",".join(f + ":|" for f in fields)],
+        capture_output=True,
+        text=True,
+    )  # -r: one row per array task; "|" after each field
     if done.returncode != 0:
         if "Invalid job id" in done.stderr:
             return []
@@ -236,8 +320,10 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     if shutil.which("squeue"):  # a dry run too: queued tasks read runs.grid and grid_lib.sh when they start
         earlier = read_jobs(slurm_dir)
         if earlier and queue(job_ids(earlier)):
-            raise SlurmError(f"grid {name} still has jobs in the queue ({','.join(job_ids(earlier))}); "
-                             f"see run_grid.sh {grid_path} --slurm --status, or scancel them first")
+            raise SlurmError(
+                f"grid {name} still has jobs in the queue ({','.join(job_ids(earlier))}); "
+                f"see run_grid.sh {grid_path} --slurm --status, or scancel them first"
+            )
 
     os.makedirs(os.path.join(slurm_dir, "status"), exist_ok=True)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
@@ -249,11 +335,18 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     write(os.path.join(slurm_dir, "runs.grid"), runs_file(runs))
     place = Place(ROOT, sys.executable, out, name)
     stages = stage_tasks(runs, tasks)
-    paths = {"smoke": os.path.join(slurm_dir, "smoke.sbatch"),
-             **{f"runs{i}": runs_path(place, i + 1) for i in range(len(stages))},
-             "report": os.path.join(slurm_dir, "report.sbatch")}
-    jobs = {"grid": os.path.abspath(grid_path), "out": out, "runs": [n for _, n, _ in runs], "tasks": tasks,
-            **submit_jobs(o, place, tasks, stages, paths)}
+    paths = {
+        "smoke": os.path.join(slurm_dir, "smoke.sbatch"),
+        **{f"runs{i}": runs_path(place, i + 1) for i in range(len(stages))},
+        "report": os.path.join(slurm_dir, "report.sbatch"),
+    }
+    jobs = {
+        "grid": os.path.abspath(grid_path),
+        "out": out,
+        "runs": [n for _, n, _ in runs],
+        "tasks": tasks,
+        **submit_jobs(o, place, tasks, stages, paths),
+    }
 
     if o.dry_run:
         for key, path in paths.items():
@@ -264,10 +357,12 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
         jobs["submitted"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write(os.path.join(slurm_dir, "jobs.json"), json.dumps(jobs, indent=1) + "\n")
     left_out = len(runs) - len(tasks)
-    print(f"grid {name}: {len(tasks)} runs as array tasks"
-          + (f" ({left_out} finished ones left out)" if left_out else "")
-          + (f", at most {o.max_parallel} at once" if o.max_parallel else "")
-          + (f", in {len(stages)} stages, each waiting for the one before (afterok)" if len(stages) > 1 else ""))
+    print(
+        f"grid {name}: {len(tasks)} runs as array tasks"
+        + (f" ({left_out} finished ones left out)" if left_out else "")
+        + (f", at most {o.max_parallel} at once" if o.max_parallel else "")
+        + (f", in {len(stages)} stages, each waiting for the one before (afterok)" if len(stages) > 1 else "")
+    )
     for i, stage_runs in enumerate(stages):
         for task in stage_runs:
             print(f"  task {task:<4} {runs[task - 1][1]}" + (f"  (stage {i + 1})" if len(stages) > 1 else ""))
@@ -324,18 +419,26 @@ def submit_jobs(o, place: Place, tasks: list[int], stages: list[list[int]], path
 
 def print_how_to_follow(o, grid_path: str, jobs: dict) -> None:
     ids, logs, arrays = job_ids(jobs), os.path.join(jobs["out"], "logs"), jobs["arrays"]
-    print(f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}"
-          f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}, report job {jobs['report']}")
-    print(f"logs: {logs}/slurm-<array job>_<task>.log (one per task, appended across restarts)"
-          + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else ""))
+    print(
+        f"submitted: {'smoke job ' + jobs['smoke'] + ', ' if jobs['smoke'] else ''}"
+        f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}, report job {jobs['report']}"
+    )
+    print(
+        f"logs: {logs}/slurm-<array job>_<task>.log (one per task, appended across restarts)"
+        + (f", {logs}/slurm-smoke-{jobs['smoke']}.log" if jobs["smoke"] else "")
+    )
     print("follow:")
     print(f"  squeue -j {','.join(ids)}")
-    print(f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed"
-          "   (where the cluster keeps accounting)")
+    print(
+        f"  sacct -j {','.join(ids)} --format=JobID,JobName,State,ExitCode,Elapsed"
+        "   (where the cluster keeps accounting)"
+    )
     first = jobs["tasks"][0]
     print(f"  tail -f {logs}/slurm-{jobs['task_array'][str(first)]}_{first}.log")
-    print(f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
-          + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != grid.DEFAULT_OUT_ROOT else ""))
+    print(
+        f"  bash run_grid.sh {shlex.quote(grid_path)} --slurm --status"
+        + (f" --out_dir {shlex.quote(o.out_dir)}" if o.out_dir != grid.DEFAULT_OUT_ROOT else "")
+    )
 
 
 def job_ids(jobs: dict) -> list[str]:
@@ -358,6 +461,7 @@ def write(path: str, text: str) -> None:
 
 # ---- status
 
+
 def status(o) -> int:
     if shutil.which("squeue") is None:
         raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
@@ -372,17 +476,29 @@ def status(o) -> int:
     out = jobs["out"]
     live = {row["JobArrayID"]: row for row in queue(job_ids(jobs))}
     arrays = jobs.get("arrays") or [jobs["array"]]
-    print(f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
-          + ", ".join([*([f"smoke job {jobs['smoke']}"] if jobs.get("smoke") else []),
-                       f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}",
-                       *([f"report job {jobs['report']}"] if jobs.get("report") else [])]))
+    print(
+        f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
+        + ", ".join(
+            [
+                *([f"smoke job {jobs['smoke']}"] if jobs.get("smoke") else []),
+                f"array job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}",
+                *([f"report job {jobs['report']}"] if jobs.get("report") else []),
+            ]
+        )
+    )
     if jobs.get("smoke"):
         smoke = live.get(jobs["smoke"])
         print(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
     counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
     for task, run_name in enumerate(jobs["runs"], 1):
-        state, detail = run_state(out, slurm_dir, run_name, task, task in jobs["tasks"],
-                                  live.get(f"{jobs.get('task_array', {}).get(str(task), jobs['array'])}_{task}"))
+        state, detail = run_state(
+            out,
+            slurm_dir,
+            run_name,
+            task,
+            task in jobs["tasks"],
+            live.get(f"{jobs.get('task_array', {}).get(str(task), jobs['array'])}_{task}"),
+        )
         counts[state] += 1
         print(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
     report = live.get(jobs["report"]) if jobs.get("report") else None
@@ -410,8 +526,10 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
     if not submitted:
         return "failed", "not finished and not in this submission"
     if note is None:
-        return "failed", f"task {task} never started (cancelled, the smoke job failed, or a run of an earlier " \
-                         "stage did not finish)"
+        return (
+            "failed",
+            f"task {task} never started (cancelled, the smoke job failed, or a run of an earlier stage did not finish)",
+        )
     if note.startswith(("running", "requeued")):  # but SLURM no longer lists it
         return "failed", f"task {task} ended outside the script (killed, or not started again): {note}"
     return "failed", f"task {task}: {note}"
@@ -426,8 +544,8 @@ def read_state(slurm_dir: str, key: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     try:
         o = build_parser().parse_args(argv)
         check_options(o)

@@ -1,4 +1,5 @@
 """W&B on rank 0: a failure to start or log is one warning, never a stopped run."""
+
 import netrc
 import os
 import urllib.parse
@@ -6,10 +7,10 @@ import uuid
 
 import numpy as np
 
-from metrics import calibration_bins
+from config import first_line
 from distributed import DistInfo
 from files import atomic_write_bytes
-from config import first_line
+from metrics import calibration_bins
 
 
 class WandbRun:
@@ -32,16 +33,26 @@ class WandbRun:
         if mode == "auto":
             mode = "online" if _wandb_logged_in() else "offline"
             if mode == "offline":
-                log.info(f"W&B: not logged in, logging offline under {os.environ.get('WANDB_DIR', run_dir)}/wandb "
-                         "(upload later with `wandb sync`)")
+                log.info(
+                    f"W&B: not logged in, logging offline under {os.environ.get('WANDB_DIR', run_dir)}/wandb "
+                    "(upload later with `wandb sync`)"
+                )
         try:
             import wandb
+
             id_path = os.path.join(run_dir, "wandb_id")
             run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
             atomic_write_bytes(id_path, run_id.encode())
-            kwargs = dict(project=args.wandb_project, group=args.wandb_group, name=args.run_name,
-                          id=run_id, resume="allow", dir=os.environ.get("WANDB_DIR", run_dir), config=config,
-                          tags=[os.path.basename(os.path.normpath(args.model)), args.pool])
+            kwargs = dict(
+                project=args.wandb_project,
+                group=args.wandb_group,
+                name=args.run_name,
+                id=run_id,
+                resume="allow",
+                dir=os.environ.get("WANDB_DIR", run_dir),
+                config=config,
+                tags=[os.path.basename(os.path.normpath(args.model)), args.pool],
+            )
             kwargs["settings"] = wandb.Settings(init_timeout=float(os.environ.get("FTKIT_WANDB_INIT_TIMEOUT", 60)))
             try:
                 self.run = wandb.init(mode=mode, **kwargs)
@@ -62,38 +73,58 @@ class WandbRun:
         if self.run is None:
             return
         prefix = event.get("split", event["event"])
-        values = {f"{prefix}/{k}": v for k, v in event.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        values = {
+            f"{prefix}/{k}": v
+            for k, v in event.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        }
         self._safe(self.run.log, values, step=event["step"])
 
     def summary(self, results: dict) -> None:
         if self.run is not None:
-            self._safe(self.run.summary.update, {
-                **{f"test/{k[5:]}": v for k, v in results.items() if k.startswith("test_")},
-                **{k: v for k, v in results.items() if not k.startswith(("test_", "val_"))}})
+            self._safe(
+                self.run.summary.update,
+                {
+                    **{f"test/{k[5:]}": v for k, v in results.items() if k.startswith("test_")},
+                    **{k: v for k, v in results.items() if not k.startswith(("test_", "val_"))},
+                },
+            )
 
-    def final_plots(self, probs: np.ndarray, labels: np.ndarray, texts: list[str], label_names: list[str],
-                    n_wrong: int = 20) -> None:
+    def final_plots(
+        self, probs: np.ndarray, labels: np.ndarray, texts: list[str], label_names: list[str], n_wrong: int = 20
+    ) -> None:
         """Confusion matrix, reliability diagram and the most confidently wrong test examples."""
         if self.run is None:
             return
 
         def make():
             import wandb
+
             pred = probs.argmax(1)
             confidence = probs.max(1)
-            reliability = wandb.Table(columns=["confidence", "accuracy", "count"],
-                                      data=[list(b) for b in calibration_bins(confidence, pred == labels)])
+            reliability = wandb.Table(
+                columns=["confidence", "accuracy", "count"],
+                data=[list(b) for b in calibration_bins(confidence, pred == labels)],
+            )
             wrong = np.flatnonzero(pred != labels)
             wrong = wrong[np.argsort(-confidence[wrong])][:n_wrong]
-            examples = wandb.Table(columns=["text", "label", "predicted", "p_predicted"], data=[
-                [texts[i][:500], label_names[labels[i]], label_names[pred[i]], float(confidence[i])] for i in wrong])
-            self.run.log({
-                "test/confusion_matrix": wandb.plot.confusion_matrix(
-                    y_true=labels.tolist(), preds=pred.tolist(), class_names=label_names),
-                "test/reliability": wandb.plot.line(reliability, "confidence", "accuracy",
-                                                    title="Reliability (perfect calibration: y = x)"),
-                "test/confidently_wrong": examples})
+            examples = wandb.Table(
+                columns=["text", "label", "predicted", "p_predicted"],
+                data=[
+                    [texts[i][:500], label_names[labels[i]], label_names[pred[i]], float(confidence[i])] for i in wrong
+                ],
+            )
+            self.run.log(
+                {
+                    "test/confusion_matrix": wandb.plot.confusion_matrix(
+                        y_true=labels.tolist(), preds=pred.tolist(), class_names=label_names
+                    ),
+                    "test/reliability": wandb.plot.line(
+                        reliability, "confidence", "accuracy", title="Reliability (perfect calibration: y = x)"
+                    ),
+                    "test/confidently_wrong": examples,
+                }
+            )
 
         self._safe(make)
 

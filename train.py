@@ -16,6 +16,7 @@ Masked-LM (continued) pretraining through the same loop, then fine-tuning from i
 
 Rerunning the same command resumes an interrupted run from its newest checkpoint.
 """
+
 import argparse
 import contextlib
 import errno
@@ -63,19 +64,20 @@ EXIT_DIVERGED = 3
 class TrainState:
     """Where the run is: everything a checkpoint restores besides the model, optimizer,
     scheduler, GradScaler and RNG states (saved as the checkpoint's "progress")."""
-    epoch: int = 0                  # epochs finished: trained, validated and checkpointed
-    step_in_epoch: int = 0          # optimizer steps done in the current epoch
-    global_step: int = 0            # optimizer steps done in all
+
+    epoch: int = 0  # epochs finished: trained, validated and checkpointed
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0  # optimizer steps done in all
     best_val_metric: float | None = None  # of --metric_for_best
     best_epoch: int = -1
-    best_file: str | None = None    # best_step<N>.pt in the run folder: the best epoch's weights
+    best_file: str | None = None  # best_step<N>.pt in the run folder: the best epoch's weights
     history: list = field(default_factory=list)  # val metrics of every finished epoch
-    train_time: float = 0.0         # seconds spent in training steps (throughput figures)
-    train_samples: int = 0          # counted over all ranks
-    train_tokens: int = 0           # real (non-padding) tokens
-    train_positions: int = 0        # padded positions
-    train_flops: float = 0.0        # useful FLOPs of the real tokens
-    wandb_id: str | None = None     # the W&B run a resume continues
+    train_time: float = 0.0  # seconds spent in training steps (throughput figures)
+    train_samples: int = 0  # counted over all ranks
+    train_tokens: int = 0  # real (non-padding) tokens
+    train_positions: int = 0  # padded positions
+    train_flops: float = 0.0  # useful FLOPs of the real tokens
+    wandb_id: str | None = None  # the W&B run a resume continues
     # the steps since the last train-log line: a resume logs the same averages (its "time" is a
     # clock reading in memory and the seconds elapsed in a checkpoint)
     log_window: dict = field(default_factory=lambda: _new_window())
@@ -84,36 +86,37 @@ class TrainState:
 @dataclass
 class Run:
     """What stays fixed while a run trains: settings resolved once, data, model and its optimizer."""
-    args: argparse.Namespace        # the flags, for set-up, messages and results; the loop reads the fields below
+
+    args: argparse.Namespace  # the flags, for set-up, messages and results; the loop reads the fields below
     info: distributed.DistInfo
     log: logging.Logger
     run_dir: str
     config: dict
     fingerprint: dict
     encoded: dict[str, data.Encoded]  # split -> token ids
-    labels: dict[str, np.ndarray]     # split -> label ids (float targets for regression)
-    label_names: list[str]            # class names; empty for regression and mlm
-    task: str                         # classification | regression | mlm
-    task_rules: tasks.Task            # its loss and per-example outputs
-    metric_for_best: str              # the validation metric that picks the best epoch
+    labels: dict[str, np.ndarray]  # split -> label ids (float targets for regression)
+    label_names: list[str]  # class names; empty for regression and mlm
+    task: str  # classification | regression | mlm
+    task_rules: tasks.Task  # its loss and per-example outputs
+    metric_for_best: str  # the validation metric that picks the best epoch
     test_texts: list[str]
-    train_lengths: np.ndarray         # tokens in each training example
+    train_lengths: np.ndarray  # tokens in each training example
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     autocast: torch.autocast
-    collate: Callable[..., dict]      # data.collate bound to the pad id, --max_len and --padding
+    collate: Callable[..., dict]  # data.collate bound to the pad id, --max_len and --padding
     plan_epoch: Callable[[int], list[list[np.ndarray]]]  # data.plan_epoch of an epoch, for this rank
     pad_id: int
     per_proc_batch: int
     steps_per_epoch: int
     epochs: int
-    clip: float                     # max gradient norm; 0: no clipping
+    clip: float  # max gradient norm; 0: no clipping
     log_every: int
-    on_nan: str                     # "stop" or "skip"
+    on_nan: str  # "stop" or "skip"
     eval_batch_size: int
-    flops: models.TrainingFlops     # useful training FLOPs of sequences of given lengths
+    flops: models.TrainingFlops  # useful training FLOPs of sequences of given lengths
     peak_flops: float | None
     started: float
     checkpointer: checkpoint.Checkpointer
@@ -124,7 +127,7 @@ class Run:
     # --task mlm: the training masks, and the validation's fixed ones (one seed for every run)
     masker: mlm.Masker | None = None
     val_masker: mlm.Masker | None = None
-    epoch_in_training: int = 0        # fit sets it: the epoch whose masks the training batches get
+    epoch_in_training: int = 0  # fit sets it: the epoch whose masks the training batches get
 
 
 def parse_args(argv=None, on_error=None):
@@ -142,8 +145,12 @@ def model_entry(args) -> models.ModelEntry:
     run_dir = settings.model_run_dir(args)
     if run_dir is not None:
         with contextlib.suppress(OSError, ValueError, AttributeError):  # not run yet: check_available says so
-            entry = replace(entry, default_lr=float(files.read_json(os.path.join(run_dir, "config.json"))
-                                                   .get("model_default_lr", entry.default_lr)))
+            entry = replace(
+                entry,
+                default_lr=float(
+                    files.read_json(os.path.join(run_dir, "config.json")).get("model_default_lr", entry.default_lr)
+                ),
+            )
     return entry
 
 
@@ -168,8 +175,10 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""
-        return _user_error(UserError(f"no space left on the device{where}; free space, then rerun "
-                                     "(what was written before is kept)"), info.is_main)
+        return _user_error(
+            UserError(f"no space left on the device{where}; free space, then rerun (what was written before is kept)"),
+            info.is_main,
+        )
     finally:
         distributed.cleanup_distributed()
 
@@ -177,10 +186,8 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
 def check_available(args) -> None:
     """Model and data, together and in seconds, before the process group: the user learns both
     problems at once, without the hub client's retries on every rank."""
-    model_problem = settings.model_run_unfinished(args) or models.model_unavailable(
-        model_entry(args))
-    problems = [p for p in (model_problem,
-                            data.data_unavailable(args.data)) if p]
+    model_problem = settings.model_run_unfinished(args) or models.model_unavailable(model_entry(args))
+    problems = [p for p in (model_problem, data.data_unavailable(args.data)) if p]
     if problems:
         raise UserError("\nerror: ".join(problems))  # one error line each
 
@@ -199,6 +206,7 @@ def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
     started = time.time()
     if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
         import transformers
+
         transformers.logging.set_verbosity_error()
     entry = model_entry(args)
     per_proc_batch = check_fits(args, entry, info)
@@ -221,8 +229,10 @@ def check_fits(args, entry, info: distributed.DistInfo) -> int:
     """Checks that need the world size or the model; returns the per-process batch size."""
     shards = info.world_size * args.grad_accum
     if args.batch_size % shards:
-        raise UserError(f"--batch_size {args.batch_size} is not divisible by world size "
-                        f"{info.world_size} x grad_accum {args.grad_accum}")
+        raise UserError(
+            f"--batch_size {args.batch_size} is not divisible by world size "
+            f"{info.world_size} x grad_accum {args.grad_accum}"
+        )
     limit = models.model_max_positions(entry)
     if args.max_len > limit:
         raise UserError(f"--max_len {args.max_len} exceeds the model's limit of {limit} positions")
@@ -245,77 +255,150 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     pretraining = args.task == "mlm"
     splits, label_names = load_data(args, info, log)
     tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
-    masker = mlm.make_masker(tokenizer, args.mlm_prob, args.masking, args.seed, args.whole_word_mask) \
-        if pretraining else None
+    masker = (
+        mlm.make_masker(tokenizer, args.mlm_prob, args.masking, args.seed, args.whole_word_mask)
+        if pretraining
+        else None
+    )
     # token ids index the checkpoint's embeddings: a resume with another tokenizer is refused,
     # and one with another train, validation or test file
     config["tokenizer_sha256"] = data.tokenizer_fingerprint(tokenizer)
-    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names)
-                   for name, split in splits.items()})
+    config.update({f"{name}_data_sha256": data.split_fingerprint(split, label_names) for name, split in splits.items()})
     fingerprint = settings.run_fingerprint(config)
     encoded = encode_splits(args, info, log, splits, tokenizer, masker)
     if pretraining:  # --pack: the examples are blocks
-        log.info(f"data: {', '.join(f'{k} {len(v.texts)} texts, {len(encoded[k].ids)} examples' for k, v in splits.items())}")
+        log.info(
+            f"data: {', '.join(f'{k} {len(v.texts)} texts, {len(encoded[k].ids)} examples' for k, v in splits.items())}"
+        )
     else:
         log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
     task_rules = tasks.TASKS[args.task]
     if pretraining:
-        model = mlm.build_masked_lm(entry, tokenizer, args.init, args.encoder_dropout, info.device,
-                                    precision).to(info.device)
+        model = mlm.build_masked_lm(entry, tokenizer, args.init, args.encoder_dropout, info.device, precision).to(
+            info.device
+        )
     else:
-        model = models.build_model(entry, tokenizer, task_rules.outputs(len(label_names)), args.pool, args.dropout,
-                                   args.encoder_dropout, info.device, precision).to(info.device)
+        model = models.build_model(
+            entry,
+            tokenizer,
+            task_rules.outputs(len(label_names)),
+            args.pool,
+            args.dropout,
+            args.encoder_dropout,
+            info.device,
+            precision,
+        ).to(info.device)
     if not data.uses_token_type_ids(model.encoder.config):  # ModernBERT, RoBERTa: one segment embedding
         encoded = {name: replace(enc, token_types=None) for name, enc in encoded.items()}
     flops = models.training_flops(model, encoder_only=pretraining)
-    log.info(f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
-             f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}")
+    log.info(
+        f"model: {type(model.encoder).__name__}, {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters ({flops.per_token // 6:,} outside embeddings), encoder dropouts "
+        f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}"
+    )
     train_lengths = np.array([len(x) for x in encoded["train"].ids])
-    plan_epoch = functools.partial(data.plan_epoch, train_lengths, args.batch_size, seed=args.seed, rank=info.rank,
-                                   world_size=info.world_size, micro_batch=per_proc_batch,
-                                   group_by_length=args.group_by_length)
+    plan_epoch = functools.partial(
+        data.plan_epoch,
+        train_lengths,
+        args.batch_size,
+        seed=args.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        micro_batch=per_proc_batch,
+        group_by_length=args.group_by_length,
+    )
     steps_per_epoch = len(plan_epoch(0))  # the same in every epoch
     optimizer = make_optimizer(model, args)
     test_split = splits["test"].source if "test" in splits else None  # mlm: none
-    config.update(label_names=label_names, test_split=test_split, world_size=info.world_size, per_process_batch=per_proc_batch,
-                  effective_batch=args.batch_size, steps_per_epoch=steps_per_epoch, env=env,
-                  code_version=settings.code_version(), model_default_lr=entry.default_lr, model_folder=entry.source,
-                  attention=model.encoder.config._attn_implementation)
-    return Run(args=args, info=info, log=log, run_dir=run_dir, config=config,
-               fingerprint=fingerprint,
-               encoded=encoded, labels={k: s.labels for k, s in splits.items()}, label_names=label_names,
-               task=args.task, task_rules=task_rules, metric_for_best=args.metric_for_best,
-               test_texts=splits["test"].texts if test_split else [], train_lengths=train_lengths, model=model,
-               optimizer=optimizer,
-               scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
-               scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
-               autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
-               collate=functools.partial(data.collate, pad_id=tokenizer.pad_token_id, max_len=args.max_len,
-                                         pad_to_max=args.padding == "max_len"),
-               plan_epoch=plan_epoch, pad_id=tokenizer.pad_token_id, per_proc_batch=per_proc_batch,
-               steps_per_epoch=steps_per_epoch, epochs=args.epochs, clip=args.clip, log_every=args.log_every,
-               on_nan=args.on_nan, eval_batch_size=args.eval_batch_size, flops=flops,
-               peak_flops=machine.device_peak_flops(info.device, precision), started=started,
-               checkpointer=checkpoint.Checkpointer(run_dir, args.save_every, args.keep_checkpoints, info.is_main,
-                                                    log, start_over=args.resume == "never"),
-               hooks=hooks, tokenizer=tokenizer, masker=masker,
-               val_masker=replace(masker, seed=data.SPLIT_SEED, masking="static") if pretraining else None)
+    config.update(
+        label_names=label_names,
+        test_split=test_split,
+        world_size=info.world_size,
+        per_process_batch=per_proc_batch,
+        effective_batch=args.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        env=env,
+        code_version=settings.code_version(),
+        model_default_lr=entry.default_lr,
+        model_folder=entry.source,
+        attention=model.encoder.config._attn_implementation,
+    )
+    return Run(
+        args=args,
+        info=info,
+        log=log,
+        run_dir=run_dir,
+        config=config,
+        fingerprint=fingerprint,
+        encoded=encoded,
+        labels={k: s.labels for k, s in splits.items()},
+        label_names=label_names,
+        task=args.task,
+        task_rules=task_rules,
+        metric_for_best=args.metric_for_best,
+        test_texts=splits["test"].texts if test_split else [],
+        train_lengths=train_lengths,
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, args, steps_per_epoch * args.epochs),
+        scaler=torch.amp.GradScaler(info.device.type, enabled=precision == "fp16"),
+        autocast=torch.autocast(info.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
+        collate=functools.partial(
+            data.collate, pad_id=tokenizer.pad_token_id, max_len=args.max_len, pad_to_max=args.padding == "max_len"
+        ),
+        plan_epoch=plan_epoch,
+        pad_id=tokenizer.pad_token_id,
+        per_proc_batch=per_proc_batch,
+        steps_per_epoch=steps_per_epoch,
+        epochs=args.epochs,
+        clip=args.clip,
+        log_every=args.log_every,
+        on_nan=args.on_nan,
+        eval_batch_size=args.eval_batch_size,
+        flops=flops,
+        peak_flops=machine.device_peak_flops(info.device, precision),
+        started=started,
+        checkpointer=checkpoint.Checkpointer(
+            run_dir, args.save_every, args.keep_checkpoints, info.is_main, log, start_over=args.resume == "never"
+        ),
+        hooks=hooks,
+        tokenizer=tokenizer,
+        masker=masker,
+        val_masker=replace(masker, seed=data.SPLIT_SEED, masking="static") if pretraining else None,
+    )
 
 
 def load_data(args, info, log) -> tuple[dict, list]:
     """The splits and the class names (none for mlm, whose splits are texts only)."""
     if args.task == "mlm":
-        return distributed.node_main_first(info, data.load_texts, args.data, args.text_col, args.val_ratio,
-                                           args.max_train_samples, args.max_eval_samples, args.unlabeled_split), []
+        return distributed.node_main_first(
+            info,
+            data.load_texts,
+            args.data,
+            args.text_col,
+            args.val_ratio,
+            args.max_train_samples,
+            args.max_eval_samples,
+            args.unlabeled_split,
+        ), []
     splits, label_names = distributed.node_main_first(
-        info, data.load_splits, args.data, args.text_col, args.label_col, args.val_ratio,
-        args.max_train_samples, args.max_eval_samples, log.warning if info.is_main else lambda message: None,
-        task=args.task)
+        info,
+        data.load_splits,
+        args.data,
+        args.text_col,
+        args.label_col,
+        args.val_ratio,
+        args.max_train_samples,
+        args.max_eval_samples,
+        log.warning if info.is_main else lambda message: None,
+        task=args.task,
+    )
     if splits["test"].source != "test":
-        log.info(f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
-                 "(results.json: test_split)")
+        log.info(
+            f"the test split's labels are hidden: scoring the {splits['test'].source} split as the test "
+            "(results.json: test_split)"
+        )
     problem = metrics.metric_problem(args.task, args.metric_for_best, len(label_names) or None)
     if problem:
         raise UserError(problem)
@@ -330,14 +413,24 @@ def encode_splits(args, info, log, splits: dict, tokenizer, masker) -> dict:
         if args.pack:
             encoded[name] = mlm.encode_packed(texts, tokenizer, args.max_len)
         else:
-            encoded[name] = distributed.node_main_first(info, data.encode, texts, tokenizer, args.max_len,
-                                                        args.truncation, args.cache_dir, log.warning,
-                                                        text_pairs=text_pairs)
+            encoded[name] = distributed.node_main_first(
+                info,
+                data.encode,
+                texts,
+                tokenizer,
+                args.max_len,
+                args.truncation,
+                args.cache_dir,
+                log.warning,
+                text_pairs=text_pairs,
+            )
         if masker is not None:
             empty = mlm.unmaskable(masker, encoded[name].ids, f"the {name} texts")
             if empty:
-                log.warning(f"warning: {empty} of the {len(encoded[name].ids)} {name} examples hold no token to "
-                            "mask (only special tokens); they train nothing")
+                log.warning(
+                    f"warning: {empty} of the {len(encoded[name].ids)} {name} examples hold no token to "
+                    "mask (only special tokens); they train nothing"
+                )
     return encoded
 
 
@@ -363,11 +456,15 @@ def restore(run: Run) -> TrainState:
         if len(saved["rng"]) == info.world_size:
             distributed.set_rng_state(saved["rng"][info.rank])
         else:
-            log.warning(f"warning: resuming with {info.world_size} processes instead of "
-                        f"{len(saved['rng'])}: data order is kept, dropout randomness is not")
+            log.warning(
+                f"warning: resuming with {info.world_size} processes instead of "
+                f"{len(saved['rng'])}: data order is kept, dropout randomness is not"
+            )
             distributed.seed_everything(args.seed + info.rank + state.global_step)
-        log.info(f"resumed from {saved['path']}: epoch {state.epoch}, step "
-                 f"{state.global_step}/{run.steps_per_epoch * args.epochs}")
+        log.info(
+            f"resumed from {saved['path']}: epoch {state.epoch}, step "
+            f"{state.global_step}/{run.steps_per_epoch * args.epochs}"
+        )
         del saved
     else:
         distributed.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
@@ -375,12 +472,16 @@ def restore(run: Run) -> TrainState:
     if info.is_main:
         files.write_json(os.path.join(run.run_dir, "config.json"), run.config)
         # events logged after the checkpoint are logged again as the steps replay
-        earlier_events = files.truncate_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), state.global_step,
-                                              log.warning)
+        earlier_events = files.truncate_jsonl(
+            os.path.join(run.run_dir, "metrics.jsonl"), state.global_step, log.warning
+        )
     # broadcast_buffers=False: the encoders' buffers (position and token-type ids) never change,
     # so rank 0 need not send them before every forward (tests/test_model.py checks they stay)
-    run.ddp_model = DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                        broadcast_buffers=False) if info.is_distributed else run.model
+    run.ddp_model = (
+        DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False)
+        if info.is_distributed
+        else run.model
+    )
     if args.compile:
         run.ddp_model = models.compile_or_explain(run.ddp_model, info.device, log.info)
     run.wandb = tracking.WandbRun(args, run.config, run.run_dir, info, log, earlier_events)
@@ -392,9 +493,11 @@ def fit(run: Run, state: TrainState, stop) -> int:
     """The epoch loop: optimizer steps, then at each epoch end validation and a checkpoint;
     then the test with the best weights. Returns the exit code."""
     log, hooks, checkpointer = run.log, run.hooks, run.checkpointer
-    log.info(f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
-             f"steps, batch {run.args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
-             f"{run.args.grad_accum} accumulation, precision {run.config['precision_used']}")
+    log.info(
+        f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
+        f"steps, batch {run.args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
+        f"{run.args.grad_accum} accumulation, precision {run.config['precision_used']}"
+    )
     run.model.train()
     stop.training = True
     snapshot = functools.partial(checkpoint_state, run, state)
@@ -414,9 +517,11 @@ def fit(run: Run, state: TrainState, stop) -> int:
             if math.isfinite(step["loss"]):
                 grad_norm = optimizer_step(run, log_now)
             elif run.on_nan == "stop":
-                log.error(f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
-                          "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
-                          "--precision fp32, or --on_nan skip")
+                log.error(
+                    f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
+                    "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
+                    "--precision fp32, or --on_nan skip"
+                )
                 run.wandb.finish(exit_code=EXIT_DIVERGED)
                 return EXIT_DIVERGED
             else:
@@ -426,12 +531,22 @@ def fit(run: Run, state: TrainState, stop) -> int:
             count_step(state, window, step, time.time() - step_start)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=state.epoch, loss=f"{step['loss']:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(
+                    epoch=state.epoch, loss=f"{step['loss']:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}"
+                )
             if log_now:
-                record(run, {"event": "train", "step": state.global_step, "epoch": state.epoch,
-                             "loss": window["loss"] / window["steps"], "lr": run.scheduler.get_last_lr()[0],
-                             "grad_norm": float(grad_norm), **throughput(window, time.time() - window["time"],
-                                                                         run.peak_flops, run.info.world_size)})
+                record(
+                    run,
+                    {
+                        "event": "train",
+                        "step": state.global_step,
+                        "epoch": state.epoch,
+                        "loss": window["loss"] / window["steps"],
+                        "lr": run.scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        **throughput(window, time.time() - window["time"], run.peak_flops, run.info.world_size),
+                    },
+                )
                 window = state.log_window = _new_window()
             hooks.after_step(run, state, step)
             if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
@@ -480,13 +595,23 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
         loss_sum += loss.detach()
     # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
     # takes the same decisions: skip a non-finite step, stop on a signal)
-    stats = torch.cat([loss_sum.double().reshape(1),
-                       to_device(torch.tensor([*counts, stop.poll()], dtype=torch.float64), info.device)])
+    stats = torch.cat(
+        [
+            loss_sum.double().reshape(1),
+            to_device(torch.tensor([*counts, stop.poll()], dtype=torch.float64), info.device),
+        ]
+    )
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
-    return {"loss": loss_total / info.world_size, "samples": examples * info.world_size,
-            "tokens": tokens, "positions": positions, "flops": flops, "signal": signal_sum}
+    return {
+        "loss": loss_total / info.world_size,
+        "samples": examples * info.world_size,
+        "tokens": tokens,
+        "positions": positions,
+        "flops": flops,
+        "signal": signal_sum,
+    }
 
 
 def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | None]:
@@ -498,8 +623,9 @@ def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | 
 
 
 def masked_batch(run: Run, masker: mlm.Masker, split: str, indices, epoch: int) -> dict:
-    return masker.batch([run.encoded[split].ids[i] for i in indices], indices, epoch, run.args.max_len,
-                        run.args.padding == "max_len")
+    return masker.batch(
+        [run.encoded[split].ids[i] for i in indices], indices, epoch, run.args.max_len, run.args.padding == "max_len"
+    )
 
 
 def collate_split(run: Run, split: str, indices) -> dict:
@@ -564,8 +690,9 @@ def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
         # the file (rank 0) serves a resumed run
         best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
         state.best_file = run.checkpointer.new_best(state.global_step, best_weights)
-    record(run, {"event": "eval", "split": "val", "step": state.global_step, "epoch": state.epoch, **val,
-                 "best": improved})
+    record(
+        run, {"event": "eval", "split": "val", "step": state.global_step, "epoch": state.epoch, **val, "best": improved}
+    )
     state.epoch += 1
     state.step_in_epoch = 0
     run.checkpointer.epoch_done(state.global_step, state.epoch - 1, snapshot)
@@ -593,20 +720,31 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     if classification:
         num_labels = len(run.label_names)
         majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
-    results = {**{f"val_{k}": v for k, v in best.items()}, **{f"test_{k}": v for k, v in test.items()},
-               "task": run.task, "metric_for_best": run.metric_for_best, "test_split": run.config["test_split"],
-               **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
-               "eval_samples_per_s": eval_samples_per_s, **run_figures(run, state)}
+    results = {
+        **{f"val_{k}": v for k, v in best.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        "task": run.task,
+        "metric_for_best": run.metric_for_best,
+        "test_split": run.config["test_split"],
+        **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
+        "eval_samples_per_s": eval_samples_per_s,
+        **run_figures(run, state),
+    }
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
     if results.get("collapsed"):
-        log.warning(f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
-                    f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
-                    "Lower --lr or change batch size / clipping.")
+        log.warning(
+            f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
+            f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
+            "Lower --lr or change batch size / clipping."
+        )
     if info.is_main:
         output = "probs" if classification else "predictions"  # what report.py reads
-        np.savez_compressed(os.path.join(run.run_dir, "test_predictions.npz"),
-                            **{output: test_outputs.astype(np.float32)},
-                            labels=run.labels["test"], n_tokens=run.encoded["test"].n_tokens)
+        np.savez_compressed(
+            os.path.join(run.run_dir, "test_predictions.npz"),
+            **{output: test_outputs.astype(np.float32)},
+            labels=run.labels["test"],
+            n_tokens=run.encoded["test"].n_tokens,
+        )
         files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     if classification:
@@ -621,44 +759,68 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
 
 def run_figures(run: Run, state: TrainState) -> dict:
     """What results.json holds for every task: the best epoch, steps, throughput, memory, time."""
-    return {"best_epoch": state.best_epoch, "epochs": run.args.epochs, "global_step": state.global_step,
-            **{f"train_{k}": v for k, v in throughput(asdict(state), state.train_time, run.peak_flops,
-                                                       run.info.world_size, prefix="train_").items()},
-            **machine.peak_memory(run.info.device), **(models.compile_report() if run.args.compile else {}),
-            "wall_s": time.time() - run.started, "run_name": run.args.run_name}
+    return {
+        "best_epoch": state.best_epoch,
+        "epochs": run.args.epochs,
+        "global_step": state.global_step,
+        **{
+            f"train_{k}": v
+            for k, v in throughput(
+                asdict(state), state.train_time, run.peak_flops, run.info.world_size, prefix="train_"
+            ).items()
+        },
+        **machine.peak_memory(run.info.device),
+        **(models.compile_report() if run.args.compile else {}),
+        "wall_s": time.time() - run.started,
+        "run_name": run.args.run_name,
+    }
 
 
 def write_pretraining_results(run: Run, state: TrainState) -> int:
     """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
     (RUN_DIR/model, the MLM head left out), then results.json (last: it marks the run finished)."""
-    results = {**{f"val_{k}": v for k, v in state.history[state.best_epoch].items()},
-               "task": run.task, "metric_for_best": run.metric_for_best, **run_figures(run, state)}
+    results = {
+        **{f"val_{k}": v for k, v in state.history[state.best_epoch].items()},
+        "task": run.task,
+        "metric_for_best": run.metric_for_best,
+        **run_figures(run, state),
+    }
     if run.info.is_main:
         mlm.save_for_fine_tuning(run.model, run.tokenizer, os.path.join(run.run_dir, "model"))
         files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     run.wandb.finish()
-    run.log.info("results: " + "  ".join(f"{k} {results[k]:.4f}" for k in ("val_loss", "val_acc", "val_perplexity"))
-                 + f"  ({run.run_dir}/results.json); fine-tune it with --model {os.path.join(run.run_dir, 'model')}")
+    run.log.info(
+        "results: "
+        + "  ".join(f"{k} {results[k]:.4f}" for k in ("val_loss", "val_acc", "val_perplexity"))
+        + f"  ({run.run_dir}/results.json); fine-tune it with --model {os.path.join(run.run_dir, 'model')}"
+    )
     return 0
 
 
 def checkpoint_state(run: Run, state: TrainState) -> dict:
     """What a checkpoint holds. On every rank: it gathers the ranks' RNG states."""
     rng = distributed.all_gather_objects(distributed.get_rng_state(), run.info)
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "progress": dict(asdict(state), log_window=dict(state.log_window,
-                                                            time=time.time() - state.log_window["time"])),
-            "rng": rng, "fingerprint": run.fingerprint}
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "progress": dict(asdict(state), log_window=dict(state.log_window, time=time.time() - state.log_window["time"])),
+        "rng": rng,
+        "fingerprint": run.fingerprint,
+    }
 
 
 def stop_run(run: Run, state: TrainState, snapshot, signum: int) -> int:
     """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
     path = run.checkpointer.stop(state.global_step, snapshot)
     args = run.args
-    rerun = "rerun the same command" + (" without --fresh" if args.fresh else "") + \
-        (" without --resume never" if args.resume == "never" else "")
+    rerun = (
+        "rerun the same command"
+        + (" without --fresh" if args.fresh else "")
+        + (" without --resume never" if args.resume == "never" else "")
+    )
     run.log.info(f"checkpointed at step {state.global_step} — {rerun} to resume" + (f" ({path})" if path else ""))
     run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
     return EXIT_SIGNAL + signum
@@ -671,15 +833,19 @@ def resolve_precision(name: str, device: torch.device, warn) -> str:
         if name == "auto":
             return "bf16" if native_bf16 else "fp16"
         if name == "bf16" and not native_bf16:
-            warn("warning: this GPU has no bf16 tensor cores (needs compute capability 8.0 or newer): "
-                 "bf16 is emulated and slow; --precision fp16 uses its tensor cores with loss scaling")
+            warn(
+                "warning: this GPU has no bf16 tensor cores (needs compute capability 8.0 or newer): "
+                "bf16 is emulated and slow; --precision fp16 uses its tensor cores with loss scaling"
+            )
         return name
     native_bf16 = machine.cpu_has_native_bf16()
     if name == "auto":
         return "bf16" if native_bf16 else "fp32"
     if name == "bf16" and not native_bf16:
-        warn("warning: this CPU has no fast bf16 kernels (needs AVX512 or newer): bf16 matrix "
-             "products take a fallback path many times slower than --precision fp32")
+        warn(
+            "warning: this CPU has no fast bf16 kernels (needs AVX512 or newer): bf16 matrix "
+            "products take a fallback path many times slower than --precision fp32"
+        )
     return name
 
 
@@ -687,8 +853,7 @@ def make_optimizer(model, args):
     decay, no_decay = [], []
     for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)  # biases and norm weights
-    groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=args.lr, fused=True)  # one kernel for all parameters, on CPU too
 
@@ -731,7 +896,7 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     run.model.eval()
     outputs = []
     for start in range(0, len(shard), run.eval_batch_size):
-        batch = collate_split(run, split, shard[start:start + run.eval_batch_size])
+        batch = collate_split(run, split, shard[start : start + run.eval_batch_size])
         with run.autocast:
             logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
         outputs.append(run.task_rules.per_example(logits).cpu().numpy())
@@ -740,7 +905,9 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
             break
     run.model.train(was_training)
     width = run.task_rules.outputs(len(run.label_names))
-    local = np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
+    local = (
+        np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
+    )
     gathered = distributed.all_gather_objects((shard, local, stop.signum if stop else 0), info)
     if any(g[2] for g in gathered):
         raise Interrupted(stop.signum or signal.SIGTERM)
@@ -762,7 +929,7 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
     run.model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=info.device)
     for start in range(0, len(shard), run.eval_batch_size):
-        batch = masked_batch(run, run.val_masker, split, shard[start:start + run.eval_batch_size], 0)
+        batch = masked_batch(run, run.val_masker, split, shard[start : start + run.eval_batch_size], 0)
         with run.autocast:
             output = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
         sums += run.task_rules.per_example(output)
@@ -770,8 +937,9 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
         if stop is not None and stop.poll():
             break
     run.model.train(was_training)
-    figures = torch.cat([sums, torch.tensor([float(stop.signum if stop else 0)], dtype=torch.float64,
-                                            device=info.device)])
+    figures = torch.cat(
+        [sums, torch.tensor([float(stop.signum if stop else 0)], dtype=torch.float64, device=info.device)]
+    )
     if info.is_distributed:
         torch.distributed.all_reduce(figures)
     if figures[3] > 0:
@@ -784,6 +952,7 @@ class StopRequest:
     first one, if the signal came during set-up), checkpoints and exits. Except when the launcher
     died during set-up (possibly minutes of tokenizing): no one is left to rerun from that
     checkpoint's report, so set-up stops at once (Interrupted)."""
+
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __enter__(self):
@@ -830,8 +999,11 @@ def record(run: Run, event: dict) -> None:
         return
     files.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
     run.wandb.log(event)
-    shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items()
-                     if k != "event" and v is not None)
+    shown = " ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in event.items()
+        if k != "event" and v is not None
+    )
     run.log.info(f"{event['event']}: {shown}")
 
 
@@ -844,17 +1016,20 @@ def throughput(counts: dict, seconds: float, peak_flops: float | None, world_siz
     TFLOP/s and, where the device's peak at the run's precision is known, model FLOPs utilisation."""
     seconds = max(seconds, 1e-9)
     flops_per_s = counts[f"{prefix}flops"] / seconds
-    return {"samples_per_s": counts[f"{prefix}samples"] / seconds,
-            "tokens_per_s": counts[f"{prefix}tokens"] / seconds,
-            "padding_share": 1 - counts[f"{prefix}tokens"] / max(counts[f"{prefix}positions"], 1),
-            "tflops_per_s": flops_per_s / 1e12,
-            **({"mfu": flops_per_s / (peak_flops * world_size)} if peak_flops else {})}
+    return {
+        "samples_per_s": counts[f"{prefix}samples"] / seconds,
+        "tokens_per_s": counts[f"{prefix}tokens"] / seconds,
+        "padding_share": 1 - counts[f"{prefix}tokens"] / max(counts[f"{prefix}positions"], 1),
+        "tflops_per_s": flops_per_s / 1e12,
+        **({"mfu": flops_per_s / (peak_flops * world_size)} if peak_flops else {}),
+    }
 
 
 def _progress_bar(info, total: int, done: int):
     if not info.is_main or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
+
     return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
 
 

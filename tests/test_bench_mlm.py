@@ -1,4 +1,5 @@
 """bench.py --task mlm runs both sides end to end on a tiny model (its numbers here mean nothing)."""
+
 import json
 import math
 import os
@@ -12,8 +13,13 @@ pytestmark = pytest.mark.slow  # trains and starts processes
 
 
 def run_bench(*argv) -> tuple[dict, str]:
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), *map(str, argv)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench.py"), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("BENCH_JSON "))[11:]), out.stdout
 
@@ -24,18 +30,38 @@ def packed_blocks(model_folder: str, data_folder: str) -> int:
 
     import data
     import mlm
+
     texts = data.load_texts(data_folder, ["text"], 0.1, 96, 32)["train"].texts
     return len(mlm.encode_packed(texts, AutoTokenizer.from_pretrained(model_folder), 32).ids)
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_mlm_bench_runs_our_loop_and_trainer_with_the_mlm_collator_on_the_same_work(tiny_model_folder, syn_folder,
-                                                                                   tmp_path, pack):
+def test_mlm_bench_runs_our_loop_and_trainer_with_the_mlm_collator_on_the_same_work(
+    tiny_model_folder, syn_folder, tmp_path, pack
+):
     # max_len 32 truncates the longer synthetic texts; --pack cuts the same texts into blocks of 32
-    result, stdout = run_bench("--task", "mlm", "--model", tiny_model_folder, "--data", syn_folder,
-                               "--train_samples", 96, "--eval_samples", 32, "--max_len", 32, "--lr", 1e-3,
-                               "--seed", 3, "--out_dir", tmp_path, "--ours=--no-group_by_length",
-                               *(["--pack"] if pack else []))
+    result, stdout = run_bench(
+        "--task",
+        "mlm",
+        "--model",
+        tiny_model_folder,
+        "--data",
+        syn_folder,
+        "--train_samples",
+        96,
+        "--eval_samples",
+        32,
+        "--max_len",
+        32,
+        "--lr",
+        1e-3,
+        "--seed",
+        3,
+        "--out_dir",
+        tmp_path,
+        "--ours=--no-group_by_length",
+        *(["--pack"] if pack else []),
+    )
     work = result["work"]
     assert work["task"] == "mlm" and work["mlm_prob"] == 0.15 and work["pack"] is pack and work["bare_steps"] == 0
     assert work["n_texts"] == 96 and work["n_train"] == (packed_blocks(tiny_model_folder, syn_folder) if pack else 96)
@@ -66,7 +92,10 @@ def test_mlm_bench_runs_our_loop_and_trainer_with_the_mlm_collator_on_the_same_w
 def test_mlm_bench_flags_are_checked(tiny_model_folder, syn_folder, tmp_path, capsys):
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bench
-    for argv, message in ((["--task", "mlm", "--mlm_prob", "1.5"], "error: --mlm_prob must be in (0, 1) (got 1.5)"),
-                          (["--pack"], "error: --mlm_prob and --pack apply to --task mlm only")):
+
+    for argv, message in (
+        (["--task", "mlm", "--mlm_prob", "1.5"], "error: --mlm_prob must be in (0, 1) (got 1.5)"),
+        (["--pack"], "error: --mlm_prob and --pack apply to --task mlm only"),
+    ):
         code = bench.main(["--model", tiny_model_folder, "--data", syn_folder, "--out_dir", str(tmp_path), *argv])
         assert code == 2 and capsys.readouterr().err.strip() == message and not os.listdir(tmp_path)

@@ -1,20 +1,23 @@
 """The settings module: one declaration per flag, the CLI users of HF and torchrun expect, and
 tools that read tables and grids without loading torch."""
+
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 import config
 import grid
-from conftest import ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["report", "grid", "config", "metrics", "glue",
-                                    "conftest, test_config, test_grid, test_report, test_shell"])
+@pytest.mark.parametrize(
+    "module",
+    ["report", "grid", "config", "metrics", "glue", "conftest, test_config, test_grid, test_report, test_shell"],
+)
 def test_tools_that_read_tables_and_grids_load_no_torch(module):
     """The tools, and the test modules of the fast subset that exercise them (pytest -m 'not slow')."""
     tests = os.path.join(ROOT, "tests")
@@ -33,11 +36,36 @@ def test_each_flag_declares_its_name_label_and_whether_it_is_operational():
 def test_prefixes_are_refused_and_hf_spellings_accepted():
     with pytest.raises(config.UserError, match="unrecognized arguments: --drop"):
         config.parse_args(["--drop", "0.3"], on_error=config.UserError)
-    hf = config.parse_args(["--learning_rate", "3e-5", "--num_train_epochs", "2", "--output_dir", "o",
-                            "--max_seq_length", "256", "--warmup_ratio", "0.1", "--weight_decay", "0.01"])
-    assert (hf.lr, hf.epochs, hf.out_dir, hf.max_len, hf.warmup_ratio, hf.weight_decay) == (3e-5, 2, "o", 256, 0.1, 0.01)
-    assert hf.run_name == config.parse_args(["--lr", "3e-5", "--epochs", "2", "--max_len", "256",
-                                             "--warmup_ratio", "0.1", "--weight_decay", "0.01"]).run_name
+    hf = config.parse_args(
+        [
+            "--learning_rate",
+            "3e-5",
+            "--num_train_epochs",
+            "2",
+            "--output_dir",
+            "o",
+            "--max_seq_length",
+            "256",
+            "--warmup_ratio",
+            "0.1",
+            "--weight_decay",
+            "0.01",
+        ]
+    )
+    assert (hf.lr, hf.epochs, hf.out_dir, hf.max_len, hf.warmup_ratio, hf.weight_decay) == (
+        3e-5,
+        2,
+        "o",
+        256,
+        0.1,
+        0.01,
+    )
+    assert (
+        hf.run_name
+        == config.parse_args(
+            ["--lr", "3e-5", "--epochs", "2", "--max_len", "256", "--warmup_ratio", "0.1", "--weight_decay", "0.01"]
+        ).run_name
+    )
 
 
 @pytest.mark.slow
@@ -54,13 +82,18 @@ def test_tmux_launch_help_prints_help_and_starts_nothing(tmp_path):
     # no tmux on PATH, only what --help needs: help comes first, and nothing can start a session
     for tool in ("dirname", "sed"):
         os.symlink(shutil.which(tool), tmp_path / tool)
-    out = subprocess.run(["/bin/bash", os.path.join(ROOT, "tmux_launch.sh"), "--help"], capture_output=True, text=True,
-                         env={"PATH": str(tmp_path)})
+    out = subprocess.run(
+        ["/bin/bash", os.path.join(ROOT, "tmux_launch.sh"), "--help"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path)},
+    )
     assert out.returncode == 0 and "tmux_launch.sh --status" in out.stdout, out.stderr
 
 
 def test_wandb_counts_a_self_hosted_servers_netrc_entry_as_logged_in(tmp_path, monkeypatch):
     import tracking
+
     netrc = tmp_path / "netrc"
     netrc.write_text("machine wandb.lab.example login user password secret\n")
     netrc.chmod(0o600)

@@ -1,6 +1,7 @@
 """The CUDA / NCCL / fp16 paths in the forms a CPU can run: GradScaler on CPU, checkpoints tagged
 with a GPU, mocked device queries, gloo for the collectives, and the GPU check without the
 packages the lent GPU machine's image lacks."""
+
 import os
 import subprocess
 import sys
@@ -11,24 +12,37 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import ROOT, read_results, run_cli
 
 import checkpoint
-import model as models
-import train
 import distributed
 import machine
-from conftest import ROOT, read_results, run_cli
+import model as models
+import train
 from config import UserError
 
-SMALL = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64,
-         "--epochs", 1, "--wandb", "disabled", "--run_name", "r"]
+SMALL = [
+    "--model",
+    "tiny-bert",
+    "--data",
+    "synthetic",
+    "--max_train_samples",
+    256,
+    "--max_eval_samples",
+    64,
+    "--epochs",
+    1,
+    "--wandb",
+    "disabled",
+    "--run_name",
+    "r",
+]
 
 
 @pytest.mark.slow
 def test_fp16_with_loss_scaling_skips_a_non_finite_step_and_finishes(cache_dir, tmp_path):
     """GradScaler("cpu") through the skip path: update() without recorded inf checks used to raise."""
-    done = run_cli(*SMALL, "--precision", "fp16", "--on_nan", "skip", "--out_dir", tmp_path,
-                   env={"FTKIT_NAN_AT": "3"})
+    done = run_cli(*SMALL, "--precision", "fp16", "--on_nan", "skip", "--out_dir", tmp_path, env={"FTKIT_NAN_AT": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "non-finite loss at step 4: step skipped" in done.stdout + done.stderr
     assert read_results(tmp_path / "r")["global_step"] == 16
@@ -48,8 +62,9 @@ def _quiet_log(warnings: list):
 
 def test_a_checkpoint_written_on_a_gpu_is_read_to_cpu_and_keeps_its_best_weights(tmp_path, gpu_tagged_saves):
     ckpt = tmp_path / "ckpt"
-    checkpoint.save_checkpoint(str(ckpt), 10, {"progress": {"best_file": "best_step10.pt", "global_step": 10},
-                                               "model": {"w": torch.ones(3)}})
+    checkpoint.save_checkpoint(
+        str(ckpt), 10, {"progress": {"best_file": "best_step10.pt", "global_step": 10}, "model": {"w": torch.ones(3)}}
+    )
     for name in ("best_step10.pt", "best_step5.pt"):
         (tmp_path / name).write_bytes(b"weights")
     with pytest.raises(RuntimeError, match="CUDA"):  # as a plain torch.load on this CPU machine fails
@@ -155,8 +170,9 @@ def test_ranks_that_found_different_checkpoints_stop_on_every_rank_before_traini
 
 def test_flash_attention_only_for_16_bit_runs_on_a_gpu_with_flash_attn(monkeypatch):
     real_find_spec = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name: object() if name == "flash_attn" else real_find_spec(name))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else real_find_spec(name)
+    )
     modernbert, cuda = models.FAMILIES["modernbert"], torch.device("cuda", 0)
     assert models.attention_for(modernbert, cuda, "bf16") == "flash_attention_2"
     assert models.attention_for(modernbert, cuda, "fp16") == "flash_attention_2"
@@ -167,6 +183,7 @@ def test_flash_attention_only_for_16_bit_runs_on_a_gpu_with_flash_attn(monkeypat
 
 def test_weights_saved_in_bf16_train_as_fp32_master_weights(tmp_path, tiny_model_folder):
     from transformers import AutoModel, AutoTokenizer
+
     folder = str(tmp_path / "bf16-model")
     AutoModel.from_pretrained(tiny_model_folder).to(torch.bfloat16).save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder)
@@ -206,6 +223,7 @@ def test_mfu_peaks_per_device_name_and_precision():
 def test_bench_mfu_is_against_the_gpu_peak_it_was_given():
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bench
+
     run = {"tflops_per_s": 100.0}
     bench.add_peak_shares(run, {"matmul_peak_flops": 400e12, "gpu_peak_flops": 1000e12})
     assert run["useful_peak_share"] == 0.25 and run["mfu"] == 0.1
@@ -213,6 +231,7 @@ def test_bench_mfu_is_against_the_gpu_peak_it_was_given():
 
 def test_sliding_window_layers_count_only_the_pairs_their_mask_keeps(tmp_path):
     from transformers.masking_utils import sliding_window_bidirectional_overlay
+
     entry = models.resolve_model("tiny-modernbert")
     tokenizer = models.load_tokenizer(entry, ["good film", "bad plot"] * 20, str(tmp_path))
     model = models.build_model(entry, tokenizer, 2, "cls", 0.1, None)
@@ -246,28 +265,54 @@ def hide_datasets(tmp_path) -> str:
 
 @pytest.mark.slow
 def test_without_datasets_local_files_load_the_same_and_the_hub_is_one_clear_error(tmp_path, syn_folder):
-    code = ("import json, sys; sys.path.insert(0, %r); import data\n"
-            "splits, names = data.load_splits(%r, ['text'], 'label', 0.1, 300, 100)\n"
-            "print(json.dumps({k: [s.texts, s.labels.tolist()] for k, s in splits.items()}))\n"
-            "try:\n    data.load_splits('imdb', ['text'], 'label', 0.1, None, None)\n"
-            "except data.UserError as e:\n    print(e)\n") % (ROOT, syn_folder)
-    runs = {name: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 env=dict(os.environ, **env)).stdout.splitlines()
-            for name, env in (("with", {}), ("without", {"PYTHONPATH": hide_datasets(tmp_path)}))}
+    code = (
+        f"import json, sys; sys.path.insert(0, {ROOT!r}); import data\n"
+        f"splits, names = data.load_splits({syn_folder!r}, ['text'], 'label', 0.1, 300, 100)\n"
+        "print(json.dumps({k: [s.texts, s.labels.tolist()] for k, s in splits.items()}))\n"
+        "try:\n    data.load_splits('imdb', ['text'], 'label', 0.1, None, None)\n"
+        "except data.UserError as e:\n    print(e)\n"
+    )
+    runs = {
+        name: subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ, **env)
+        ).stdout.splitlines()
+        for name, env in (("with", {}), ("without", {"PYTHONPATH": hide_datasets(tmp_path)}))
+    }
     assert runs["without"][0] == runs["with"][0]  # same texts, labels, splits and subsets
-    assert runs["without"][1] == "--data imdb: loading from the hub needs the datasets package " \
-                                 "(pip install -r requirements.txt), or pass a local folder"
+    assert (
+        runs["without"][1] == "--data imdb: loading from the hub needs the datasets package "
+        "(pip install -r requirements.txt), or pass a local folder"
+    )
 
 
 @pytest.mark.slow
 def test_the_gpu_check_starts_and_runs_its_cpu_parts_without_datasets(tmp_path):
     """The lent GPU machine's image has no `datasets`: hidden here the way Python hides a module."""
     hide = hide_datasets(tmp_path)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--shapes", "tiny",
-                           "--lengths", "32", "--steps", "4", "--test_timeout", "0", "--skip_compile",
-                           "--imdb", str(tmp_path / "none"), "--out_dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=400, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=hide, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "gpu_check.py"),
+            "--shapes",
+            "tiny",
+            "--lengths",
+            "32",
+            "--steps",
+            "4",
+            "--test_timeout",
+            "0",
+            "--skip_compile",
+            "--imdb",
+            str(tmp_path / "none"),
+            "--out_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=hide, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'datasets': False" in done.stdout
     for name in ("bert-tiny", "modernbert-tiny"):

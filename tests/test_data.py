@@ -138,10 +138,13 @@ def test_synthetic_task_is_balanced_and_has_cues():
         assert own > other
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([0.5, 1.5] * 5, "must be integers or strings"),
-    ([1] * 10, "single class"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([0.5, 1.5] * 5, "must be integers or strings"),
+        ([1] * 10, "single class"),
+    ],
+)
 def test_bad_labels(tmp_path, labels, message):
     write(tmp_path, "train", {"text": ["a"] * 10, "label": labels})
     with pytest.raises(UserError, match=message):

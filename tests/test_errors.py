@@ -1,11 +1,11 @@
 """Every mistake a user can make ends in one clear line on stderr and a non-zero exit."""
+
 import json
 import os
 import time
 
 import pandas as pd
 import pytest
-
 from conftest import run_cli, run_inprocess
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes
@@ -24,18 +24,28 @@ CASES = {
     "unknown model": (lambda p: ["--model", "nosuchmodel"], "cannot load model 'nosuchmodel'"),
     "unknown pool": (lambda p: ["--pool", "max"], "invalid choice: 'max'"),
     "missing data": (lambda p: ["--data", str(p / "nope")], "no such file or folder"),
-    "text column": (lambda p: ["--data", folder(p, {"review": ["a", "b"] * 5, "label": [0, 1] * 5})],
-                    "column(s) text not found in the data; columns are: review, label"),
-    "label column": (lambda p: ["--data", folder(p, GOOD), "--label_col", "sentiment"],
-                     "column(s) sentiment not found in the data; columns are: text, label"),
-    "max_len": (lambda p: ["--data", folder(p, GOOD), "--max_len", "1024"],
-                "--max_len 1024 exceeds the model's limit of 512"),
-    "batch": (lambda p: ["--data", folder(p, GOOD), "--grad_accum", "3"],
-              "--batch_size 16 is not divisible by world size 1 x grad_accum 3"),
+    "text column": (
+        lambda p: ["--data", folder(p, {"review": ["a", "b"] * 5, "label": [0, 1] * 5})],
+        "column(s) text not found in the data; columns are: review, label",
+    ),
+    "label column": (
+        lambda p: ["--data", folder(p, GOOD), "--label_col", "sentiment"],
+        "column(s) sentiment not found in the data; columns are: text, label",
+    ),
+    "max_len": (
+        lambda p: ["--data", folder(p, GOOD), "--max_len", "1024"],
+        "--max_len 1024 exceeds the model's limit of 512",
+    ),
+    "batch": (
+        lambda p: ["--data", folder(p, GOOD), "--grad_accum", "3"],
+        "--batch_size 16 is not divisible by world size 1 x grad_accum 3",
+    ),
     "empty split": (lambda p: ["--data", folder(p, GOOD, {"text": [], "label": []})], "the file has no data rows"),
     "single class": (lambda p: ["--data", folder(p, {"text": ["a"] * 10, "label": [1] * 10})], "single class"),
-    "float labels": (lambda p: ["--data", folder(p, {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})],
-                     "labels must be integers or strings"),
+    "float labels": (
+        lambda p: ["--data", folder(p, {"text": ["a"] * 10, "label": [0.5, 1.5] * 5})],
+        "labels must be integers or strings",
+    ),
     # ranges: each of these once gave a traceback or a silently wrong run
     "lr nan": (lambda p: ["--lr", "nan"], "--lr must be a positive number (got nan)"),
     "lr negative": (lambda p: ["--lr=-1e-3"], "--lr must be a positive number"),
@@ -44,33 +54,53 @@ CASES = {
     "dist timeout": (lambda p: ["--dist_timeout", "0"], "--dist_timeout must be a positive number of minutes"),
     "no train samples": (lambda p: ["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
     "no eval samples": (lambda p: ["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
-    "no eval samples, smoke": (lambda p: ["--max_eval_samples", "0", "--smoke"], "--max_eval_samples must be at least 1"),
+    "no eval samples, smoke": (
+        lambda p: ["--max_eval_samples", "0", "--smoke"],
+        "--max_eval_samples must be at least 1",
+    ),
     "clip": (lambda p: ["--clip", "-1"], "--clip must be a number >= 0"),
     "weight decay": (lambda p: ["--weight_decay", "-1"], "--weight_decay must be a number >= 0"),
     "keep checkpoints": (lambda p: ["--keep_checkpoints", "0"], "--keep_checkpoints must be at least 1"),
     "label as text": (lambda p: ["--text_col", "label", "--label_col", "label"], "is also a --text_col"),
     "max_len 1": (lambda p: ["--data", folder(p, GOOD), "--max_len", "1"], "leaves no room for text"),
-    "max_len 2 tail": (lambda p: ["--data", folder(p, GOOD), "--max_len", "2", "--truncation", "tail"],
-                       "--max_len 2 leaves no room for text after the model's 2 special tokens"),
+    "max_len 2 tail": (
+        lambda p: ["--data", folder(p, GOOD), "--max_len", "2", "--truncation", "tail"],
+        "--max_len 2 leaves no room for text after the model's 2 special tokens",
+    ),
     "config {}": (lambda p: ["--model", model_folder(p, {})], "cannot load model"),
     "unknown model_type": (lambda p: ["--model", model_folder(p, {"model_type": "nosuch"})], "cannot load model"),
-    "no weights": (lambda p: ["--data", folder(p, GOOD), "--model", model_folder(p, "tiny")], "cannot load the weights"),
-    "out_dir under a file": (lambda p: ["--data", folder(p, GOOD), "--out_dir", str(p / "train.csv" / "x")],
-                             "cannot write the run folder"),
+    "no weights": (
+        lambda p: ["--data", folder(p, GOOD), "--model", model_folder(p, "tiny")],
+        "cannot load the weights",
+    ),
+    "out_dir under a file": (
+        lambda p: ["--data", folder(p, GOOD), "--out_dir", str(p / "train.csv" / "x")],
+        "cannot write the run folder",
+    ),
     "empty csv": (lambda p: ["--data", raw_file(p, "train.csv", b"")], "train.csv (train split): the file is empty"),
     "binary csv": (lambda p: ["--data", raw_file(p, "train.csv", bytes(range(256)) * 4)], "not UTF-8 text"),
-    "bad jsonl line": (lambda p: ["--data", raw_file(p, "train.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')],
-                       "train.jsonl (train split): line 2 is not valid JSON"),
-    "cache_dir is a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv"],
-                            "train.csv: cannot write there (Not a directory)"),
-    "cache_dir under a file": (lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv" / "cache"],
-                               "cache: cannot write there (Not a directory)"),
+    "bad jsonl line": (
+        lambda p: ["--data", raw_file(p, "train.jsonl", b'{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')],
+        "train.jsonl (train split): line 2 is not valid JSON",
+    ),
+    "cache_dir is a file": (
+        lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv"],
+        "train.csv: cannot write there (Not a directory)",
+    ),
+    "cache_dir under a file": (
+        lambda p: ["--data", folder(p, GOOD), "--cache_dir", p / "train.csv" / "cache"],
+        "cache: cannot write there (Not a directory)",
+    ),
     "dangling symlink": (lambda p: ["--data", dangling_train_link(p)], "is a broken symbolic link"),
-    "corrupt run config": (lambda p: ["--data", folder(p, GOOD), "--run_name", "r",
-                                      *run_config(p / "runs", "r", '{"model": "tiny-b')], "config.json is not valid JSON"),
+    "corrupt run config": (
+        lambda p: ["--data", folder(p, GOOD), "--run_name", "r", *run_config(p / "runs", "r", '{"model": "tiny-b')],
+        "config.json is not valid JSON",
+    ),
     "two train files": (lambda p: ["--data", two_train_files(p)], "train.csv and train.jsonl"),
-    "empty label cell": (lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
-                         "label column 'label' of the train split: data row 11 is empty"),
+    "empty label cell": (
+        lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
+        "label column 'label' of the train split: data row 11 is empty",
+    ),
 }
 
 
@@ -98,6 +128,7 @@ def model_folder(tmp_path, config):
     if config == "tiny":
         import data
         import model as models
+
         models.write_model_folder(str(path), "BertConfig", models._TINY, data.make_synthetic()["train"]["text"][:200])
         for weights in path.glob("*.safetensors"):
             weights.unlink()
@@ -114,8 +145,9 @@ def raw_file(tmp_path, name, content: bytes):
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_line(case, tmp_path, capsys, cache_dir):
     make_args, message = CASES[case]
-    code = run_inprocess("--model", "tiny-bert", "--wandb", "disabled", "--out_dir", tmp_path / "runs",
-                         *make_args(tmp_path))
+    code = run_inprocess(
+        "--model", "tiny-bert", "--wandb", "disabled", "--out_dir", tmp_path / "runs", *make_args(tmp_path)
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert code != 0
@@ -125,20 +157,30 @@ def test_bad_input_gives_one_line(case, tmp_path, capsys, cache_dir):
 
 
 def test_cli_error_has_no_traceback_and_keeps_written_runs(tmp_path):
-    out = run_cli("--model", "tiny-bert", "--data", tmp_path / "missing", "--wandb", "disabled",
-                  "--out_dir", tmp_path)
+    out = run_cli("--model", "tiny-bert", "--data", tmp_path / "missing", "--wandb", "disabled", "--out_dir", tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: no such file or folder"]
 
 
 def test_an_unavailable_hub_model_and_missing_data_are_both_reported_fast(tmp_path):
     started = time.time()
-    out = run_cli("--model", "bert", "--data", tmp_path / "missing", "--wandb", "disabled", "--out_dir", tmp_path,
-                  env={"HF_HUB_OFFLINE": "1"})
+    out = run_cli(
+        "--model",
+        "bert",
+        "--data",
+        tmp_path / "missing",
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        tmp_path,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 2 and time.time() - started < 30
     model_line, data_line = out.stderr.strip().splitlines()
-    assert model_line.startswith("error: cannot load model 'bert-base-uncased': not in the local cache and "
-                                 "HF_HUB_OFFLINE=1 is set; pass a local model folder")
+    assert model_line.startswith(
+        "error: cannot load model 'bert-base-uncased': not in the local cache and "
+        "HF_HUB_OFFLINE=1 is set; pass a local model folder"
+    )
     assert "bash run_grid.sh grids/demo.grid" in model_line
     assert data_line == f"error: --data {tmp_path / 'missing'}: no such file or folder"
     assert not os.listdir(tmp_path)
@@ -146,7 +188,9 @@ def test_an_unavailable_hub_model_and_missing_data_are_both_reported_fast(tmp_pa
 
 def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, capsys, tmp_path):
     from huggingface_hub import constants
+
     import data
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -154,8 +198,12 @@ def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, cap
     data.hub_unavailable.cache_clear()
     started = time.time()
     try:
-        assert run_inprocess("--model", "bert", "--data", "nosuch_org/nosuch_dataset", "--wandb", "disabled",
-                             "--out_dir", tmp_path) == 2
+        assert (
+            run_inprocess(
+                "--model", "bert", "--data", "nosuch_org/nosuch_dataset", "--wandb", "disabled", "--out_dir", tmp_path
+            )
+            == 2
+        )
     finally:
         data.hub_unavailable.cache_clear()
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,5 @@
 """run_grid.sh and tmux_launch.sh, driven from pytest (CPU, offline)."""
+
 import os
 import re
 import shutil
@@ -7,10 +8,10 @@ import subprocess
 import time
 
 import pytest
+from conftest import ROOT
 
 import config
 import grid
-from conftest import ROOT
 
 SMALL = "--model tiny-bert --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
 
@@ -22,16 +23,27 @@ def write_grid(path, *lines):
 
 def run_grid(*args, timeout=600):
     env = dict(os.environ, WANDB_MODE="disabled", GRID_PORT_BASE=str(20000 + os.getpid() % 20000))
-    return subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def test_brace_expansion_multiplies_and_keeps_quotes():
     assert grid.expand_line("--pool {cls,mean} --dropout {0.1,0.3}  # four") == [
-        ["--pool", "cls", "--dropout", "0.1"], ["--pool", "cls", "--dropout", "0.3"],
-        ["--pool", "mean", "--dropout", "0.1"], ["--pool", "mean", "--dropout", "0.3"]]
+        ["--pool", "cls", "--dropout", "0.1"],
+        ["--pool", "cls", "--dropout", "0.3"],
+        ["--pool", "mean", "--dropout", "0.1"],
+        ["--pool", "mean", "--dropout", "0.3"],
+    ]
     assert grid.expand_line("--text_col 'a b' --run_name x{1,2}y") == [
-        ["--text_col", "a b", "--run_name", "x1y"], ["--text_col", "a b", "--run_name", "x2y"]]
+        ["--text_col", "a b", "--run_name", "x1y"],
+        ["--text_col", "a b", "--run_name", "x2y"],
+    ]
     assert grid.expand_line("   # only a comment") == []
     assert grid.expand_line("--data $(rm -rf ~)") == [["--data", "$(rm", "-rf", "~)"]]  # never evaluated
 
@@ -57,7 +69,9 @@ def test_dry_run_prints_only_the_commands(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2 and all("--nproc_per_node=2 train.py --model tiny-bert" in line for line in lines)
     assert "--pool cls" in lines[0] and "--pool mean" in lines[1]
-    queued = run_grid(g, "--dry-run", "--gpus", "0,1,2,3", "--nproc", 2, "--out_dir", tmp_path / "runs", "--", "--epochs", 2)
+    queued = run_grid(
+        g, "--dry-run", "--gpus", "0,1,2,3", "--nproc", 2, "--out_dir", tmp_path / "runs", "--", "--epochs", 2
+    )
     assert "--rdzv-endpoint=localhost:" in queued.stdout and queued.stdout.count("--epochs 2") == 2
     assert not (tmp_path / "runs").exists()
 
@@ -100,8 +114,12 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stdout.index("smoke phase") < first.stdout.index("real runs")
     runs = sorted(p.parent.name for p in (out_dir / "demo").glob("*/results.json"))
-    assert runs == ["tiny-bert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42",
-                    "tiny-modernbert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-modernbert-mean-ep2-ntr200-nev100-synthetic-s42"]
+    assert runs == [
+        "tiny-bert-cls-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-modernbert-cls-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-modernbert-mean-ep2-ntr200-nev100-synthetic-s42",
+    ]
     assert "| tiny-bert | cls |" in first.stdout and (out_dir / "demo" / "results.md").exists()
     assert "4 done, 0 skipped, 0 failed" in first.stdout
 
@@ -116,23 +134,52 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     shutil.rmtree(victim / "ckpt")
     for p in victim.glob("best_step*.pt"):
         p.unlink()
-    subprocess.run(["python", "train.py", "--model", "tiny-bert", "--pool", "mean", "--data", "synthetic",
-                    "--epochs", "2", *map(str, shrink[1:]), "--out_dir", out_dir / "demo", "--wandb", "disabled",
-                    "--save_every", "5"], cwd=ROOT, env=dict(os.environ, FTKIT_KILL_AT="step:18"), capture_output=True)
+    subprocess.run(
+        [
+            "python",
+            "train.py",
+            "--model",
+            "tiny-bert",
+            "--pool",
+            "mean",
+            "--data",
+            "synthetic",
+            "--epochs",
+            "2",
+            *map(str, shrink[1:]),
+            "--out_dir",
+            out_dir / "demo",
+            "--wandb",
+            "disabled",
+            "--save_every",
+            "5",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, FTKIT_KILL_AT="step:18"),
+        capture_output=True,
+    )
     resumed = run_grid("grids/demo.grid", "--out_dir", out_dir, *shrink)
     assert resumed.returncode == 0 and "1 done, 3 skipped, 0 failed" in resumed.stdout
     # its smoke run passed with these settings and this code: not run again
     assert "smoke skipped: tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42 (passed before)" in resumed.stdout
     assert "smoke ok" not in resumed.stdout
-    assert "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
+    assert (
+        "resumed from" in (out_dir / "demo" / "logs" / "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42.log").read_text()
+    )
 
 
 @pytest.mark.slow
 def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, cache_dir):
     g = write_grid(tmp_path / "f.grid", f"{SMALL} --seed {{1,2}}")
     env_nan = dict(os.environ, FTKIT_NAN_AT="0")  # every run diverges at its first step
-    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", str(tmp_path / "runs")],
-                         capture_output=True, text=True, cwd=ROOT, env=env_nan, timeout=300)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_nan,
+        timeout=300,
+    )
     assert out.returncode == 1
     assert out.stdout.count("[start]") == 2 and "0 done, 0 skipped, 2 failed" in out.stdout
     assert "exit 3, log" in out.stdout and "error: loss is not finite at step 1" in out.stdout
@@ -169,8 +216,12 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
     name = f"t{os.getpid()}"
     quick = write_grid(tmp_path / f"{name}.grid", f"{SMALL} --seed {{1,2}}")
     try:
-        out = subprocess.run(["bash", launch, quick, "--no-smoke", "--out_dir", tmp_path / "runs"],
-                             capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run(
+            ["bash", launch, quick, "--no-smoke", "--out_dir", tmp_path / "runs"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert out.returncode == 0 and f"grid-{name}" in out.stdout
         # the launching shell is gone; the session (no client attached) keeps running the grid
         assert tmux("has-session", "-t", f"grid-{name}").returncode == 0
@@ -186,8 +237,11 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
 
         slow = write_grid(tmp_path / f"{name}s.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled")
         # flags after -- reach every run, as with run_grid.sh
-        subprocess.run(["bash", launch, slow, "--no-smoke", "--out_dir", tmp_path / "runs", "--", "--log_every", "7"],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            ["bash", launch, slow, "--no-smoke", "--out_dir", tmp_path / "runs", "--", "--log_every", "7"],
+            check=True,
+            cwd=ROOT,
+        )
         run_dir = tmp_path / "runs" / f"{name}s" / "tiny-bert-cls-ep20-synthetic-s42"
         deadline = time.time() + 120
         while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
@@ -195,7 +249,9 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
             time.sleep(0.5)
         stop = subprocess.run(["bash", launch, "--stop", slow], capture_output=True, text=True, cwd=ROOT)
         assert stop.returncode == 0, stop.stderr
-        assert f"resume with: bash tmux_launch.sh {slow} --no-smoke" in stop.stdout and "-- --log_every 7" in stop.stdout
+        assert (
+            f"resume with: bash tmux_launch.sh {slow} --no-smoke" in stop.stdout and "-- --log_every 7" in stop.stdout
+        )
         assert '"log_every": 7' in (run_dir / "config.json").read_text()
         assert "rerun the same command to resume" in (run_dir / "train.log").read_text()
         assert list((run_dir / "ckpt").glob("step_*.pt")) and not (run_dir / "results.json").exists()
@@ -206,12 +262,19 @@ def test_tmux_launch_runs_detached_reports_status_and_stops(tmp_path, cache_dir)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [["--gpus", "--dry-run"], ["--out_dir", "--dry-run"], ["--nproc", "--no-smoke"],
-                                     ["--gpus"], ["--gpus", "a,b"]])
+@pytest.mark.parametrize(
+    "options",
+    [["--gpus", "--dry-run"], ["--out_dir", "--dry-run"], ["--nproc", "--no-smoke"], ["--gpus"], ["--gpus", "a,b"]],
+)
 def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options, tmp_path):
     g = write_grid(tmp_path / "g.grid", f"{SMALL} --data {tmp_path / 'missing'}")  # a smoke run would fail fast
-    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, *options], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, *options],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: {options[0]} ")
     assert out.stdout == "" and sorted(os.listdir(tmp_path)) == ["g.grid"]
@@ -222,23 +285,34 @@ def test_an_option_missing_its_value_is_one_error_line_and_nothing_runs(options,
 def test_a_grid_whose_name_is_not_a_plain_folder_name_writes_nothing_outside_out_dir(file_name, tmp_path):
     g = write_grid(tmp_path / file_name, f"{SMALL} --data {tmp_path / 'missing'}")
     out_dir = tmp_path / "a" / "runs"
-    for command in (["run_grid.sh", g, "--out_dir", out_dir], ["run_grid.sh", g, "--slurm", "--dry-run", "--out_dir", out_dir],
-                    ["tmux_launch.sh", g, "--out_dir", out_dir]):
-        out = subprocess.run(["bash", os.path.join(ROOT, command[0]), *map(str, command[1:])], capture_output=True,
-                             text=True, cwd=ROOT, timeout=300)
+    for command in (
+        ["run_grid.sh", g, "--out_dir", out_dir],
+        ["run_grid.sh", g, "--slurm", "--dry-run", "--out_dir", out_dir],
+        ["tmux_launch.sh", g, "--out_dir", out_dir],
+    ):
+        out = subprocess.run(
+            ["bash", os.path.join(ROOT, command[0]), *map(str, command[1:])],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert out.returncode == 2, (command, out.stdout + out.stderr)
         assert out.stderr.count("\n") == 1 and "must be a plain folder name" in out.stderr, out.stderr
         assert sorted(os.listdir(tmp_path)) == [file_name], command
 
 
 @pytest.mark.slow
-def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not_skipped(tmp_path, syn_folder, cache_dir):
+def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not_skipped(
+    tmp_path, syn_folder, cache_dir
+):
     for parent in ("a", "b"):  # two data folders with the same base name: the run name stays the same
         shutil.copytree(syn_folder, tmp_path / parent / "syn")
     quick = "--model tiny-bert --max_train_samples 32 --max_eval_samples 16 --epochs 1 --wandb disabled"
     out_dir = tmp_path / "runs"
     # a run trained outside the grid, into the grid's folder; --lr left to the model's default
     from conftest import run_inprocess
+
     assert run_inprocess(*quick.split(), "--data", tmp_path / "a" / "syn", "--out_dir", out_dir / "g") == 0
     same = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'a' / 'syn'}")
     again = run_grid(same, "--no-smoke", "--out_dir", out_dir)
@@ -255,10 +329,17 @@ def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not
 
 def start_slow_grid(tmp_path, name, env=None):
     """run_grid.sh on a one-run grid that trains for minutes, once its run has logged a train line."""
-    g = write_grid(tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5")
-    grid_run = subprocess.Popen(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                env=dict(os.environ, WANDB_MODE="disabled", **(env or {})))
+    g = write_grid(
+        tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5"
+    )
+    grid_run = subprocess.Popen(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
+    )
     run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep20-synthetic-s42"
     deadline = time.time() + 120
     while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
@@ -282,7 +363,9 @@ def test_a_second_launch_is_refused_untouched_and_ctrl_c_reports_the_run_stopped
         grid_run.send_signal(signal.SIGINT)  # Ctrl-C
         stdout, _ = grid_run.communicate(timeout=120)
     assert grid_run.returncode == 130, stdout
-    assert re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step \d+ \(log {console_log}\)$", stdout, re.M), stdout
+    assert re.search(rf"^\[stopped\] {run_dir.name} checkpointed at step \d+ \(log {console_log}\)$", stdout, re.M), (
+        stdout
+    )
     assert "0 done, 0 skipped, 0 failed, 1 stopped" in stdout and "[failed]" not in stdout
 
 
@@ -323,9 +406,11 @@ def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_en
 def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_path):
     g = write_grid(tmp_path / "w.grid", f"{SMALL} --seed {{1,2}}")
     folder = tmp_path / "runs" / "w"
-    starts = [folder / "a" / "wandb" / "offline-run-20260101_100000-id1",
-              folder / "a" / "wandb" / "offline-run-20260101_110000-id1",  # the resumed start of run a
-              folder / "b" / "wandb" / "offline-run-20260101_100500-id2"]
+    starts = [
+        folder / "a" / "wandb" / "offline-run-20260101_100000-id1",
+        folder / "a" / "wandb" / "offline-run-20260101_110000-id1",  # the resumed start of run a
+        folder / "b" / "wandb" / "offline-run-20260101_100500-id2",
+    ]
     for path in [*starts, folder / "c" / "wandb" / "run-20260101_100000-id3"]:  # c was logged online
         path.mkdir(parents=True)
     bin_dir, calls = tmp_path / "bin", tmp_path / "wandb_calls"
@@ -333,10 +418,22 @@ def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_p
     (bin_dir / "wandb").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {calls}\n')
     (bin_dir / "wandb").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    out = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "runs"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "runs"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert calls.read_text().splitlines() == ["sync", "--yes", *map(str, starts)]
-    nothing = subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "empty"],
-                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    nothing = subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--sync", "--out_dir", tmp_path / "empty"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
     assert nothing.returncode == 2 and nothing.stderr.startswith("error: no offline W&B runs")

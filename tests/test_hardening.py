@@ -1,5 +1,6 @@
 """No data loss, no silently wrong result: each test reproduces one way a run could lose what was
 written or finish with a wrong number and exit 0."""
+
 import json
 import multiprocessing
 import os
@@ -10,15 +11,31 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
 import checkpoint
 import config
 import data
-from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
 # 128 train examples, batch 16: 8 steps per epoch; dropout on (tiny-bert's encoder has 0.1 too)
-BASE = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 128, "--max_eval_samples", 64,
-        "--epochs", 2, "--dropout", 0.1, "--wandb", "disabled", "--run_name", "r"]
+BASE = [
+    "--model",
+    "tiny-bert",
+    "--data",
+    "synthetic",
+    "--max_train_samples",
+    128,
+    "--max_eval_samples",
+    64,
+    "--epochs",
+    2,
+    "--dropout",
+    0.1,
+    "--wandb",
+    "disabled",
+    "--run_name",
+    "r",
+]
 
 
 def same_numbers(a, b, tol=1e-6):
@@ -38,6 +55,7 @@ def reference(cache_dir, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- 1. run names
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [".", "..", "../escape", "/abs", "", "a/b", " x"])
@@ -63,10 +81,13 @@ def test_fresh_refuses_a_folder_without_this_toolkits_config(tmp_path, cache_dir
 
 # ----------------------------------------------------------------------------- 2. tokenizer
 
+
 @pytest.mark.slow
 def test_tiny_tokenizer_training_is_deterministic_across_processes(tmp_path):
-    code = ("import sys; sys.path.insert(0, {root!r}); import data, model; "
-            "model._train_wordpiece(data.make_synthetic()['train']['text'], sys.argv[1])").format(root=ROOT)
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); import data, model; "
+        "model._train_wordpiece(data.make_synthetic()['train']['text'], sys.argv[1])"
+    )
     for name in ("a.json", "b.json", "c.json"):  # each process has its own hash seed
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
     texts = [(tmp_path / n).read_text() for n in ("a.json", "b.json", "c.json")]
@@ -97,10 +118,17 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, capsys):
 # Each operational setting (left out of the fingerprint) with a non-default value: with dropout on,
 # the numbers must not change.
 OPERATIONAL_VARIANTS = {
-    "log_every": ["--log_every", 3], "save_every": ["--save_every", 3], "keep_checkpoints": ["--keep_checkpoints", 1],
-    "eval_batch_size": ["--eval_batch_size", 7], "on_nan": ["--on_nan", "skip"], "resume": ["--resume", "never"],
-    "fresh": ["--fresh"], "cache_dir": ["--cache_dir", "{tmp}/other-cache"], "wandb_group": ["--wandb_group", "g"],
-    "wandb_project": ["--wandb_project", "p"], "dist_timeout": ["--dist_timeout", 5],
+    "log_every": ["--log_every", 3],
+    "save_every": ["--save_every", 3],
+    "keep_checkpoints": ["--keep_checkpoints", 1],
+    "eval_batch_size": ["--eval_batch_size", 7],
+    "on_nan": ["--on_nan", "skip"],
+    "resume": ["--resume", "never"],
+    "fresh": ["--fresh"],
+    "cache_dir": ["--cache_dir", "{tmp}/other-cache"],
+    "wandb_group": ["--wandb_group", "g"],
+    "wandb_project": ["--wandb_project", "p"],
+    "dist_timeout": ["--dist_timeout", 5],
 }
 
 
@@ -166,6 +194,7 @@ def test_a_resume_after_a_data_file_changed_is_refused(split, tmp_path, cache_di
 
 # ----------------------------------------------------------------------------- 5, 6. silently wrong data
 
+
 def write_folder(folder, train_rows, test_rows=None, kind="csv"):
     folder.mkdir(exist_ok=True)
     for split, rows in (("train", train_rows), ("test", test_rows)):
@@ -211,6 +240,7 @@ def test_labels_differing_only_by_spaces_are_named_in_a_warning(tmp_path, cache_
 
 # ----------------------------------------------------------------------------- 7. metrics.jsonl
 
+
 @pytest.mark.slow
 def test_a_half_written_last_metrics_line_is_dropped_with_a_warning(reference, tmp_path):
     args = [*BASE, "--log_every", 1, "--out_dir", tmp_path, "--save_every", 3]
@@ -224,6 +254,7 @@ def test_a_half_written_last_metrics_line_is_dropped_with_a_warning(reference, t
 
 
 # ----------------------------------------------------------------------------- 8. lock
+
 
 def _contend(path, barrier, results):
     lock = checkpoint.RunLock(path, lambda message: None)
@@ -252,6 +283,7 @@ def test_two_processes_never_both_take_a_stale_lock(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 9, 10. torchrun
+
 
 def _children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -282,15 +314,21 @@ LONG = [*BASE, "--max_train_samples", 1024, "--epochs", 3, "--save_every", 4]
 @pytest.mark.slow
 def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cache_dir):
     run_dir = tmp_path / "r"
-    launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        train_command([*LONG, "--out_dir", tmp_path], nproc=2),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert _wait_for(lambda: checkpoint.list_checkpoints(str(run_dir / "ckpt")))
     workers = _workers(launcher.pid)
     assert len(workers) == 2
     launcher.kill()  # kill -9: torchrun cannot forward anything
     launcher.wait()
-    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=60), \
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=60), (
         "orphaned workers still running"
+    )
     output = launcher.stdout.read()
     assert "launcher" in output and "is gone" in output and "checkpointed at step" in output
     rerun = run_cli(*LONG, "--out_dir", tmp_path, "--max_train_samples", 1024, nproc=2)
@@ -302,22 +340,33 @@ def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cach
 def test_killing_torchrun_during_set_up_stops_its_workers_within_seconds(tmp_path, cache_dir):
     """Killed before any step (the workers still importing or meeting at the rendezvous): the
     workers must not wait out the process group's timeout."""
-    launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        train_command([*LONG, "--out_dir", tmp_path], nproc=2),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert _wait_for(lambda: len(_workers(launcher.pid)) == 2)
     workers = _workers(launcher.pid)
     launcher.kill()
     launcher.wait()
-    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=20), \
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=20), (
         "orphaned workers still running"
+    )
     assert not checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))  # it was stopped before training
 
 
 @pytest.mark.slow
 def test_sigterm_to_one_worker_stops_both_ranks_cleanly(tmp_path, cache_dir):
     run_dir = tmp_path / "r"
-    launcher = subprocess.Popen(train_command([*LONG, "--out_dir", tmp_path], nproc=2), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        train_command([*LONG, "--out_dir", tmp_path], nproc=2),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert _wait_for(lambda: checkpoint.list_checkpoints(str(run_dir / "ckpt")))
     rank1 = next(w for w in _workers(launcher.pid) if b"RANK=1" in open(f"/proc/{w}/environ", "rb").read().split(b"\0"))
     os.kill(rank1, signal.SIGTERM)
@@ -328,6 +377,7 @@ def test_sigterm_to_one_worker_stops_both_ranks_cleanly(tmp_path, cache_dir):
 
 
 # ----------------------------------------------------------------------------- 11, 12. errors
+
 
 @pytest.mark.slow
 def test_a_truncated_best_weights_file_falls_back_to_the_checkpoint(tmp_path, cache_dir, capsys):
@@ -345,10 +395,11 @@ def test_a_truncated_best_weights_file_falls_back_to_the_checkpoint(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_what_was_written(tmp_path, cache_dir, capsys,
-                                                                             monkeypatch):
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_what_was_written(tmp_path, cache_dir, capsys, monkeypatch):
     import errno
+
     import torch
+
     args = [*BASE, "--out_dir", tmp_path, "--save_every", 3]
     real_save, saves = torch.save, []
 
@@ -372,11 +423,12 @@ def test_user_errors_under_torchrun_show_the_error_line_as_the_root_cause(tmp_pa
     out = run_cli(*BASE, "--out_dir", tmp_path, "--max_len", 2000, nproc=2)
     assert out.returncode != 0
     assert "error: --max_len 2000 exceeds the model's limit of 512 positions" in out.stderr
-    summary = out.stderr[out.stderr.index("Root Cause"):]
+    summary = out.stderr[out.stderr.index("Root Cause") :]
     assert "error: --max_len 2000" in summary and "Traceback" not in summary
 
 
 # ----------------------------------------------------------------------------- 14, 16, 17, 18
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point,step", [("eval:1:TERM", 8), ("eval:3:TERM", 16)], ids=["validation", "test"])
@@ -403,8 +455,9 @@ def test_the_resume_hint_after_fresh_or_resume_never_says_how_to_resume(tmp_path
     named = line.rsplit("(", 1)[1].rstrip(")")
     assert os.path.exists(named) and named.endswith("step_00000002.pt")
     # the earlier run's later checkpoints are gone: a plain rerun continues this run, not that one
-    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))] == \
-        ["step_00000002.pt"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))] == [
+        "step_00000002.pt"
+    ]
 
 
 @pytest.mark.slow

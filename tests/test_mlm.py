@@ -20,8 +20,17 @@ def example(n_body=60, pad=10, seed=0):
 
 
 def mask(ids, prob=0.15, seed=0, epoch=0, index=0, word_starts=None):
-    return mlm.mask_tokens(ids, np.isin(ids, SPECIALS), mask_id=MASK, vocab_size=VOCAB, prob=prob,
-                           seed=seed, epoch=epoch, index=index, word_starts=word_starts)
+    return mlm.mask_tokens(
+        ids,
+        np.isin(ids, SPECIALS),
+        mask_id=MASK,
+        vocab_size=VOCAB,
+        prob=prob,
+        seed=seed,
+        epoch=epoch,
+        index=index,
+        word_starts=word_starts,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +45,7 @@ def tokenizer(texts, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- masks
 
+
 def test_mask_rate_and_80_10_10_split_on_a_big_sample():
     ids = example(n_body=200)
     predicted = replaced_by_mask = replaced_randomly = unchanged = maskable = 0
@@ -48,7 +58,7 @@ def test_mask_rate_and_80_10_10_split_on_a_big_sample():
         unchanged += (inputs[chosen] == ids[chosen]).sum()
         replaced_randomly += ((inputs[chosen] != MASK) & (inputs[chosen] != ids[chosen])).sum()
         assert (labels[chosen] == ids[chosen]).all() and (inputs[~chosen] == ids[~chosen]).all()
-    assert predicted / maskable == pytest.approx(0.15, abs=0.005)   # 15000 tokens chosen: sd about 0.0018
+    assert predicted / maskable == pytest.approx(0.15, abs=0.005)  # 15000 tokens chosen: sd about 0.0018
     assert replaced_by_mask / predicted == pytest.approx(0.8, abs=0.015)
     # a random id equal to the original (1 in 1000) counts as unchanged
     assert replaced_randomly / predicted == pytest.approx(0.1, abs=0.01)
@@ -144,6 +154,7 @@ def test_masker_batch_pads_with_ignored_labels(tokenizer, texts):
 
 # ----------------------------------------------------------------------------- packing
 
+
 def test_pack_cuts_full_blocks_with_cls_and_sep_and_drops_the_rest():
     texts = [np.arange(10, 17), np.arange(20, 23), np.arange(30, 40)]  # 7 + 3 + 10 tokens, + 3 separators = 23
     blocks = mlm.pack(texts, max_len=7, cls_id=2, sep_id=3)
@@ -162,6 +173,7 @@ def test_pack_refuses_texts_that_fill_no_block():
 
 # ----------------------------------------------------------------------------- model
 
+
 def tiny_masked_lm(name, tokenizer):
     torch.manual_seed(0)
     model = mlm.build_masked_lm(models.resolve_model(name), tokenizer, init="random")
@@ -176,8 +188,9 @@ def test_logits_at_masked_positions_only_and_the_loss_equals_hf_full_logits_loss
     n_masked = int((batch["labels"] != mlm.IGNORE).sum())
     with torch.no_grad():
         out = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        full = model.hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              labels=batch["labels"])
+        full = model.hf_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
     assert out.logits.shape == (n_masked, len(tokenizer)) and out.labels.shape == (n_masked,)
     where = batch["labels"] != mlm.IGNORE
     torch.testing.assert_close(out.logits, full.logits[where], atol=1e-4, rtol=1e-4)
@@ -263,6 +276,7 @@ def test_save_unwraps_a_wrapper_with_module(tokenizer, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def test_bad_masking_settings_are_one_line_user_errors(tokenizer):
     for prob in (0, 1, -0.1, 1.5):
         with pytest.raises(UserError, match="--mlm_prob must be in"):
@@ -273,8 +287,14 @@ def test_bad_masking_settings_are_one_line_user_errors(tokenizer):
 
 def test_a_tokenizer_without_a_mask_token_is_refused(tokenizer):
     from transformers import PreTrainedTokenizerFast
-    no_mask = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, unk_token="[UNK]",
-                                      pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+
+    no_mask = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
     with pytest.raises(UserError, match="has no mask token"):
         mlm.make_masker(no_mask, 0.15, "dynamic", seed=0)
 
@@ -283,6 +303,7 @@ def test_whole_word_masking_needs_a_wordpiece_tokenizer(tokenizer):
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as tokenizer_models
     from transformers import PreTrainedTokenizerFast
+
     vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "a": 3, "b": 4}
     bpe = Tokenizer(tokenizer_models.BPE(vocab, [], unk_token="[UNK]"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -301,6 +322,7 @@ def test_texts_with_nothing_to_mask_are_refused(tokenizer):
 
 def test_a_model_without_a_masked_lm_form_is_refused(tmp_path, tokenizer):
     from transformers import GPT2Config
+
     folder = tmp_path / "gpt2"
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(folder)
     with pytest.raises(UserError, match="model type 'gpt2' has no masked-LM form here: transformers has no"):
@@ -311,17 +333,27 @@ def test_a_model_without_a_masked_lm_form_is_refused(tmp_path, tokenizer):
 
 def test_a_masked_lm_type_missing_from_the_registry_is_refused(tmp_path, tokenizer):
     from transformers import AlbertConfig
+
     folder = tmp_path / "albert"
-    AlbertConfig(vocab_size=len(tokenizer), hidden_size=16, num_attention_heads=2, intermediate_size=16,
-                 num_hidden_layers=1, embedding_size=8).save_pretrained(folder)
+    AlbertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        embedding_size=8,
+    ).save_pretrained(folder)
     with pytest.raises(UserError, match="add mlm_head to its entry in FAMILIES"):
         mlm.build_masked_lm(models.resolve_model(str(folder)), tokenizer, init="random")
 
 
 SMALL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, pad_token_id=0)
-SMALL_CONFIGS = {"bert": SMALL, "roberta": SMALL,
-                 "modernbert": dict(SMALL, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3),
-                 "distilbert": dict(dim=16, n_layers=1, n_heads=2, hidden_dim=16, pad_token_id=0)}
+SMALL_CONFIGS = {
+    "bert": SMALL,
+    "roberta": SMALL,
+    "modernbert": dict(SMALL, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3),
+    "distilbert": dict(dim=16, n_layers=1, n_heads=2, hidden_dim=16, pad_token_id=0),
+}
 
 
 def test_the_registry_covers_every_family():
@@ -332,6 +364,7 @@ def test_the_registry_covers_every_family():
 def test_every_registered_head_gives_hf_logits(model_type):
     """Each family's mlm_head names, applied to the masked rows, give its *ForMaskedLM logits there."""
     from transformers import AutoConfig, AutoModelForMaskedLM
+
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, vocab_size=50, **SMALL_CONFIGS[model_type])
     model = mlm.MaskedLM(AutoModelForMaskedLM.from_config(config)).eval()

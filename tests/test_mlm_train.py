@@ -1,6 +1,7 @@
 """Masked-LM pretraining through train.py's loop (--task mlm): learning, the saved model folder
 and fine-tuning from it, exact resume, 2 processes = 1, packing and static masks, the report,
 and the bad inputs a user can give."""
+
 import json
 import os
 import shutil
@@ -9,9 +10,9 @@ import signal
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import read_events, read_results, run_cli, run_inprocess
 
 import report
-from conftest import read_events, read_results, run_cli, run_inprocess
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -50,8 +51,12 @@ MLM = ["--task", "mlm", "--model", "tiny-bert", "--max_len", 64, "--batch_size",
 def pretrained(text_folder, cache_dir, tmp_path_factory):
     """A finished MLM run (3 epochs) and its folder."""
     out = tmp_path_factory.mktemp("mlm-runs")
-    assert run_inprocess(*MLM, "--data", text_folder, "--epochs", 3, "--log_every", 5, "--out_dir", out,
-                         "--run_name", "mlm") == 0
+    assert (
+        run_inprocess(
+            *MLM, "--data", text_folder, "--epochs", 3, "--log_every", 5, "--out_dir", out, "--run_name", "mlm"
+        )
+        == 0
+    )
     return out / "mlm"
 
 
@@ -68,6 +73,7 @@ def test_an_mlm_run_learns_and_writes_a_model_folder_without_the_head(pretrained
     assert train_losses[-1] < train_losses[0] - 1.0
     assert not (pretrained / "test_predictions.npz").exists()
     from safetensors import safe_open
+
     with safe_open(pretrained / "model" / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("embeddings.") for k in keys)
@@ -76,15 +82,44 @@ def test_an_mlm_run_learns_and_writes_a_model_folder_without_the_head(pretrained
 
 
 def test_fine_tuning_starts_from_the_pretraining_run_folder(pretrained, cache_dir, tmp_path):
-    done = run_cli("--model", pretrained / "model", "--data", "synthetic", "--epochs", 1, "--max_train_samples", 64,
-                   "--max_eval_samples", 64, "--wandb", "disabled", "--out_dir", tmp_path, "--run_name", "ft")
+    done = run_cli(
+        "--model",
+        pretrained / "model",
+        "--data",
+        "synthetic",
+        "--epochs",
+        1,
+        "--max_train_samples",
+        64,
+        "--max_eval_samples",
+        64,
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        tmp_path,
+        "--run_name",
+        "ft",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "test_acc" in read_results(tmp_path / "ft")
 
 
 def test_mlm_resume_after_a_kill_mid_epoch_is_exact(text_folder, cache_dir, tmp_path):
-    args = [*MLM, "--data", text_folder, "--epochs", 2, "--max_train_samples", 160, "--save_every", 4,
-            "--log_every", 1, "--run_name", "r"]
+    args = [
+        *MLM,
+        "--data",
+        text_folder,
+        "--epochs",
+        2,
+        "--max_train_samples",
+        160,
+        "--save_every",
+        4,
+        "--log_every",
+        1,
+        "--run_name",
+        "r",
+    ]
     reference = run_cli(*args, "--out_dir", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed = run_cli(*args, "--out_dir", tmp_path / "killed", env={"FTKIT_KILL_AT": "step:6"})  # epoch 0 of 10 steps
@@ -101,8 +136,23 @@ def test_mlm_resume_after_a_kill_mid_epoch_is_exact(text_folder, cache_dir, tmp_
 
 def test_mlm_on_two_processes_matches_one(text_folder, cache_dir, tmp_path):
     # --grad_accum 2: the masked count is the global step's, over ranks and micro-batches
-    args = [*MLM, "--data", text_folder, "--epochs", 1, "--max_train_samples", 128, "--encoder_dropout", 0,
-            "--grad_accum", 2, "--log_every", 1, "--run_name", "m"]
+    args = [
+        *MLM,
+        "--data",
+        text_folder,
+        "--epochs",
+        1,
+        "--max_train_samples",
+        128,
+        "--encoder_dropout",
+        0,
+        "--grad_accum",
+        2,
+        "--log_every",
+        1,
+        "--run_name",
+        "m",
+    ]
     assert run_inprocess(*args, "--out_dir", tmp_path / "one") == 0
     two = run_cli(*args, "--out_dir", tmp_path / "two", nproc=2)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -113,12 +163,29 @@ def test_mlm_on_two_processes_matches_one(text_folder, cache_dir, tmp_path):
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-3 and one["val_acc"] == pytest.approx(two["val_acc"], abs=1e-3)
 
 
-def test_a_signal_on_two_processes_checkpoints_and_the_rerun_finishes_the_same_run_in_wandb(text_folder, cache_dir,
-                                                                                           tmp_path):
+def test_a_signal_on_two_processes_checkpoints_and_the_rerun_finishes_the_same_run_in_wandb(
+    text_folder, cache_dir, tmp_path
+):
     from test_resume import launch, wait_for_log
     from wandb_history import history, run_ids
-    args = [*MLM, "--data", text_folder, "--epochs", 2, "--max_train_samples", 160, "--save_every", 4,
-            "--log_every", 1, "--wandb", "offline", "--run_name", "s"]
+
+    args = [
+        *MLM,
+        "--data",
+        text_folder,
+        "--epochs",
+        2,
+        "--max_train_samples",
+        160,
+        "--save_every",
+        4,
+        "--log_every",
+        1,
+        "--wandb",
+        "offline",
+        "--run_name",
+        "s",
+    ]
     reference = run_cli(*args, "--out_dir", tmp_path / "reference", nproc=2)
     assert reference.returncode == 0, reference.stderr[-2000:]
     proc = launch([*args, "--out_dir", tmp_path / "stopped"], 2)
@@ -138,9 +205,26 @@ def test_a_signal_on_two_processes_checkpoints_and_the_rerun_finishes_the_same_r
 
 
 def test_packed_static_whole_word_masking_with_an_unlabeled_split(text_folder, cache_dir, tmp_path):
-    assert run_inprocess(*MLM, "--data", text_folder, "--epochs", 2, "--pack", "--masking", "static",
-                         "--whole_word_mask", "--unlabeled_split", "unsupervised", "--out_dir", tmp_path,
-                         "--run_name", "p") == 0
+    assert (
+        run_inprocess(
+            *MLM,
+            "--data",
+            text_folder,
+            "--epochs",
+            2,
+            "--pack",
+            "--masking",
+            "static",
+            "--whole_word_mask",
+            "--unlabeled_split",
+            "unsupervised",
+            "--out_dir",
+            tmp_path,
+            "--run_name",
+            "p",
+        )
+        == 0
+    )
     results = read_results(tmp_path / "p")
     assert results["train_padding_share"] == 0  # full --max_len blocks
     config = json.loads((tmp_path / "p" / "config.json").read_text())
@@ -151,6 +235,7 @@ def test_packed_static_whole_word_masking_with_an_unlabeled_split(text_folder, c
 
 def test_mlm_settings_change_no_classification_run_name_or_fingerprint():
     import config as settings
+
     args = settings.parse_args(["--model", "tiny-bert"])
     assert args.run_name == "tiny-bert-cls-s42"
     fingerprint = settings.run_fingerprint(vars(args))
@@ -162,10 +247,41 @@ def test_mlm_settings_change_no_classification_run_name_or_fingerprint():
 
 def test_report_shows_mlm_runs_in_their_own_table(text_folder, cache_dir, tmp_path, capsys):
     for seed in (1, 2):
-        assert run_inprocess(*MLM, "--data", text_folder, "--epochs", 1, "--max_train_samples", 96, "--seed", seed,
-                             "--out_dir", tmp_path) == 0
-    assert run_inprocess("--model", "tiny-bert", "--data", "synthetic", "--epochs", 1, "--max_train_samples", 64,
-                         "--max_eval_samples", 64, "--wandb", "disabled", "--out_dir", tmp_path) == 0
+        assert (
+            run_inprocess(
+                *MLM,
+                "--data",
+                text_folder,
+                "--epochs",
+                1,
+                "--max_train_samples",
+                96,
+                "--seed",
+                seed,
+                "--out_dir",
+                tmp_path,
+            )
+            == 0
+        )
+    assert (
+        run_inprocess(
+            "--model",
+            "tiny-bert",
+            "--data",
+            "synthetic",
+            "--epochs",
+            1,
+            "--max_train_samples",
+            64,
+            "--max_eval_samples",
+            64,
+            "--wandb",
+            "disabled",
+            "--out_dir",
+            tmp_path,
+        )
+        == 0
+    )
     assert report.main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "Masked-LM pretraining runs" in printed and "val_perplexity" in printed and "test_acc" in printed
@@ -176,13 +292,19 @@ def test_report_shows_mlm_runs_in_their_own_table(text_folder, cache_dir, tmp_pa
 @pytest.fixture(scope="module")
 def no_mask_token_folder(tiny_model_folder, tmp_path_factory):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     folder = tmp_path_factory.mktemp("no-mask") / "model"
     shutil.copytree(tiny_model_folder, folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                            cls_token="[CLS]", sep_token="[SEP]").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -190,10 +312,17 @@ def no_mask_token_folder(tiny_model_folder, tmp_path_factory):
 def albert_folder(tiny_model_folder, tmp_path_factory):
     """A model type whose masked-LM head is not in the registry, with a usable tokenizer."""
     from transformers import AlbertConfig, AutoTokenizer
+
     folder = tmp_path_factory.mktemp("albert")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder)
-    AlbertConfig(vocab_size=len(tokenizer), hidden_size=16, num_attention_heads=2, intermediate_size=16,
-                 num_hidden_layers=1, embedding_size=8).save_pretrained(folder)
+    AlbertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        embedding_size=8,
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -206,24 +335,38 @@ def unknown_chars_folder(tmp_path_factory):
     return str(folder)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("--mlm_prob 1.5", "--mlm_prob must be in (0, 1)"),
-    ("--mlm_prob 0", "--mlm_prob must be in (0, 1)"),
-    ("--unlabeled_split test", "leaks the evaluation"),
-    ("--unlabeled_split missing", "holds no missing"),
-    ("no mask token", "has no mask token"),
-    ("no masked-LM form", "has no masked-LM form here"),
-    ("nothing to mask", "holds a token to mask"),
-    ("--pack --max_len 512", "less than one block"),
-    ("classification --pack", "applies to --task mlm only"),
-])
-def test_bad_mlm_input_is_one_line(case, message, text_folder, no_mask_token_folder, albert_folder, tiny_model_folder,
-                                   unknown_chars_folder, cache_dir, tmp_path):
-    argv = {"no mask token": ["--model", no_mask_token_folder],
-            "no masked-LM form": ["--model", albert_folder],
-            "nothing to mask": ["--model", tiny_model_folder, "--data", unknown_chars_folder],
-            "--pack --max_len 512": ["--pack", "--max_len", 512, "--max_train_samples", 8],
-            "classification --pack": ["--task", "classification", "--pack"]}.get(case, case.split())
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("--mlm_prob 1.5", "--mlm_prob must be in (0, 1)"),
+        ("--mlm_prob 0", "--mlm_prob must be in (0, 1)"),
+        ("--unlabeled_split test", "leaks the evaluation"),
+        ("--unlabeled_split missing", "holds no missing"),
+        ("no mask token", "has no mask token"),
+        ("no masked-LM form", "has no masked-LM form here"),
+        ("nothing to mask", "holds a token to mask"),
+        ("--pack --max_len 512", "less than one block"),
+        ("classification --pack", "applies to --task mlm only"),
+    ],
+)
+def test_bad_mlm_input_is_one_line(
+    case,
+    message,
+    text_folder,
+    no_mask_token_folder,
+    albert_folder,
+    tiny_model_folder,
+    unknown_chars_folder,
+    cache_dir,
+    tmp_path,
+):
+    argv = {
+        "no mask token": ["--model", no_mask_token_folder],
+        "no masked-LM form": ["--model", albert_folder],
+        "nothing to mask": ["--model", tiny_model_folder, "--data", unknown_chars_folder],
+        "--pack --max_len 512": ["--pack", "--max_len", 512, "--max_train_samples", 8],
+        "classification --pack": ["--task", "classification", "--pack"],
+    }.get(case, case.split())
     done = run_cli(*MLM, "--data", text_folder, "--out_dir", tmp_path, *argv)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()

@@ -50,10 +50,13 @@ def test_mean_pooling_differs_from_cls_and_ignores_pad_positions(tmp_path):
     torch.testing.assert_close(model(torch.zeros(1, 4, dtype=torch.long), mask), model.head(hidden[:, 0]))
 
 
-@pytest.mark.parametrize("name, keys", [
-    ("tiny-bert", ["hidden_dropout_prob", "attention_probs_dropout_prob"]),
-    ("tiny-modernbert", ["embedding_dropout", "mlp_dropout", "attention_dropout"]),
-])
+@pytest.mark.parametrize(
+    "name, keys",
+    [
+        ("tiny-bert", ["hidden_dropout_prob", "attention_probs_dropout_prob"]),
+        ("tiny-modernbert", ["embedding_dropout", "mlp_dropout", "attention_dropout"]),
+    ],
+)
 def test_encoder_dropout_maps_to_each_family_names(name, keys, tmp_path):
     model, _ = build(name, "cls", encoder_dropout=0.37, cache_dir=str(tmp_path))
     assert models.encoder_dropout_values(model) == {k: 0.37 for k in keys}
@@ -88,6 +91,7 @@ def test_training_flop_formula_matches_a_counted_forward_and_backward(name, tmp_
     """The MFU numerator (6N per token + 12 x layers x hidden per token pair) against the
     matrix-product FLOPs torch counts for one training step."""
     from torch.utils.flop_counter import FlopCounterMode
+
     model, tok = build(name, "mean", cache_dir=str(tmp_path))
     model.encoder.set_attn_implementation("eager")  # the counter does not see CPU SDPA kernels
     flops = models.training_flops(model)

@@ -1,17 +1,30 @@
 """report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
 collapsed runs flagged, length buckets."""
+
 import json
 import math
 import shutil
 
 import numpy as np
 import pytest
-
-import report
 from conftest import read_results, run_inprocess
 
-BASE = ["--model", "tiny-bert", "--data", "synthetic", "--max_eval_samples", 120,
-        "--epochs", 1, "--wandb", "disabled", "--max_len", 32]
+import report
+
+BASE = [
+    "--model",
+    "tiny-bert",
+    "--data",
+    "synthetic",
+    "--max_eval_samples",
+    120,
+    "--epochs",
+    1,
+    "--wandb",
+    "disabled",
+    "--max_len",
+    32,
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +42,21 @@ def runs_dir(tmp_path_factory, cache_dir):
 def test_table_merges_seeds_bolds_the_best_and_flags_collapse(runs_dir, capsys):
     assert report.main([str(runs_dir)]) == 0
     printed = capsys.readouterr().out
-    assert printed == (runs_dir / "results.md").read_text() + \
-        f"\nwrote {runs_dir / 'results.md'} and {runs_dir / 'results.csv'}\n"
+    assert (
+        printed
+        == (runs_dir / "results.md").read_text() + f"\nwrote {runs_dir / 'results.md'} and {runs_dir / 'results.csv'}\n"
+    )
     main_table = printed.split("\n\n")[0]
-    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in main_table.splitlines() if line.startswith("| tiny-bert")}
+    rows = {
+        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in main_table.splitlines()
+        if line.startswith("| tiny-bert")
+    }
     per_setup = {}
     for pool in ("cls", "mean"):
-        per_setup[pool] = [read_results(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}")
-                           for s in (1, 2, 3)]
+        per_setup[pool] = [
+            read_results(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}") for s in (1, 2, 3)
+        ]
     for pool, results in per_setup.items():
         acc = np.array([r["test_acc"] for r in results])
         cells = rows[pool]
@@ -60,15 +79,22 @@ def test_ci_compares_the_rows_seed_by_seed_and_example_by_example(runs_dir):
     mean_row, cls_row = (next(r for r in rows if r["setup"] == pool) for pool in ("mean", "cls"))
 
     def correct(pool):  # seeds x test examples, from the prediction files
-        preds = [np.load(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" / "test_predictions.npz")
-                 for s in (1, 2, 3)]
+        preds = [
+            np.load(runs_dir / f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}" / "test_predictions.npz")
+            for s in (1, 2, 3)
+        ]
         return np.array([p["probs"].argmax(1) == p["labels"] for p in preds], dtype=float)
 
     assert np.array_equal(mean_row["correct_runs"], correct("mean"))
     assert mean_row["delta"] == pytest.approx(report.seed_and_example_bootstrap(correct("mean"), correct("cls")))
     assert not mean_row["few_seeds"]
-    assert math.isclose(mean_row["delta"][0], np.mean([read_results(
-        runs_dir / f"tiny-bert-mean-L32-ep1-nev120-synthetic-s{s}")["test_acc"] for s in (1, 2, 3)]) - cls_row["test_acc"])
+    assert math.isclose(
+        mean_row["delta"][0],
+        np.mean(
+            [read_results(runs_dir / f"tiny-bert-mean-L32-ep1-nev120-synthetic-s{s}")["test_acc"] for s in (1, 2, 3)]
+        )
+        - cls_row["test_acc"],
+    )
 
 
 def test_a_difference_made_by_one_lucky_seed_is_not_significant():
@@ -94,8 +120,9 @@ def test_the_ci_pairs_the_two_rows_on_the_same_examples():
     a = np.array([rng.random(2000) < 0.75] * 3, dtype=float)
     flip = rng.random(2000) < 0.02
     b = np.where(flip, 1 - a, a)
-    unpaired = [a[0][rng.integers(0, 2000, 2000)].mean() - b[0][rng.integers(0, 2000, 2000)].mean()
-                for _ in range(2000)]
+    unpaired = [
+        a[0][rng.integers(0, 2000, 2000)].mean() - b[0][rng.integers(0, 2000, 2000)].mean() for _ in range(2000)
+    ]
     d, low, high = report.seed_and_example_bootstrap(a, b)
     assert np.isclose(d, a.mean() - b.mean()) and low <= d <= high
     assert high - low < np.ptp(np.percentile(unpaired, [2.5, 97.5])) / 3
@@ -151,8 +178,10 @@ def one_seed_rows(runs_dir):
 @pytest.mark.slow
 def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(runs_dir):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows, common = one_seed_rows(runs_dir)
     _, table = report.render(rows, common)
     assert all(t[f"{col}_std"] == "" for t in table for col, _ in report.COLUMNS)  # blank, not 0.0
@@ -170,8 +199,10 @@ def test_one_seed_rows_show_no_std_and_their_comparison_is_marked_in_the_plot(ru
 @pytest.mark.slow
 def test_the_length_plot_says_tokens_and_is_skipped_with_one_bucket(runs_dir, tmp_path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     rows, _ = one_seed_rows(runs_dir)
     for row in rows:
         row["buckets"] = report.bucket_accuracy(row["correct"], np.resize([40, 200], len(row["correct"])))
@@ -199,8 +230,14 @@ def copy_runs(runs_dir, to, names):
 
 @pytest.mark.slow
 def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys):
-    good, *bad = copy_runs(runs_dir, tmp_path, [f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}"
-                                                for pool, s in [("cls", 1), ("cls", 2), ("cls", 3), ("mean", 1), ("mean", 2)]])
+    good, *bad = copy_runs(
+        runs_dir,
+        tmp_path,
+        [
+            f"tiny-bert-{pool}-L32-ep1-nev120-synthetic-s{s}"
+            for pool, s in [("cls", 1), ("cls", 2), ("cls", 3), ("mean", 1), ("mean", 2)]
+        ],
+    )
     results = bad[0] / "results.json"
     results.write_text(results.read_text()[:40])  # truncated
     without_key = json.loads((bad[1] / "results.json").read_text())
@@ -212,8 +249,16 @@ def test_unreadable_run_folders_are_named_and_skipped(runs_dir, tmp_path, capsys
     captured = capsys.readouterr()
     warnings = captured.err.strip().splitlines()
     assert [line.split(":")[0] for line in warnings] == ["warning"] * 4
-    for folder, why in zip(bad, ["results.json is unreadable", "results.json has no test_acc",
-                                 "test_predictions.npz is unreadable", "config.json has no model, pool, seed"], strict=True):
+    for folder, why in zip(
+        bad,
+        [
+            "results.json is unreadable",
+            "results.json has no test_acc",
+            "test_predictions.npz is unreadable",
+            "config.json has no model, pool, seed",
+        ],
+        strict=True,
+    ):
         assert any(f"skipped {folder}: {why}" in line for line in warnings), (folder, why)
     table = (tmp_path / "results.md").read_text()
     assert good.name.split("-")[1] in table and table.count("| tiny-bert |") == 2  # one row, both tables
@@ -226,7 +271,10 @@ def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
     # the same settings and seed with 2 processes, in the same folder under another run name
     twin = tmp_path / f"{names[0]}-2proc"
     shutil.copytree(tmp_path / names[0], twin)
-    for file_name, changes in (("config.json", {"world_size": 2, "run_name": twin.name}), ("results.json", {"test_acc": 0.0})):
+    for file_name, changes in (
+        ("config.json", {"world_size": 2, "run_name": twin.name}),
+        ("results.json", {"test_acc": 0.0}),
+    ):
         content = json.loads((twin / file_name).read_text())
         (twin / file_name).write_text(json.dumps(dict(content, **changes)))
     assert report.main([str(tmp_path)]) == 0
@@ -242,15 +290,20 @@ def test_runs_of_the_same_seed_are_counted_once_and_flagged(runs_dir, tmp_path):
 
 def _regression_run(folder, pool, seed, predictions, labels):
     folder.mkdir(parents=True)
-    scores = {"val_pearson": report.metrics.pearson(predictions, labels) - 0.01,
-              "test_pearson": report.metrics.pearson(predictions, labels),
-              "test_spearman": report.metrics.spearman(predictions, labels),
-              "test_mse": report.metrics.mean_squared_error(predictions, labels), "test_loss": 0.0}
+    scores = {
+        "val_pearson": report.metrics.pearson(predictions, labels) - 0.01,
+        "test_pearson": report.metrics.pearson(predictions, labels),
+        "test_spearman": report.metrics.spearman(predictions, labels),
+        "test_mse": report.metrics.mean_squared_error(predictions, labels),
+        "test_loss": 0.0,
+    }
     (folder / "results.json").write_text(json.dumps(scores))
-    (folder / "config.json").write_text(json.dumps({"model": "tiny-bert", "pool": pool, "seed": seed,
-                                                    "task": "regression", "metric_for_best": "pearson"}))
-    np.savez(folder / "test_predictions.npz", predictions=predictions, labels=labels,
-             n_tokens=np.full(len(labels), 20))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"model": "tiny-bert", "pool": pool, "seed": seed, "task": "regression", "metric_for_best": "pearson"}
+        )
+    )
+    np.savez(folder / "test_predictions.npz", predictions=predictions, labels=labels, n_tokens=np.full(len(labels), 20))
 
 
 def test_regression_runs_get_their_own_table_with_pearson_and_its_ci(tmp_path, capsys):
@@ -267,8 +320,13 @@ def test_regression_runs_get_their_own_table_with_pearson_and_its_ci(tmp_path, c
     assert "no plots" in printed
     mean_row = next(line for line in printed.splitlines() if line.startswith("| tiny-bert | mean"))
     d, low, high = report.seed_and_example_bootstrap_of(
-        report.metrics.pearson, *[np.array([np.load(tmp_path / f"{p}-s{s}" / "test_predictions.npz")["predictions"]
-                                            for s in (1, 2, 3)]) for p in ("mean", "cls")], labels)
+        report.metrics.pearson,
+        *[
+            np.array([np.load(tmp_path / f"{p}-s{s}" / "test_predictions.npz")["predictions"] for s in (1, 2, 3)])
+            for p in ("mean", "cls")
+        ],
+        labels,
+    )
     assert low > 0 and mean_row.endswith(f"{d:+.4f} [{low:+.4f}, {high:+.4f}] * |")
     assert (tmp_path / "results.csv").read_text().startswith("task,model,setup,n,val_pearson")
 

@@ -1,5 +1,6 @@
 """Crash safety: whatever kills a run, rerunning the same command finishes it with the numbers
 an uninterrupted run gets."""
+
 import os
 import signal
 import subprocess
@@ -9,19 +10,37 @@ import types
 
 import pytest
 import torch
-
-import checkpoint
 from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
 
+import checkpoint
+
 # 256 train examples, batch 16: 16 steps per epoch; checkpoints every 5 steps and at epoch ends
-RUN = ["--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 256, "--max_eval_samples", 64, "--epochs", 2,
-       "--save_every", 5, "--log_every", 1, "--wandb", "disabled", "--run_name", "r"]
+RUN = [
+    "--model",
+    "tiny-bert",
+    "--data",
+    "synthetic",
+    "--max_train_samples",
+    256,
+    "--max_eval_samples",
+    64,
+    "--epochs",
+    2,
+    "--save_every",
+    5,
+    "--log_every",
+    1,
+    "--wandb",
+    "disabled",
+    "--run_name",
+    "r",
+]
 KILL_POINTS = {  # in the order a chained run meets them (counts restart with each process)
-    "early": "step:3",                    # before the first checkpoint: starts over
+    "early": "step:3",  # before the first checkpoint: starts over
     "during-checkpoint-write": "ckpt_write:2",  # the step-10 write; resumes from step 5
-    "mid-epoch": "step:7",                # step 12; resumes from step 10 mid-epoch
-    "during-eval": "eval:1",              # inside the first epoch's validation; resumes from 15
-    "after-epoch-boundary": "step:3",     # step 18, after the epoch-end checkpoint at 16
+    "mid-epoch": "step:7",  # step 12; resumes from step 10 mid-epoch
+    "during-eval": "eval:1",  # inside the first epoch's validation; resumes from 15
+    "after-epoch-boundary": "step:3",  # step 18, after the epoch-end checkpoint at 16
 }
 
 
@@ -54,13 +73,26 @@ def test_kill_9_at_five_points_then_rerun_gives_identical_results(reference, tmp
         killed = run_cli(*args, env={"FTKIT_KILL_AT": spec})
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-1000:])
         assert not (tmp_path / "r" / "results.json").exists()
-        resumed_from.append(next((line.split("resumed from ")[1].split(":")[0] for line in killed.stdout.splitlines()
-                                  if "resumed from" in line), None))
+        resumed_from.append(
+            next(
+                (
+                    line.split("resumed from ")[1].split(":")[0]
+                    for line in killed.stdout.splitlines()
+                    if "resumed from" in line
+                ),
+                None,
+            )
+        )
     final = run_cli(*args)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "taking over a stale lock" in final.stdout
-    assert [os.path.basename(p) if p else None for p in resumed_from] == \
-        [None, None, "step_00000005.pt", "step_00000010.pt", "step_00000015.pt"]
+    assert [os.path.basename(p) if p else None for p in resumed_from] == [
+        None,
+        None,
+        "step_00000005.pt",
+        "step_00000010.pt",
+        "step_00000015.pt",
+    ]
     assert "step_00000016.pt: epoch 1, step 16/32" in final.stdout
     assert_same_run(tmp_path / "r", reference)
 
@@ -88,8 +120,9 @@ def test_kill_9_under_torchrun_at_three_points_then_rerun_gives_identical_result
 
 
 def launch(args, nproc):
-    return subprocess.Popen(train_command(args, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT)
+    return subprocess.Popen(
+        train_command(args, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
 
 
 def wait_for_log(run_dir, text, proc, timeout=120):
@@ -152,8 +185,10 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
 def test_checkpoints_keep_the_newest_two_and_load_without_running_code(tmp_path):
     for step in (1, 2, 3):
         checkpoint.save_checkpoint(str(tmp_path), step, {"progress": {"global_step": step}})
-    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == \
-        ["step_00000003.pt", "step_00000002.pt"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == [
+        "step_00000003.pt",
+        "step_00000002.pt",
+    ]
     torch.save({"progress": {"global_step": 9}, "code": subprocess.Popen}, tmp_path / "step_00000009.pt")
     warnings = []
     state = checkpoint.load_latest_checkpoint(str(tmp_path), warnings.append)
@@ -162,8 +197,9 @@ def test_checkpoints_keep_the_newest_two_and_load_without_running_code(tmp_path)
 
 def test_the_checkpointer_decides_when_to_save_and_keeps_only_named_best_weights(tmp_path):
     said = []
-    keeper = checkpoint.Checkpointer(str(tmp_path), every=3, keep=2, is_main=True,
-                                     log=types.SimpleNamespace(info=said.append, warning=said.append))
+    keeper = checkpoint.Checkpointer(
+        str(tmp_path), every=3, keep=2, is_main=True, log=types.SimpleNamespace(info=said.append, warning=said.append)
+    )
     snapshots = []
 
     def snapshot():
@@ -189,8 +225,24 @@ def test_the_checkpointer_decides_when_to_save_and_keeps_only_named_best_weights
 
 @pytest.mark.slow
 def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_path, capsys):
-    args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
-            "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
+    args = [
+        "--model",
+        "tiny-bert",
+        "--max_train_samples",
+        64,
+        "--max_eval_samples",
+        32,
+        "--epochs",
+        1,
+        "--wandb",
+        "disabled",
+        "--run_name",
+        "r",
+        "--data",
+        syn_folder,
+        "--out_dir",
+        tmp_path,
+    ]
     assert run_inprocess(*args) == 0
     assert run_inprocess(*args) == 0 and "already finished" in capsys.readouterr().out
     assert run_inprocess(*args, "--lr", 0.01, "--dropout", 0.2) == 2
@@ -202,8 +254,25 @@ def test_config_mismatch_is_refused_naming_the_keys(syn_folder, cache_dir, tmp_p
 @pytest.mark.slow
 def test_concurrent_launch_is_refused_and_a_stale_lock_taken_over(syn_folder, cache_dir, tmp_path, capsys):
     import socket
-    args = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1,
-            "--wandb", "disabled", "--run_name", "r", "--data", syn_folder, "--out_dir", tmp_path]
+
+    args = [
+        "--model",
+        "tiny-bert",
+        "--max_train_samples",
+        64,
+        "--max_eval_samples",
+        32,
+        "--epochs",
+        1,
+        "--wandb",
+        "disabled",
+        "--run_name",
+        "r",
+        "--data",
+        syn_folder,
+        "--out_dir",
+        tmp_path,
+    ]
     (tmp_path / "r").mkdir()
     lock = tmp_path / "r" / ".lock"
     with checkpoint.RunLock(str(tmp_path / "r"), print) as held:  # a live process: this test
@@ -223,15 +292,37 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cache_
     out = run_cli(*args, env={"FTKIT_NAN_AT": "7"})
     assert out.returncode == 3
     assert "loss is not finite at step 8" in out.stdout + out.stderr
-    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))] == ["step_00000005.pt"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))] == [
+        "step_00000005.pt"
+    ]
     skipped = run_cli(*args, "--on_nan", "skip", "--run_name", "s", env={"FTKIT_NAN_AT": "7"})
     assert skipped.returncode == 0 and "step skipped" in skipped.stdout + skipped.stderr
 
 
 @pytest.mark.slow
 def test_a_collapsing_run_is_marked(syn_folder, cache_dir, tmp_path, capsys):
-    assert run_inprocess("--model", "tiny-bert", "--lr", 0.1, "--max_train_samples", 512, "--max_eval_samples", 200,
-                         "--epochs", 1, "--wandb", "disabled", "--run_name", "r", "--data", syn_folder,
-                         "--out_dir", tmp_path) == 0
+    assert (
+        run_inprocess(
+            "--model",
+            "tiny-bert",
+            "--lr",
+            0.1,
+            "--max_train_samples",
+            512,
+            "--max_eval_samples",
+            200,
+            "--epochs",
+            1,
+            "--wandb",
+            "disabled",
+            "--run_name",
+            "r",
+            "--data",
+            syn_folder,
+            "--out_dir",
+            tmp_path,
+        )
+        == 0
+    )
     assert read_results(tmp_path / "r")["collapsed"] is True
     assert "COLLAPSED RUN" in capsys.readouterr().out

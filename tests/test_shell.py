@@ -1,16 +1,20 @@
 """The bash files: run_grid.sh, tmux_launch.sh, grid_lib.sh and the SLURM job templates parse (bash -n)
 and pass shellcheck where it is installed (Debian: apt-get install shellcheck; .ci/run installs it)."""
+
 import glob
 import os
 import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
-BASH_FILES = ["run_grid.sh", "tmux_launch.sh", "grid_lib.sh",
-              *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "slurm_jobs", "*.sbatch")))]
+BASH_FILES = [
+    "run_grid.sh",
+    "tmux_launch.sh",
+    "grid_lib.sh",
+    *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "slurm_jobs", "*.sbatch"))),
+]
 
 
 def test_the_slurm_job_templates_are_there():

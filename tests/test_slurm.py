@@ -1,5 +1,6 @@
 """run_grid.sh --slurm: the scripts it writes (no cluster needed), and the real thing on a local
 one-node SLURM (tests/slurm/start_local_cluster.sh; .ci/run starts it, and in CI these must run)."""
+
 import json
 import os
 import re
@@ -9,26 +10,48 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, read_results
+from wandb_history import run_ids
 
 import config
 import grid
 import slurm
-from conftest import ROOT, read_results
-from wandb_history import run_ids
 
 EXPECTED = os.path.join(ROOT, "tests", "slurm", "expected")
 # the options the stored copies were written with; to change the design on purpose, rewrite them:
 #   FTKIT_UPDATE_EXPECTED=1 python -m pytest -q tests/test_slurm.py -k expected
-FIXED = ["--partition", "gpu", "--gpus-per-run", "2", "--cpus-per-task", "16", "--mem", "64G",
-         "--time", "1-00:00:00", "--max-parallel", "4", "--account", "lab", "--qos", "normal",
-         "--sbatch-arg=--constraint=a100"]
+FIXED = [
+    "--partition",
+    "gpu",
+    "--gpus-per-run",
+    "2",
+    "--cpus-per-task",
+    "16",
+    "--mem",
+    "64G",
+    "--time",
+    "1-00:00:00",
+    "--max-parallel",
+    "4",
+    "--account",
+    "lab",
+    "--qos",
+    "normal",
+    "--sbatch-arg=--constraint=a100",
+]
 PLACE = slurm.Place(root="/repo", python="/usr/bin/python3", out="/scratch/runs/exp1", name="exp1")
 SMALL = "--model tiny-bert --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
 
 
 def run_grid(*args, env=None, timeout=300):
-    return subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled", **(env or {})))
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
+    )
 
 
 @pytest.fixture
@@ -59,17 +82,20 @@ def one_error_line(out, text: str):
 
 # ---- unit: the scripts, without a cluster
 
+
 @pytest.mark.slow
 def test_scripts_for_exp1_equal_the_expected_copy(tmp_path):
     runs = grid.resolve(os.path.join(ROOT, "grids", "exp1.grid"))
     tasks = list(range(1, 11))
     one_node = slurm.build_parser().parse_args(["grids/exp1.grid", "--slurm", *FIXED])
     two_nodes = slurm.build_parser().parse_args(["grids/exp1.grid", "--slurm", *FIXED, "--nodes-per-run", "2"])
-    written = {"runs.grid": slurm.runs_file(runs),
-               "smoke.sbatch": slurm.smoke_script(one_node, PLACE, tasks),
-               "runs.sbatch": slurm.runs_script(one_node, PLACE, tasks, after=["1001"]),
-               "report.sbatch": slurm.report_script(one_node, PLACE, array_jobs=["1002"]),
-               "runs-2nodes.sbatch": slurm.runs_script(two_nodes, PLACE, tasks, after=["1001"])}
+    written = {
+        "runs.grid": slurm.runs_file(runs),
+        "smoke.sbatch": slurm.smoke_script(one_node, PLACE, tasks),
+        "runs.sbatch": slurm.runs_script(one_node, PLACE, tasks, after=["1001"]),
+        "report.sbatch": slurm.report_script(one_node, PLACE, array_jobs=["1002"]),
+        "runs-2nodes.sbatch": slurm.runs_script(two_nodes, PLACE, tasks, after=["1001"]),
+    }
     for name, text in written.items():
         path = os.path.join(EXPECTED, name)
         if os.environ.get("FTKIT_UPDATE_EXPECTED"):
@@ -98,8 +124,10 @@ def launch_command(script: str) -> str:
     """The command a job script starts a run with: its settings line, through grid_lib.sh's launcher_words
     (on a pretend 2-node allocation)."""
     settings = next(line for line in script.splitlines() if line.startswith("PROCS_PER_NODE="))
-    bash = (f"source ./grid_lib.sh; PYTHON=python SLURM_JOB_ID=7 SLURM_JOB_NODELIST='n[1-2]'; scontrol() {{ echo n1; }}; "
-            f"{settings}\nlauncher_words")
+    bash = (
+        f"source ./grid_lib.sh; PYTHON=python SLURM_JOB_ID=7 SLURM_JOB_NODELIST='n[1-2]'; scontrol() {{ echo n1; }}; "
+        f"{settings}\nlauncher_words"
+    )
     words = subprocess.run(["bash", "-c", bash], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return " ".join(words.splitlines())
 
@@ -137,7 +165,9 @@ def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path
     names = [name for _, name, _ in runs]
     for i in (0, 1, 4):  # tasks 1, 2 and 5 finished
         finish(tmp_path / "runs" / "exp1" / names[i], runs[i][2])
-    out = run_grid("grids/exp1.grid", "--slurm", "--dry-run", "--max-parallel", 3, "--out_dir", tmp_path / "runs", env=env)
+    out = run_grid(
+        "grids/exp1.grid", "--slurm", "--dry-run", "--max-parallel", 3, "--out_dir", tmp_path / "runs", env=env
+    )
     assert out.returncode == 0, out.stderr
     assert "7 runs as array tasks (3 finished ones left out)" in out.stdout
     assert re.findall(r"^  task (\d+) ", out.stdout, re.M) == ["3", "4", "6", "7", "8", "9", "10"]
@@ -160,17 +190,29 @@ def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_que
     out = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", "--", "--epochs", 2, env=env)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "runs" / "two" / "slurm"
-    assert sbatch_calls(calls) == [f"--parsable {folder / name}" for name in ("smoke.sbatch", "runs.sbatch", "report.sbatch")]
+    assert sbatch_calls(calls) == [
+        f"--parsable {folder / name}" for name in ("smoke.sbatch", "runs.sbatch", "report.sbatch")
+    ]
     assert "submitted: smoke job 101, array job 102, report job 103" in out.stdout
-    for line in ("squeue -j 101,102,103", "sacct -j 101,102,103", f"tail -f {tmp_path}/runs/two/logs/slurm-102_1.log",
-                 f"--slurm --status --out_dir {tmp_path / 'runs'}"):
+    for line in (
+        "squeue -j 101,102,103",
+        "sacct -j 101,102,103",
+        f"tail -f {tmp_path}/runs/two/logs/slurm-102_1.log",
+        f"--slurm --status --out_dir {tmp_path / 'runs'}",
+    ):
         assert line in out.stdout
     runs_sbatch = (folder / "runs.sbatch").read_text()
     assert "#SBATCH --dependency=afterok:101" in runs_sbatch and "--kill-on-invalid-dep=yes" in runs_sbatch
     assert "#SBATCH --cpus-per-task=1" in runs_sbatch and "--gres" not in runs_sbatch
     assert "#SBATCH --dependency=afterany:102" in (folder / "report.sbatch").read_text()
-    assert all(line.endswith("--epochs 2  # " + name) for line, name in
-               zip((folder / "runs.grid").read_text().splitlines(), json.loads((folder / "jobs.json").read_text())["runs"], strict=True))
+    assert all(
+        line.endswith("--epochs 2  # " + name)
+        for line, name in zip(
+            (folder / "runs.grid").read_text().splitlines(),
+            json.loads((folder / "jobs.json").read_text())["runs"],
+            strict=True,
+        )
+    )
 
     queue.write_text("102_1|RUNNING|0|None|node1|\n")
     again = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
@@ -178,10 +220,12 @@ def test_submission_chains_smoke_array_and_report_and_refuses_a_second_while_que
     assert len(sbatch_calls(calls)) == 3
 
 
-CHAIN = ["--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 "
-         "--epochs 1 --wandb disabled",
-         "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled "
-         "--seed {1,2}"]
+CHAIN = [
+    "--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 "
+    "--epochs 1 --wandb disabled",
+    "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled "
+    "--seed {1,2}",
+]
 
 
 @pytest.mark.slow
@@ -192,8 +236,9 @@ def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(t
     out = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "runs" / "chain" / "slurm"
-    assert sbatch_calls(calls) == [f"--parsable {folder / name}" for name in
-                                   ("smoke.sbatch", "runs.sbatch", "runs-stage2.sbatch", "report.sbatch")]
+    assert sbatch_calls(calls) == [
+        f"--parsable {folder / name}" for name in ("smoke.sbatch", "runs.sbatch", "runs-stage2.sbatch", "report.sbatch")
+    ]
     assert "in 2 stages" in out.stdout and "array jobs 102, 103, report job 104" in out.stdout
     assert "#SBATCH --array=1\n" in (folder / "runs.sbatch").read_text()
     stage2 = (folder / "runs-stage2.sbatch").read_text()
@@ -208,7 +253,9 @@ def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(t
     # the pretraining run finished: a resubmission is one array again, with no stage to wait for
     (tmp_path / "runs" / "chain" / "pre").mkdir()
     (tmp_path / "runs" / "chain" / "pre" / "results.json").write_text("{}")
-    (tmp_path / "runs" / "chain" / "pre" / "config.json").write_text(json.dumps(vars(config.parse_args(CHAIN[0].split()))))
+    (tmp_path / "runs" / "chain" / "pre" / "config.json").write_text(
+        json.dumps(vars(config.parse_args(CHAIN[0].split())))
+    )
     queue.write_text("")
     again = run_grid(g, "--slurm", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
     assert again.returncode == 0, again.stderr
@@ -221,25 +268,50 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
     out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 7)]
     (out / "slurm" / "status").mkdir(parents=True)
-    (out / "slurm" / "jobs.json").write_text(json.dumps({"grid": "g.grid", "out": str(out), "runs": names,
-                                                         "tasks": [2, 3, 4, 5, 6], "smoke": "7", "array": "8", "report": "9"}))
+    (out / "slurm" / "jobs.json").write_text(
+        json.dumps(
+            {
+                "grid": "g.grid",
+                "out": str(out),
+                "runs": names,
+                "tasks": [2, 3, 4, 5, 6],
+                "smoke": "7",
+                "array": "8",
+                "report": "9",
+            }
+        )
+    )
     (out / "r1").mkdir()
     (out / "r1" / "results.json").write_text("{}")  # finished before: not in the array
     (out / "slurm" / "status" / "smoke").write_text("ok\n")
     (out / "slurm" / "status" / "5").write_text("failed: r5 exit 2 (not requeued)\n")
-    queue.write_text("8_2|RUNNING|0|None|node1|\n8_3|PENDING|1|BeginTime||\n8_4|PENDING|0|JobArrayTaskLimit||\n"
-                     "9|PENDING|0|Dependency||\n")
+    queue.write_text(
+        "8_2|RUNNING|0|None|node1|\n8_3|PENDING|1|BeginTime||\n8_4|PENDING|0|JobArrayTaskLimit||\n"
+        "9|PENDING|0|Dependency||\n"
+    )
     status = run_grid("g", "--slurm", "--status", "--out_dir", tmp_path / "runs", env=env)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert "  smoke: ok" in lines and "  report: pending" in lines
-    for state, name in [("done", "r1"), ("running", "r2"), ("requeued", "r3"), ("pending", "r4"), ("failed", "r5"), ("failed", "r6")]:
+    for state, name in [
+        ("done", "r1"),
+        ("running", "r2"),
+        ("requeued", "r3"),
+        ("pending", "r4"),
+        ("failed", "r5"),
+        ("failed", "r6"),
+    ]:
         assert any(re.match(rf"  {state} +{name}\b", line) for line in lines), (state, name, status.stdout)
     assert "r5 exit 2" in status.stdout and "task 6 never started" in status.stdout
     assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed"
     if shutil.which("tmux"):
-        tmux = subprocess.run(["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
-                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, **env))
+        tmux = subprocess.run(
+            ["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+        )
         assert "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed" in tmux.stdout, tmux.stdout + tmux.stderr
 
 
@@ -247,11 +319,19 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
 def test_bad_input_ends_in_one_error_line(tmp_path, fake_slurm):
     env, calls, _ = fake_slurm
     runs = ["--out_dir", tmp_path / "runs"]
-    one_error_line(run_grid("grids/demo.grid", "--slurm", "--partiton", "x", *runs, env=env), "unrecognized arguments: --partiton")
-    one_error_line(run_grid("grids/demo.grid", "--slurm", "--gpus-per-run", 0, "--nodes-per-run", 2, *runs, env=env),
-                   "--nodes-per-run above 1 needs GPUs")
-    one_error_line(run_grid("grids/demo.grid", "--slurm", "--nproc", 2, *runs, env=env), "--nproc is for CPU partitions")
-    one_error_line(run_grid("grids/demo.grid", "--slurm", "--max-parallel", 0, *runs, env=env), "--max-parallel must be at least 1")
+    one_error_line(
+        run_grid("grids/demo.grid", "--slurm", "--partiton", "x", *runs, env=env), "unrecognized arguments: --partiton"
+    )
+    one_error_line(
+        run_grid("grids/demo.grid", "--slurm", "--gpus-per-run", 0, "--nodes-per-run", 2, *runs, env=env),
+        "--nodes-per-run above 1 needs GPUs",
+    )
+    one_error_line(
+        run_grid("grids/demo.grid", "--slurm", "--nproc", 2, *runs, env=env), "--nproc is for CPU partitions"
+    )
+    one_error_line(
+        run_grid("grids/demo.grid", "--slurm", "--max-parallel", 0, *runs, env=env), "--max-parallel must be at least 1"
+    )
     one_error_line(run_grid(tmp_path / "nope.grid", "--slurm", *runs, env=env), "grid file")
     bad = tmp_path / "bad.grid"
     bad.write_text(f"{SMALL}\n{SMALL} --pool max\n")
@@ -263,12 +343,18 @@ def test_bad_input_ends_in_one_error_line(tmp_path, fake_slurm):
     bare = tmp_path / "bare"
     bare.mkdir()
     os.symlink(shutil.which("dirname"), bare / "dirname")
-    no_sbatch = subprocess.run(["/bin/bash", os.path.join(ROOT, "run_grid.sh"), "grids/demo.grid", "--slurm", *map(str, runs)],
-                               capture_output=True, text=True, cwd=ROOT, env={"PATH": str(bare), "PYTHON": sys.executable})
+    no_sbatch = subprocess.run(
+        ["/bin/bash", os.path.join(ROOT, "run_grid.sh"), "grids/demo.grid", "--slurm", *map(str, runs)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": str(bare), "PYTHON": sys.executable},
+    )
     one_error_line(no_sbatch, "--slurm needs sbatch on PATH")
 
 
 # ---- integration: a real SLURM on this machine
+
 
 def _cluster_up() -> str | None:
     """None when a local SLURM answers with an idle (or busy) node, else why not."""
@@ -316,8 +402,21 @@ def scontrol_job(job: str) -> str:
 @pytest.mark.slow
 def test_demo_grid_on_slurm_smoke_array_report(cluster, tmp_path, cache_dir):
     out = tmp_path / "runs" / "demo"
-    submit = run_grid("grids/demo.grid", "--slurm", "--gpus-per-run", 0, "--max-parallel", 2, "--out_dir", tmp_path / "runs",
-                      "--", "--max_train_samples", 200, "--max_eval_samples", 100)
+    submit = run_grid(
+        "grids/demo.grid",
+        "--slurm",
+        "--gpus-per-run",
+        0,
+        "--max-parallel",
+        2,
+        "--out_dir",
+        tmp_path / "runs",
+        "--",
+        "--max_train_samples",
+        200,
+        "--max_eval_samples",
+        100,
+    )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     ids = slurm.job_ids(jobs_of(out))
     try:
@@ -325,15 +424,28 @@ def test_demo_grid_on_slurm_smoke_array_report(cluster, tmp_path, cache_dir):
     finally:
         subprocess.run(["scancel", *ids])
     runs = sorted(p.parent.name for p in out.glob("*/results.json"))
-    assert runs == ["tiny-bert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42",
-                    "tiny-modernbert-cls-ep2-ntr200-nev100-synthetic-s42", "tiny-modernbert-mean-ep2-ntr200-nev100-synthetic-s42"]
+    assert runs == [
+        "tiny-bert-cls-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-bert-mean-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-modernbert-cls-ep2-ntr200-nev100-synthetic-s42",
+        "tiny-modernbert-mean-ep2-ntr200-nev100-synthetic-s42",
+    ]
     smoke_log = next((out / "logs").glob("slurm-smoke-*.log")).read_text()
     assert smoke_log.count("smoke ok:") == 4
     assert "| tiny-bert | cls |" in (out / "results.md").read_text() and (out / "results.csv").exists()
     status = run_grid("grids/demo.grid", "--slurm", "--status", "--out_dir", tmp_path / "runs")
     assert "  smoke: ok" in status.stdout and status.stdout.splitlines()[-1].endswith("4 done, 0 failed"), status.stdout
-    again = run_grid("grids/demo.grid", "--slurm", "--out_dir", tmp_path / "runs", "--", "--max_train_samples", 200,
-                     "--max_eval_samples", 100)
+    again = run_grid(
+        "grids/demo.grid",
+        "--slurm",
+        "--out_dir",
+        tmp_path / "runs",
+        "--",
+        "--max_train_samples",
+        200,
+        "--max_eval_samples",
+        100,
+    )
     assert again.returncode == 0 and "all 4 runs" in again.stdout and "nothing submitted" in again.stdout
 
 
@@ -350,7 +462,10 @@ def test_chained_grid_on_slurm_pretrains_then_fine_tunes_from_it(cluster, tmp_pa
     finally:
         subprocess.run(["scancel", *ids])
     assert sorted(p.parent.name for p in out.glob("*/results.json")) == [
-        "pre", "pre-cls-ep1-ntr96-nev32-synthetic-s1", "pre-cls-ep1-ntr96-nev32-synthetic-s2"]
+        "pre",
+        "pre-cls-ep1-ntr96-nev32-synthetic-s1",
+        "pre-cls-ep1-ntr96-nev32-synthetic-s2",
+    ]
     assert next((out / "logs").glob("slurm-smoke-*.log")).read_text().count("smoke ok:") == 3
     tuned = json.loads((out / "pre-cls-ep1-ntr96-nev32-synthetic-s1" / "config.json").read_text())
     assert tuned["model_folder"] == str(out / "pre" / "model")
@@ -362,8 +477,10 @@ def test_chained_grid_on_slurm_pretrains_then_fine_tunes_from_it(cluster, tmp_pa
 def test_preempted_2_process_task_requeues_resumes_and_matches_the_uninterrupted_run(cluster, tmp_path, cache_dir):
     # two identical 2-process gloo runs (tasks 1 and 2); task 1 gets SLURM's warning signal mid-run
     g = tmp_path / "pre.grid"
-    g.write_text("--model tiny-bert --data synthetic --max_train_samples 1600 --max_eval_samples 64 --epochs 2 "
-                 "--save_every 10 --wandb offline --run_name {interrupted,reference}\n")
+    g.write_text(
+        "--model tiny-bert --data synthetic --max_train_samples 1600 --max_eval_samples 64 --epochs 2 "
+        "--save_every 10 --wandb offline --run_name {interrupted,reference}\n"
+    )
     out = tmp_path / "runs" / "pre"
     submit = run_grid(g, "--slurm", "--gpus-per-run", 0, "--nproc", 2, "--no-smoke", "--out_dir", tmp_path / "runs")
     assert submit.returncode == 0, submit.stdout + submit.stderr
@@ -372,8 +489,12 @@ def test_preempted_2_process_task_requeues_resumes_and_matches_the_uninterrupted
     try:
         wait_for(lambda: list((out / "interrupted" / "ckpt").glob("step_*.pt")), 300, "the first checkpoint", out)
         subprocess.run(["scancel", "--batch", "--signal=USR1", task], check=True)
-        wait_for(lambda: re.search(r"JobState=PENDING .*Restarts=1", scontrol_job(task).replace("\n", " ")), 120,
-                 "the task back in the queue", out)
+        wait_for(
+            lambda: re.search(r"JobState=PENDING .*Restarts=1", scontrol_job(task).replace("\n", " ")),
+            120,
+            "the task back in the queue",
+            out,
+        )
         status = run_grid(g, "--slurm", "--status", "--out_dir", tmp_path / "runs")
         assert re.search(r"^  requeued +interrupted +\(task 1, 1 restart", status.stdout, re.M), status.stdout
         # skip SLURM's 2-minute hold, but not by less than a few seconds: slurmd refuses a start

@@ -1,17 +1,20 @@
 """Chained grids: a --task mlm stage, then runs that start from its model (--model run:NAME)."""
+
 import json
 import os
 import subprocess
 
 import pytest
+from conftest import ROOT
 
 import config
 import grid
 import report
-from conftest import ROOT
 
-PRETRAIN = "--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 " \
-           "--epochs 1 --wandb disabled"
+PRETRAIN = (
+    "--task mlm --model tiny-bert --data synthetic --run_name pre --max_train_samples 96 --max_eval_samples 32 "
+    "--epochs 1 --wandb disabled"
+)
 FINE_TUNE = "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
 
 
@@ -22,20 +25,34 @@ def write_grid(path, *lines):
 
 def run_grid(*args, timeout=600):
     env = dict(os.environ, WANDB_MODE="disabled")
-    return subprocess.run(["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 # ---- the grid, the names and the paths (no torch)
 
+
 def test_a_run_starts_from_an_mlm_run_on_an_earlier_line_only(tmp_path):
     good = grid.resolve(write_grid(tmp_path / "good.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}"))
-    assert [name for _, name, _ in good] == ["pre", "pre-cls-ep1-ntr96-nev32-synthetic-s1",
-                                            "pre-cls-ep1-ntr96-nev32-synthetic-s2"]
-    assert grid.stages(good) == {"pre": 1, "pre-cls-ep1-ntr96-nev32-synthetic-s1": 2,
-                                 "pre-cls-ep1-ntr96-nev32-synthetic-s2": 2}
-    expanded = subprocess.run(["python", "grid.py", "expand", tmp_path / "good.grid"], capture_output=True, text=True,
-                              cwd=ROOT).stdout.splitlines()
+    assert [name for _, name, _ in good] == [
+        "pre",
+        "pre-cls-ep1-ntr96-nev32-synthetic-s1",
+        "pre-cls-ep1-ntr96-nev32-synthetic-s2",
+    ]
+    assert grid.stages(good) == {
+        "pre": 1,
+        "pre-cls-ep1-ntr96-nev32-synthetic-s1": 2,
+        "pre-cls-ep1-ntr96-nev32-synthetic-s2": 2,
+    }
+    expanded = subprocess.run(
+        ["python", "grid.py", "expand", tmp_path / "good.grid"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.splitlines()
     assert [line.split(grid.SEP)[1:3] for line in expanded] == [["pre", ""], [good[1][1], "pre"], [good[2][1], "pre"]]
 
     with pytest.raises(grid.GridError, match=r"later\.grid:2: --model run:pre names no --task mlm run on an earlier"):
@@ -80,11 +97,17 @@ def test_the_report_compares_runs_from_a_pretraining_run_with_runs_from_its_mode
 
 # ---- train.py and run_grid.sh (they train)
 
+
 @pytest.mark.slow
 def test_train_refuses_a_run_model_whose_run_has_not_finished(tmp_path):
     (tmp_path / "pre" / "ckpt").mkdir(parents=True)  # started, not finished
-    out = subprocess.run(["python", "train.py", *FINE_TUNE.split(), "--out_dir", tmp_path], capture_output=True,
-                         text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        ["python", "train.py", *FINE_TUNE.split(), "--out_dir", tmp_path],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("error: --model run:pre: run pre has not finished"), out.stderr
     assert not (tmp_path / "pre-cls-ep1-ntr96-nev32-synthetic-s42").exists()
@@ -92,7 +115,9 @@ def test_train_refuses_a_run_model_whose_run_has_not_finished(tmp_path):
 
 @pytest.mark.slow
 def test_grid_runs_the_pretraining_stage_then_the_runs_that_start_from_it(tmp_path):
-    g = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}", FINE_TUNE.replace("run:pre", "tiny-bert"))
+    g = write_grid(
+        tmp_path / "chain.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}", FINE_TUNE.replace("run:pre", "tiny-bert")
+    )
     out = run_grid(g, "--out_dir", tmp_path / "runs")
     assert out.returncode == 0, out.stdout + out.stderr
     folder = tmp_path / "runs" / "chain"
@@ -113,13 +138,19 @@ def test_grid_runs_the_pretraining_stage_then_the_runs_that_start_from_it(tmp_pa
 @pytest.mark.slow
 def test_a_failed_pretraining_run_stops_the_runs_that_start_from_it(tmp_path):
     broken = PRETRAIN.replace("--data synthetic", f"--data {tmp_path / 'missing'}")
-    g = write_grid(tmp_path / "chain.grid", broken, FINE_TUNE.replace("synthetic", str(tmp_path / "missing")),
-                   FINE_TUNE.replace("run:pre", "tiny-bert"))
+    g = write_grid(
+        tmp_path / "chain.grid",
+        broken,
+        FINE_TUNE.replace("synthetic", str(tmp_path / "missing")),
+        FINE_TUNE.replace("run:pre", "tiny-bert"),
+    )
     out = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "[failed] pre exit 2" in out.stdout
-    assert "[failed] pre-cls-ep1-ntr96-nev32-missing-s42 not started: pre, the run it starts from, did not finish" \
+    assert (
+        "[failed] pre-cls-ep1-ntr96-nev32-missing-s42 not started: pre, the run it starts from, did not finish"
         in out.stdout
+    )
     assert "[done] tiny-bert-cls-ep1-ntr96-nev32-synthetic-s42" in out.stdout  # the others still run
     assert not (tmp_path / "runs" / "chain" / "pre-cls-ep1-ntr96-nev32-missing-s42").exists()
 
@@ -127,7 +158,8 @@ def test_a_failed_pretraining_run_stops_the_runs_that_start_from_it(tmp_path):
 def test_the_shipped_pretraining_demo_is_a_pretraining_stage_then_the_runs_from_it():
     runs = grid.resolve(os.path.join(ROOT, "grids", "pretrain_demo.grid"))
     stages = grid.stages(runs)
-    fine_tuned = {start: [f"{start}-cls-ep5-ntr200-synthetic-s{seed}" for seed in range(3)]
-                  for start in ("pretrain", "tiny-bert")}  # tiny-bert: random init, it waits for nothing
+    fine_tuned = {
+        start: [f"{start}-cls-ep5-ntr200-synthetic-s{seed}" for seed in range(3)] for start in ("pretrain", "tiny-bert")
+    }  # tiny-bert: random init, it waits for nothing
     assert sorted(name for name, stage in stages.items() if stage == 1) == ["pretrain", *fine_tuned["tiny-bert"]]
     assert sorted(name for name, stage in stages.items() if stage == 2) == fine_tuned["pretrain"]

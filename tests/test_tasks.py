@@ -1,5 +1,6 @@
 """Issue 21 groundwork: task metrics against sklearn/scipy, the --task / --metric_for_best flags,
 sentence-pair encoding and regression labels."""
+
 import math
 import re
 
@@ -23,6 +24,7 @@ needs_references = pytest.mark.skipif(sklearn_metrics is None, reason="needs sci
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 @needs_references
 @pytest.mark.parametrize("num_classes", [2, 3, 5])
@@ -102,6 +104,7 @@ def test_metric_for_best_is_checked_against_the_task_and_the_classes():
 
 # ----------------------------------------------------------------------------- flags
 
+
 def parse(*argv):
     return config.parse_args(list(argv))
 
@@ -142,25 +145,34 @@ def test_regression_and_metric_for_best_in_run_names_and_fingerprints():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("argv, message", [
-    (["--task", "regression", "--metric_for_best", "acc"],
-     "--metric_for_best acc is not a regression metric (use one of: pearson, spearman, mse, loss)"),
-    (["--metric_for_best", "pearson"], "--metric_for_best pearson is not a classification metric"),
-    (["--metric_for_best", "bleu"], "--metric_for_best bleu is not a classification metric"),
-    (["--text_col", "a", "b", "--truncation", "tail"],
-     "--truncation tail applies to single texts; a pair is truncated longest-first"),
-    (["--text_col", "a", "b", "--truncation", "head_tail"], "--truncation head_tail applies to single texts"),
-    (["--no-text_pairs"], "--no-text_pairs joins two or more --text_col columns; there is one"),
-    (["--task", "ordinal"], "invalid choice: 'ordinal'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--task", "regression", "--metric_for_best", "acc"],
+            "--metric_for_best acc is not a regression metric (use one of: pearson, spearman, mse, loss)",
+        ),
+        (["--metric_for_best", "pearson"], "--metric_for_best pearson is not a classification metric"),
+        (["--metric_for_best", "bleu"], "--metric_for_best bleu is not a classification metric"),
+        (
+            ["--text_col", "a", "b", "--truncation", "tail"],
+            "--truncation tail applies to single texts; a pair is truncated longest-first",
+        ),
+        (["--text_col", "a", "b", "--truncation", "head_tail"], "--truncation head_tail applies to single texts"),
+        (["--no-text_pairs"], "--no-text_pairs joins two or more --text_col columns; there is one"),
+        (["--task", "ordinal"], "invalid choice: 'ordinal'"),
+    ],
+)
 def test_flags_the_task_does_not_define_end_in_one_error_line(argv, message, tmp_path, capsys):
-    code = run_inprocess("--model", "tiny-bert", "--data", "synthetic", "--wandb", "disabled",
-                         "--out_dir", tmp_path, *argv)
+    code = run_inprocess(
+        "--model", "tiny-bert", "--data", "synthetic", "--wandb", "disabled", "--out_dir", tmp_path, *argv
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err, err
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def write(folder, split, frame):
     folder.mkdir(exist_ok=True)
@@ -183,12 +195,20 @@ def test_regression_labels_are_floats_as_given_and_splits_are_seeded(tmp_path):
     assert len(small["train"].labels) == 10 and len(small["test"].labels) == 1
 
 
-@pytest.mark.parametrize("labels, message", [
-    (["1.5", "x"] * 5, ("label column 'label' of the train split: data row 2 is not a finite number (value 'x'); "
-                        "--task regression needs a number in every row")),
-    ([1.0, None] * 5, "data row 2 is empty"),
-    ([2.0] * 10, "holds a single value (2) in train: nothing to regress"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            ["1.5", "x"] * 5,
+            (
+                "label column 'label' of the train split: data row 2 is not a finite number (value 'x'); "
+                "--task regression needs a number in every row"
+            ),
+        ),
+        ([1.0, None] * 5, "data row 2 is empty"),
+        ([2.0] * 10, "holds a single value (2) in train: nothing to regress"),
+    ],
+)
 def test_bad_regression_labels_name_split_and_row(tmp_path, labels, message):
     write(tmp_path, "train", {"text": ["a"] * 10, "label": labels})
     with pytest.raises(UserError, match=re.escape(message)):
@@ -209,8 +229,11 @@ def test_float_labels_without_regression_say_to_pass_task_regression(tmp_path):
 
 
 def test_two_or_more_text_columns_give_segments_a_and_b(tmp_path):
-    write(tmp_path, "train", {"q": ["Q1", "Q2"] * 10, "title": ["T1", "T2"] * 10, "body": ["b1", "b2"] * 10,
-                              "label": [0, 1] * 10})
+    write(
+        tmp_path,
+        "train",
+        {"q": ["Q1", "Q2"] * 10, "title": ["T1", "T2"] * 10, "body": ["b1", "b2"] * 10, "label": [0, 1] * 10},
+    )
     splits, _ = data.load_splits(str(tmp_path), ["q", "title", "body"], "label", 0.2, None, None)
     train = splits["train"]
     assert set(zip(*train.segments, strict=True)) == {("Q1", "T1 b1"), ("Q2", "T2 b2")}  # first column A, the rest B
@@ -231,8 +254,12 @@ def test_a_pair_row_with_one_empty_column_names_column_split_and_row(tmp_path):
 # ----------------------------------------------------------------------------- pair encoding
 
 PAIR_TEXTS_A = ["the cat sat on the mat", "a dog", " ".join(f"w{i}" for i in range(200)), "short one here"]
-PAIR_TEXTS_B = ["it was a sunny day in the park", " ".join(f"v{i}" for i in range(150)), "tiny",
-                " ".join(f"u{i}" for i in range(40))]
+PAIR_TEXTS_B = [
+    "it was a sunny day in the park",
+    " ".join(f"v{i}" for i in range(150)),
+    "tiny",
+    " ".join(f"u{i}" for i in range(40)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +268,10 @@ def tiny_tokenizers(tmp_path_factory):
     bert-base-uncased's pair template: segment B gets token type 1)."""
     cache = str(tmp_path_factory.mktemp("tok"))
     corpus = (PAIR_TEXTS_A + PAIR_TEXTS_B) * 5
-    return {name: models.load_tokenizer(models.resolve_model(name), corpus, cache)
-            for name in ("tiny-bert", "tiny-modernbert")}
+    return {
+        name: models.load_tokenizer(models.resolve_model(name), corpus, cache)
+        for name in ("tiny-bert", "tiny-modernbert")
+    }
 
 
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-modernbert"])
@@ -256,7 +285,7 @@ def test_pairs_match_the_tokenizers_own_pair_encoding_and_truncation(tiny_tokeni
         assert enc.n_tokens[i] == len(tok(a, b)["input_ids"])
         assert enc.token_types[i].tolist() == hf["token_type_ids"]
     sep = enc.ids[0].tolist().index(tok.sep_token_id)
-    assert enc.token_types[0][:sep + 1].tolist() == [0] * (sep + 1) and set(enc.token_types[0][sep + 1:]) == {1}
+    assert enc.token_types[0][: sep + 1].tolist() == [0] * (sep + 1) and set(enc.token_types[0][sep + 1 :]) == {1}
 
 
 def test_a_pair_is_cls_a_sep_b_sep_and_kept_apart_from_the_joined_encoding(tiny_tokenizers, tmp_path):
@@ -284,10 +313,19 @@ def test_pair_tokens_and_token_types_come_back_from_the_cache(tiny_tokenizers, t
     assert (first.n_tokens == cached.n_tokens).all()
 
 
-@pytest.mark.parametrize("len_a, len_b, budget, kept", [
-    (3, 4, 10, (3, 4)), (2, 30, 10, (2, 8)), (30, 2, 10, (8, 2)), (30, 30, 10, (5, 5)),
-    (30, 30, 9, (4, 5)), (40, 30, 9, (5, 4)), (6, 30, 10, (5, 5)), (5, 30, 10, (5, 5)),
-])
+@pytest.mark.parametrize(
+    "len_a, len_b, budget, kept",
+    [
+        (3, 4, 10, (3, 4)),
+        (2, 30, 10, (2, 8)),
+        (30, 2, 10, (8, 2)),
+        (30, 30, 10, (5, 5)),
+        (30, 30, 9, (4, 5)),
+        (40, 30, 9, (5, 4)),
+        (6, 30, 10, (5, 5)),
+        (5, 30, 10, (5, 5)),
+    ],
+)
 def test_longest_first_truncation_cuts_the_longer_text_first(len_a, len_b, budget, kept):
     a, b = data.truncate_longest_first(list(range(len_a)), list(range(100, 100 + len_b)), budget)
     assert (len(a), len(b)) == kept and a == list(range(len(a))) and b == list(range(100, 100 + len(b)))
@@ -295,8 +333,13 @@ def test_longest_first_truncation_cuts_the_longer_text_first(len_a, len_b, budge
 
 def test_a_max_len_that_cannot_hold_both_texts_is_one_user_error(tiny_tokenizers, tmp_path):
     tok = tiny_tokenizers["tiny-bert"]
-    with pytest.raises(UserError, match=re.escape("--max_len 4 cannot hold a sentence pair: the model's 3 special "
-                                                  "tokens and at least one token of each text need 5")):
+    with pytest.raises(
+        UserError,
+        match=re.escape(
+            "--max_len 4 cannot hold a sentence pair: the model's 3 special "
+            "tokens and at least one token of each text need 5"
+        ),
+    ):
         data.encode(["a b"], tok, 4, "head", str(tmp_path), text_pairs=["c d"])
     enc = data.encode(["a b"], tok, 5, "head", str(tmp_path), text_pairs=["c d"])
     assert enc.ids[0].tolist() == tok("a b", "c d", truncation=True, max_length=5)["input_ids"]
@@ -310,8 +353,8 @@ def test_collate_carries_token_types_only_when_given(tiny_tokenizers, tmp_path):
     batch = data.collate(enc.ids, tok.pad_token_id, 64, token_types=enc.token_types)
     assert batch["token_type_ids"].shape == batch["input_ids"].shape
     for row, types in enumerate(enc.token_types):
-        assert batch["token_type_ids"][row, :len(types)].tolist() == types.tolist()
-        assert batch["token_type_ids"][row, len(types):].eq(0).all()
+        assert batch["token_type_ids"][row, : len(types)].tolist() == types.tolist()
+        assert batch["token_type_ids"][row, len(types) :].eq(0).all()
         # mean pooling averages over the attention mask: both segments' real tokens
         assert batch["attention_mask"][row].sum() == len(enc.ids[row])
     assert set(data.collate(enc.ids, tok.pad_token_id, 64)) == {"input_ids", "attention_mask"}
@@ -319,9 +362,11 @@ def test_collate_carries_token_types_only_when_given(tiny_tokenizers, tmp_path):
 
 def test_segment_embeddings_are_used_by_bert_and_not_by_modernbert(tiny_tokenizers, tmp_path):
     from transformers import AutoModel
+
     bert_config = models.MODELS["tiny-bert"].tiny_config(vocab_size=2000, **models.MODELS["tiny-bert"].tiny_kwargs)
     modernbert_config = models.MODELS["tiny-modernbert"].tiny_config(
-        vocab_size=2000, **models.MODELS["tiny-modernbert"].tiny_kwargs)
+        vocab_size=2000, **models.MODELS["tiny-modernbert"].tiny_kwargs
+    )
     assert data.uses_token_type_ids(bert_config) and not data.uses_token_type_ids(modernbert_config)
     tok = tiny_tokenizers["tiny-bert"]
     enc = data.encode(PAIR_TEXTS_A[:2], tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B[:2])
@@ -335,12 +380,15 @@ def test_a_template_whose_segment_ids_are_all_zero_carries_no_token_types(tiny_t
     """ModernBERT's template gives both segments type 0: nothing to carry to the model."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
+
     backend = tiny_tokenizers["tiny-bert"].backend_tokenizer
     backend = backend.__class__.from_str(backend.to_str())
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]")
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
     enc = data.encode(PAIR_TEXTS_A, tok, 64, "head", str(tmp_path), text_pairs=PAIR_TEXTS_B)
     assert enc.token_types is None
     assert enc.ids[0].tolist() == tok(PAIR_TEXTS_A[0], PAIR_TEXTS_B[0], truncation=True, max_length=64)["input_ids"]
@@ -348,23 +396,32 @@ def test_a_template_whose_segment_ids_are_all_zero_carries_no_token_types(tiny_t
 
 # ----------------------------------------------------------------------------- GLUE by name
 
+
 def _glue_folder(root, task="mrpc", n=40):
     folder = root / "glue" / task
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, hidden in (("train", False), ("validation", False), ("test", True)):
         labels = [-1] * n if hidden else rng.integers(0, 2, n).tolist()
-        pd.DataFrame({"sentence1": [f"first {split} {i}" for i in range(n)],
-                      "sentence2": [f"second {split} {i}" for i in range(n)],
-                      "label": labels, "idx": range(n)}).to_csv(folder / f"{split}.csv", index=False)
+        pd.DataFrame(
+            {
+                "sentence1": [f"first {split} {i}" for i in range(n)],
+                "sentence2": [f"second {split} {i}" for i in range(n)],
+                "label": labels,
+                "idx": range(n),
+            }
+        ).to_csv(folder / f"{split}.csv", index=False)
     return folder
 
 
 def test_a_glue_folder_picks_the_tasks_columns_and_metric_and_evaluates_on_validation(tmp_path):
     folder = _glue_folder(tmp_path)
     args = config.parse_args(["--model", "tiny-bert", "--data", str(folder)])
-    assert (args.text_col, args.task, args.metric_for_best) == (["sentence1", "sentence2"], "classification",
-                                                                "f1_positive")
+    assert (args.text_col, args.task, args.metric_for_best) == (
+        ["sentence1", "sentence2"],
+        "classification",
+        "f1_positive",
+    )
     splits, names = data.load_splits(args.data, args.text_col, args.label_col, 0.1, None, None, task=args.task)
     assert splits["test"].source == "validation" and splits["test"].segments[0][0] == "first validation 0"
     assert len(splits["train"].labels) + len(splits["val"].labels) == 40  # val carved out of train

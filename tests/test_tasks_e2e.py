@@ -1,14 +1,15 @@
 """Sentence pairs and regression through train.py: learning, exact resume, 2 processes = 1,
 the report, and the bad inputs a user can give."""
+
 import json
 import signal
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import read_events, read_results, run_cli, run_inprocess
 
 import report
-from conftest import read_events, read_results, run_cli, run_inprocess
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -43,14 +44,18 @@ def pair_folder(tmp_path_factory):
         for _ in range(n):
             a, same = rng.choice(keys), rng.integers(0, 2)
             b = a if same else rng.choice([k for k in keys if k != a])
-            rows.append({"sentence1": f"the {a} {' '.join(rng.choice(FILLER, 4))}",
-                         "sentence2": f"{' '.join(rng.choice(FILLER, 3))} {b} one", "label": int(same)})
+            rows.append(
+                {
+                    "sentence1": f"the {a} {' '.join(rng.choice(FILLER, 4))}",
+                    "sentence2": f"{' '.join(rng.choice(FILLER, 3))} {b} one",
+                    "label": int(same),
+                }
+            )
         pd.DataFrame(rows).to_csv(folder / f"{split}.csv", index=False)
     return str(folder)
 
 
-REGRESSION = ["--model", "tiny-bert", "--task", "regression", "--pool", "mean", "--epochs", 2,
-              "--wandb", "disabled"]
+REGRESSION = ["--model", "tiny-bert", "--task", "regression", "--pool", "mean", "--epochs", 2, "--wandb", "disabled"]
 
 
 def test_regression_learns_a_learnable_target_and_writes_its_metrics(regression_folder, cache_dir, tmp_path):
@@ -69,8 +74,19 @@ def test_regression_learns_a_learnable_target_and_writes_its_metrics(regression_
 
 
 def test_regression_resume_after_a_kill_is_exact(regression_folder, cache_dir, tmp_path):
-    args = [*REGRESSION, "--data", regression_folder, "--max_train_samples", 192, "--save_every", 5,
-            "--log_every", 1, "--run_name", "r"]
+    args = [
+        *REGRESSION,
+        "--data",
+        regression_folder,
+        "--max_train_samples",
+        192,
+        "--save_every",
+        5,
+        "--log_every",
+        1,
+        "--run_name",
+        "r",
+    ]
     reference = run_cli(*args, "--out_dir", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-2000:]
     killed = run_cli(*args, "--out_dir", tmp_path / "killed", env={"FTKIT_KILL_AT": "step:8"})
@@ -85,10 +101,29 @@ def test_regression_resume_after_a_kill_is_exact(regression_folder, cache_dir, t
 
 
 def test_regression_and_pairs_on_two_processes_match_one(regression_folder, pair_folder, cache_dir, tmp_path):
-    for name, folder, extra in (("reg", regression_folder, REGRESSION[2:]),
-                                ("pair", pair_folder, ["--text_col", "sentence1", "sentence2", "--epochs", 1])):
-        args = ["--model", "tiny-bert", *extra, "--data", folder, "--dropout", 0, "--encoder_dropout", 0,
-                "--max_train_samples", 160, "--log_every", 1, "--wandb", "disabled", "--run_name", name]
+    for name, folder, extra in (
+        ("reg", regression_folder, REGRESSION[2:]),
+        ("pair", pair_folder, ["--text_col", "sentence1", "sentence2", "--epochs", 1]),
+    ):
+        args = [
+            "--model",
+            "tiny-bert",
+            *extra,
+            "--data",
+            folder,
+            "--dropout",
+            0,
+            "--encoder_dropout",
+            0,
+            "--max_train_samples",
+            160,
+            "--log_every",
+            1,
+            "--wandb",
+            "disabled",
+            "--run_name",
+            name,
+        ]
         assert run_inprocess(*args, "--out_dir", tmp_path / "one") == 0
         two = run_cli(*args, "--out_dir", tmp_path / "two", nproc=2)
         assert two.returncode == 0, two.stderr[-2000:]
@@ -99,9 +134,11 @@ def test_regression_and_pairs_on_two_processes_match_one(regression_folder, pair
 
 
 @pytest.mark.parametrize("model, segment_ids", [("tiny-bert", True), ("tiny-modernbert", False)])
-def test_a_pair_run_feeds_segment_ids_only_to_a_model_that_has_them(pair_folder, cache_dir, tmp_path, model,
-                                                                      segment_ids, monkeypatch):
+def test_a_pair_run_feeds_segment_ids_only_to_a_model_that_has_them(
+    pair_folder, cache_dir, tmp_path, model, segment_ids, monkeypatch
+):
     import model as models
+
     seen = []
     forward = models.Classifier.forward
 
@@ -110,8 +147,26 @@ def test_a_pair_run_feeds_segment_ids_only_to_a_model_that_has_them(pair_folder,
         return forward(self, input_ids, attention_mask, token_type_ids)
 
     monkeypatch.setattr(models.Classifier, "forward", spy)
-    assert run_inprocess("--model", model, "--data", pair_folder, "--text_col", "sentence1", "sentence2",
-                         "--epochs", 1, "--max_train_samples", 64, "--wandb", "disabled", "--out_dir", tmp_path) == 0
+    assert (
+        run_inprocess(
+            "--model",
+            model,
+            "--data",
+            pair_folder,
+            "--text_col",
+            "sentence1",
+            "sentence2",
+            "--epochs",
+            1,
+            "--max_train_samples",
+            64,
+            "--wandb",
+            "disabled",
+            "--out_dir",
+            tmp_path,
+        )
+        == 0
+    )
     assert seen and all((t is not None) == segment_ids for t in seen)
     if segment_ids:
         assert any(t.max() == 1 for t in seen)  # segment B is there
@@ -122,8 +177,24 @@ def test_a_pair_run_feeds_segment_ids_only_to_a_model_that_has_them(pair_folder,
 def test_report_over_a_regression_grid(regression_folder, cache_dir, tmp_path, capsys):
     for seed in (1, 2):
         for pool in ("cls", "mean"):
-            assert run_inprocess(*REGRESSION, "--data", regression_folder, "--pool", pool, "--seed", seed,
-                                 "--epochs", 1, "--max_train_samples", 160, "--out_dir", tmp_path) == 0
+            assert (
+                run_inprocess(
+                    *REGRESSION,
+                    "--data",
+                    regression_folder,
+                    "--pool",
+                    pool,
+                    "--seed",
+                    seed,
+                    "--epochs",
+                    1,
+                    "--max_train_samples",
+                    160,
+                    "--out_dir",
+                    tmp_path,
+                )
+                == 0
+            )
     assert report.main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| tiny-bert")]
@@ -131,10 +202,13 @@ def test_report_over_a_regression_grid(regression_folder, cache_dir, tmp_path, c
     assert rows[0].endswith("| 2 | baseline |") and "†" in rows[1]  # 2 seeds: no conclusion drawn
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--task", "regression", "--metric_for_best", "acc"], "acc"),
-    (["--text_col", "sentence1", "sentence2", "--max_len", 4], "max_len"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--task", "regression", "--metric_for_best", "acc"], "acc"),
+        (["--text_col", "sentence1", "sentence2", "--max_len", 4], "max_len"),
+    ],
+)
 def test_bad_task_settings_are_one_line(pair_folder, cache_dir, tmp_path, flags, message):
     done = run_cli("--model", "tiny-bert", "--data", pair_folder, "--wandb", "disabled", "--out_dir", tmp_path, *flags)
     assert done.returncode == 2
@@ -144,7 +218,18 @@ def test_bad_task_settings_are_one_line(pair_folder, cache_dir, tmp_path, flags,
 
 def test_a_label_that_is_not_a_number_in_a_regression_is_one_line(tmp_path, cache_dir):
     pd.DataFrame({"text": ["a b", "c d", "e f"] * 10, "label": ["1.5", "2", "high"] * 10}).to_csv(
-        tmp_path / "train.csv", index=False)
-    done = run_cli("--model", "tiny-bert", "--data", tmp_path, "--task", "regression", "--wandb", "disabled",
-                   "--out_dir", tmp_path / "runs")
+        tmp_path / "train.csv", index=False
+    )
+    done = run_cli(
+        "--model",
+        "tiny-bert",
+        "--data",
+        tmp_path,
+        "--task",
+        "regression",
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        tmp_path / "runs",
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "row" in done.stderr, done.stderr

@@ -1,24 +1,49 @@
 """End-to-end runs of the training loop on the generated task (CPU, offline)."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import read_events, read_results, run_cli, run_inprocess
 
-RESULT_FIELDS = {"val_acc", "val_loss", "test_acc", "test_loss", "test_f1", "test_ece", "best_epoch",
-                 "train_samples_per_s", "train_tokens_per_s", "train_padding_share", "train_tflops_per_s",
-                 "eval_samples_per_s", "wall_s", "collapsed"}
+RESULT_FIELDS = {
+    "val_acc",
+    "val_loss",
+    "test_acc",
+    "test_loss",
+    "test_f1",
+    "test_ece",
+    "best_epoch",
+    "train_samples_per_s",
+    "train_tokens_per_s",
+    "train_padding_share",
+    "train_tflops_per_s",
+    "eval_samples_per_s",
+    "wall_s",
+    "collapsed",
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-bert", "tiny-modernbert"])
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_tiny_models_learn_the_generated_task(model, pool, syn_folder, cache_dir, tmp_path):
-    code = run_inprocess("--model", model, "--pool", pool, "--data", syn_folder, "--epochs", 3,
-                         "--wandb", "disabled", "--out_dir", tmp_path)
+    code = run_inprocess(
+        "--model",
+        model,
+        "--pool",
+        pool,
+        "--data",
+        syn_folder,
+        "--epochs",
+        3,
+        "--wandb",
+        "disabled",
+        "--out_dir",
+        tmp_path,
+    )
     assert code == 0
     run_dir = tmp_path / f"{model}-{pool}-{os.path.basename(syn_folder)}-s42"
     results = read_results(run_dir)
@@ -39,9 +64,28 @@ def test_tiny_models_learn_the_generated_task(model, pool, syn_folder, cache_dir
     assert log.index("environment:") < log.index("config:") < log.index("train:")
 
 
-SAME_RUN = ["--model", "tiny-bert", "--pool", "mean", "--dropout", 0, "--encoder_dropout", 0,
-            "--max_train_samples", 320, "--max_eval_samples", 101, "--epochs", 1, "--log_every", 1,
-            "--wandb", "disabled", "--run_name", "r"]
+SAME_RUN = [
+    "--model",
+    "tiny-bert",
+    "--pool",
+    "mean",
+    "--dropout",
+    0,
+    "--encoder_dropout",
+    0,
+    "--max_train_samples",
+    320,
+    "--max_eval_samples",
+    101,
+    "--epochs",
+    1,
+    "--log_every",
+    1,
+    "--wandb",
+    "disabled",
+    "--run_name",
+    "r",
+]
 
 
 @pytest.mark.slow
@@ -74,6 +118,7 @@ def test_smoke_mode_uses_a_small_subset_and_its_own_name(syn_folder, cache_dir, 
 
 def test_run_name_lists_only_settings_that_differ(tmp_path):
     import train
+
     args = train.parse_args(["--model", "bert", "--batch_size", "32", "--weight_decay", "0.01", "--clip", "1.0"])
     assert args.run_name == "bert-cls-bs32-wd0.01-clip1-s42"
     assert train.parse_args(["--model", "modernbert", "--pool", "mean"]).run_name == "modernbert-mean-s42"
@@ -85,8 +130,26 @@ def test_run_name_lists_only_settings_that_differ(tmp_path):
 
 @pytest.mark.slow
 def test_grad_accumulation_matches_a_full_batch(syn_folder, cache_dir, tmp_path):
-    common = ["--model", "tiny-bert", "--dropout", 0, "--encoder_dropout", 0, "--max_train_samples", 160,
-              "--max_eval_samples", 50, "--epochs", 1, "--log_every", 1, "--wandb", "disabled", "--data", syn_folder]
+    common = [
+        "--model",
+        "tiny-bert",
+        "--dropout",
+        0,
+        "--encoder_dropout",
+        0,
+        "--max_train_samples",
+        160,
+        "--max_eval_samples",
+        50,
+        "--epochs",
+        1,
+        "--log_every",
+        1,
+        "--wandb",
+        "disabled",
+        "--data",
+        syn_folder,
+    ]
     assert run_inprocess(*common, "--out_dir", tmp_path / "a", "--run_name", "r") == 0
     assert run_inprocess(*common, "--grad_accum", 4, "--out_dir", tmp_path / "b", "--run_name", "r") == 0
     a = [e["loss"] for e in read_events(tmp_path / "a" / "r", "train")]
@@ -104,8 +167,11 @@ def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_
     the masks are drawn over the padded width: --padding is therefore a setting of the run, see
     tests/test_hardening.py.) Grouping by length changes the order (so the losses), and cuts the
     padding."""
-    runs = {"max_len": ["--no-group_by_length", "--padding", "max_len"], "longest": ["--no-group_by_length"],
-            "grouped": []}
+    runs = {
+        "max_len": ["--no-group_by_length", "--padding", "max_len"],
+        "longest": ["--no-group_by_length"],
+        "grouped": [],
+    }
     for name, extra in runs.items():
         assert run_inprocess(*SAME_RUN, *extra, "--data", syn_folder, "--out_dir", tmp_path / name) == 0
     loss = {name: [e["loss"] for e in read_events(tmp_path / name / "r", "train")] for name in runs}
@@ -115,12 +181,15 @@ def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_
     results = {name: read_results(tmp_path / name / "r") for name in runs}
     assert abs(results["longest"]["test_loss"] - results["max_len"]["test_loss"]) < 1e-4  # 2.4e-5 measured
     share = {name: r["train_padding_share"] for name, r in results.items()}
-    assert share["max_len"] > 0.4 and share["grouped"] < 0.1 and share["grouped"] < share["longest"] / 2 < share["max_len"]
+    assert (
+        share["max_len"] > 0.4 and share["grouped"] < 0.1 and share["grouped"] < share["longest"] / 2 < share["max_len"]
+    )
 
 
 def test_precision_auto_picks_bf16_only_where_the_cpu_has_fast_kernels(monkeypatch):
-    import train
     import machine
+    import train
+
     cpu, warnings = torch.device("cpu"), []
     monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
     assert train.resolve_precision("auto", cpu, warnings.append) == "bf16" and not warnings

@@ -4,6 +4,7 @@ The file is W&B's LevelDB-style log: a 7-byte header, then 32 KiB blocks of reco
 (crc32: 4 bytes, length: 2, type: 1 = full, 2 = first, 3 = middle, 4 = last) holding
 protobuf `Record` messages.
 """
+
 import glob
 import json
 import os
@@ -24,8 +25,8 @@ def records(path: str):
         if left_in_block < HEADER:
             pos += left_in_block
             continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + HEADER])
-        data = raw[pos + HEADER:pos + HEADER + length]
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + HEADER])
+        data = raw[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0:  # padding
             continue
@@ -43,8 +44,9 @@ def history(run_dir: str) -> list[dict]:
         by_step = {}  # the log can hold a row twice
         for record in records(path):
             if record.WhichOneof("record_type") == "history":
-                row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                       for item in record.history.item}
+                row = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
+                }
                 by_step[row["_step"]] = row
         rows += [by_step[step] for step in sorted(by_step)]
     return rows
