@@ -142,8 +142,8 @@ if [ "$smoke" = 1 ]; then
     < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
   smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not (a finished run
     # that a run still to do starts from is smoke-run: that run's smoke run starts from its smoke run)
-    if [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"
-    elif [ -n "${finished[$1]:-}" ] && [ -z "${needed[$1]:-}" ]; then echo finished; fi
+    if [ -n "${finished[$1]:-}" ] && [ -z "${needed[$1]:-}" ]; then echo finished
+    elif [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"; fi
   }
   echo "== smoke phase: ${#runs[@]} runs"
   write_status smoke

@@ -328,9 +328,10 @@ def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not
 
 
 def start_slow_grid(tmp_path, name, env=None):
-    """run_grid.sh on a one-run grid that trains for minutes, once its run has logged a train line."""
+    """run_grid.sh on a one-run grid that trains for many minutes (the tests stop it; under a loaded
+    CI a shorter one could finish first), once its run has logged a train line."""
     g = write_grid(
-        tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 20 --wandb disabled --log_every 5"
+        tmp_path / f"{name}.grid", "--model tiny-bert --data synthetic --epochs 200 --wandb disabled --log_every 5"
     )
     grid_run = subprocess.Popen(
         ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", tmp_path / "runs"],
@@ -340,7 +341,7 @@ def start_slow_grid(tmp_path, name, env=None):
         cwd=ROOT,
         env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
     )
-    run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep20-synthetic-s42"
+    run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep200-synthetic-s42"
     deadline = time.time() + 120
     while not ((run_dir / "train.log").exists() and "train:" in (run_dir / "train.log").read_text()):
         assert time.time() < deadline and grid_run.poll() is None, grid_run.communicate()
@@ -394,9 +395,9 @@ def test_console_and_status_show_the_runs_log_progress_phase_and_how_the_grid_en
         stdout, _ = grid_run.communicate(timeout=120)
     console_log = tmp_path / "runs" / "prog" / "logs" / f"{run_dir.name}.log"
     assert f"[start] {run_dir.name} devices=default port=auto log {console_log}" in stdout
-    assert re.search(rf"^\[progress\] {run_dir.name}: step \d+/\d+, epoch 1/20, ETA \S+ min$", stdout, re.M), stdout
+    assert re.search(rf"^\[progress\] {run_dir.name}: step \d+/\d+, epoch 1/200, ETA \S+ min$", stdout, re.M), stdout
     assert "prog: 0/1 runs done; real phase" in running, running
-    assert re.search(rf"^  {run_dir.name}: step \d+/\d+, epoch 1/20, ETA", running, re.M), running
+    assert re.search(rf"^  {run_dir.name}: step \d+/\d+, epoch 1/200, ETA", running, re.M), running
     ended = subprocess.run(["bash", *status], capture_output=True, text=True, cwd=ROOT).stdout
     assert f"prog: 0/1 runs done; ended: stopped (log {tmp_path / 'runs' / 'prog' / 'logs'})" in ended, ended
     assert "no grid sessions running" not in ended
