@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 from conftest import ROOT
+from test_grid import run_grid, write_grid
 
 import config
 import grid
@@ -16,23 +17,6 @@ PRETRAIN = (
     "--epochs 1 --wandb disabled"
 )
 FINE_TUNE = "--model run:pre --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
-
-
-def write_grid(path, *lines):
-    path.write_text("# test grid\n" + "\n".join(lines) + "\n")
-    return str(path)
-
-
-def run_grid(*args, timeout=600):
-    env = dict(os.environ, WANDB_MODE="disabled")
-    return subprocess.run(
-        ["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 # ---- the grid, the names and the paths (no torch)
