@@ -58,6 +58,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
             OPERATIONAL.add(dest)
 
     d = " (default: %(default)s)"
+    add_model_data_and_optimizer_flags(a, d)
+    add_masked_lm_flags(a, d)
+    add_batching_and_operational_flags(a, d)
+    return p
+
+
+def add_model_data_and_optimizer_flags(a, d: str) -> None:
+    """What a run computes: model, pooling, data, task and the optimizer's settings."""
     a(
         "--model",
         default="bert",
@@ -203,6 +211,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
         "--task regression)",
     )
+
+
+def add_masked_lm_flags(a, d: str) -> None:
+    """--task mlm only: masking, packing, initialization, extra text."""
     # masked-LM settings (--task mlm); left out of names and fingerprints for the other tasks
     a(
         "--mlm_prob",
@@ -249,6 +261,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "folder (e.g. unsupervised for IMDb's unsupervised.parquet) whose texts are added to the training "
         "texts; never test (default: none)",
     )
+
+
+def add_batching_and_operational_flags(a, d: str) -> None:
+    """How batches are formed and compiled, the seed; then how the run is run (operational)."""
     a(
         "--group_by_length",
         name="group",
@@ -342,7 +358,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         choices=["stop", "skip"],
         help="on a non-finite loss: stop (keeping the last good checkpoint) or skip that step" + d,
     )
-    return p
 
 
 DEFAULTS = vars(build_parser().parse_args([]))
