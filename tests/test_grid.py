@@ -340,6 +340,9 @@ def start_slow_grid(tmp_path, name, env=None):
         text=True,
         cwd=ROOT,
         env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
+        # as from a terminal: a suite started in the background (`cmd &`) inherits SIGINT ignored,
+        # and bash cannot trap a signal ignored at its start, so Ctrl-C would never reach the grid
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     run_dir = tmp_path / "runs" / name / "tiny-bert-cls-ep200-synthetic-s42"
     deadline = time.time() + 120
