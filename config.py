@@ -443,9 +443,9 @@ def check_args(args) -> None:
             "--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
             "of the fine-tuning runs that start from this model"
         )
-    if model_run(args) is not None:
+    if (start := model_run(args.model)) is not None:
         try:
-            check_run_name(model_run(args))
+            check_run_name(start)
         except UserError:
             raise UserError(
                 f"--model {args.model}: {RUN_MODEL}NAME takes one run name (a folder in --out_dir)"
@@ -483,15 +483,15 @@ def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
     return labels
 
 
-def model_run(args) -> str | None:
-    """NAME of --model run:NAME (the run whose model this one starts from), else None."""
-    return args.model[len(RUN_MODEL) :] if args.model.startswith(RUN_MODEL) else None
+def model_run(model: str) -> str | None:
+    """NAME of a --model run:NAME (the run whose model this one starts from), else None."""
+    return model[len(RUN_MODEL) :] if model.startswith(RUN_MODEL) else None
 
 
 def model_run_dir(args) -> str | None:
     """The folder of the run --model run:NAME names: NAME in --out_dir; a smoke run starts from
     NAME's smoke run (NAME-smoke), so a grid's smoke phase chains its stages too."""
-    name = model_run(args)
+    name = model_run(args.model)
     return None if name is None else os.path.join(args.out_dir, name + ("-smoke" if args.smoke else ""))
 
 
@@ -519,7 +519,7 @@ def model_run_unfinished(args) -> str | None:
 
 
 def derive_run_name(args) -> str:
-    model_name = model_run(args) or os.path.basename(os.path.normpath(args.model)).replace("/", "_")
+    model_name = model_run(args.model) or os.path.basename(os.path.normpath(args.model)).replace("/", "_")
     labels = setting_labels(vars(args))
     if args.smoke:  # --smoke sets these itself; the -smoke suffix says so
         for key in ("max_train_samples", "max_eval_samples", "epochs"):

@@ -98,7 +98,7 @@ def resolve(path: str, extra: list[str] = ()) -> list[tuple[int, str, list[str]]
             raise GridError(f"{path}:{number}: {e}") from None
         if parsed.run_name in seen:
             raise GridError(f"{path}:{number}: run {parsed.run_name} is already on line {seen[parsed.run_name]}")
-        start = model_run(parsed)
+        start = model_run(parsed.model)
         if start is not None and start not in pretraining:
             raise GridError(
                 f"{path}:{number}: --model run:{start} names no --task mlm run on an earlier line of "
@@ -116,7 +116,7 @@ def starts_from(args: list[str]) -> str:
     """The run whose model a run of the grid starts from (--model run:NAME), or ""."""
     from config import model_run, parse_args
 
-    return model_run(parse_args(args)) or ""
+    return model_run(parse_args(args).model) or ""
 
 
 def stages(runs) -> dict[str, int]:

@@ -138,7 +138,7 @@ def settings_of(config: dict) -> dict:
     seed and model aside), labelled as in run names."""
     # config.json holds the resolved lr; its default depends on the model, which train.py recorded
     defaults = dict(settings.DEFAULTS, lr=config.get("model_default_lr", 5e-5))
-    start = config["model"][len(settings.RUN_MODEL) :] if config["model"].startswith(settings.RUN_MODEL) else None
+    start = settings.model_run(config["model"])
     pool = {} if config.get("task") == "mlm" else {"pool": config["pool"]}  # no head to pool for
     return {**pool, **({"start": f"from {start}"} if start else {}), **settings.setting_labels(config, defaults)}
 
@@ -148,9 +148,9 @@ def model_of(config: dict, configs: dict[str, dict]) -> str:
     NAME of the same folder) the model NAME started from, so it compares with runs from that
     model (its setup says "from NAME")."""
     model, seen = config["model"], set()
-    while model.startswith(settings.RUN_MODEL) and model not in seen:
+    while settings.model_run(model) is not None and model not in seen:
         seen.add(model)
-        model = configs.get(model[len(settings.RUN_MODEL) :], {}).get("model", model)
+        model = configs.get(settings.model_run(model), {}).get("model", model)
     return os.path.basename(os.path.normpath(model))
 
 

@@ -48,7 +48,7 @@ def test_a_run_starts_from_an_mlm_run_on_an_earlier_line_only(tmp_path):
 
 def test_run_model_names_its_run_and_finds_it_in_out_dir_or_its_smoke_run(tmp_path):
     args = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path)])
-    assert args.run_name == "pre-cls-s42" and config.model_run(args) == "pre"
+    assert args.run_name == "pre-cls-s42" and config.model_run(args.model) == "pre"
     assert config.model_source(args) == os.path.join(str(tmp_path), "pre", "model")
     smoke = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path / "smoke"), "--smoke"])
     assert config.model_source(smoke) == os.path.join(str(tmp_path), "smoke", "pre-smoke", "model")
