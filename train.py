@@ -31,9 +31,32 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
-# Under torchrun, the launcher's pid, read before the slow imports below: a launcher that dies
-# while they run must still be noticed (see watch_launcher).
-LAUNCHER_PID = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+
+def _launcher_alive(pid: int) -> bool:
+    """Whether process `pid` (this worker's parent) can still be torchrun: a worker whose launcher
+    died is re-parented to init or a subreaper (systemd --user, tini), none of them a Python
+    interpreter, while torchrun is one (pid 1 too, in a container that starts it)."""
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:  # no /proc (macOS), or not ours to read: only init is known not to be torchrun
+        return pid != 1
+    return exe.startswith("python") or exe == os.path.basename(os.readlink("/proc/self/exe"))
+
+
+# Under torchrun, before the slow imports below: the kernel sends this worker SIGTERM when the
+# launcher dies (a `kill -9` of torchrun cannot forward a signal, and its workers run in their own
+# sessions); a launcher that died before this line is caught by checking the parent afterwards.
+LAUNCHER_PID = None
+if "TORCHELASTIC_RUN_ID" in os.environ:
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    LAUNCHER_PID = os.getppid()
+    if not _launcher_alive(LAUNCHER_PID):
+        print("the launcher (torchrun) is gone before this worker started: stopping", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
 LAUNCHER_GONE = threading.Event()
 
 import numpy as np
@@ -971,26 +994,37 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.signum = signum
+        if LAUNCHER_PID is not None and os.getppid() != LAUNCHER_PID:  # the kernel's parent-death signal
+            _launcher_gone()
         if not self.training and LAUNCHER_GONE.is_set():
             raise Interrupted(signum)
 
 
 def watch_launcher() -> None:
-    """Under torchrun, a thread that sends this process SIGTERM when the launcher dies: a
-    `kill -9` of torchrun (whose workers run in their own sessions) cannot forward a signal, and
-    must not leave orphans holding the run lock and the GPUs, wherever they are (a rendezvous
-    with the dead launcher's store would wait out --dist_timeout)."""
+    """Under torchrun, a thread that sends this process SIGTERM when the launcher dies, where the
+    kernel's parent-death signal (set at the top of this file, Linux only) is not there: orphans
+    must not hold the run lock and the GPUs (a rendezvous with the dead launcher's store would
+    wait out --dist_timeout)."""
     if LAUNCHER_PID is None:
         return
 
     def watch():
         while os.getppid() == LAUNCHER_PID:
             time.sleep(0.5)
-        print(f"the launcher (pid {LAUNCHER_PID}) is gone: stopping", file=sys.stderr, flush=True)
-        LAUNCHER_GONE.set()
-        os.kill(os.getpid(), signal.SIGTERM)
+        if _launcher_gone():
+            os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def _launcher_gone() -> bool:
+    """Say once that the launcher died; True the first time (the caller then stops the run). No
+    lock: a signal handler calls it, and a second signal may arrive while it runs."""
+    if LAUNCHER_GONE.is_set():
+        return False
+    LAUNCHER_GONE.set()
+    print(f"the launcher (pid {LAUNCHER_PID}) is gone: stopping", file=sys.stderr, flush=True)
+    return True
 
 
 def record(run: Run, event: dict) -> None:

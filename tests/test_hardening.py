@@ -336,24 +336,43 @@ def test_killing_torchrun_stops_its_workers_and_the_rerun_resumes(tmp_path, cach
     assert "resumed from" in rerun.stdout
 
 
+def _slow_start_command(argv, seconds):
+    """torchrun whose workers sleep `seconds` before Python starts train.py (exec: the same pid):
+    a launcher killed during the sleep dies before the workers' first line."""
+    command = train_command(argv, nproc=2)
+    script = command.index(os.path.join(ROOT, "train.py"))
+    return [
+        *command[:script],
+        "--no-python",
+        "bash",
+        "-c",
+        f'sleep {seconds}; exec "$0" "$@"',
+        sys.executable,
+        *command[script:],
+    ]
+
+
 @pytest.mark.slow
-def test_killing_torchrun_during_set_up_stops_its_workers_within_seconds(tmp_path, cache_dir):
-    """Killed before any step (the workers still importing or meeting at the rendezvous): the
-    workers must not wait out the process group's timeout."""
-    launcher = subprocess.Popen(
-        train_command([*LONG, "--out_dir", tmp_path], nproc=2),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+@pytest.mark.parametrize("when", ["before the first line", "importing", "after the rendezvous"])
+def test_killing_torchrun_during_start_up_stops_its_workers_within_seconds(tmp_path, cache_dir, when):
+    """Killed before any step (the workers not yet started, importing, or in set-up after the
+    rendezvous): the workers must not wait out the process group's timeout (60 minutes)."""
+    argv = [*LONG, "--out_dir", tmp_path]
+    command = _slow_start_command(argv, 3) if when == "before the first line" else train_command(argv, nproc=2)
+    launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert _wait_for(lambda: len(_workers(launcher.pid)) == 2)
+    if when == "after the rendezvous":
+        assert _wait_for(lambda: (tmp_path / "r" / "train.log").exists())
     workers = _workers(launcher.pid)
     launcher.kill()
     launcher.wait()
     assert _wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers), timeout=20), (
         "orphaned workers still running"
     )
+    output = launcher.stdout.read()
+    if when == "before the first line":
+        assert output.count("the launcher (torchrun) is gone before this worker started") == 2, output
+    assert "Traceback" not in output, output
     assert not checkpoint.list_checkpoints(str(tmp_path / "r" / "ckpt"))  # it was stopped before training
 
 
