@@ -4,6 +4,7 @@ written or finish with a wrong number and exit 0."""
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,12 +258,17 @@ def test_a_half_written_last_metrics_line_is_dropped_with_a_warning(reference, t
 
 
 def _contend(path, barrier, results):
+    """Take the lock; report "won", "refused" (the user's one-line error naming the holder) or
+    anything else that went wrong, which the test must see as a failure."""
     lock = checkpoint.RunLock(path, lambda message: None)
     try:
         lock.acquire()
         results.put("won")
-    except Exception:
-        results.put("refused")
+    except config.UserError as e:
+        refusal = rf"{re.escape(path)} is in use by process \d+ on \S+; wait for it, or stop it first"
+        results.put("refused" if re.fullmatch(refusal, str(e)) else f"wrong message: {e}")
+    except Exception as e:  # a crash in the lock is not a refusal
+        results.put(f"{type(e).__name__}: {e}")
     barrier.wait()  # hold until both have tried
     lock.release()
 
