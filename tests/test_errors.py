@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,7 +102,27 @@ CASES = {
         lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
         "label column 'label' of the train split: data row 11 is empty",
     ),
+    # data edges (issue 28)
+    "repeated text column": (
+        lambda p: ["--text_col", "text", "text"],
+        "--text_col text text names text more than once",
+    ),
 }
+
+
+def with_file(path, name, text):
+    (Path(path) / name).write_text(text)
+    return path
+
+
+def glue_folder(tmp_path):
+    """A local GLUE task folder (glue/rte): its test labels hidden, so its validation is scored as the test."""
+    path = tmp_path / "glue" / "rte"
+    path.mkdir(parents=True)
+    pair = {"sentence1": ["a b", "c d"] * 10, "sentence2": ["e", "f"] * 10, "label": [0, 1] * 10}
+    folder(path, pair, {**pair, "label": [-1] * 20})
+    pd.DataFrame(pair).to_csv(path / "validation.csv", index=False)
+    return str(path)
 
 
 def dangling_train_link(tmp_path):
