@@ -23,6 +23,9 @@ FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "
 SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
 HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
 OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
+# the largest regression target whose square is finite in float32, as the MSE loss computes it
+# (1e39 itself is infinite in float32)
+MAX_REGRESSION_TARGET = float(np.sqrt(np.finfo(np.float32).max))
 
 
 @dataclass
@@ -420,6 +423,12 @@ def regression_targets(values, label_col: str, split: str) -> list[float]:
             raise UserError(
                 f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
                 f"(value {v!r:.60}); --task regression needs a number in every row"
+            )
+        if abs(number) > MAX_REGRESSION_TARGET:
+            raise UserError(
+                f"label column {label_col!r} of the {split} split: data row {row + 1} is {number:g}, beyond "
+                f"±{MAX_REGRESSION_TARGET:.1e}, where its squared error overflows the float32 MSE loss; "
+                "rescale the column"
             )
         targets.append(number)
     return targets

@@ -107,6 +107,15 @@ CASES = {
         lambda p: ["--text_col", "text", "text"],
         "--text_col text text names text more than once",
     ),
+    "regression target beyond float32": (
+        lambda p: [
+            "--task",
+            "regression",
+            "--data",
+            raw_file(p, "train.csv", b"text,label\n" + b"a,0.5\n" * 10 + b"c,1e39\n"),
+        ],
+        "label column 'label' of the train split: data row 11 is 1e+39, beyond",
+    ),
 }
 
 
