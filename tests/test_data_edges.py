@@ -4,6 +4,7 @@ repeated text columns."""
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import config
 import data
 import files
+import model as models
 from config import UserError
 
 
@@ -66,6 +68,24 @@ def test_finite_json_is_written_as_before(tmp_path):
     path = tmp_path / "config.json"
     files.write_json(str(path), {"lr": 1e-3, "text_col": ["a", "b"]})
     assert json.loads(path.read_text()) == {"lr": 1e-3, "text_col": ["a", "b"]}
+
+
+# ----------------------------------------------------------------------------- item 9: tokenizer cache
+
+
+def test_a_truncated_tokenizer_cache_is_rebuilt_with_a_warning(tmp_path):
+    texts_ = ["a short text", "another short text"] * 10
+    tiny = models.resolve_model("tiny-bert")
+    tokenizer = models.load_tokenizer(tiny, texts_, str(tmp_path))
+    (cache_file,) = tmp_path.glob("wordpiece-*.json")
+    cache_file.write_bytes(cache_file.read_bytes()[:300])  # a full disk or an interrupted copy
+    warnings = []
+    rebuilt = models.load_tokenizer(tiny, texts_, str(tmp_path), warn=warnings.append)
+    assert rebuilt("another short text")["input_ids"] == tokenizer("another short text")["input_ids"]
+    assert len(warnings) == 1 and f"the tokenizer cache {cache_file} is unreadable" in warnings[0]
+    models.load_tokenizer(tiny, texts_, str(tmp_path), warn=warnings.append)
+    assert len(warnings) == 1  # the rebuilt file reads
+    assert os.listdir(tmp_path) == [cache_file.name]
 
 
 # ----------------------------------------------------------------------------- item 14
