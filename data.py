@@ -202,11 +202,11 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
     else:
         try:
             loaded = datasets.load_dataset(_hub_name(data), glue.task_of(data))
-            if glue.task_of(data) == "mnli":  # its matched validation and test are the GLUE ones
+            if glue.task_of(data):  # mnli: its matched validation and test are the GLUE ones
                 loaded = {
-                    "train": loaded["train"],
-                    "validation": loaded["validation_matched"],
-                    "test": loaded["test_matched"],
+                    split: next(loaded[name] for name in names if name in loaded)
+                    for split, names in glue.split_names(data).items()
+                    if any(name in loaded for name in names)
                 }
         except Exception as e:  # hub errors come in many types; the first line says which
             raise UserError(
@@ -339,13 +339,20 @@ def _read_error(path: str, e: Exception) -> str:
 
 
 def _local_files(path: str) -> dict:
+    """{split: file} of a local file (train) or folder. A folder's split files are named train,
+    validation and test (a GLUE task's folder may use the hub's names: glue.split_names). A file
+    named like a validation or test split that is not read (dev.csv, test_matched.csv outside
+    mnli) is refused while that split has no file: silently carving it out of train instead
+    would evaluate on other examples than the user meant."""
     if os.path.isfile(path):
         if os.path.splitext(path)[1] not in FILE_TYPES:
             raise UserError(f"--data {path}: unsupported file type (use {', '.join(FILE_TYPES)})")
         return {"train": path}
     files = {}
-    for split in ("train", "validation", "test"):
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), f"{split}{ext}"))]
+    for split, names in glue.split_names(path).items():
+        found = [
+            f for name in names for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), name + ext))
+        ]
         if len(found) > 1:
             raise UserError(
                 f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} files; keep one"
@@ -356,7 +363,35 @@ def _local_files(path: str) -> dict:
             files[split] = found[0]
     if "train" not in files:
         raise UserError(f"--data {path}: folder has no train.parquet/.csv/.jsonl")
+    _refuse_unread_split_files(path, files)
     return files
+
+
+# names (before the extension) that a reader takes for a validation or test split; followed by
+# nothing or by _ - . and more (validation_matched, dev-2, test_matched)
+SPLIT_LIKE = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def _refuse_unread_split_files(folder: str, files: dict) -> None:
+    for split, words in SPLIT_LIKE.items():
+        if split in files:
+            continue
+        unread = sorted(
+            name
+            for name in os.listdir(folder)
+            if os.path.splitext(name)[1] in FILE_TYPES and _starts_with_word(os.path.splitext(name)[0].lower(), words)
+        )
+        if unread:
+            read = " or ".join(f"{name}.parquet/.csv/.jsonl" for name in glue.split_names(folder)[split])
+            raise UserError(
+                f"--data {folder}: {', '.join(unread)} not read: the {split} split is read from {read}; "
+                f"rename the one to use, or move {'it' if len(unread) == 1 else 'them'} out of the folder "
+                f"to have {split} carved out of train"
+            )
+
+
+def _starts_with_word(stem: str, words: tuple[str, ...]) -> bool:
+    return any(stem == w or stem.startswith(w + sep) for w in words for sep in "_-.")
 
 
 def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:

@@ -5,6 +5,7 @@ repeated text columns."""
 import json
 import math
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -68,6 +69,69 @@ def test_finite_json_is_written_as_before(tmp_path):
     path = tmp_path / "config.json"
     files.write_json(str(path), {"lr": 1e-3, "text_col": ["a", "b"]})
     assert json.loads(path.read_text()) == {"lr": 1e-3, "text_col": ["a", "b"]}
+
+
+# ----------------------------------------------------------------------------- item 4: split files under other names
+
+
+def test_a_local_mnli_folder_with_the_hubs_split_names_is_read_as_the_hub_is(tmp_path):
+    folder = tmp_path / "glue" / "mnli"
+    pair = {
+        "premise": [f"p{i}" for i in range(30)],
+        "hypothesis": [f"h{i}" for i in range(30)],
+        "label": [0, 1, 2] * 10,
+    }
+    write(folder, "train", pair)
+    write(folder, "validation_matched", {**pair, "premise": [f"matched {i}" for i in range(30)]})
+    write(folder, "validation_mismatched", {**pair, "premise": [f"mismatched {i}" for i in range(30)]})
+    write(folder, "test_matched", {**pair, "label": [-1] * 30})
+    splits, _ = data.load_splits(str(folder), ["premise", "hypothesis"], "label", 0.1, None, None)
+    assert splits["test"].source == "validation"
+    assert splits["test"].segments[0] == [f"matched {i}" for i in range(30)]  # not carved out of train
+    assert len(splits["train"].texts) + len(splits["val"].texts) == 30
+
+
+def test_mnli_from_the_hub_is_read_by_the_same_split_names(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    pair = {"premise": ["p", "q"] * 5, "hypothesis": ["h", "i"] * 5, "label": [0, 1] * 5}
+    hub = {
+        name: datasets.Dataset.from_dict({**pair, "premise": [name] * 10})
+        for name in ("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched")
+    }
+    hub["test_matched"] = datasets.Dataset.from_dict({**pair, "label": [-1] * 10})
+
+    class Hub:
+        @staticmethod
+        def load_dataset(name, task):
+            assert (name, task) == ("nyu-mll/glue", "mnli")
+            return hub
+
+    monkeypatch.setattr(data, "_quiet_datasets", lambda: Hub)
+    splits, _ = data.load_splits("glue/mnli", ["premise", "hypothesis"], "label", 0.2, None, None)
+    assert splits["test"].source == "validation" and set(splits["test"].segments[0]) == {"validation_matched"}
+
+
+@pytest.mark.parametrize(
+    "name, split",
+    [("dev", "validation"), ("validation_matched", "validation"), ("test_matched", "test"), ("val-2", "validation")],
+)
+def test_split_files_under_names_that_are_not_read_are_refused(tmp_path, name, split):
+    write(tmp_path, "train", TRAIN)
+    write(tmp_path, name, VALIDATION)
+    message = f"--data {tmp_path}: {name}.csv not read: the {split} split is read from {split}.parquet/.csv/.jsonl"
+    assert data.data_unavailable(str(tmp_path)).startswith(message)  # before the run starts
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None)
+
+
+def test_files_named_like_a_split_that_has_its_file_are_left_alone(tmp_path):
+    write(tmp_path, "train", TRAIN)
+    write(tmp_path, "validation", VALIDATION)
+    write(tmp_path, "test", TEST)
+    for other in ("dev", "test_matched", "devices", "unsupervised"):
+        write(tmp_path, other, VALIDATION)
+    splits, _ = data.load_splits(str(tmp_path), ["text"], "label", 0.2, None, None)
+    assert splits["val"].texts == VALIDATION["text"] and splits["test"].texts == TEST["text"]
 
 
 # ----------------------------------------------------------------------------- item 9: tokenizer cache

@@ -116,6 +116,10 @@ CASES = {
         ],
         "label column 'label' of the train split: data row 11 is 1e+39, beyond",
     ),
+    "a dev file": (
+        lambda p: ["--data", with_file(folder(p, GOOD, GOOD), "dev.csv", "text,label\na,0\n")],
+        "dev.csv not read: the validation split is read from validation.parquet/.csv/.jsonl",
+    ),
 }
 
 
