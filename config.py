@@ -443,9 +443,9 @@ def check_args(args) -> None:
         given = [f"--{k}" for k in MLM_SETTINGS if getattr(args, k) != DEFAULTS[k]]
         if given:
             raise UserError(f"{', '.join(given)} applies to --task mlm only (the task is {args.task})")
-    if args.unlabeled_split == "test":
+    if args.unlabeled_split is not None and os.path.normpath(args.unlabeled_split) == "test":  # also ./test
         raise UserError(
-            "--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
+            f"--unlabeled_split {args.unlabeled_split} is refused: pretraining on the test texts leaks the evaluation "
             "of the fine-tuning runs that start from this model"
         )
     if (start := model_run(args.model)) is not None:

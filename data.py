@@ -1,6 +1,7 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
 
 import errno
+import filecmp
 import functools
 import glob
 import json
@@ -129,28 +130,23 @@ def load_texts(
     max_train_samples: int | None,
     max_eval_samples: int | None,
     unlabeled_split: str | None = None,
+    label_col: str = "label",
+    warn=print,
 ) -> dict[str, Split]:
     """The texts of masked-LM pretraining: {"train", "val"} -> Split (no labels). The train split's
     texts (the text columns joined with a space; a label column is not needed), plus those of the
     folder's `unlabeled_split` file, with a seeded random `val_ratio` of them held out for
-    validation. The data's validation and test splits are not read."""
-    if unlabeled_split is not None and not os.path.isdir(data):
-        raise UserError(
-            f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
-            f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})"
-        )
+    validation. The data's validation and test splits are not read as text; label_col (that of the
+    fine-tuning runs) tells which of them those runs score as their test (unlabeled_check)."""
+    path = None if unlabeled_split is None else unlabeled_file(data, unlabeled_split)
     rows = {"train": _load_raw(data, None)[0]["train"]}
-    if unlabeled_split is not None:
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
-        if len(found) != 1:
-            raise UserError(
-                f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
-                f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl"
-            )
-        rows[unlabeled_split] = _read_with_pyarrow(found[0], unlabeled_split)
+    check_columns(rows["train"], text_cols, None)
+    if path is not None:
+        unlabeled_check(data, path, unlabeled_split, label_col, warn)
+        rows[unlabeled_split] = _read_with_pyarrow(path, unlabeled_split)
+        check_columns(rows[unlabeled_split], text_cols, None, where=f"{path} (--unlabeled_split)")
     texts = []
     for split, columns in rows.items():
-        check_columns(columns, text_cols, None)
         for col in text_cols:
             check_texts(columns[col], f"column {col!r} of the {split} split of {data}")
         texts += [" ".join(str(columns[c][i]) for c in text_cols) for i in range(len(columns[text_cols[0]]))]
@@ -168,6 +164,57 @@ def load_texts(
         keep = [held_out[name][i] for i in random_subset(len(held_out[name]), limit)]
         splits[name] = Split([texts[i] for i in keep], np.zeros(0, np.int64), source=name)
     return splits
+
+
+def unlabeled_file(data: str, unlabeled_split: str) -> str:
+    """The file --unlabeled_split names in the --data folder."""
+    if not os.path.isdir(data):
+        raise UserError(
+            f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
+            f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})"
+        )
+    found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
+    if len(found) != 1:
+        raise UserError(
+            f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
+            f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl"
+        )
+    return found[0]
+
+
+def unlabeled_check(data: str, path: str, unlabeled_split: str, label_col: str, warn) -> None:
+    """Refuse an --unlabeled_split file that is (the same file as, or a byte-for-byte copy of) the
+    test file of `data` or the file its fine-tuning runs score as their test (validation, where
+    the test labels are hidden: GLUE); pretraining on those texts leaks their evaluation. Its
+    validation file otherwise is allowed, with a warning: model selection then sees it."""
+    files = _local_files(data)
+    scored = "test"
+    if "test" in files and "validation" in files:
+        test_rows = _read_with_pyarrow(files["test"], "test")
+        if label_col in test_rows and _labels_hidden(test_rows[label_col]):
+            scored = "validation"
+    for split in ("test", "validation"):
+        if split not in files or not _same_content(path, files[split]):
+            continue
+        if split in ("test", scored):
+            scored_as = (
+                "" if split == "test" else ", which fine-tuning runs on it score as their test (hidden test labels)"
+            )
+            raise UserError(
+                f"--unlabeled_split {unlabeled_split} is refused: {path} is the {split} file of {data}"
+                f"{scored_as}; pretraining on those texts leaks the evaluation of the fine-tuning runs that "
+                "start from this model"
+            )
+        warn(
+            f"warning: --unlabeled_split {unlabeled_split} is the validation file of {data}: fine-tuning runs "
+            "on it that start from this model pick their best epoch on texts it was pretrained on (their test "
+            "is unaffected)"
+        )
+
+
+def _same_content(path: str, other: str) -> bool:
+    """The same file (through a link or another spelling of its path) or the same bytes."""
+    return os.path.samefile(path, other) or filecmp.cmp(path, other, shallow=False)
 
 
 def _labels_hidden(labels) -> bool:
@@ -481,10 +528,10 @@ def check_texts(values, where: str) -> None:
             raise UserError(f"{where}: data row {row + 1} is {what} (value {v!r:.60}); clean or drop such rows")
 
 
-def check_columns(columns, text_cols: list[str], label_col: str | None) -> None:
+def check_columns(columns, text_cols: list[str], label_col: str | None, where: str = "the data") -> None:
     missing = [c for c in [*text_cols, *([label_col] if label_col else [])] if c not in columns]
     if missing:
-        raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: {', '.join(columns)}")
+        raise UserError(f"column(s) {', '.join(missing)} not found in {where}; columns are: {', '.join(columns)}")
 
 
 def _stratified_split(rows: dict, ratio: float, label_col: str):

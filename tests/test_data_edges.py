@@ -6,9 +6,11 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
+from conftest import run_inprocess
 
 import config
 import data
@@ -34,6 +36,78 @@ VALIDATION = {"text": [f"validation text {i}" for i in range(6)], "label": [0, 1
 
 def texts(folder, unlabeled_split, warn=print):
     return data.load_texts(str(folder), ["text"], 0.2, None, None, unlabeled_split, warn=warn)
+
+
+# ----------------------------------------------------------------------------- item 1: test text in pretraining
+
+
+@pytest.mark.parametrize("spelling", ["./test", "../{name}/test", "heldout"])
+def test_the_test_file_under_another_name_is_refused_as_unlabeled_split(tmp_path, spelling):
+    folder = tmp_path / "task"
+    write(folder, "train", TRAIN)
+    write(folder, "test", TEST)
+    shutil.copy(folder / "test.csv", folder / "heldout.csv")  # a byte-for-byte copy
+    with pytest.raises(UserError, match=r"is the test file of .*leaks the evaluation"):
+        texts(folder, spelling.format(name=folder.name))
+
+
+def test_a_symlink_to_the_test_file_is_refused(tmp_path):
+    write(tmp_path, "train", TRAIN)
+    write(tmp_path, "test", TEST)
+    (tmp_path / "extra.csv").symlink_to(tmp_path / "test.csv")
+    with pytest.raises(UserError, match="is the test file of"):
+        texts(tmp_path, "extra")
+
+
+def test_validation_scored_as_the_test_is_refused_on_a_glue_folder(tmp_path):
+    folder = tmp_path / "glue" / "mrpc"
+    write(folder, "train", TRAIN)
+    write(folder, "validation", VALIDATION)
+    write(folder, "test", HIDDEN)
+    with pytest.raises(UserError, match="score as their test .*leaks the evaluation"):
+        texts(folder, "validation")
+    assert data.load_splits(str(folder), ["text"], "label", 0.2, None, None)[0]["test"].source == "validation"
+
+
+def test_a_validation_file_that_is_only_validation_is_read_with_a_warning(tmp_path):
+    write(tmp_path, "train", TRAIN)
+    write(tmp_path, "validation", VALIDATION)
+    write(tmp_path, "test", TEST)
+    warnings = []
+    splits = texts(tmp_path, "validation", warn=warnings.append)
+    assert len(splits["train"].texts) + len(splits["val"].texts) == 26
+    (warning,) = warnings
+    assert "validation file" in warning and "pick their best epoch on texts it was pretrained on" in warning
+
+
+def test_an_unlabeled_split_spelled_as_test_is_refused_with_the_flags():
+    with pytest.raises(UserError, match=r"--unlabeled_split \./test is refused"):
+        config.parse_args(["--task", "mlm", "--unlabeled_split", "./test"])
+
+
+@pytest.mark.slow
+def test_pretraining_on_a_validation_file_says_so_in_the_run_log(tmp_path, cache_dir):
+    write(tmp_path, "train", {"text": [f"the cat eats fish number {i}" for i in range(40)]})
+    write(tmp_path, "validation", {"text": [f"the dog eats a bone {i}" for i in range(10)], "label": [0, 1] * 5})
+    argv = ["--task", "mlm", "--model", "tiny-bert", "--data", tmp_path, "--unlabeled_split", "validation"]
+    argv += ["--epochs", 1, "--max_len", 32, "--wandb", "disabled", "--out_dir", tmp_path / "runs", "--run_name", "r"]
+    assert run_inprocess(*argv) == 0
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    assert "--unlabeled_split validation is the validation file of" in log
+    assert "data: train 45 texts" in log  # 90% of 40 train + 10 validation texts
+
+
+# ----------------------------------------------------------------------------- item 16
+
+
+def test_an_unlabeled_file_without_the_text_column_is_named(tmp_path):
+    write(tmp_path, "train", TRAIN)
+    write(tmp_path, "unsupervised", {"review": ["a", "b"]}, ext="jsonl")
+    with pytest.raises(UserError) as e:
+        texts(tmp_path, "unsupervised")
+    assert str(e.value) == (
+        f"column(s) text not found in {tmp_path / 'unsupervised.jsonl'} (--unlabeled_split); columns are: review"
+    )
 
 
 # ----------------------------------------------------------------------------- item 3: float32 targets

@@ -120,6 +120,25 @@ CASES = {
         lambda p: ["--data", with_file(folder(p, GOOD, GOOD), "dev.csv", "text,label\na,0\n")],
         "dev.csv not read: the validation split is read from validation.parquet/.csv/.jsonl",
     ),
+    "unlabeled split ./test": (
+        lambda p: ["--task", "mlm", "--data", folder(p, GOOD, GOOD), "--unlabeled_split", "./test"],
+        "--unlabeled_split ./test is refused",
+    ),
+    "unlabeled split is the test scored on a glue folder": (
+        lambda p: ["--task", "mlm", "--data", glue_folder(p), "--unlabeled_split", "validation"],
+        "which fine-tuning runs on it score as their test",
+    ),
+    "unlabeled split without the text column": (
+        lambda p: [
+            "--task",
+            "mlm",
+            "--data",
+            with_file(folder(p, GOOD), "extra.jsonl", '{"review": "a"}\n'),
+            "--unlabeled_split",
+            "extra",
+        ],
+        "extra.jsonl (--unlabeled_split); columns are: review",
+    ),
 }
 
 
