@@ -421,6 +421,11 @@ def check_args(args) -> None:
         bad("dist_timeout", "a positive number of minutes")
     if not 0 <= args.seed < 2**31:
         bad("seed", "in [0, 2^31)")
+    repeated = sorted({c for c in args.text_col if args.text_col.count(c) > 1})
+    if repeated:
+        raise UserError(
+            f"--text_col {' '.join(args.text_col)} names {', '.join(repeated)} more than once: each column is read once"
+        )
     if args.label_col in args.text_col:
         raise UserError(f"--label_col {args.label_col} is also a --text_col: the label would be part of the input")
     if args.metric_for_best is not None and metrics.metric_problem(args.task, args.metric_for_best):
@@ -438,9 +443,9 @@ def check_args(args) -> None:
         given = [f"--{k}" for k in MLM_SETTINGS if getattr(args, k) != DEFAULTS[k]]
         if given:
             raise UserError(f"{', '.join(given)} applies to --task mlm only (the task is {args.task})")
-    if args.unlabeled_split == "test":
+    if args.unlabeled_split is not None and os.path.normpath(args.unlabeled_split) == "test":  # also ./test
         raise UserError(
-            "--unlabeled_split test is refused: pretraining on the test texts leaks the evaluation "
+            f"--unlabeled_split {args.unlabeled_split} is refused: pretraining on the test texts leaks the evaluation "
             "of the fine-tuning runs that start from this model"
         )
     if (start := model_run(args.model)) is not None:

@@ -1,6 +1,7 @@
 """Loading, validation split, subsetting, cached tokenization and batching."""
 
 import errno
+import filecmp
 import functools
 import glob
 import json
@@ -23,6 +24,9 @@ FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "
 SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
 HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
 OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
+# the largest regression target whose square is finite in float32, as the MSE loss computes it
+# (1e39 itself is infinite in float32)
+MAX_REGRESSION_TARGET = float(np.sqrt(np.finfo(np.float32).max))
 
 
 @dataclass
@@ -126,28 +130,23 @@ def load_texts(
     max_train_samples: int | None,
     max_eval_samples: int | None,
     unlabeled_split: str | None = None,
+    label_col: str = "label",
+    warn=print,
 ) -> dict[str, Split]:
     """The texts of masked-LM pretraining: {"train", "val"} -> Split (no labels). The train split's
     texts (the text columns joined with a space; a label column is not needed), plus those of the
     folder's `unlabeled_split` file, with a seeded random `val_ratio` of them held out for
-    validation. The data's validation and test splits are not read."""
-    if unlabeled_split is not None and not os.path.isdir(data):
-        raise UserError(
-            f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
-            f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})"
-        )
+    validation. The data's validation and test splits are not read as text; label_col (that of the
+    fine-tuning runs) tells which of them those runs score as their test (unlabeled_check)."""
+    path = None if unlabeled_split is None else unlabeled_file(data, unlabeled_split)
     rows = {"train": _load_raw(data, None)[0]["train"]}
-    if unlabeled_split is not None:
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
-        if len(found) != 1:
-            raise UserError(
-                f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
-                f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl"
-            )
-        rows[unlabeled_split] = _read_with_pyarrow(found[0], unlabeled_split)
+    check_columns(rows["train"], text_cols, None)
+    if path is not None:
+        unlabeled_check(data, path, unlabeled_split, label_col, warn)
+        rows[unlabeled_split] = _read_with_pyarrow(path, unlabeled_split)
+        check_columns(rows[unlabeled_split], text_cols, None, where=f"{path} (--unlabeled_split)")
     texts = []
     for split, columns in rows.items():
-        check_columns(columns, text_cols, None)
         for col in text_cols:
             check_texts(columns[col], f"column {col!r} of the {split} split of {data}")
         texts += [" ".join(str(columns[c][i]) for c in text_cols) for i in range(len(columns[text_cols[0]]))]
@@ -165,6 +164,57 @@ def load_texts(
         keep = [held_out[name][i] for i in random_subset(len(held_out[name]), limit)]
         splits[name] = Split([texts[i] for i in keep], np.zeros(0, np.int64), source=name)
     return splits
+
+
+def unlabeled_file(data: str, unlabeled_split: str) -> str:
+    """The file --unlabeled_split names in the --data folder."""
+    if not os.path.isdir(data):
+        raise UserError(
+            f"--unlabeled_split {unlabeled_split} needs --data to be a local folder holding "
+            f"{unlabeled_split}.parquet/.csv/.jsonl (got {data})"
+        )
+    found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(data), f"{unlabeled_split}{ext}"))]
+    if len(found) != 1:
+        raise UserError(
+            f"--unlabeled_split {unlabeled_split}: the folder {data} holds "
+            f"{'no' if not found else 'more than one'} {unlabeled_split}.parquet/.csv/.jsonl"
+        )
+    return found[0]
+
+
+def unlabeled_check(data: str, path: str, unlabeled_split: str, label_col: str, warn) -> None:
+    """Refuse an --unlabeled_split file that is (the same file as, or a byte-for-byte copy of) the
+    test file of `data` or the file its fine-tuning runs score as their test (validation, where
+    the test labels are hidden: GLUE); pretraining on those texts leaks their evaluation. Its
+    validation file otherwise is allowed, with a warning: model selection then sees it."""
+    files = _local_files(data)
+    scored = "test"
+    if "test" in files and "validation" in files:
+        test_rows = _read_with_pyarrow(files["test"], "test")
+        if label_col in test_rows and _labels_hidden(test_rows[label_col]):
+            scored = "validation"
+    for split in ("test", "validation"):
+        if split not in files or not _same_content(path, files[split]):
+            continue
+        if split in ("test", scored):
+            scored_as = (
+                "" if split == "test" else ", which fine-tuning runs on it score as their test (hidden test labels)"
+            )
+            raise UserError(
+                f"--unlabeled_split {unlabeled_split} is refused: {path} is the {split} file of {data}"
+                f"{scored_as}; pretraining on those texts leaks the evaluation of the fine-tuning runs that "
+                "start from this model"
+            )
+        warn(
+            f"warning: --unlabeled_split {unlabeled_split} is the validation file of {data}: fine-tuning runs "
+            "on it that start from this model pick their best epoch on texts it was pretrained on (their test "
+            "is unaffected)"
+        )
+
+
+def _same_content(path: str, other: str) -> bool:
+    """The same file (through a link or another spelling of its path) or the same bytes."""
+    return os.path.samefile(path, other) or filecmp.cmp(path, other, shallow=False)
 
 
 def _labels_hidden(labels) -> bool:
@@ -199,11 +249,11 @@ def _load_raw(data: str, label_col: str) -> tuple[dict, list[str] | None]:
     else:
         try:
             loaded = datasets.load_dataset(_hub_name(data), glue.task_of(data))
-            if glue.task_of(data) == "mnli":  # its matched validation and test are the GLUE ones
+            if glue.task_of(data):  # mnli: its matched validation and test are the GLUE ones
                 loaded = {
-                    "train": loaded["train"],
-                    "validation": loaded["validation_matched"],
-                    "test": loaded["test_matched"],
+                    split: next(loaded[name] for name in names if name in loaded)
+                    for split, names in glue.split_names(data).items()
+                    if any(name in loaded for name in names)
                 }
         except Exception as e:  # hub errors come in many types; the first line says which
             raise UserError(
@@ -336,13 +386,20 @@ def _read_error(path: str, e: Exception) -> str:
 
 
 def _local_files(path: str) -> dict:
+    """{split: file} of a local file (train) or folder. A folder's split files are named train,
+    validation and test (a GLUE task's folder may use the hub's names: glue.split_names). A file
+    named like a validation or test split that is not read (dev.csv, test_matched.csv outside
+    mnli) is refused while that split has no file: silently carving it out of train instead
+    would evaluate on other examples than the user meant."""
     if os.path.isfile(path):
         if os.path.splitext(path)[1] not in FILE_TYPES:
             raise UserError(f"--data {path}: unsupported file type (use {', '.join(FILE_TYPES)})")
         return {"train": path}
     files = {}
-    for split in ("train", "validation", "test"):
-        found = [f for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), f"{split}{ext}"))]
+    for split, names in glue.split_names(path).items():
+        found = [
+            f for name in names for ext in FILE_TYPES for f in glob.glob(os.path.join(glob.escape(path), name + ext))
+        ]
         if len(found) > 1:
             raise UserError(
                 f"--data {path}: {' and '.join(map(os.path.basename, found))} are both {split} files; keep one"
@@ -353,7 +410,35 @@ def _local_files(path: str) -> dict:
             files[split] = found[0]
     if "train" not in files:
         raise UserError(f"--data {path}: folder has no train.parquet/.csv/.jsonl")
+    _refuse_unread_split_files(path, files)
     return files
+
+
+# names (before the extension) that a reader takes for a validation or test split; followed by
+# nothing or by _ - . and more (validation_matched, dev-2, test_matched)
+SPLIT_LIKE = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def _refuse_unread_split_files(folder: str, files: dict) -> None:
+    for split, words in SPLIT_LIKE.items():
+        if split in files:
+            continue
+        unread = sorted(
+            name
+            for name in os.listdir(folder)
+            if os.path.splitext(name)[1] in FILE_TYPES and _starts_with_word(os.path.splitext(name)[0].lower(), words)
+        )
+        if unread:
+            read = " or ".join(f"{name}.parquet/.csv/.jsonl" for name in glue.split_names(folder)[split])
+            raise UserError(
+                f"--data {folder}: {', '.join(unread)} not read: the {split} split is read from {read}; "
+                f"rename the one to use, or move {'it' if len(unread) == 1 else 'them'} out of the folder "
+                f"to have {split} carved out of train"
+            )
+
+
+def _starts_with_word(stem: str, words: tuple[str, ...]) -> bool:
+    return any(stem == w or stem.startswith(w + sep) for w in words for sep in "_-.")
 
 
 def _label_values(raw: dict, label_col: str, warn) -> tuple[list, list[str]]:
@@ -421,6 +506,12 @@ def regression_targets(values, label_col: str, split: str) -> list[float]:
                 f"label column {label_col!r} of the {split} split: data row {row + 1} is {what} "
                 f"(value {v!r:.60}); --task regression needs a number in every row"
             )
+        if abs(number) > MAX_REGRESSION_TARGET:
+            raise UserError(
+                f"label column {label_col!r} of the {split} split: data row {row + 1} is {number:g}, beyond "
+                f"±{MAX_REGRESSION_TARGET:.1e}, where its squared error overflows the float32 MSE loss; "
+                "rescale the column"
+            )
         targets.append(number)
     return targets
 
@@ -437,10 +528,10 @@ def check_texts(values, where: str) -> None:
             raise UserError(f"{where}: data row {row + 1} is {what} (value {v!r:.60}); clean or drop such rows")
 
 
-def check_columns(columns, text_cols: list[str], label_col: str | None) -> None:
+def check_columns(columns, text_cols: list[str], label_col: str | None, where: str = "the data") -> None:
     missing = [c for c in [*text_cols, *([label_col] if label_col else [])] if c not in columns]
     if missing:
-        raise UserError(f"column(s) {', '.join(missing)} not found in the data; columns are: {', '.join(columns)}")
+        raise UserError(f"column(s) {', '.join(missing)} not found in {where}; columns are: {', '.join(columns)}")
 
 
 def _stratified_split(rows: dict, ratio: float, label_col: str):

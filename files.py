@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -11,10 +12,12 @@ import time
 from config import UserError
 from faults import kill_mid_write
 
+LOGGER = "ftkit"
+
 
 def get_logger(log_file: str | None, enabled: bool) -> logging.Logger:
     """Rank-0 logger to stdout and `log_file`; other ranks log warnings only."""
-    logger = logging.getLogger("ftkit")
+    logger = logging.getLogger(LOGGER)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.WARNING)
@@ -67,8 +70,40 @@ def write_torchrun_error_file(message: str) -> None:
             )
 
 
+def log_warning(message: str) -> None:
+    """A warning in the run's log (stdout and train.log once get_logger has set it up), for code
+    that is not handed the run's logger; before that, on stderr."""
+    logging.getLogger(LOGGER).warning(message)
+
+
 def write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """obj as JSON, atomically. JSON has no NaN or infinity (json.dumps would write the bare words
+    NaN / Infinity, which strict readers reject): such a number is written as null, and a dict
+    gets a "not_finite" field naming each one with its value, so a null says why it is one."""
+    obj, not_finite = without_non_finite(obj)
+    if not_finite:
+        if isinstance(obj, dict):
+            obj["not_finite"] = not_finite
+        log_warning(
+            f"warning: {os.path.basename(path)}: {', '.join(f'{k} is {v}' for k, v in not_finite.items())}; "
+            "written as null (JSON has no such numbers)"
+        )
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+
+
+def without_non_finite(obj, where: str = "") -> tuple:
+    """(obj with every NaN or infinite float in its dicts and lists replaced by None, {where: "nan" |
+    "inf" | "-inf"} of those), where is the dotted key path (list items by index)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, {where or "value": str(obj)}
+    children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else None
+    if children is None:
+        return obj, {}
+    cleaned, not_finite = {}, {}
+    for key, value in children:
+        cleaned[key], found = without_non_finite(value, f"{where}.{key}" if where else str(key))
+        not_finite.update(found)
+    return (cleaned if isinstance(obj, dict) else list(cleaned.values())), not_finite
 
 
 def read_json(path: str):

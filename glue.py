@@ -1,5 +1,6 @@
 """GLUE tasks by name: `--data glue/TASK` (HF's nyu-mll/glue) or a local folder `.../glue/TASK`
-with the same splits, and what each task means: its text columns, task type and main metric.
+with the same splits (files named train/validation/test or as the hub names them: split_names), and
+what each task means: its text columns, task type and main metric.
 
 GLUE's test labels are hidden (-1): data.load_splits then evaluates on the validation split and
 says so; the validation set used to pick the best epoch is carved out of train, as for any data.
@@ -15,7 +16,10 @@ class GlueTask(NamedTuple):
     text_cols: tuple[str, ...]
     task: str  # classification | regression
     metric: str  # the task's headline metric (GLUE's leaderboard), picks the best epoch
-    validation: str = "validation"  # the split evaluated in place of the hidden test labels
+    # the hub's names of the validation split (evaluated in place of the hidden test labels) and
+    # of the test split; a local folder of the task may use them as file names
+    validation: str = "validation"
+    test: str = "test"
 
 
 TASKS = {
@@ -24,7 +28,7 @@ TASKS = {
     "mrpc": GlueTask(("sentence1", "sentence2"), "classification", "f1_positive"),
     "qqp": GlueTask(("question1", "question2"), "classification", "f1_positive"),
     "stsb": GlueTask(("sentence1", "sentence2"), "regression", "pearson"),
-    "mnli": GlueTask(("premise", "hypothesis"), "classification", "acc", "validation_matched"),
+    "mnli": GlueTask(("premise", "hypothesis"), "classification", "acc", "validation_matched", "test_matched"),
     "qnli": GlueTask(("question", "sentence"), "classification", "acc"),
     "rte": GlueTask(("sentence1", "sentence2"), "classification", "acc"),
     "wnli": GlueTask(("sentence1", "sentence2"), "classification", "acc"),
@@ -37,6 +41,18 @@ def task_of(data: str) -> str | None:
     if len(parts) >= 2 and parts[-2].lower() == "glue" and parts[-1].lower() in TASKS:
         return parts[-1].lower()
     return None
+
+
+def split_names(data: str) -> dict[str, list[str]]:
+    """The names each split (train, validation, test) may have in `data`: its own, and for a GLUE
+    task whose hub splits are named otherwise (mnli: validation_matched, test_matched) those too."""
+    task = TASKS.get(task_of(data) or "")
+    names = {"train": ["train"], "validation": ["validation"], "test": ["test"]}
+    if task is not None:
+        for split, hub_name in (("validation", task.validation), ("test", task.test)):
+            if hub_name != split:
+                names[split].append(hub_name)
+    return names
 
 
 def is_hub_name(data: str) -> bool:

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, Moder
 
 from config import POOLS, UserError, first_line
 from data import OFFLINE_DEMO, hub_unavailable
-from files import atomic_write_bytes, hash_texts
+from files import atomic_write_bytes, hash_texts, log_warning
 
 
 @dataclass(frozen=True)
@@ -150,22 +150,31 @@ def write_model_folder(folder: str, config_name: str, overrides: dict, texts: li
     return folder
 
 
-def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str):
+def load_tokenizer(entry: ModelEntry, train_texts, cache_dir: str, warn=log_warning):
     """The checkpoint's tokenizer, or for tiny-* a WordPiece trained locally on the training texts.
 
     The trained tokenizer is cached under cache_dir, keyed by the texts, so every run of a grid
-    (and every rank) reuses one file.
+    (and every rank) reuses one file; an unreadable one (cut short by a full disk or a copy) is
+    rebuilt with a warning.
     """
     if entry.tiny_config is None:
         try:
             return AutoTokenizer.from_pretrained(entry.source)
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"cannot load tokenizer for {entry.source!r}: {first_line(e)}") from None
+    path = os.path.join(cache_dir, f"wordpiece-v3-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
+    if os.path.exists(path):
+        try:
+            return _tiny_tokenizer(path, entry)
+        except Exception as e:  # the tokenizers library raises a plain Exception on a bad file
+            warn(f"warning: the tokenizer cache {path} is unreadable ({first_line(e)}); rebuilding it")
+    _train_wordpiece(train_texts, path)
+    return _tiny_tokenizer(path, entry)
+
+
+def _tiny_tokenizer(path: str, entry: ModelEntry):
     from transformers import PreTrainedTokenizerFast
 
-    path = os.path.join(cache_dir, f"wordpiece-v3-{TINY_VOCAB_SIZE}-{hash_texts(train_texts)[:16]}.json")
-    if not os.path.exists(path):
-        _train_wordpiece(train_texts, path)
     return PreTrainedTokenizerFast(
         tokenizer_file=path,
         unk_token="[UNK]",

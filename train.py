@@ -404,6 +404,8 @@ def load_data(args, info, log) -> tuple[dict, list]:
             args.max_train_samples,
             args.max_eval_samples,
             args.unlabeled_split,
+            args.label_col,
+            log.warning if info.is_main else lambda message: None,
         ), []
     splits, label_names = distributed.node_main_first(
         info,

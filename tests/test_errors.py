@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,7 +102,59 @@ CASES = {
         lambda p: ["--data", raw_file(p, "train.csv", b"text,label\n" + b"a,0\nb,1\n" * 5 + b"c,\n")],
         "label column 'label' of the train split: data row 11 is empty",
     ),
+    # data edges (issue 28)
+    "repeated text column": (
+        lambda p: ["--text_col", "text", "text"],
+        "--text_col text text names text more than once",
+    ),
+    "regression target beyond float32": (
+        lambda p: [
+            "--task",
+            "regression",
+            "--data",
+            raw_file(p, "train.csv", b"text,label\n" + b"a,0.5\n" * 10 + b"c,1e39\n"),
+        ],
+        "label column 'label' of the train split: data row 11 is 1e+39, beyond",
+    ),
+    "a dev file": (
+        lambda p: ["--data", with_file(folder(p, GOOD, GOOD), "dev.csv", "text,label\na,0\n")],
+        "dev.csv not read: the validation split is read from validation.parquet/.csv/.jsonl",
+    ),
+    "unlabeled split ./test": (
+        lambda p: ["--task", "mlm", "--data", folder(p, GOOD, GOOD), "--unlabeled_split", "./test"],
+        "--unlabeled_split ./test is refused",
+    ),
+    "unlabeled split is the test scored on a glue folder": (
+        lambda p: ["--task", "mlm", "--data", glue_folder(p), "--unlabeled_split", "validation"],
+        "which fine-tuning runs on it score as their test",
+    ),
+    "unlabeled split without the text column": (
+        lambda p: [
+            "--task",
+            "mlm",
+            "--data",
+            with_file(folder(p, GOOD), "extra.jsonl", '{"review": "a"}\n'),
+            "--unlabeled_split",
+            "extra",
+        ],
+        "extra.jsonl (--unlabeled_split); columns are: review",
+    ),
 }
+
+
+def with_file(path, name, text):
+    (Path(path) / name).write_text(text)
+    return path
+
+
+def glue_folder(tmp_path):
+    """A local GLUE task folder (glue/rte): its test labels hidden, so its validation is scored as the test."""
+    path = tmp_path / "glue" / "rte"
+    path.mkdir(parents=True)
+    pair = {"sentence1": ["a b", "c d"] * 10, "sentence2": ["e", "f"] * 10, "label": [0, 1] * 10}
+    folder(path, pair, {**pair, "label": [-1] * 20})
+    pd.DataFrame(pair).to_csv(path / "validation.csv", index=False)
+    return str(path)
 
 
 def dangling_train_link(tmp_path):
