@@ -700,12 +700,14 @@ def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
 
 
 def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_weights) -> int:
-    """Score the test split with the best epoch's weights; write results.json (last, only on
-    success) and the predictions; finish W&B."""
+    """Score the test split with the best epoch's weights (without a best epoch, the last epoch's,
+    which the model holds); write results.json (last, only on success) and the predictions;
+    finish W&B."""
     info, log = run.info, run.log
-    if best_weights is None:
+    if best_weights is None and state.best_epoch >= 0:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
-    run.model.load_state_dict(best_weights)
+    if best_weights is not None:
+        run.model.load_state_dict(best_weights)
     if run.task == "mlm":
         return write_pretraining_results(run, state)
     eval_start = time.time()
@@ -715,28 +717,18 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
         return stop_run(run, state, snapshot, e.signum)
     eval_samples_per_s = len(test_outputs) / max(time.time() - eval_start, 1e-9)
     test = metrics.task_metrics(run.task, test_outputs, run.labels["test"])
-    best = state.history[state.best_epoch]
     classification = run.task == "classification"
-    if classification:
-        num_labels = len(run.label_names)
-        majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
     results = {
-        **{f"val_{k}": v for k, v in best.items()},
+        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
         **{f"test_{k}": v for k, v in test.items()},
         "task": run.task,
         "metric_for_best": run.metric_for_best,
         "test_split": run.config["test_split"],
-        **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
+        **collapse_flags(run, state),
         "eval_samples_per_s": eval_samples_per_s,
         **run_figures(run, state),
     }
-    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
-    if results.get("collapsed"):
-        log.warning(
-            f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
-            f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
-            "Lower --lr or change batch size / clipping."
-        )
+    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": tested_epoch(state), **test})
     if info.is_main:
         output = "probs" if classification else "predictions"  # what report.py reads
         np.savez_compressed(
@@ -757,10 +749,52 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     return 0
 
 
+def tested_epoch(state: TrainState) -> int:
+    """The epoch whose weights the run ends with: the best one, or the last when none improved."""
+    return state.best_epoch if state.best_epoch >= 0 else state.epoch - 1
+
+
+def collapse_flags(run: Run, state: TrainState) -> dict:
+    """results.json's `collapsed` (with `collapsed_reason`) where the run is not a result, said
+    in a warning: no epoch could be selected (the validation metric was NaN at every epoch), or a
+    classifier stayed at the label prior. Other regression and mlm runs get neither field."""
+    if state.best_epoch < 0:
+        reason = f"val {run.metric_for_best} was NaN at every epoch: {no_best_epoch_cause(run)}"
+        run.log.warning(f"WARNING: NO BEST EPOCH — {reason}; tested the last epoch's weights. This is not a result.")
+        return {"collapsed": True, "collapsed_reason": reason}
+    if run.task != "classification":
+        return {}
+    num_labels = len(run.label_names)
+    majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
+    if not metrics.is_collapsed(state.history, majority, num_labels):
+        return {"collapsed": False}
+    reason = (
+        f"val accuracy stayed at the majority rate {majority:.4f} and loss near ln {num_labels} = "
+        f"{math.log(num_labels):.4f}"
+    )
+    run.log.warning(
+        f"WARNING: COLLAPSED RUN — {reason}; this is not a result. Lower --lr or change batch size / clipping."
+    )
+    return {"collapsed": True, "collapsed_reason": reason}
+
+
+def no_best_epoch_cause(run: Run) -> str:
+    """Why the validation metric was NaN: the targets, or the model's outputs."""
+    if run.task == "regression" and np.ptp(run.labels["val"]) == 0:
+        return (
+            "the validation targets are all equal, so it is undefined; give varied validation targets "
+            "or --metric_for_best loss"
+        )
+    if run.metric_for_best in ("pearson", "spearman"):
+        return "the model's validation predictions were constant (a collapsed model: lower --lr)"
+    return "the model's outputs were not finite (it diverged: lower --lr or try --clip 1.0)"
+
+
 def run_figures(run: Run, state: TrainState) -> dict:
-    """What results.json holds for every task: the best epoch, steps, throughput, memory, time."""
+    """What results.json holds for every task: the best epoch (None: none improved), steps,
+    throughput, memory, time."""
     return {
-        "best_epoch": state.best_epoch,
+        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         "epochs": run.args.epochs,
         "global_step": state.global_step,
         **{
@@ -780,9 +814,10 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
     """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
     (RUN_DIR/model, the MLM head left out), then results.json (last: it marks the run finished)."""
     results = {
-        **{f"val_{k}": v for k, v in state.history[state.best_epoch].items()},
+        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
         "task": run.task,
         "metric_for_best": run.metric_for_best,
+        **collapse_flags(run, state),
         **run_figures(run, state),
     }
     if run.info.is_main:

@@ -1,0 +1,47 @@
+"""Edges of a run and of the model folders it starts from: a metric that is NaN at every epoch,
+model folders (run:NAME or a path: one default lr, truncated weights, file modes, a deleted
+folder, the smoke-run rule), mean pooling in 16-bit autocast, and a set-up failure on one node."""
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import read_results, run_inprocess
+
+FILLER = ["the", "movie", "was", "plot", "actor", "scene", "and", "a", "it", "story"]
+
+
+@pytest.fixture(scope="module")
+def constant_val_folder(tmp_path_factory):
+    """A regression folder whose validation targets are all equal: Pearson is NaN at every epoch."""
+    folder = tmp_path_factory.mktemp("constant-val")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("validation", 16), ("test", 32)):
+        labels = np.ones(n) if split == "validation" else rng.normal(size=n)
+        texts = [" ".join(rng.choice(FILLER, 8)) for _ in range(n)]
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(folder / f"{split}.csv", index=False)
+    return str(folder)
+
+
+# ----------------------------------------------------------------------------- a NaN metric
+
+
+@pytest.mark.slow
+def test_a_metric_nan_at_every_epoch_tests_the_last_weights_and_flags_the_run(constant_val_folder, cache_dir, tmp_path):
+    args = ["--model", "tiny-bert", "--task", "regression", "--data", constant_val_folder, "--epochs", 2]
+    args += ["--wandb", "disabled", "--out_dir", tmp_path, "--run_name", "r"]
+    assert run_inprocess(*args) == 0
+    run_dir = tmp_path / "r"
+    results = read_results(run_dir)
+    assert results["best_epoch"] is None and math.isnan(results["val_pearson"])
+    assert results["collapsed"] is True and "validation targets are all equal" in results["collapsed_reason"]
+    assert math.isfinite(results["test_mse"])
+    first = np.load(run_dir / "test_predictions.npz")["predictions"]
+
+    # a run that stopped before its results (the crash this fixes) resumes and tests the same last weights
+    os.remove(run_dir / "results.json")
+    assert run_inprocess(*args) == 0
+    assert read_results(run_dir)["collapsed"] is True
+    assert np.array_equal(np.load(run_dir / "test_predictions.npz")["predictions"], first)
