@@ -6,6 +6,7 @@ loop never asks which family it is running.
 
 import collections
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -82,12 +83,39 @@ MODELS = {
 }
 
 
+# Beside the weights of a model folder a --task mlm run writes: {"default_lr": ...}, the default
+# lr of the model that run started from (a tiny random-init model's 1e-3), so fine-tuning the
+# folder defaults to it however the folder is named (--model run:NAME, a path, a copy).
+FINE_TUNING_FILE = "fine_tuning.json"
+
+
 def resolve_model(name: str) -> ModelEntry:
     """A short name from MODELS, a local model folder, or any name the hub resolves (loading it
     tells if it does not exist)."""
     if name in MODELS:
         return MODELS[name]
-    return ModelEntry(source=name)
+    recorded = folder_default_lr(name) if os.path.isdir(name) else None
+    return ModelEntry(source=name) if recorded is None else ModelEntry(source=name, default_lr=recorded)
+
+
+def folder_default_lr(folder: str) -> float | None:
+    """The default lr a model folder records (FINE_TUNING_FILE); for a folder RUN_DIR/model that a
+    --task mlm run wrote before that file existed, the one its run's config.json records."""
+    recorded = _json_object(os.path.join(folder, FINE_TUNING_FILE)).get("default_lr")
+    if recorded is None and os.path.basename(os.path.normpath(folder)) == "model":
+        run_config = _json_object(os.path.join(folder, os.pardir, "config.json"))
+        recorded = run_config.get("model_default_lr") if run_config.get("task") == "mlm" else None
+    return float(recorded) if isinstance(recorded, int | float) and not isinstance(recorded, bool) else None
+
+
+def _json_object(path: str) -> dict:
+    """The JSON object in a file; {} when it is missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def model_unavailable(entry: ModelEntry) -> str | None:

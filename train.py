@@ -139,19 +139,9 @@ def parse_args(argv=None, on_error=None):
 
 
 def model_entry(args) -> models.ModelEntry:
-    """--model's registry entry. run:NAME starts from the model run NAME trained: its folder, with
-    the default lr of the model NAME started from (a tiny random-init model's, say)."""
-    entry = models.resolve_model(settings.model_source(args))
-    run_dir = settings.model_run_dir(args)
-    if run_dir is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # not run yet: check_available says so
-            entry = replace(
-                entry,
-                default_lr=float(
-                    files.read_json(os.path.join(run_dir, "config.json")).get("model_default_lr", entry.default_lr)
-                ),
-            )
-    return entry
+    """--model's registry entry; for run:NAME, the model folder run NAME wrote (whose default lr
+    is the one its folder records, as for any model folder)."""
+    return models.resolve_model(settings.model_source(args))
 
 
 def main(argv=None, hooks: Hooks | None = None) -> int:
@@ -821,7 +811,9 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
         **run_figures(run, state),
     }
     if run.info.is_main:
-        mlm.save_for_fine_tuning(run.model, run.tokenizer, os.path.join(run.run_dir, "model"))
+        mlm.save_for_fine_tuning(
+            run.model, run.tokenizer, os.path.join(run.run_dir, "model"), run.config["model_default_lr"]
+        )
         files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     run.wandb.finish()

@@ -45,3 +45,42 @@ def test_a_metric_nan_at_every_epoch_tests_the_last_weights_and_flags_the_run(co
     assert run_inprocess(*args) == 0
     assert read_results(run_dir)["collapsed"] is True
     assert np.array_equal(np.load(run_dir / "test_predictions.npz")["predictions"], first)
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(cache_dir, tmp_path_factory):
+    """A finished --task mlm run of tiny-bert (default lr 1e-3): RUN_DIR/model is its model folder."""
+    out = tmp_path_factory.mktemp("pretrained")
+    args = ["--task", "mlm", "--model", "tiny-bert", "--data", "synthetic", "--max_train_samples", 64]
+    args += ["--max_eval_samples", 16, "--epochs", 1, "--wandb", "disabled", "--out_dir", out, "--run_name", "pre"]
+    assert run_inprocess(*args) == 0
+    return out / "pre"
+
+
+def default_lr(*argv) -> float:
+    import train
+
+    return train.parse_args([str(a) for a in argv]).lr
+
+
+@pytest.mark.slow
+def test_a_run_model_folder_has_one_default_lr_whichever_way_it_is_named(pretrained_run, tmp_path):
+    import shutil
+
+    import model as models
+
+    by_run = default_lr("--model", "run:pre", "--out_dir", pretrained_run.parent)
+    assert by_run == default_lr("--model", pretrained_run / "model") == 1e-3  # tiny-bert's, not 5e-5
+    copied = shutil.copytree(pretrained_run / "model", tmp_path / "elsewhere")  # the folder carries it
+    assert default_lr("--model", copied) == 1e-3
+    # a folder written before the file existed: its run's config.json, whichever way it is named
+    os.remove(pretrained_run / "model" / models.FINE_TUNING_FILE)
+    try:
+        assert default_lr("--model", "run:pre", "--out_dir", pretrained_run.parent) == 1e-3
+        assert default_lr("--model", pretrained_run / "model") == 1e-3
+    finally:
+        shutil.copy(copied / models.FINE_TUNING_FILE, pretrained_run / "model")
+    assert default_lr("--model", "tiny-bert") == 1e-3 and default_lr("--model", "bert") == 5e-5
