@@ -351,7 +351,11 @@ def save_for_fine_tuning(model: nn.Module, tokenizer, folder: str, default_lr: f
         if default_lr is not None:
             with open(os.path.join(tmp, FINE_TUNING_FILE), "w") as f:
                 json.dump({"default_lr": default_lr}, f)
+        # safetensors writes its file through a private (0600) temp file; every file gets the mode
+        # the umask gives config.json, as the run's other outputs, so a shared file system reads them
+        mode = os.stat(os.path.join(tmp, "config.json")).st_mode & 0o777
         for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), mode)
             with open(os.path.join(tmp, name), "rb") as f:
                 os.fsync(f.fileno())
     except BaseException:

@@ -84,3 +84,14 @@ def test_a_run_model_folder_has_one_default_lr_whichever_way_it_is_named(pretrai
     finally:
         shutil.copy(copied / models.FINE_TUNING_FILE, pretrained_run / "model")
     assert default_lr("--model", "tiny-bert") == 1e-3 and default_lr("--model", "bert") == 5e-5
+
+
+@pytest.mark.slow
+def test_every_file_of_the_model_folder_has_the_mode_of_the_other_outputs(pretrained_run):
+    def mode(path):
+        return oct(os.stat(path).st_mode & 0o777)
+
+    expected = mode(pretrained_run / "results.json")  # 0o644 under the usual umask 022
+    folder = pretrained_run / "model"
+    modes = {name: mode(folder / name) for name in os.listdir(folder)}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, expected)
