@@ -5,6 +5,7 @@ loop never asks which family it is running.
 """
 
 import collections
+import glob
 import importlib.util
 import json
 import os
@@ -128,7 +129,7 @@ def model_unavailable(entry: ModelEntry) -> str | None:
             load_config(entry.source)
         except UserError as e:
             return str(e)
-        return None
+        return damaged_weights(entry.source)
     try:
         AutoConfig.from_pretrained(entry.source, local_files_only=True)
         return None
@@ -141,6 +142,34 @@ def model_unavailable(entry: ModelEntry) -> str | None:
         f"cannot load model {entry.source!r}: not in the local cache and {why}; pass a local model folder "
         f"with --model, download it where the hub answers and rerun with HF_HUB_OFFLINE=1, or {OFFLINE_DEMO}"
     )
+
+
+def damaged_weights(folder: str) -> str | None:
+    """Why a model folder's safetensors weights cannot load, found from their headers alone: a
+    file shorter (a copy or a write cut short) or longer than its header says. None: whole."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
+        size, expected = os.path.getsize(path), safetensors_size(path)
+        if expected is None:
+            return f"cannot load model {folder!r}: {path} is not a readable safetensors file; copy it again"
+        if size != expected:
+            cut = f"is cut short ({size:,} of {expected:,} bytes)" if size < expected else "has bytes past its end"
+            return f"cannot load model {folder!r}: {path} {cut}; copy it again, or rerun the run that wrote it"
+    return None
+
+
+def safetensors_size(path: str) -> int | None:
+    """The size a safetensors file's header says it has: 8 bytes giving the header's length, the
+    JSON header, then the tensors' bytes up to the largest end offset. None: no readable header."""
+    try:
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if 8 + header_size > os.fstat(f.fileno()).st_size:  # cut inside the header, or not one
+                return None
+            header = json.loads(f.read(header_size))
+        ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return 8 + header_size + max(ends, default=0)
 
 
 def model_max_positions(entry: ModelEntry) -> int:

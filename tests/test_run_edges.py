@@ -95,3 +95,19 @@ def test_every_file_of_the_model_folder_has_the_mode_of_the_other_outputs(pretra
     folder = pretrained_run / "model"
     modes = {name: mode(folder / name) for name in os.listdir(folder)}
     assert "model.safetensors" in modes and modes == dict.fromkeys(modes, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spelling", ["run:NAME", "folder"])
+def test_a_truncated_weights_file_in_a_model_folder_is_one_line_naming_it(spelling, pretrained_run, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(pretrained_run, tmp_path / "pre")
+    weights = tmp_path / "pre" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50_000])  # a copy cut short
+    model = "run:pre" if spelling == "run:NAME" else tmp_path / "pre" / "model"
+    code = run_inprocess("--model", model, "--data", "synthetic", "--out_dir", tmp_path, "--wandb", "disabled")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert f"{weights} is cut short (50,000 of " in err
+    assert not (tmp_path / "pre-cls-synthetic-s42").exists()  # refused before the run folder
