@@ -111,3 +111,35 @@ def test_a_truncated_weights_file_in_a_model_folder_is_one_line_naming_it(spelli
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     assert f"{weights} is cut short (50,000 of " in err
     assert not (tmp_path / "pre-cls-synthetic-s42").exists()  # refused before the run folder
+
+
+def finished_run(out_dir, name: str, task: str):
+    """A run folder as a finished run of `task` leaves it, without its model folder."""
+    (out_dir / name).mkdir()
+    (out_dir / name / "results.json").write_text(f'{{"task": "{task}"}}')
+    return out_dir / name
+
+
+def test_a_run_model_whose_model_folder_was_deleted_says_the_folder_is_missing(tmp_path):
+    import config
+
+    args = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path)])
+    run_dir = finished_run(tmp_path, "pre", "mlm")
+    problem = config.model_run_unfinished(args)
+    assert f"the model folder of run pre, {run_dir / 'model'}, is missing" in problem and "only" not in problem
+    finished_run(tmp_path, "cls", "classification")
+    problem = config.model_run_unfinished(config.parse_args(["--model", "run:cls", "--out_dir", str(tmp_path)]))
+    assert "run cls is a classification run, which writes no model folder; only --task mlm runs do" in problem
+    (run_dir / "model").mkdir()
+    assert f"{run_dir / 'model'} has no config.json" in config.model_run_unfinished(args)
+
+
+def test_a_smoke_run_from_a_run_model_explains_that_it_starts_from_the_smoke_run(tmp_path):
+    import config
+
+    finished_run(tmp_path, "pre", "mlm")  # the real run finished; its smoke run never ran
+    smoke = config.parse_args(["--model", "run:pre", "--out_dir", str(tmp_path), "--smoke"])
+    problem = config.model_run_unfinished(smoke)
+    assert "--smoke starts from the smoke run of pre, pre-smoke" in problem
+    assert f"has not finished (no results.json in {tmp_path / 'pre-smoke'})" in problem
+    assert "run pre's command with --smoke first" in problem
