@@ -281,8 +281,10 @@ class Classifier(nn.Module):
         if self.pool == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            # in fp32 whatever autocast gave: an fp16 sum over hundreds of positions can overflow,
+            # and bf16 cannot even hold the count (301 rounds to 300)
+            mask = attention_mask.unsqueeze(-1).float()
+            pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.head(self.dropout(pooled))
 
 

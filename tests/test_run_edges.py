@@ -143,3 +143,40 @@ def test_a_smoke_run_from_a_run_model_explains_that_it_starts_from_the_smoke_run
     assert "--smoke starts from the smoke run of pre, pre-smoke" in problem
     assert f"has not finished (no results.json in {tmp_path / 'pre-smoke'})" in problem
     assert "run pre's command with --smoke first" in problem
+
+
+# ----------------------------------------------------------------------------- mean pooling
+
+
+def fixed_encoder(hidden):
+    """An encoder whose last hidden states are `hidden`, as they come out of a 16-bit autocast."""
+    import types
+
+    import torch
+
+    class Fixed(torch.nn.Module):
+        config = types.SimpleNamespace(hidden_size=hidden.shape[-1])
+
+        def forward(self, **inputs):
+            return types.SimpleNamespace(last_hidden_state=hidden)
+
+    return Fixed()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mean_pooling_sums_and_divides_in_fp32(dtype):
+    """bf16 rounds a count of 301 real tokens to 300 (and loses bits in the sum); fp16 overflows
+    a sum of 301 values of 300 (90,300 > 65,504) to inf."""
+    import torch
+
+    import model as models
+
+    torch.manual_seed(0)
+    hidden = (300 + torch.randn(2, 512, 8)).to(getattr(torch, dtype))
+    mask = torch.zeros(2, 512, dtype=torch.long)
+    mask[0, :301], mask[1, :77] = 1, 1
+    pooler = models.Classifier(fixed_encoder(hidden), 8, "mean", 0.0)
+    pooler.head = torch.nn.Identity()
+    pooled = pooler(input_ids=mask, attention_mask=mask)
+    exact = torch.stack([hidden[0, :301].double().mean(0), hidden[1, :77].double().mean(0)])
+    torch.testing.assert_close(pooled.double(), exact, rtol=1e-6, atol=0)
