@@ -151,7 +151,7 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
         check_available(args)
     except UserError as e:
-        return _user_error(e, is_main=os.environ.get("RANK", "0") == "0")
+        return _user_error(e, node_main=os.environ.get("LOCAL_RANK", "0") == "0")
     watch_launcher()
     info = distributed.setup_distributed(args.dist_timeout)
     try:
@@ -160,14 +160,14 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
         print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
         return EXIT_SIGNAL + e.signum
     except UserError as e:
-        return _user_error(e, info.is_main)
+        return _user_error(e, info.local_rank == 0)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""
         return _user_error(
             UserError(f"no space left on the device{where}; free space, then rerun (what was written before is kept)"),
-            info.is_main,
+            info.local_rank == 0,
         )
     finally:
         distributed.cleanup_distributed()
@@ -182,10 +182,11 @@ def check_available(args) -> None:
         raise UserError("\nerror: ".join(problems))  # one error line each
 
 
-def _user_error(e: UserError, is_main: bool) -> int:
-    """One line on stderr and exit 2; under torchrun also torchrun's error file, so its failure
-    summary shows this line instead of a traceback."""
-    if is_main:
+def _user_error(e: UserError, node_main: bool) -> int:
+    """One line on stderr (from each node's local rank 0: a node's output says why it stopped,
+    be the error its own or another rank's) and exit 2; under torchrun also torchrun's error
+    file, so its failure summary shows this line instead of a traceback."""
+    if node_main:
         print(f"error: {e}", file=sys.stderr, flush=True)
     files.write_torchrun_error_file(f"error: {e}")
     return 2

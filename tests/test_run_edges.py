@@ -180,3 +180,51 @@ def test_mean_pooling_sums_and_divides_in_fp32(dtype):
     pooled = pooler(input_ids=mask, attention_mask=mask)
     exact = torch.stack([hidden[0, :301].double().mean(0), hidden[1, :77].double().mean(0)])
     torch.testing.assert_close(pooled.double(), exact, rtol=1e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------- a failing node
+
+
+@pytest.mark.slow
+def test_a_set_up_failure_on_one_node_stops_every_rank_and_prints_its_error(syn_folder, cache_dir, tmp_path):
+    """Two processes, each its node's local rank 0 (two nodes of one GPU): node 1's data lacks the
+    label column, so its data load (node_main_first) fails while node 0's succeeds. Node 1 prints
+    its error; node 0 says which rank failed; neither waits for a collective (--dist_timeout 3
+    minutes, the test's limit 90 s)."""
+    import socket
+    import subprocess
+
+    from conftest import train_command
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame({"text": ["a good film", "a bad film"] * 8, "other": [0, 1] * 8}).to_csv(
+            bad / f"{split}.csv", index=False
+        )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--model", "tiny-bert", "--max_train_samples", 64, "--max_eval_samples", 32, "--epochs", 1]
+    common += ["--wandb", "disabled", "--out_dir", tmp_path / "runs", "--run_name", "r", "--dist_timeout", 3]
+    env = dict(os.environ, WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = [
+        subprocess.Popen(
+            train_command([*common, "--data", data]),
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, data in enumerate([syn_folder, bad])
+    ]
+    try:
+        outputs = [rank.communicate(timeout=90) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    codes = [rank.returncode for rank in ranks]
+    assert codes == [2, 2], outputs
+    (node0_err, node1_err) = [err for _, err in outputs]
+    assert node1_err == "error: column(s) label not found in the data; columns are: text, other\n", node1_err
+    assert node0_err.startswith("error: rank 1 failed") and node0_err.count("\n") == 1, node0_err
