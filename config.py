@@ -507,20 +507,51 @@ def model_source(args) -> str:
 
 
 def model_run_unfinished(args) -> str | None:
-    """Why --model run:NAME cannot be loaded yet (its run has not finished, or is not a masked-LM
-    run), else None. Checked when a run starts, not when a grid is read: then it has not run yet."""
+    """Why --model run:NAME cannot be loaded yet (its run has not finished, is not a masked-LM
+    run, or its model folder is gone), else None. Checked when a run starts, not when a grid is
+    read: then it has not run yet."""
     run_dir = model_run_dir(args)
     if run_dir is None:
         return None
+    name, folder = os.path.basename(run_dir), os.path.join(run_dir, "model")
     if not has_results(run_dir):
-        return (
-            f"--model {args.model}: run {os.path.basename(run_dir)} has not finished (no results.json in "
-            f"{run_dir}), so there is no pretrained model to start from; finish it first (rerun its grid or "
-            "its train.py command)"
+        return f"--model {args.model}: " + (
+            _smoke_start_unfinished(model_run(args.model), run_dir)
+            if args.smoke
+            else f"run {name} has not finished (no results.json in {run_dir}), so there is no pretrained "
+            "model to start from; finish it first (rerun its grid or its train.py command)"
         )
-    if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
-        return f"--model {args.model}: run {os.path.basename(run_dir)} wrote no model folder; only --task mlm runs do"
-    return None
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    task = _results_task(run_dir)
+    if task != "mlm":
+        return (
+            f"--model {args.model}: run {name} is a {task} run, which writes no model folder; only --task mlm runs do"
+        )
+    if os.path.isdir(folder):
+        return f"--model {args.model}: {folder} has no config.json; restore the folder, or rerun {name} with --fresh"
+    return (
+        f"--model {args.model}: the model folder of run {name}, {folder}, is missing (deleted or moved); "
+        f"put it back, or rerun {name} with --fresh"
+    )
+
+
+def _smoke_start_unfinished(start: str, smoke_dir: str) -> str:
+    return (
+        f"--smoke starts from the smoke run of {start}, {os.path.basename(smoke_dir)} (so a grid's smoke phase "
+        f"chains its stages), which has not finished (no results.json in {smoke_dir}); run {start}'s command "
+        "with --smoke first"
+    )
+
+
+def _results_task(run_dir: str) -> str:
+    """The task of a finished run (results.json; one written before tasks existed: classification)."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        results = {}
+    return results.get("task", "classification") if isinstance(results, dict) else "classification"
 
 
 def derive_run_name(args) -> str:

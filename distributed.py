@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from config import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -57,21 +59,13 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_ranks_ok(ok: bool, info: DistInfo) -> bool:
-    """True on every rank only if `ok` is True on every rank (a MIN all-reduce)."""
-    if not info.is_distributed:
-        return ok
-    flag = torch.tensor([1 if ok else 0], device=info.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+class PeerFailed(UserError):
+    """Another rank failed in a step every rank takes in turn (its own error line says why)."""
 
 
 def main_process_first(info: DistInfo, fn, *args, **kwargs):
     """Run fn on rank 0 first (the run folder: lock, checks, --fresh), then on the other ranks.
-
-    If rank 0 fails, the other ranks exit quietly instead of waiting forever on a barrier:
-    rank 0 reports the error once.
-    """
+    A failure stops every rank at once: see _first_then_rest."""
     return _first_then_rest(info.is_main, info, fn, *args, **kwargs)
 
 
@@ -83,18 +77,30 @@ def node_main_first(info: DistInfo, fn, *args, **kwargs):
 
 
 def _first_then_rest(first: bool, info: DistInfo, fn, *args, **kwargs):
-    if first:
+    """fn on the `first` ranks, then on the others; after each turn every rank learns which ranks
+    failed. A rank whose fn raised passes its error on (its node prints it); the others raise
+    PeerFailed, so none walks into a collective the failed rank will never join (NCCL would
+    wait there for --dist_timeout)."""
+    result = None
+    for turn in (True, False):
         ok = False
         try:
-            result = fn(*args, **kwargs)
+            if first == turn:
+                result = fn(*args, **kwargs)
             ok = True
         finally:
-            if info.is_distributed:
-                all_ranks_ok(ok, info)
-        return result
-    if not all_ranks_ok(True, info):
-        raise SystemExit(1)
-    return fn(*args, **kwargs)
+            failed = failed_ranks(ok, info)
+        if failed:
+            raise PeerFailed(
+                f"rank {', '.join(map(str, failed))} failed during set-up (in {fn.__qualname__}); its own "
+                "error line, in its node's output, says why"
+            )
+    return result
+
+
+def failed_ranks(ok: bool, info: DistInfo) -> list[int]:
+    """The ranks where `ok` is False, known to every rank (one all-gather)."""
+    return [rank for rank, rank_ok in enumerate(all_gather_objects(ok, info)) if not rank_ok]
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:

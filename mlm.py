@@ -6,6 +6,7 @@ loss and the evaluation sums are computed from (MaskedLMOutput). Masks are a pur
 (seed, epoch, example index), so a resume, any world size and any batch order mask alike.
 """
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from config import MASKING_MODES, UserError, first_line
 from data import Encoded, collate
-from model import FAMILIES, ModelEntry, attention_for, load_config
+from model import FAMILIES, FINE_TUNING_FILE, ModelEntry, attention_for, load_config
 
 IGNORE = -100  # label of a position that is not predicted (PyTorch's and HF's ignore_index)
 
@@ -334,9 +335,10 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_for_fine_tuning(model: nn.Module, tokenizer, folder: str) -> str:
+def save_for_fine_tuning(model: nn.Module, tokenizer, folder: str, default_lr: float | None = None) -> str:
     """An HF model folder (config.json, model.safetensors, tokenizer files) of the encoder alone,
-    the masked-LM head left out, that `train.py --model <folder>` fine-tunes. Written to a
+    the masked-LM head left out, that `train.py --model <folder>` fine-tunes; default_lr: the lr
+    its fine-tuning defaults to (model.FINE_TUNING_FILE). Written to a
     temporary sibling, fsynced, then renamed: a kill leaves either no folder or a whole one (and a
     folder already there stays whole until the new one replaces it)."""
     encoder = unwrap(model).encoder
@@ -346,7 +348,14 @@ def save_for_fine_tuning(model: nn.Module, tokenizer, folder: str) -> str:
     try:
         encoder.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if default_lr is not None:
+            with open(os.path.join(tmp, FINE_TUNING_FILE), "w") as f:
+                json.dump({"default_lr": default_lr}, f)
+        # safetensors writes its file through a private (0600) temp file; every file gets the mode
+        # the umask gives config.json, as the run's other outputs, so a shared file system reads them
+        mode = os.stat(os.path.join(tmp, "config.json")).st_mode & 0o777
         for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), mode)
             with open(os.path.join(tmp, name), "rb") as f:
                 os.fsync(f.fileno())
     except BaseException:

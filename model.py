@@ -5,7 +5,9 @@ loop never asks which family it is running.
 """
 
 import collections
+import glob
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -82,12 +84,39 @@ MODELS = {
 }
 
 
+# Beside the weights of a model folder a --task mlm run writes: {"default_lr": ...}, the default
+# lr of the model that run started from (a tiny random-init model's 1e-3), so fine-tuning the
+# folder defaults to it however the folder is named (--model run:NAME, a path, a copy).
+FINE_TUNING_FILE = "fine_tuning.json"
+
+
 def resolve_model(name: str) -> ModelEntry:
     """A short name from MODELS, a local model folder, or any name the hub resolves (loading it
     tells if it does not exist)."""
     if name in MODELS:
         return MODELS[name]
-    return ModelEntry(source=name)
+    recorded = folder_default_lr(name) if os.path.isdir(name) else None
+    return ModelEntry(source=name) if recorded is None else ModelEntry(source=name, default_lr=recorded)
+
+
+def folder_default_lr(folder: str) -> float | None:
+    """The default lr a model folder records (FINE_TUNING_FILE); for a folder RUN_DIR/model that a
+    --task mlm run wrote before that file existed, the one its run's config.json records."""
+    recorded = _json_object(os.path.join(folder, FINE_TUNING_FILE)).get("default_lr")
+    if recorded is None and os.path.basename(os.path.normpath(folder)) == "model":
+        run_config = _json_object(os.path.join(folder, os.pardir, "config.json"))
+        recorded = run_config.get("model_default_lr") if run_config.get("task") == "mlm" else None
+    return float(recorded) if isinstance(recorded, int | float) and not isinstance(recorded, bool) else None
+
+
+def _json_object(path: str) -> dict:
+    """The JSON object in a file; {} when it is missing, unreadable or not an object."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def model_unavailable(entry: ModelEntry) -> str | None:
@@ -100,7 +129,7 @@ def model_unavailable(entry: ModelEntry) -> str | None:
             load_config(entry.source)
         except UserError as e:
             return str(e)
-        return None
+        return damaged_weights(entry.source)
     try:
         AutoConfig.from_pretrained(entry.source, local_files_only=True)
         return None
@@ -113,6 +142,34 @@ def model_unavailable(entry: ModelEntry) -> str | None:
         f"cannot load model {entry.source!r}: not in the local cache and {why}; pass a local model folder "
         f"with --model, download it where the hub answers and rerun with HF_HUB_OFFLINE=1, or {OFFLINE_DEMO}"
     )
+
+
+def damaged_weights(folder: str) -> str | None:
+    """Why a model folder's safetensors weights cannot load, found from their headers alone: a
+    file shorter (a copy or a write cut short) or longer than its header says. None: whole."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors"))):
+        size, expected = os.path.getsize(path), safetensors_size(path)
+        if expected is None:
+            return f"cannot load model {folder!r}: {path} is not a readable safetensors file; copy it again"
+        if size != expected:
+            cut = f"is cut short ({size:,} of {expected:,} bytes)" if size < expected else "has bytes past its end"
+            return f"cannot load model {folder!r}: {path} {cut}; copy it again, or rerun the run that wrote it"
+    return None
+
+
+def safetensors_size(path: str) -> int | None:
+    """The size a safetensors file's header says it has: 8 bytes giving the header's length, the
+    JSON header, then the tensors' bytes up to the largest end offset. None: no readable header."""
+    try:
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if 8 + header_size > os.fstat(f.fileno()).st_size:  # cut inside the header, or not one
+                return None
+            header = json.loads(f.read(header_size))
+        ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return 8 + header_size + max(ends, default=0)
 
 
 def model_max_positions(entry: ModelEntry) -> int:
@@ -233,8 +290,10 @@ class Classifier(nn.Module):
         if self.pool == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            # in fp32 whatever autocast gave: an fp16 sum over hundreds of positions can overflow,
+            # and bf16 cannot even hold the count (301 rounds to 300)
+            mask = attention_mask.unsqueeze(-1).float()
+            pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.head(self.dropout(pooled))
 
 

@@ -162,19 +162,9 @@ def parse_args(argv=None, on_error=None):
 
 
 def model_entry(args) -> models.ModelEntry:
-    """--model's registry entry. run:NAME starts from the model run NAME trained: its folder, with
-    the default lr of the model NAME started from (a tiny random-init model's, say)."""
-    entry = models.resolve_model(settings.model_source(args))
-    run_dir = settings.model_run_dir(args)
-    if run_dir is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # not run yet: check_available says so
-            entry = replace(
-                entry,
-                default_lr=float(
-                    files.read_json(os.path.join(run_dir, "config.json")).get("model_default_lr", entry.default_lr)
-                ),
-            )
-    return entry
+    """--model's registry entry; for run:NAME, the model folder run NAME wrote (whose default lr
+    is the one its folder records, as for any model folder)."""
+    return models.resolve_model(settings.model_source(args))
 
 
 def main(argv=None, hooks: Hooks | None = None) -> int:
@@ -184,7 +174,7 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
         check_available(args)
     except UserError as e:
-        return _user_error(e, is_main=os.environ.get("RANK", "0") == "0")
+        return _user_error(e, node_main=os.environ.get("LOCAL_RANK", "0") == "0")
     watch_launcher()
     info = distributed.setup_distributed(args.dist_timeout)
     try:
@@ -193,14 +183,14 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
         print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
         return EXIT_SIGNAL + e.signum
     except UserError as e:
-        return _user_error(e, info.is_main)
+        return _user_error(e, info.local_rank == 0)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""
         return _user_error(
             UserError(f"no space left on the device{where}; free space, then rerun (what was written before is kept)"),
-            info.is_main,
+            info.local_rank == 0,
         )
     finally:
         distributed.cleanup_distributed()
@@ -215,10 +205,11 @@ def check_available(args) -> None:
         raise UserError("\nerror: ".join(problems))  # one error line each
 
 
-def _user_error(e: UserError, is_main: bool) -> int:
-    """One line on stderr and exit 2; under torchrun also torchrun's error file, so its failure
-    summary shows this line instead of a traceback."""
-    if is_main:
+def _user_error(e: UserError, node_main: bool) -> int:
+    """One line on stderr (from each node's local rank 0: a node's output says why it stopped,
+    be the error its own or another rank's) and exit 2; under torchrun also torchrun's error
+    file, so its failure summary shows this line instead of a traceback."""
+    if node_main:
         print(f"error: {e}", file=sys.stderr, flush=True)
     files.write_torchrun_error_file(f"error: {e}")
     return 2
@@ -725,12 +716,14 @@ def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
 
 
 def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_weights) -> int:
-    """Score the test split with the best epoch's weights; write results.json (last, only on
-    success) and the predictions; finish W&B."""
+    """Score the test split with the best epoch's weights (without a best epoch, the last epoch's,
+    which the model holds); write results.json (last, only on success) and the predictions;
+    finish W&B."""
     info, log = run.info, run.log
-    if best_weights is None:
+    if best_weights is None and state.best_epoch >= 0:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
-    run.model.load_state_dict(best_weights)
+    if best_weights is not None:
+        run.model.load_state_dict(best_weights)
     if run.task == "mlm":
         return write_pretraining_results(run, state)
     eval_start = time.time()
@@ -740,28 +733,18 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
         return stop_run(run, state, snapshot, e.signum)
     eval_samples_per_s = len(test_outputs) / max(time.time() - eval_start, 1e-9)
     test = metrics.task_metrics(run.task, test_outputs, run.labels["test"])
-    best = state.history[state.best_epoch]
     classification = run.task == "classification"
-    if classification:
-        num_labels = len(run.label_names)
-        majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
     results = {
-        **{f"val_{k}": v for k, v in best.items()},
+        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
         **{f"test_{k}": v for k, v in test.items()},
         "task": run.task,
         "metric_for_best": run.metric_for_best,
         "test_split": run.config["test_split"],
-        **({"collapsed": metrics.is_collapsed(state.history, majority, num_labels)} if classification else {}),
+        **collapse_flags(run, state),
         "eval_samples_per_s": eval_samples_per_s,
         **run_figures(run, state),
     }
-    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": state.best_epoch, **test})
-    if results.get("collapsed"):
-        log.warning(
-            f"WARNING: COLLAPSED RUN — val accuracy stayed at the majority rate {majority:.4f} and "
-            f"loss near ln {num_labels} = {math.log(num_labels):.4f}; this is not a result. "
-            "Lower --lr or change batch size / clipping."
-        )
+    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": tested_epoch(state), **test})
     if info.is_main:
         output = "probs" if classification else "predictions"  # what report.py reads
         np.savez_compressed(
@@ -782,10 +765,52 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     return 0
 
 
+def tested_epoch(state: TrainState) -> int:
+    """The epoch whose weights the run ends with: the best one, or the last when none improved."""
+    return state.best_epoch if state.best_epoch >= 0 else state.epoch - 1
+
+
+def collapse_flags(run: Run, state: TrainState) -> dict:
+    """results.json's `collapsed` (with `collapsed_reason`) where the run is not a result, said
+    in a warning: no epoch could be selected (the validation metric was NaN at every epoch), or a
+    classifier stayed at the label prior. Other regression and mlm runs get neither field."""
+    if state.best_epoch < 0:
+        reason = f"val {run.metric_for_best} was NaN at every epoch: {no_best_epoch_cause(run)}"
+        run.log.warning(f"WARNING: NO BEST EPOCH — {reason}; tested the last epoch's weights. This is not a result.")
+        return {"collapsed": True, "collapsed_reason": reason}
+    if run.task != "classification":
+        return {}
+    num_labels = len(run.label_names)
+    majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
+    if not metrics.is_collapsed(state.history, majority, num_labels):
+        return {"collapsed": False}
+    reason = (
+        f"val accuracy stayed at the majority rate {majority:.4f} and loss near ln {num_labels} = "
+        f"{math.log(num_labels):.4f}"
+    )
+    run.log.warning(
+        f"WARNING: COLLAPSED RUN — {reason}; this is not a result. Lower --lr or change batch size / clipping."
+    )
+    return {"collapsed": True, "collapsed_reason": reason}
+
+
+def no_best_epoch_cause(run: Run) -> str:
+    """Why the validation metric was NaN: the targets, or the model's outputs."""
+    if run.task == "regression" and np.ptp(run.labels["val"]) == 0:
+        return (
+            "the validation targets are all equal, so it is undefined; give varied validation targets "
+            "or --metric_for_best loss"
+        )
+    if run.metric_for_best in ("pearson", "spearman"):
+        return "the model's validation predictions were constant (a collapsed model: lower --lr)"
+    return "the model's outputs were not finite (it diverged: lower --lr or try --clip 1.0)"
+
+
 def run_figures(run: Run, state: TrainState) -> dict:
-    """What results.json holds for every task: the best epoch, steps, throughput, memory, time."""
+    """What results.json holds for every task: the best epoch (None: none improved), steps,
+    throughput, memory, time."""
     return {
-        "best_epoch": state.best_epoch,
+        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
         "epochs": run.args.epochs,
         "global_step": state.global_step,
         **{
@@ -805,13 +830,16 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
     """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
     (RUN_DIR/model, the MLM head left out), then results.json (last: it marks the run finished)."""
     results = {
-        **{f"val_{k}": v for k, v in state.history[state.best_epoch].items()},
+        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
         "task": run.task,
         "metric_for_best": run.metric_for_best,
+        **collapse_flags(run, state),
         **run_figures(run, state),
     }
     if run.info.is_main:
-        mlm.save_for_fine_tuning(run.model, run.tokenizer, os.path.join(run.run_dir, "model"))
+        mlm.save_for_fine_tuning(
+            run.model, run.tokenizer, os.path.join(run.run_dir, "model"), run.config["model_default_lr"]
+        )
         files.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     run.wandb.finish()

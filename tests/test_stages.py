@@ -63,7 +63,7 @@ def test_a_run_model_that_has_not_finished_or_wrote_no_model_is_named(tmp_path):
     assert "run pre has not finished (no results.json" in config.model_run_unfinished(args)
     (tmp_path / "pre").mkdir()
     (tmp_path / "pre" / "results.json").write_text("{}")
-    assert "run pre wrote no model folder; only --task mlm runs do" in config.model_run_unfinished(args)
+    assert "run pre is a classification run, which writes no model folder" in config.model_run_unfinished(args)
     (tmp_path / "pre" / "model").mkdir()
     (tmp_path / "pre" / "model" / "config.json").write_text("{}")
     assert config.model_run_unfinished(args) is None
