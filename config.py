@@ -9,6 +9,7 @@ left out of the name and of the fingerprint that guards resume). Adding a flag i
 """
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -492,7 +493,11 @@ def model_run_dir(args) -> str | None:
     """The folder of the run --model run:NAME names: NAME in --out_dir; a smoke run starts from
     NAME's smoke run (NAME-smoke), so a grid's smoke phase chains its stages too."""
     name = model_run(args.model)
-    return None if name is None else os.path.join(args.out_dir, name + ("-smoke" if args.smoke else ""))
+    return None if name is None else _stage_dir(args.out_dir, name, args.smoke)
+
+
+def _stage_dir(out_dir: str, name: str, smoke: bool) -> str:
+    return os.path.join(out_dir, name + ("-smoke" if smoke else ""))
 
 
 def model_source(args) -> str:
@@ -516,6 +521,60 @@ def model_run_unfinished(args) -> str | None:
     if not os.path.isfile(os.path.join(run_dir, "model", "config.json")):
         return f"--model {args.model}: run {os.path.basename(run_dir)} wrote no model folder; only --task mlm runs do"
     return None
+
+
+START_MODEL = "start_model_sha256"  # config.json: the hash of the model a run:NAME run started from
+
+
+class StartModelChanged(UserError):
+    """A run folder holds a run:NAME run trained from a model that run NAME no longer holds (NAME
+    was redone, or moved away): its results and checkpoints do not describe NAME's model now."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+def start_model_hash(args) -> str | None:
+    """For --model run:NAME, the hash of NAME's model folder, which this run starts from (train.py
+    records it in config.json as START_MODEL); None for other models."""
+    run_dir = model_run_dir(args)
+    return None if run_dir is None else model_folder_hash(os.path.join(run_dir, "model"))
+
+
+def start_model_changed(run_dir: str, saved: dict) -> str | None:
+    """Why the run:NAME run in run_dir (saved: its config.json) no longer matches the model of run
+    NAME beside it, or None. Runs that recorded no START_MODEL (older ones) are not compared."""
+    start, recorded = model_run(str(saved.get("model", ""))), saved.get(START_MODEL)
+    if start is None or recorded is None:
+        return None
+    stage = _stage_dir(os.path.dirname(os.path.normpath(run_dir)), start, bool(saved.get("smoke")))
+    now = model_folder_hash(os.path.join(stage, "model"))
+    if now == recorded:
+        return None
+    return f"run {start} has no model now" if now is None else f"run {start}'s model has changed since (it was redone)"
+
+
+def model_folder_hash(folder: str) -> str | None:
+    """A hash of a model folder's files, names and bytes; None if it holds none. Cached by each
+    file's size, time and inode: a grid asks it for every run that starts from the same model."""
+    try:
+        entries = [(e.name, e.stat()) for e in os.scandir(folder) if e.is_file()]
+        files = tuple(sorted((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in entries))
+        return _hash_files(folder, files) if files else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_files(folder: str, files: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, *_ in files:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def derive_run_name(args) -> str:
@@ -578,8 +637,9 @@ def has_results(run_dir: str) -> bool:
 
 def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, or --fresh to discard it") -> bool:
     """Whether run_dir holds this run finished (results.json) with the settings of `config`. A folder
-    holding a run with other settings is refused (UserError naming them and `remedy`): it is never
-    counted as finished, nor continued. train.py (checkpoint.prepare_run_dir) and the grids
+    holding a run with other settings is refused (UserError naming them and `remedy`), and so is a
+    run:NAME run trained from a model NAME no longer holds (StartModelChanged): neither is counted
+    as finished, nor continued. train.py (checkpoint.prepare_run_dir) and the grids
     (grid.finished_runs) decide with this."""
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
@@ -604,6 +664,9 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")
+    why = start_model_changed(run_dir, saved)
+    if why:
+        raise StartModelChanged(f"{run_dir} holds a run trained from an earlier model: {why}; {remedy}", why)
     return has_results(run_dir)
 
 

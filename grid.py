@@ -145,19 +145,27 @@ def grid_name(path: str) -> str:
 def finished_runs(path: str, out_dir: str, runs) -> list[str]:
     """Names of the runs finished in out_dir with the settings of their grid line. A run folder
     holding a run with other settings is refused, naming the line and the settings: a grid never
-    skips it as finished nor starts it. Only what the line says is compared (config.finished); the
-    tokenizer's and the data's hashes and the precision used are known once train.py runs, and it
-    checks them against its checkpoint."""
-    from config import UserError, finished, parse_args
+    skips it as finished nor starts it; so are the folders of runs trained from an earlier model of
+    the run they start from, all named in one line. Only what the line says is compared
+    (config.finished); the tokenizer's and the data's hashes and the precision used are known once
+    train.py runs, and it checks them against its checkpoint."""
+    from config import StartModelChanged, UserError, finished, parse_args
 
-    done = []
+    done, stale = [], []
     for number, name, args in runs:
         remedy = "give the line another --run_name, or move that folder away"
         try:
             if finished(os.path.join(out_dir, name), vars(parse_args(args)), remedy):
                 done.append(name)
+        except StartModelChanged as e:
+            stale.append(f"{name} (line {number}: {e.why})")
         except UserError as e:
             raise GridError(f"{path}:{number}: {e}") from None
+    if stale:
+        raise GridError(
+            f"{path}: {len(stale)} run(s) in {out_dir} were trained from an earlier model of the run they start "
+            f"from: {', '.join(stale)}; move their folders away to rerun them from its current model"
+        )
     return done
 
 

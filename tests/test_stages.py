@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -77,6 +78,46 @@ def test_the_report_compares_runs_from_a_pretraining_run_with_runs_from_its_mode
     assert report.settings_of(start) == {"pool": "cls", "start": "from pre"}
     assert report.model_of(dict(start, model="run:elsewhere"), configs) == "run:elsewhere"  # not in this folder
     assert "pool" not in report.settings_of(dict(config.DEFAULTS, task="mlm"))
+
+
+def fake_finished_run(folder, args, **recorded):
+    """The config.json and results.json train.py leaves in a finished run of these args."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(vars(config.parse_args(args)), **recorded)))
+    (folder / "results.json").write_text("{}")
+
+
+def fake_pretraining_run(folder, weights: bytes):
+    fake_finished_run(folder, PRETRAIN.split())
+    (folder / "model").mkdir()
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "model" / "model.safetensors").write_bytes(weights)
+
+
+def test_runs_trained_from_an_earlier_model_of_their_stage_are_refused_all_named(tmp_path):
+    path = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}")
+    runs, out = grid.resolve(path), tmp_path / "runs" / "chain"
+    fake_pretraining_run(out / "pre", b"weights of the first pre")
+    start = config.model_folder_hash(str(out / "pre" / "model"))
+    for _, name, args in runs[1:]:
+        fake_finished_run(out / name, args, start_model_sha256=start)
+    assert grid.finished_runs(path, str(out), runs) == [name for _, name, _ in runs]
+
+    shutil.rmtree(out / "pre")  # moved away to redo it with other settings: its runs must not count
+    with pytest.raises(grid.GridError) as refused:
+        grid.finished_runs(path, str(out), runs)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: 2 run(s) in {out} were trained from an earlier model") and "\n" not in message
+    assert f"{runs[1][1]} (line 3: run pre has no model now)" in message and runs[2][1] in message
+    assert "move their folders away to rerun them" in message
+
+    fake_pretraining_run(out / "pre", b"weights of the redone pre")  # redone
+    with pytest.raises(grid.GridError, match=r"run pre's model has changed since \(it was redone\)"):
+        grid.finished_runs(path, str(out), runs)
+    # train.py asks the same question (checkpoint.prepare_run_dir), for a finished or an interrupted run
+    own = vars(config.parse_args([*runs[1][2], "--out_dir", str(out)]))
+    with pytest.raises(config.StartModelChanged, match="or --fresh to discard it"):
+        config.finished(str(out / runs[1][1]), own)
 
 
 # ---- train.py and run_grid.sh (they train)
