@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 
 import glue
 import metrics
@@ -670,14 +671,49 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     return has_results(run_dir)
 
 
-def code_version() -> str:
-    """A hash of the toolkit's Python sources: a smoke run passed with other code is not trusted."""
+def code_version() -> dict:
+    """What code a run ran, cheaply: `sources_sha256`, a hash of the toolkit's Python sources (a
+    smoke run passed with other sources is not trusted; report.py flags rows of different sources),
+    and the checkout's git state (git_state), so a run from edited code does not pass for its commit."""
     digest = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(ROOT, "*.py"))):
         digest.update(os.path.basename(path).encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(f.read())
-    return digest.hexdigest()[:16]
+    return {"sources_sha256": digest.hexdigest()[:16], **git_state(ROOT)}
+
+
+def code_sources(version) -> str | None:
+    """The sources hash of a config.json's code_version (runs before the git state held it alone)."""
+    return version.get("sources_sha256") if isinstance(version, dict) else version
+
+
+def git_state(folder: str) -> dict:
+    """git_commit; git_dirty: whether tracked files differ from it (git status); git_diff_sha256:
+    a hash of that difference (git diff HEAD), so two edited checkouts of one commit tell apart.
+    None where folder is not in a git checkout, or git is missing."""
+    state = dict.fromkeys(("git_commit", "git_dirty", "git_diff_sha256"))
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if status.returncode != 0:
+            return state
+        lines = status.stdout.splitlines()
+        commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+        state["git_commit"] = None if commit == "(initial)" else commit
+        state["git_dirty"] = any(not line.startswith("#") for line in lines)
+        if state["git_dirty"] and state["git_commit"]:
+            diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=folder, capture_output=True, timeout=10)
+            if diff.returncode == 0:
+                state["git_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()[:16]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return state
 
 
 def first_line(e: Exception) -> str:

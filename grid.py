@@ -172,9 +172,9 @@ def finished_runs(path: str, out_dir: str, runs) -> list[str]:
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
     same code: the smoke phase of a rerun skips them."""
-    from config import UserError, code_version, finished, parse_args
+    from config import UserError, code_sources, code_version, finished, parse_args
 
-    version, passed = code_version(), []
+    version, passed = code_version()["sources_sha256"], []
     for _, name, args in runs:
         smoke = parse_args([*args, *extra, "--smoke"])
         folder = os.path.join(out_dir, "smoke", smoke.run_name)
@@ -182,7 +182,7 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
             if not finished(folder, vars(smoke)):
                 continue
             with open(os.path.join(folder, "config.json")) as f:
-                saved_version = json.load(f).get("code_version")
+                saved_version = code_sources(json.load(f).get("code_version"))
         except (UserError, OSError, ValueError):  # other settings, or unreadable: run it again
             continue
         if saved_version == version:
