@@ -120,6 +120,35 @@ def test_runs_trained_from_an_earlier_model_of_their_stage_are_refused_all_named
         config.finished(str(out / runs[1][1]), own)
 
 
+def test_the_report_shows_runs_trained_from_an_earlier_model_of_their_stage_apart(tmp_path, capsys):
+    from test_report import fake_classification_run, fake_mlm_run
+
+    fake_mlm_run(tmp_path / "pre", 1)
+    (tmp_path / "pre" / "model").mkdir()
+    (tmp_path / "pre" / "model" / "model.safetensors").write_bytes(b"weights of the first pre")
+    first = config.model_folder_hash(str(tmp_path / "pre" / "model"))
+    labels = [0, 1] * 50
+    for seed in (1, 2):
+        fake_classification_run(
+            tmp_path / f"from-pre-s{seed}", seed, labels, [True] * 100, model="run:pre", start_model_sha256=first
+        )
+    (tmp_path / "pre" / "model" / "model.safetensors").write_bytes(b"weights of the redone pre")  # redone
+    fake_classification_run(
+        tmp_path / "from-pre-s3",
+        3,
+        labels,
+        [True] * 100,
+        model="run:pre",
+        start_model_sha256=config.model_folder_hash(str(tmp_path / "pre" / "model")),
+    )
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.split("\n\n")[0].splitlines() if line.startswith("| tiny-bert |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["cls, from pre", "cls, from pre (earlier model)"]
+    assert "| 1 |" in rows[0] and "| 2 |" in rows[1]  # never merged into one row
+    assert "(earlier model) = trained from a model its pretraining run no longer holds (run pre's model has " in printed
+
+
 # ---- train.py and run_grid.sh (they train)
 
 
