@@ -27,11 +27,14 @@ Used by run_grid.sh:
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
         ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+    python grid.py lock-holders GRID_OUT_DIR
+        ->  the live processes holding the grid's lock, e.g. "pid 4242 (run NAME)"; nothing if none
     python grid.py defaults
         ->  the grid file and the --out_dir used when none is given (run_grid.sh, tmux_launch.sh, slurm.py)
 """
 
 import contextlib
+import glob
 import itertools
 import json
 import os
@@ -216,6 +219,57 @@ def run_progress(run_dir: str) -> str:
     return shown
 
 
+def lock_holders(out_dir: str) -> list[tuple[int, str]]:
+    """(pid, what it is) of this host's processes holding out_dir/.grid.lock open: the runner, and
+    every process it started, which inherit the lock and keep it after the runner dies (kill -9).
+    Read from /proc (Linux); a process is named by the run whose .lock records its pid."""
+    holders = _pids_holding(os.path.realpath(os.path.join(out_dir, ".grid.lock")))
+    runs = {}
+    for lock in [
+        *glob.glob(os.path.join(glob.escape(out_dir), "*", ".lock")),
+        *glob.glob(os.path.join(glob.escape(out_dir), "smoke", "*", ".lock")),
+    ]:
+        with contextlib.suppress(OSError, ValueError, IndexError), open(lock) as f:
+            runs[int(f.read().split()[1])] = os.path.basename(os.path.dirname(lock))
+    return [(pid, f"run {runs[pid]}" if pid in runs else _command_of(pid)) for pid in holders]
+
+
+def _pids_holding(path: str) -> list[int]:
+    try:
+        pids = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()]
+    except OSError:  # no /proc: not Linux
+        return []
+    holders = []
+    for pid in pids:
+        fds = f"/proc/{pid}/fd"
+        with contextlib.suppress(OSError):  # gone meanwhile, or another user's
+            if any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds)):
+                holders.append(pid)
+    return sorted(holders)
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    return " ".join([os.path.basename(words[0]), *words[1:3]]).strip()
+
+
+def described_holders(out_dir: str) -> str:
+    """The lock's holders and what to do, or "" if no live process holds it."""
+    holders = lock_holders(out_dir)
+    if not holders:
+        return ""
+    listed = ", ".join(f"pid {pid} ({what})" for pid, what in holders)
+    pids = " ".join(str(pid) for pid, _ in holders)
+    return (
+        f"still running and holding the grid's lock: {listed}; wait for them to end, or stop them "
+        f"with kill -TERM {pids} (a run checkpoints first), then rerun the grid to resume"
+    )
+
+
 def grid_status(out_dir: str) -> str | None:
     """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
     progress, or how the grid ended; None if no grid ran there."""
@@ -238,10 +292,11 @@ def grid_status(out_dir: str) -> str | None:
     try:
         os.kill(int(state["pid"]), 0)
     except (KeyError, ValueError, ProcessLookupError):
-        return (
-            f"{head}; not running: its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} "
-            f"phase (log {log}); rerun the grid to resume"
-        )
+        died = f"its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} phase (log {log})"
+        orphans = described_holders(out_dir)
+        if orphans:  # the runs it started outlive it, and a rerun is refused while they hold the lock
+            return f"{head}; {died}; processes it started are {orphans}"
+        return f"{head}; not running: {died}; rerun the grid to resume"
     except PermissionError:  # alive, another user's
         pass
     lines = [f"{head}; {state.get('phase')} phase (grid {state.get('grid', '?')}, log {log})"]
@@ -262,6 +317,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         print("\n".join(filter(None, map(grid_status, argv[1:]))))
         return 0
+    if argv[:1] == ["lock-holders"] and len(argv) == 2:
+        print(described_holders(argv[1]))
+        return 0
     if not (
         len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")
     ):
@@ -272,6 +330,7 @@ def main(argv: list[str]) -> int:
             "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
             "       python grid.py status GRID_OUT_DIR...\n"
+            "       python grid.py lock-holders GRID_OUT_DIR\n"
             "       python grid.py defaults",
             file=sys.stderr,
         )
