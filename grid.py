@@ -172,6 +172,19 @@ def finished_runs(path: str, out_dir: str, runs) -> list[str]:
     return done
 
 
+def fresh_note(out_dir: str, runs, done: list[str]) -> str | None:
+    """What --fresh does in a grid, where a run given it is finished: nothing. Rerunning a grid's
+    command resumes it, so --fresh that redid finished runs would redo them on every relaunch."""
+    kept = [name for _, name, args in runs if name in done and "--fresh" in args]
+    if not kept:
+        return None
+    one = len(kept) == 1
+    return (
+        f"note: --fresh restarts only the runs not finished; the {len(kept)} finished run{'' if one else 's'} "
+        f"{'is' if one else 'are'} kept and skipped, not redone (to redo one, move its folder out of {out_dir} first)"
+    )
+
+
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
     same code: the smoke phase of a rerun skips them."""
@@ -341,7 +354,10 @@ def main(argv: list[str]) -> int:
             return 0
         runs = resolve(argv[1], extra)
         if argv[0] == "finished":
-            print("\n".join(finished_runs(argv[1], argv[2], runs)))
+            done = finished_runs(argv[1], argv[2], runs)
+            if note := fresh_note(argv[2], runs, done):
+                print(note, file=sys.stderr)  # run_grid.sh reads the names on stdout
+            print("\n".join(done))
             return 0
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """run_grid.sh and tmux_launch.sh, driven from pytest (CPU, offline)."""
 
+import json
 import os
 import re
 import shutil
@@ -499,3 +500,21 @@ def test_after_kill_9_of_the_runner_a_relaunch_and_status_name_the_run_still_hol
         while os.path.exists(f"/proc/{train_pid}") and time.time() < deadline:
             time.sleep(0.5)
     assert "rerun the same command to resume" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_fresh_on_a_grid_says_it_does_not_redo_finished_runs(tmp_path):
+    g = write_grid(tmp_path / "f.grid", SMALL)
+    line = SMALL.split()
+    run_dir = tmp_path / "runs" / "f" / config.parse_args(line).run_name
+    run_dir.mkdir(parents=True)  # a finished run of that line, as train.py leaves it
+    (run_dir / "config.json").write_text(json.dumps(vars(config.parse_args(line))))
+    (run_dir / "results.json").write_text("{}")
+    note = "note: --fresh restarts only the runs not finished; the 1 finished run is kept and skipped, not redone"
+    for options in (["--no-smoke"], ["--slurm", "--dry-run"]):
+        out = run_grid(g, *options, "--out_dir", tmp_path / "runs", "--", "--fresh")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert note in out.stdout + out.stderr and f"move its folder out of {run_dir.parent}" in out.stdout + out.stderr
+        assert (run_dir / "results.json").exists()
+    plain = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+    assert "--fresh" not in plain.stdout + plain.stderr and f"[skip] {run_dir.name} (finished)" in plain.stdout
