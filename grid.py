@@ -187,7 +187,8 @@ def fresh_note(out_dir: str, runs, done: list[str]) -> str | None:
 
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
-    same code: the smoke phase of a rerun skips them."""
+    same code, after the smoke run of the run they start from, if any, passed too (else it is run
+    again, and theirs must start from it): the smoke phase of a rerun skips them."""
     from config import UserError, code_sources, code_version, finished, parse_args
 
     version, passed = code_version()["sources_sha256"], []
@@ -201,7 +202,8 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
                 saved_version = code_sources(json.load(f).get("code_version"))
         except (UserError, OSError, ValueError):  # other settings, or unreadable: run it again
             continue
-        if saved_version == version:
+        start = starts_from(args)
+        if saved_version == version and (not start or start in passed):
             passed.append(name)
     return passed
 

@@ -217,3 +217,31 @@ def test_the_shipped_pretraining_demo_is_a_pretraining_stage_then_the_runs_from_
     }  # tiny-bert: random init, it waits for nothing
     assert sorted(name for name, stage in stages.items() if stage == 1) == ["pretrain", *fine_tuned["tiny-bert"]]
     assert sorted(name for name, stage in stages.items() if stage == 2) == fine_tuned["pretrain"]
+
+
+@pytest.mark.slow
+def test_a_redone_pretraining_run_refuses_the_runs_from_its_earlier_model_until_they_are_moved_away(tmp_path):
+    g = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE)
+    out, runs = tmp_path / "runs" / "chain", tmp_path / "runs"
+    assert (first := run_grid(g, "--out_dir", runs)).returncode == 0, first.stdout + first.stderr
+    tuned = out / "pre-cls-ep1-ntr96-nev32-synthetic-s42"
+    recorded = json.loads((tuned / "config.json").read_text())
+    assert recorded["start_model_sha256"] == config.model_folder_hash(str(out / "pre" / "model"))
+    assert recorded["code_version"]["sources_sha256"] == config.code_version()["sources_sha256"]
+    assert isinstance(recorded["code_version"]["git_dirty"], bool)  # this checkout is a git one
+
+    # pre redone with other settings: its folder moved away, its line changed (the same run name)
+    shutil.move(out / "pre", tmp_path / "first-pre")
+    g = write_grid(tmp_path / "chain.grid", PRETRAIN + " --mlm_prob 0.2", FINE_TUNE)
+    refused = run_grid(g, "--out_dir", runs)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stdout + refused.stderr
+    assert f"{tuned.name} (line 3: run pre has no model now)" in refused.stderr and "[skip]" not in refused.stdout
+
+    shutil.move(tuned, tmp_path / "first-tuned")
+    redone = run_grid(g, "--out_dir", runs)
+    assert redone.returncode == 0, redone.stdout + redone.stderr
+    # the smoke runs start over: pre's with its new settings, then the run from it (not "passed before")
+    assert "smoke ok: pre\n" in redone.stdout and f"smoke ok: {tuned.name}\n" in redone.stdout
+    assert "[done] pre\n" in redone.stdout and f"[done] {tuned.name}\n" in redone.stdout
+    now = json.loads((tuned / "config.json").read_text())["start_model_sha256"]
+    assert now == config.model_folder_hash(str(out / "pre" / "model")) != recorded["start_model_sha256"]
