@@ -691,11 +691,13 @@ def code_sources(version) -> str | None:
 def git_state(folder: str) -> dict:
     """git_commit; git_dirty: whether tracked files differ from it (git status); git_diff_sha256:
     a hash of that difference (git diff HEAD), so two edited checkouts of one commit tell apart.
-    None where folder is not in a git checkout, or git is missing."""
+    None where folder is not in a git checkout, or git is missing. --no-optional-locks: runs ask
+    while the user may commit, and git status would otherwise take the index's lock to refresh it."""
     state = dict.fromkeys(("git_commit", "git_dirty", "git_diff_sha256"))
+    git = ["git", "--no-optional-locks"]
     try:
         status = subprocess.run(
-            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            [*git, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
             cwd=folder,
             capture_output=True,
             text=True,
@@ -708,7 +710,7 @@ def git_state(folder: str) -> dict:
         state["git_commit"] = None if commit == "(initial)" else commit
         state["git_dirty"] = any(not line.startswith("#") for line in lines)
         if state["git_dirty"] and state["git_commit"]:
-            diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=folder, capture_output=True, timeout=10)
+            diff = subprocess.run([*git, "diff", "HEAD", "--binary"], cwd=folder, capture_output=True, timeout=10)
             if diff.returncode == 0:
                 state["git_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()[:16]
     except (OSError, subprocess.SubprocessError):
