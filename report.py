@@ -397,8 +397,8 @@ def render(rows: list[dict], common: str) -> tuple[str, list[dict]]:
     code_lines = mark_other_code(rows)
     for task in COLUMNS_OF:
         for split in sorted({r["test_split"] for r in rows if r["task"] == task}, key=lambda s: (s != "test", s)):
-            shown_first = task == "classification" and split == "test"  # the main table needs no title
-            if lines or not shown_first:
+            untitled = task == "classification" and split == "test"  # the main table: no title
+            if lines or not untitled:
                 lines += ([""] if lines else []) + [table_title(task, split), ""]
             task_rows = [r for r in rows if r["task"] == task and r["test_split"] == split]
             lines += task_table(task_rows, task, split, table)
