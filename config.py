@@ -9,11 +9,13 @@ left out of the name and of the fingerprint that guards resume). Adding a flag i
 """
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
 import math
 import os
+import subprocess
 
 import glue
 import metrics
@@ -497,7 +499,11 @@ def model_run_dir(args) -> str | None:
     """The folder of the run --model run:NAME names: NAME in --out_dir; a smoke run starts from
     NAME's smoke run (NAME-smoke), so a grid's smoke phase chains its stages too."""
     name = model_run(args.model)
-    return None if name is None else os.path.join(args.out_dir, name + ("-smoke" if args.smoke else ""))
+    return None if name is None else _stage_dir(args.out_dir, name, args.smoke)
+
+
+def _stage_dir(out_dir: str, name: str, smoke: bool) -> str:
+    return os.path.join(out_dir, name + ("-smoke" if smoke else ""))
 
 
 def model_source(args) -> str:
@@ -552,6 +558,60 @@ def _results_task(run_dir: str) -> str:
     except (OSError, ValueError):
         results = {}
     return results.get("task", "classification") if isinstance(results, dict) else "classification"
+
+
+START_MODEL = "start_model_sha256"  # config.json: the hash of the model a run:NAME run started from
+
+
+class StartModelChanged(UserError):
+    """A run folder holds a run:NAME run trained from a model that run NAME no longer holds (NAME
+    was redone, or moved away): its results and checkpoints do not describe NAME's model now."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+def start_model_hash(args) -> str | None:
+    """For --model run:NAME, the hash of NAME's model folder, which this run starts from (train.py
+    records it in config.json as START_MODEL); None for other models."""
+    run_dir = model_run_dir(args)
+    return None if run_dir is None else model_folder_hash(os.path.join(run_dir, "model"))
+
+
+def start_model_changed(run_dir: str, saved: dict) -> str | None:
+    """Why the run:NAME run in run_dir (saved: its config.json) no longer matches the model of run
+    NAME beside it, or None. Runs that recorded no START_MODEL (older ones) are not compared."""
+    start, recorded = model_run(str(saved.get("model", ""))), saved.get(START_MODEL)
+    if start is None or recorded is None:
+        return None
+    stage = _stage_dir(os.path.dirname(os.path.normpath(run_dir)), start, bool(saved.get("smoke")))
+    now = model_folder_hash(os.path.join(stage, "model"))
+    if now == recorded:
+        return None
+    return f"run {start} has no model now" if now is None else f"run {start}'s model has changed since (it was redone)"
+
+
+def model_folder_hash(folder: str) -> str | None:
+    """A hash of a model folder's files, names and bytes; None if it holds none. Cached by each
+    file's size, time and inode: a grid asks it for every run that starts from the same model."""
+    try:
+        entries = [(e.name, e.stat()) for e in os.scandir(folder) if e.is_file()]
+        files = tuple(sorted((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in entries))
+        return _hash_files(folder, files) if files else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_files(folder: str, files: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, *_ in files:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def derive_run_name(args) -> str:
@@ -614,8 +674,9 @@ def has_results(run_dir: str) -> bool:
 
 def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, or --fresh to discard it") -> bool:
     """Whether run_dir holds this run finished (results.json) with the settings of `config`. A folder
-    holding a run with other settings is refused (UserError naming them and `remedy`): it is never
-    counted as finished, nor continued. train.py (checkpoint.prepare_run_dir) and the grids
+    holding a run with other settings is refused (UserError naming them and `remedy`), and so is a
+    run:NAME run trained from a model NAME no longer holds (StartModelChanged): neither is counted
+    as finished, nor continued. train.py (checkpoint.prepare_run_dir) and the grids
     (grid.finished_runs) decide with this."""
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
@@ -640,17 +701,57 @@ def finished(run_dir: str, config: dict, remedy: str = "use another --run_name, 
     differing = differing_settings(saved, config)
     if differing:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); {remedy}")
+    why = start_model_changed(run_dir, saved)
+    if why:
+        raise StartModelChanged(f"{run_dir} holds a run trained from an earlier model: {why}; {remedy}", why)
     return has_results(run_dir)
 
 
-def code_version() -> str:
-    """A hash of the toolkit's Python sources: a smoke run passed with other code is not trusted."""
+def code_version() -> dict:
+    """What code a run ran, cheaply: `sources_sha256`, a hash of the toolkit's Python sources (a
+    smoke run passed with other sources is not trusted; report.py flags rows of different sources),
+    and the checkout's git state (git_state), so a run from edited code does not pass for its commit."""
     digest = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(ROOT, "*.py"))):
         digest.update(os.path.basename(path).encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(f.read())
-    return digest.hexdigest()[:16]
+    return {"sources_sha256": digest.hexdigest()[:16], **git_state(ROOT)}
+
+
+def code_sources(version) -> str | None:
+    """The sources hash of a config.json's code_version (runs before the git state held it alone)."""
+    return version.get("sources_sha256") if isinstance(version, dict) else version
+
+
+def git_state(folder: str) -> dict:
+    """git_commit; git_dirty: whether tracked files differ from it (git status); git_diff_sha256:
+    a hash of that difference (git diff HEAD), so two edited checkouts of one commit tell apart.
+    None where folder is not in a git checkout, or git is missing. --no-optional-locks: runs ask
+    while the user may commit, and git status would otherwise take the index's lock to refresh it."""
+    state = dict.fromkeys(("git_commit", "git_dirty", "git_diff_sha256"))
+    git = ["git", "--no-optional-locks"]
+    try:
+        status = subprocess.run(
+            [*git, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if status.returncode != 0:
+            return state
+        lines = status.stdout.splitlines()
+        commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+        state["git_commit"] = None if commit == "(initial)" else commit
+        state["git_dirty"] = any(not line.startswith("#") for line in lines)
+        if state["git_dirty"] and state["git_commit"]:
+            diff = subprocess.run([*git, "diff", "HEAD", "--binary"], cwd=folder, capture_output=True, timeout=10)
+            if diff.returncode == 0:
+                state["git_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()[:16]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return state
 
 
 def first_line(e: Exception) -> str:

@@ -27,11 +27,14 @@ Used by run_grid.sh:
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
         ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+    python grid.py lock-holders GRID_OUT_DIR
+        ->  the live processes holding the grid's lock, e.g. "pid 4242 (run NAME)"; nothing if none
     python grid.py defaults
         ->  the grid file and the --out_dir used when none is given (run_grid.sh, tmux_launch.sh, slurm.py)
 """
 
 import contextlib
+import glob
 import itertools
 import json
 import os
@@ -145,28 +148,50 @@ def grid_name(path: str) -> str:
 def finished_runs(path: str, out_dir: str, runs) -> list[str]:
     """Names of the runs finished in out_dir with the settings of their grid line. A run folder
     holding a run with other settings is refused, naming the line and the settings: a grid never
-    skips it as finished nor starts it. Only what the line says is compared (config.finished); the
-    tokenizer's and the data's hashes and the precision used are known once train.py runs, and it
-    checks them against its checkpoint."""
-    from config import UserError, finished, parse_args
+    skips it as finished nor starts it; so are the folders of runs trained from an earlier model of
+    the run they start from, all named in one line. Only what the line says is compared
+    (config.finished); the tokenizer's and the data's hashes and the precision used are known once
+    train.py runs, and it checks them against its checkpoint."""
+    from config import StartModelChanged, UserError, finished, parse_args
 
-    done = []
+    done, stale = [], []
     for number, name, args in runs:
         remedy = "give the line another --run_name, or move that folder away"
         try:
             if finished(os.path.join(out_dir, name), vars(parse_args(args)), remedy):
                 done.append(name)
+        except StartModelChanged as e:
+            stale.append(f"{name} (line {number}: {e.why})")
         except UserError as e:
             raise GridError(f"{path}:{number}: {e}") from None
+    if stale:
+        raise GridError(
+            f"{path}: {len(stale)} run(s) in {out_dir} were trained from an earlier model of the run they start "
+            f"from: {', '.join(stale)}; move their folders away to rerun them from its current model"
+        )
     return done
+
+
+def fresh_note(out_dir: str, runs, done: list[str]) -> str | None:
+    """What --fresh does in a grid, where a run given it is finished: nothing. Rerunning a grid's
+    command resumes it, so --fresh that redid finished runs would redo them on every relaunch."""
+    kept = [name for _, name, args in runs if name in done and "--fresh" in args]
+    if not kept:
+        return None
+    one = len(kept) == 1
+    return (
+        f"note: --fresh restarts only the runs not finished; the {len(kept)} finished run{'' if one else 's'} "
+        f"{'is' if one else 'are'} kept and skipped, not redone (to redo one, move its folder out of {out_dir} first)"
+    )
 
 
 def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     """Names of the runs whose smoke run in out_dir/smoke finished with the same settings and the
-    same code: the smoke phase of a rerun skips them."""
-    from config import UserError, code_version, finished, parse_args
+    same code, after the smoke run of the run they start from, if any, passed too (else it is run
+    again, and theirs must start from it): the smoke phase of a rerun skips them."""
+    from config import UserError, code_sources, code_version, finished, parse_args
 
-    version, passed = code_version(), []
+    version, passed = code_version()["sources_sha256"], []
     for _, name, args in runs:
         smoke = parse_args([*args, *extra, "--smoke"])
         folder = os.path.join(out_dir, "smoke", smoke.run_name)
@@ -174,10 +199,11 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
             if not finished(folder, vars(smoke)):
                 continue
             with open(os.path.join(folder, "config.json")) as f:
-                saved_version = json.load(f).get("code_version")
+                saved_version = code_sources(json.load(f).get("code_version"))
         except (UserError, OSError, ValueError):  # other settings, or unreadable: run it again
             continue
-        if saved_version == version:
+        start = starts_from(args)
+        if saved_version == version and (not start or start in passed):
             passed.append(name)
     return passed
 
@@ -208,6 +234,57 @@ def run_progress(run_dir: str) -> str:
     return shown
 
 
+def lock_holders(out_dir: str) -> list[tuple[int, str]]:
+    """(pid, what it is) of this host's processes holding out_dir/.grid.lock open: the runner, and
+    every process it started, which inherit the lock and keep it after the runner dies (kill -9).
+    Read from /proc (Linux); a process is named by the run whose .lock records its pid."""
+    holders = _pids_holding(os.path.realpath(os.path.join(out_dir, ".grid.lock")))
+    runs = {}
+    for lock in [
+        *glob.glob(os.path.join(glob.escape(out_dir), "*", ".lock")),
+        *glob.glob(os.path.join(glob.escape(out_dir), "smoke", "*", ".lock")),
+    ]:
+        with contextlib.suppress(OSError, ValueError, IndexError), open(lock) as f:
+            runs[int(f.read().split()[1])] = os.path.basename(os.path.dirname(lock))
+    return [(pid, f"run {runs[pid]}" if pid in runs else _command_of(pid)) for pid in holders]
+
+
+def _pids_holding(path: str) -> list[int]:
+    try:
+        pids = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()]
+    except OSError:  # no /proc: not Linux
+        return []
+    holders = []
+    for pid in pids:
+        fds = f"/proc/{pid}/fd"
+        with contextlib.suppress(OSError):  # gone meanwhile, or another user's
+            if any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds)):
+                holders.append(pid)
+    return sorted(holders)
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    return " ".join([os.path.basename(words[0]), *words[1:3]]).strip()
+
+
+def described_holders(out_dir: str) -> str:
+    """The lock's holders and what to do, or "" if no live process holds it."""
+    holders = lock_holders(out_dir)
+    if not holders:
+        return ""
+    listed = ", ".join(f"pid {pid} ({what})" for pid, what in holders)
+    pids = " ".join(str(pid) for pid, _ in holders)
+    return (
+        f"still running and holding the grid's lock: {listed}; wait for them to end, or stop them "
+        f"with kill -TERM {pids} (a run checkpoints first), then rerun the grid to resume"
+    )
+
+
 def grid_status(out_dir: str) -> str | None:
     """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
     progress, or how the grid ended; None if no grid ran there."""
@@ -230,10 +307,11 @@ def grid_status(out_dir: str) -> str | None:
     try:
         os.kill(int(state["pid"]), 0)
     except (KeyError, ValueError, ProcessLookupError):
-        return (
-            f"{head}; not running: its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} "
-            f"phase (log {log}); rerun the grid to resume"
-        )
+        died = f"its runner (pid {state.get('pid', '?')}) died in the {state.get('phase')} phase (log {log})"
+        orphans = described_holders(out_dir)
+        if orphans:  # the runs it started outlive it, and a rerun is refused while they hold the lock
+            return f"{head}; {died}; processes it started are {orphans}"
+        return f"{head}; not running: {died}; rerun the grid to resume"
     except PermissionError:  # alive, another user's
         pass
     lines = [f"{head}; {state.get('phase')} phase (grid {state.get('grid', '?')}, log {log})"]
@@ -254,6 +332,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         print("\n".join(filter(None, map(grid_status, argv[1:]))))
         return 0
+    if argv[:1] == ["lock-holders"] and len(argv) == 2:
+        print(described_holders(argv[1]))
+        return 0
     if not (
         len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")
     ):
@@ -264,6 +345,7 @@ def main(argv: list[str]) -> int:
             "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
             "       python grid.py status GRID_OUT_DIR...\n"
+            "       python grid.py lock-holders GRID_OUT_DIR\n"
             "       python grid.py defaults",
             file=sys.stderr,
         )
@@ -274,7 +356,10 @@ def main(argv: list[str]) -> int:
             return 0
         runs = resolve(argv[1], extra)
         if argv[0] == "finished":
-            print("\n".join(finished_runs(argv[1], argv[2], runs)))
+            done = finished_runs(argv[1], argv[2], runs)
+            if note := fresh_note(argv[2], runs, done):
+                print(note, file=sys.stderr)  # run_grid.sh reads the names on stdout
+            print("\n".join(done))
             return 0
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)

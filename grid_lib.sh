@@ -107,7 +107,7 @@ first_error() {  # $1 = log: its error lines (train.py can report model and data
 }
 
 smoke_phase() {  # $1 = the grid file, as a failure names it. Runs every run of runs[] with --smoke
-  # (64 examples, 1 epoch) into $OUT/smoke, one after another, its log $OUT/logs/<run>-smoke.log,
+  # --fresh (64 examples, 1 epoch) into $OUT/smoke, one after another, its log $OUT/logs/<run>-smoke.log,
   # except those the caller's smoke_skip (run name, line) prints a reason for. Returns 0 when all
   # passed; 1 at the first failure, after printing its error lines (line_no, run_name and smoke_log
   # name it); 130 once a signal handler has set stopping=1
@@ -118,7 +118,9 @@ smoke_phase() {  # $1 = the grid file, as a failure names it. Runs every run of 
     reason=$(smoke_skip "$run_name" "$line_no")
     if [ -n "$reason" ]; then echo "smoke skipped: $run_name ($reason)"; continue; fi
     smoke_log="$OUT/logs/$run_name-smoke.log"
-    start_run "$smoke_log" "${args[@]}" --smoke --out_dir "$OUT/smoke"
+    # --fresh: a smoke run that is not skipped starts over; a finished one would only be skipped by
+    # train.py, and one with other settings or from an earlier model of its stage refused
+    start_run "$smoke_log" "${args[@]}" --smoke --fresh --out_dir "$OUT/smoke"
     exit_status_of "$child"; status=$?
     child=""
     [ "${stopping:-0}" = 1 ] && return 130

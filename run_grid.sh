@@ -111,8 +111,18 @@ mkdir -p "$out/logs"
 # one launch per grid folder: a second one is refused here, before it writes anything (it would
 # truncate the live runs' logs). The runs inherit the lock, so it holds while any of them lives.
 exec {grid_lock}>>"$out/.grid.lock"
-flock -n "$grid_lock" || die "grid $name is already running (run_grid.sh pid $(cat "$out/.grid.pid" 2>/dev/null \
-  || echo '?'), runs in $out); wait for it, or stop it first (bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
+if ! flock -n "$grid_lock"; then
+  runner=$(cat "$out/.grid.pid" 2>/dev/null || echo '?')
+  if [[ "$runner" =~ ^[0-9]+$ ]] && kill -0 "$runner" 2>/dev/null; then
+    die "grid $name is already running (run_grid.sh pid $runner, runs in $out); wait for it, or stop it first" \
+      "(bash tmux_launch.sh --stop $grid, or kill -TERM that pid)"
+  fi
+  # the runner died (kill -9) and the runs it started hold the lock they inherited: name them
+  exec {grid_lock}>&-  # not this launch's own handle
+  holders=$("$PYTHON" grid.py lock-holders "$out")
+  die "grid $name: its runner (pid $runner) is gone, but processes it started are" \
+    "${holders:-holding its lock (they may just have ended: try again)}"
+fi
 echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
 declare -A succeeded=()

@@ -312,6 +312,8 @@ def submit(o, grid_path: str, extra: list[str]) -> int:
     if not o.dry_run and shutil.which("sbatch") is None:
         raise SlurmError("--slurm needs sbatch on PATH (run it on the cluster's login node), or use --dry-run")
     runs, name, out, finished = read_grid(o, grid_path, extra)
+    if note := grid.fresh_note(out, runs, list(finished)):
+        print(note)
     slurm_dir = os.path.join(out, "slurm")
     tasks = [i for i, (_, run_name, _) in enumerate(runs, 1) if run_name not in finished]
     if not tasks:

@@ -334,6 +334,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         steps_per_epoch=steps_per_epoch,
         env=env,
         code_version=settings.code_version(),
+        **{settings.START_MODEL: settings.start_model_hash(args)},
         model_default_lr=entry.default_lr,
         model_folder=entry.source,
         attention=model.encoder.config._attn_implementation,

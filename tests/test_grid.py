@@ -1,10 +1,13 @@
 """run_grid.sh and tmux_launch.sh, driven from pytest (CPU, offline)."""
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -458,3 +461,77 @@ def test_sync_uploads_every_offline_start_of_every_run_with_one_wandb_sync(tmp_p
         timeout=60,
     )
     assert nothing.returncode == 2 and nothing.stderr.startswith("error: no offline W&B runs")
+
+
+def hold_lock(path):
+    """A process that takes the flock on path and keeps it, as a run started by the grid does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+HOLD_LOCK = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', "
+HOLD_LOCK += "flush=True); time.sleep(600)"
+
+
+def test_status_names_the_runs_that_outlive_a_killed_runner_and_what_to_do(tmp_path):
+    out, run_name = tmp_path / "runs" / "orphan", "tiny-bert-cls-synthetic-s42"
+    (out / run_name).mkdir(parents=True)
+    runner = subprocess.Popen(["true"])
+    runner.wait()  # killed with -9: its pid is gone, its grid.status stays
+    (out / "grid.status").write_text(f"phase real\npid {runner.pid}\ngrid orphan.grid\nruns 1\ndone 0\n")
+    holder = hold_lock(out / ".grid.lock")
+    try:
+        (out / run_name / ".lock").write_text(f"{socket.gethostname()} {holder.pid}")
+        status = grid.grid_status(str(out))
+        assert f"its runner (pid {runner.pid}) died in the real phase" in status and "not running" not in status
+        assert f"still running and holding the grid's lock: pid {holder.pid} (run {run_name})" in status
+        assert f"stop them with kill -TERM {holder.pid} (a run checkpoints first), then rerun the grid" in status
+    finally:
+        holder.kill()
+        holder.wait()
+    assert grid.grid_status(str(out)).endswith("rerun the grid to resume") and "not running" in grid.grid_status(
+        str(out)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="the lock's holders are found in /proc (Linux)")
+def test_after_kill_9_of_the_runner_a_relaunch_and_status_name_the_run_still_holding_the_lock(tmp_path, cache_dir):
+    g, grid_run, run_dir = start_slow_grid(tmp_path, "orphan")
+    train_pid = int((run_dir / ".lock").read_text().split()[1])
+    try:
+        grid_run.kill()  # kill -9 of run_grid.sh alone: the run it started lives on, holding the grid's lock
+        grid_run.communicate(timeout=60)
+        again = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+        assert again.returncode == 2 and again.stderr.count("\n") == 1 and again.stdout == "", again.stderr
+        assert again.stderr.startswith(f"error: grid orphan: its runner (pid {grid_run.pid}) is gone"), again.stderr
+        assert f"pid {train_pid} (run {run_dir.name})" in again.stderr and f"kill -TERM {train_pid} " in again.stderr
+        status = grid.grid_status(str(tmp_path / "runs" / "orphan"))
+        assert f"pid {train_pid} (run {run_dir.name})" in status and "not running" not in status, status
+    finally:
+        os.kill(train_pid, signal.SIGTERM)  # it checkpoints and exits
+        deadline = time.time() + 120
+        while os.path.exists(f"/proc/{train_pid}") and time.time() < deadline:
+            time.sleep(0.5)
+    assert "rerun the same command to resume" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_fresh_on_a_grid_says_it_does_not_redo_finished_runs(tmp_path):
+    g = write_grid(tmp_path / "f.grid", SMALL)
+    line = SMALL.split()
+    run_dir = tmp_path / "runs" / "f" / config.parse_args(line).run_name
+    run_dir.mkdir(parents=True)  # a finished run of that line, as train.py leaves it
+    (run_dir / "config.json").write_text(json.dumps(vars(config.parse_args(line))))
+    (run_dir / "results.json").write_text("{}")
+    note = "note: --fresh restarts only the runs not finished; the 1 finished run is kept and skipped, not redone"
+    for options in (["--no-smoke"], ["--slurm", "--dry-run"]):
+        out = run_grid(g, *options, "--out_dir", tmp_path / "runs", "--", "--fresh")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert note in out.stdout + out.stderr and f"move its folder out of {run_dir.parent}" in out.stdout + out.stderr
+        assert (run_dir / "results.json").exists()
+    plain = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
+    assert "--fresh" not in plain.stdout + plain.stderr and f"[skip] {run_dir.name} (finished)" in plain.stdout

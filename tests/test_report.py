@@ -1,6 +1,7 @@
 """report.py on run folders from tiny runs: seeds merged, bold on the best, bootstrap CI,
 collapsed runs flagged, length buckets."""
 
+import csv
 import json
 import math
 import shutil
@@ -340,3 +341,127 @@ def test_a_pearson_difference_of_one_lucky_seed_is_not_significant():
     assert low < 0 < high
     d, low, high = report.seed_and_example_bootstrap_of(report.metrics.pearson, noisy[[2, 2, 2]], base, labels)
     assert low > 0  # the same gain on every seed is
+
+
+# ---- run folders written directly (no training): what the table says about them
+
+
+def fake_classification_run(folder, seed, labels, right, n_tokens=None, results=None, **config):
+    """A finished classification run: right[i] says whether it answered test example i correctly."""
+    labels, right = np.asarray(labels), np.asarray(right, bool)
+    folder.mkdir(parents=True)
+    probs = np.where(right, labels, 1 - labels)[:, None] == np.arange(2)
+    acc = float(right.mean())
+    scores = {"val_acc": acc, "test_acc": acc, "test_loss": 0.5, "test_ece": 0.1, "test_mcc": 0.2, **(results or {})}
+    (folder / "results.json").write_text(json.dumps(scores))
+    (folder / "config.json").write_text(json.dumps({"model": "tiny-bert", "pool": "cls", "seed": seed, **config}))
+    n_tokens = np.full(len(labels), 20) if n_tokens is None else n_tokens
+    np.savez(folder / "test_predictions.npz", probs=probs.astype(float), labels=labels, n_tokens=n_tokens)
+
+
+def fake_mlm_run(folder, seed, **config):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"val_loss": 3.0, "val_acc": 0.3, "val_perplexity": 20.0}))
+    (folder / "config.json").write_text(
+        json.dumps({"model": "tiny-bert", "pool": "cls", "seed": seed, "task": "mlm", **config})
+    )
+
+
+def lines_of(printed, start):
+    return [line for line in printed.splitlines() if line.startswith(start)]
+
+
+def test_glue_runs_scored_on_the_validation_split_say_so_and_show_the_tasks_headline_metric(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    for seed, f1 in ((1, 0.80), (2, 0.82)):
+        fake_classification_run(
+            tmp_path / f"mrpc-s{seed}",
+            seed,
+            labels,
+            rng.random(200) < 0.7,
+            results={"test_split": "validation", "metric_for_best": "f1_positive", "test_f1_positive": f1},
+            data="glue/mrpc",
+            text_col=["sentence1", "sentence2"],
+            metric_for_best="f1_positive",
+        )
+    fake_classification_run(tmp_path / "imdb-s1", 1, labels, rng.random(200) < 0.8, results={"test_split": "test"})
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    test_header, validation_header = [line for line in lines_of(printed, "| model |") if "val_acc" in line]
+    assert "| test_acc |" in test_header and "validation" not in test_header
+    assert "| val_acc | validation_acc | validation_loss |" in validation_header and "test_" not in validation_header
+    assert "| validation_f1_positive |" in validation_header  # MRPC's headline metric
+    assert "scored on the validation split" in printed and "| – (other test set) |" in printed  # not paired
+    mrpc = next(line for line in lines_of(printed, "| tiny-bert |") if "mrpc" in line)
+    cells = [c.strip() for c in mrpc.split("|")[1:-1]]
+    assert cells[validation_header.split("|")[1:-1].index(" validation_f1_positive ")].strip("*") == (
+        f"{0.81:.4f} ± {np.std([0.80, 0.82], ddof=1):.4f}"
+    )
+    csv_row = next(row for row in csv.DictReader(open(tmp_path / "results.csv")) if "mrpc" in row["setup"])
+    assert csv_row["test_split"] == "validation" and float(csv_row["test_f1_positive"]) == pytest.approx(0.81)
+
+
+def test_a_baseline_that_names_no_run_is_one_error_line_listing_the_runs(tmp_path, capsys):
+    labels = np.arange(100) % 2
+    for pool in ("cls", "mean"):
+        fake_classification_run(tmp_path / f"tiny-{pool}-s1", 1, labels, labels == 0, pool=pool)
+    assert report.main([str(tmp_path), "--baseline", "tiny-max-s1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --baseline tiny-max-s1 names no run or setup"), err
+    assert "runs: tiny-cls-s1, tiny-mean-s1" in err and "setups: cls, mean" in err
+    assert not (tmp_path / "results.md").exists()
+    assert report.main([str(tmp_path), "--baseline", "tiny-mean-s1"]) == 0
+
+
+def test_a_missing_delta_says_why_and_the_length_table_gives_each_rows_counts(tmp_path, capsys):
+    labels = np.arange(120) % 2
+    lengths = np.where(np.arange(120) < 90, 100, 200)
+    for seed in (1, 2, 3):
+        fake_classification_run(tmp_path / f"cls-s{seed}", seed, labels, labels == 0, n_tokens=lengths)
+        fake_classification_run(tmp_path / f"mean-s{seed}", seed, labels, labels == 1, n_tokens=lengths, pool="mean")
+        # another test set (another subset of the data): no paired comparison with the baseline
+        fake_classification_run(
+            tmp_path / f"small-s{seed}", seed, labels[:60], labels[:60] == 0, max_eval_samples=60, n_tokens=lengths[:60]
+        )
+        # a model with no run of the default settings: nothing to compare with
+        fake_classification_run(
+            tmp_path / f"mb-s{seed}", seed, labels, labels == 0, model="tiny-modernbert", pool="mean"
+        )
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    main_table = printed.split("\n\n")[0]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines_of(main_table, "| tiny-")}
+    assert rows["tiny-bert", "cls, nev60"].endswith("| – (other test set) |")
+    assert rows["tiny-modernbert", "mean"].endswith("| 3 | – (no baseline row) |")
+    assert rows["tiny-bert", "mean"].endswith("] |")  # the same test set as its baseline: a Δ
+    assert "– (other test set): " in printed and "– (no baseline row): " in printed
+    length_table = printed.split("by review length")[1].split("\n\n")[1]
+    cls_row = next(line for line in lines_of(length_table, "| tiny-bert | cls |"))
+    small_row = next(line for line in lines_of(length_table, "| tiny-bert | cls, nev60 |"))
+    assert "(n=90)" in cls_row and "(n=30)" in cls_row and "(n=60)" in small_row and "(n=30)" not in small_row
+
+
+def test_a_folder_of_pretraining_runs_only_has_no_fine_tuning_or_ci_legend(tmp_path, capsys):
+    for seed in (1, 2):
+        fake_mlm_run(tmp_path / f"pre-s{seed}", seed)
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Masked-LM pretraining runs" in printed and "Shared by every row:" in printed
+    assert "fine-tuning" not in printed and "CI" not in printed and "†" not in printed and "seeds (n)" in printed
+
+
+def test_rows_from_other_code_are_flagged_with_the_commit_and_uncommitted_changes(tmp_path, capsys):
+    labels = np.arange(100) % 2
+    clean = {"sources_sha256": "a" * 16, "git_commit": "c" * 40, "git_dirty": False, "git_diff_sha256": None}
+    edited = dict(clean, sources_sha256="b" * 16, git_dirty=True, git_diff_sha256="d" * 16)
+    for pool, code in (("cls", clean), ("mean", clean), ("mean", edited)):
+        seed = 2 if code is edited else 1
+        fake_classification_run(tmp_path / f"{pool}-s{seed}", seed, labels, labels == 0, pool=pool, code_version=code)
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split("|")[2].strip(): line for line in lines_of(printed.split("\n\n")[0], "| tiny-bert |")}
+    assert "§" in rows["mean §"] and "cls" in rows
+    assert "§ = rows with runs from other code than the rest:" in printed
+    assert f"run mean-s2 ran commit {'c' * 12} with uncommitted changes (diff {'d' * 16})" in printed
+    assert f"the other 2 runs ran commit {'c' * 12}" in printed

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -79,6 +80,75 @@ def test_the_report_compares_runs_from_a_pretraining_run_with_runs_from_its_mode
     assert "pool" not in report.settings_of(dict(config.DEFAULTS, task="mlm"))
 
 
+def fake_finished_run(folder, args, **recorded):
+    """The config.json and results.json train.py leaves in a finished run of these args."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(vars(config.parse_args(args)), **recorded)))
+    (folder / "results.json").write_text("{}")
+
+
+def fake_pretraining_run(folder, weights: bytes):
+    fake_finished_run(folder, PRETRAIN.split())
+    (folder / "model").mkdir()
+    (folder / "model" / "config.json").write_text("{}")
+    (folder / "model" / "model.safetensors").write_bytes(weights)
+
+
+def test_runs_trained_from_an_earlier_model_of_their_stage_are_refused_all_named(tmp_path):
+    path = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE + " --seed {1,2}")
+    runs, out = grid.resolve(path), tmp_path / "runs" / "chain"
+    fake_pretraining_run(out / "pre", b"weights of the first pre")
+    start = config.model_folder_hash(str(out / "pre" / "model"))
+    for _, name, args in runs[1:]:
+        fake_finished_run(out / name, args, start_model_sha256=start)
+    assert grid.finished_runs(path, str(out), runs) == [name for _, name, _ in runs]
+
+    shutil.rmtree(out / "pre")  # moved away to redo it with other settings: its runs must not count
+    with pytest.raises(grid.GridError) as refused:
+        grid.finished_runs(path, str(out), runs)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: 2 run(s) in {out} were trained from an earlier model") and "\n" not in message
+    assert f"{runs[1][1]} (line 3: run pre has no model now)" in message and runs[2][1] in message
+    assert "move their folders away to rerun them" in message
+
+    fake_pretraining_run(out / "pre", b"weights of the redone pre")  # redone
+    with pytest.raises(grid.GridError, match=r"run pre's model has changed since \(it was redone\)"):
+        grid.finished_runs(path, str(out), runs)
+    # train.py asks the same question (checkpoint.prepare_run_dir), for a finished or an interrupted run
+    own = vars(config.parse_args([*runs[1][2], "--out_dir", str(out)]))
+    with pytest.raises(config.StartModelChanged, match="or --fresh to discard it"):
+        config.finished(str(out / runs[1][1]), own)
+
+
+def test_the_report_shows_runs_trained_from_an_earlier_model_of_their_stage_apart(tmp_path, capsys):
+    from test_report import fake_classification_run, fake_mlm_run
+
+    fake_mlm_run(tmp_path / "pre", 1)
+    (tmp_path / "pre" / "model").mkdir()
+    (tmp_path / "pre" / "model" / "model.safetensors").write_bytes(b"weights of the first pre")
+    first = config.model_folder_hash(str(tmp_path / "pre" / "model"))
+    labels = [0, 1] * 50
+    for seed in (1, 2):
+        fake_classification_run(
+            tmp_path / f"from-pre-s{seed}", seed, labels, [True] * 100, model="run:pre", start_model_sha256=first
+        )
+    (tmp_path / "pre" / "model" / "model.safetensors").write_bytes(b"weights of the redone pre")  # redone
+    fake_classification_run(
+        tmp_path / "from-pre-s3",
+        3,
+        labels,
+        [True] * 100,
+        model="run:pre",
+        start_model_sha256=config.model_folder_hash(str(tmp_path / "pre" / "model")),
+    )
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.split("\n\n")[0].splitlines() if line.startswith("| tiny-bert |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["cls, from pre", "cls, from pre (earlier model)"]
+    assert "| 1 |" in rows[0] and "| 2 |" in rows[1]  # never merged into one row
+    assert "(earlier model) = trained from a model its pretraining run no longer holds (run pre's model has " in printed
+
+
 # ---- train.py and run_grid.sh (they train)
 
 
@@ -147,3 +217,31 @@ def test_the_shipped_pretraining_demo_is_a_pretraining_stage_then_the_runs_from_
     }  # tiny-bert: random init, it waits for nothing
     assert sorted(name for name, stage in stages.items() if stage == 1) == ["pretrain", *fine_tuned["tiny-bert"]]
     assert sorted(name for name, stage in stages.items() if stage == 2) == fine_tuned["pretrain"]
+
+
+@pytest.mark.slow
+def test_a_redone_pretraining_run_refuses_the_runs_from_its_earlier_model_until_they_are_moved_away(tmp_path):
+    g = write_grid(tmp_path / "chain.grid", PRETRAIN, FINE_TUNE)
+    out, runs = tmp_path / "runs" / "chain", tmp_path / "runs"
+    assert (first := run_grid(g, "--out_dir", runs)).returncode == 0, first.stdout + first.stderr
+    tuned = out / "pre-cls-ep1-ntr96-nev32-synthetic-s42"
+    recorded = json.loads((tuned / "config.json").read_text())
+    assert recorded["start_model_sha256"] == config.model_folder_hash(str(out / "pre" / "model"))
+    assert recorded["code_version"]["sources_sha256"] == config.code_version()["sources_sha256"]
+    assert isinstance(recorded["code_version"]["git_dirty"], bool)  # this checkout is a git one
+
+    # pre redone with other settings: its folder moved away, its line changed (the same run name)
+    shutil.move(out / "pre", tmp_path / "first-pre")
+    g = write_grid(tmp_path / "chain.grid", PRETRAIN + " --mlm_prob 0.2", FINE_TUNE)
+    refused = run_grid(g, "--out_dir", runs)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stdout + refused.stderr
+    assert f"{tuned.name} (line 3: run pre has no model now)" in refused.stderr and "[skip]" not in refused.stdout
+
+    shutil.move(tuned, tmp_path / "first-tuned")
+    redone = run_grid(g, "--out_dir", runs)
+    assert redone.returncode == 0, redone.stdout + redone.stderr
+    # the smoke runs start over: pre's with its new settings, then the run from it (not "passed before")
+    assert "smoke ok: pre\n" in redone.stdout and f"smoke ok: {tuned.name}\n" in redone.stdout
+    assert "[done] pre\n" in redone.stdout and f"[done] {tuned.name}\n" in redone.stdout
+    now = json.loads((tuned / "config.json").read_text())["start_model_sha256"]
+    assert now == config.model_folder_hash(str(out / "pre" / "model")) != recorded["start_model_sha256"]
