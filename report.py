@@ -106,6 +106,9 @@ def read_run(name: str, results_path: str, config_path: str, predictions_path: s
         raise ReportError(f"config.json: task {task!r} has no table here")
     columns = [col for col, _ in COLUMNS_OF[task]]
     results = _read_json_object(results_path, columns)
+    for col in results.get("not_finite") or {}:  # JSON has no NaN: results.json writes null and names it
+        if col in results and results[col] is None:
+            results[col] = math.nan
     not_numbers = [
         col for col in columns if isinstance(results[col], bool) or not isinstance(results[col], (int, float))
     ]
@@ -173,10 +176,12 @@ def model_of(config: dict, configs: dict[str, dict]) -> str:
 
 
 def is_collapsed(run: dict) -> bool:
-    if run["task"] != "classification":
-        return False
+    """The run's own verdict (any task: a regression run whose metric was NaN at every epoch says
+    so), or for classification the collapse rule on its test figures."""
     if run["results"].get("collapsed"):
         return True
+    if run["task"] != "classification":
+        return False
     labels, k = run["labels"], run["probs"].shape[1]
     majority = np.bincount(labels, minlength=k).max() / len(labels)
     test = {"acc": run["results"]["test_acc"], "loss": run["results"]["test_loss"]}

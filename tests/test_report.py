@@ -332,6 +332,25 @@ def test_regression_runs_get_their_own_table_with_pearson_and_its_ci(tmp_path, c
     assert (tmp_path / "results.csv").read_text().startswith("task,model,setup,n,val_pearson")
 
 
+def test_a_regression_run_flagged_collapsed_with_a_nan_metric_is_kept_and_marked(tmp_path, capsys):
+    """results.json writes a NaN figure as null (named under not_finite) and a run without a best
+    epoch as collapsed: the report reads it as NaN and marks the row, instead of skipping the run."""
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=100)
+    for seed in (1, 2):
+        _regression_run(tmp_path / f"cls-s{seed}", "cls", seed, labels + rng.normal(size=100), labels)
+    _regression_run(tmp_path / "mean-s1", "mean", 1, np.zeros(100), labels)
+    flagged = tmp_path / "mean-s1" / "results.json"
+    results = json.loads(flagged.read_text())
+    results.update(val_pearson=None, test_pearson=None, not_finite={"val_pearson": "nan", "test_pearson": "nan"})
+    flagged.write_text(json.dumps(dict(results, collapsed=True, collapsed_reason="constant predictions")))
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" not in printed and "not a number" not in printed, printed
+    mean_row = next(line for line in printed.splitlines() if line.startswith("| tiny-bert | mean"))
+    assert "COLLAPSED" in mean_row and "nan" in mean_row, mean_row
+
+
 def test_a_pearson_difference_of_one_lucky_seed_is_not_significant():
     rng = np.random.default_rng(1)
     labels = rng.normal(size=200)
