@@ -30,7 +30,7 @@ def save_checkpoint(ckpt_dir: str, step: int, state: dict, keep: int = 2, drop_n
         for newer in list_checkpoints(ckpt_dir):
             if int(CKPT_PATTERN.search(newer).group(1)) > step:
                 os.remove(newer)
-    atomic_write(path, lambda f: torch.save(state, f), fault_name="ckpt_write")  # streamed, no copy in RAM
+    atomic_write(path, lambda f: torch.save(state, f))  # streamed, no copy in RAM
     _fsync_dir(ckpt_dir)
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)

@@ -10,7 +10,6 @@ import sys
 import time
 
 from config import UserError
-from faults import kill_mid_write
 
 LOGGER = "ftkit"
 
@@ -31,13 +30,13 @@ def get_logger(log_file: str | None, enabled: bool) -> logging.Logger:
     return logger
 
 
-def atomic_write(path: str, write, fault_name: str | None = None) -> None:
+def atomic_write(path: str, write) -> None:
     """write(f) into a temp file, fsync, rename: a reader never sees a half-written file, and a
     failed write (a full disk) leaves the previous file and no temp file behind."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            write(kill_mid_write(f, fault_name))
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,7 +1,7 @@
 """Where tests and the benchmark reach into the training loop: the methods of a Hooks object,
 passed as train.main(argv, hooks=...), run at step, evaluation-batch and epoch boundaries, never
-inside a step; the base class does nothing. Without one, faults.hooks_from_env() arms the crash
-tests' FTKIT_KILL_AT / FTKIT_NAN_AT, if set."""
+inside a step; the base class does nothing. The crash tests' faults come in this way
+(tests/faults.py)."""
 
 
 class Hooks:

@@ -53,7 +53,8 @@ class WandbRun:
                 config=config,
                 tags=[os.path.basename(os.path.normpath(args.model)), args.pool],
             )
-            kwargs["settings"] = wandb.Settings(init_timeout=float(os.environ.get("FTKIT_WANDB_INIT_TIMEOUT", 60)))
+            # W&B's own variable, else a minute
+            kwargs["settings"] = wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 60)))
             try:
                 self.run = wandb.init(mode=mode, **kwargs)
             except Exception as e:

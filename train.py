@@ -67,7 +67,6 @@ import checkpoint
 import config as settings
 import data
 import distributed
-import faults
 import files
 import machine
 import metrics
@@ -168,8 +167,7 @@ def model_entry(args) -> models.ModelEntry:
 
 
 def main(argv=None, hooks: Hooks | None = None) -> int:
-    """Train as the flags in argv say; the exit code. hooks: see hooks.py (tests, the benchmark);
-    by default the crash tests' FTKIT_* variables, if set."""
+    """Train as the flags in argv say; the exit code. hooks: see hooks.py (tests, the benchmark)."""
     try:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
         check_available(args)
@@ -178,7 +176,7 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
     watch_launcher()
     info = distributed.setup_distributed(args.dist_timeout)
     try:
-        return train(args, info, hooks if hooks is not None else faults.hooks_from_env())
+        return train(args, info, hooks if hooks is not None else Hooks())
     except Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
         print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
         return EXIT_SIGNAL + e.signum

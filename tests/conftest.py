@@ -48,20 +48,25 @@ def run_inprocess(*argv) -> int:
         return e.code
 
 
-def train_command(argv, nproc: int = 1, torchrun: bool = False) -> list[str]:
-    """python train.py ARGS, or torchrun (--standalone) when nproc > 1 or asked."""
+FAULTS = ("FTKIT_KILL_AT", "FTKIT_NAN_AT")  # tests/faults.py arms these
+
+
+def train_command(argv, nproc: int = 1, torchrun: bool = False, faults: bool = False) -> list[str]:
+    """python train.py ARGS, or torchrun (--standalone) when nproc > 1 or asked; with faults,
+    tests/faults.py in its place (train.py with the crash tests' faults armed from the environment)."""
     launcher = (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         if nproc > 1 or torchrun
         else [sys.executable]
     )
-    return launcher + [os.path.join(ROOT, "train.py")] + [str(a) for a in argv]
+    script = os.path.join(ROOT, "tests", "faults.py") if faults else os.path.join(ROOT, "train.py")
+    return launcher + [script] + [str(a) for a in argv]
 
 
 def run_cli(*argv, nproc: int = 1, torchrun: bool = False, env: dict | None = None, timeout: int = 300):
-    """train.py in a fresh process, to completion."""
+    """train.py in a fresh process, to completion (tests/faults.py when env arms a fault)."""
     return subprocess.run(
-        train_command(argv, nproc, torchrun),
+        train_command(argv, nproc, torchrun, faults=any(k in FAULTS for k in env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -140,7 +140,7 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
     subprocess.run(
         [
             "python",
-            "train.py",
+            "tests/faults.py",
             "--model",
             "tiny-bert",
             "--pool",
@@ -174,7 +174,8 @@ def test_demo_grid_runs_end_to_end_then_skips_and_resumes(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_failing_runs_do_not_stop_the_grid_and_the_exit_code_says_so(tmp_path, cache_dir):
     g = write_grid(tmp_path / "f.grid", f"{SMALL} --seed {{1,2}}")
-    env_nan = dict(os.environ, FTKIT_NAN_AT="0")  # every run diverges at its first step
+    # every run diverges at its first step
+    env_nan = dict(os.environ, FTKIT_NAN_AT="0", PYTHON=os.path.join(ROOT, "tests", "python_with_faults"))
     out = subprocess.run(
         ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", str(tmp_path / "runs")],
         capture_output=True,

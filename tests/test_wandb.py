@@ -55,7 +55,7 @@ def test_offline_run_logs_metrics_and_survives_a_kill_as_one_run(cache_dir, tmp_
 
 
 def test_unreachable_wandb_does_not_fail_the_run(cache_dir, tmp_path):
-    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "FTKIT_WANDB_INIT_TIMEOUT": "3"}
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "3"}
     args = [a if a != "offline" else "online" for a in RUN]
     out = run_cli(*args, "--out_dir", tmp_path, "--epochs", 1, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
