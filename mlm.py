@@ -236,16 +236,14 @@ class MaskedLMOutput(NamedTuple):
 
     def sums(self) -> torch.Tensor:
         """Detached float64 [loss sum, correct predictions, masked tokens]: evaluation adds these over
-        batches and all-reduces with SUM; loss = [0] / [2], accuracy = [1] / [2], perplexity = exp(loss)."""
+        batches and all-reduces with SUM; loss = [0] / [2], accuracy = [1] / [2], perplexity = exp(loss).
+        The loss is summed in float64 from each token's fp32 loss, so how the tokens are cut into
+        batches changes it only at float64 rounding (an fp32 sum per batch moved it in the 8th digit)."""
         with torch.no_grad():
+            token_losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")
             correct = (self.logits.argmax(-1) == self.labels).sum()
-            return torch.stack(
-                [
-                    self.loss_sum().double(),
-                    correct.double(),
-                    torch.tensor(float(len(self.labels)), dtype=torch.float64, device=self.labels.device),
-                ]
-            )
+            masked = torch.full((), len(self.labels), dtype=torch.float64, device=self.labels.device)
+            return torch.stack([token_losses.double().sum(), correct.double(), masked])
 
 
 class MaskedLM(nn.Module):

@@ -938,13 +938,14 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
             break
     run.model.train(was_training)
     figures = torch.cat(
-        [sums, torch.tensor([float(stop.signum if stop else 0)], dtype=torch.float64, device=info.device)]
+        [sums, torch.full((1,), float(stop.signum if stop else 0), dtype=torch.float64, device=info.device)]
     )
     if info.is_distributed:
         torch.distributed.all_reduce(figures)
-    if figures[3] > 0:
+    *totals, signal_sum = figures.tolist()  # the evaluation's one host sync
+    if signal_sum > 0:
         raise Interrupted(stop.signum or signal.SIGTERM)
-    return figures[:3].cpu().numpy()
+    return np.array(totals)
 
 
 class StopRequest:
