@@ -1,8 +1,119 @@
-"""The training step: the masked-LM evaluation sums."""
+"""The training step: the epoch plan for any data size and world size, the loss divisor of a
+short last batch (2 processes = 1 at odd example counts), and the masked-LM evaluation sums."""
 
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
 import torch
+from conftest import read_events, read_results, run_cli, run_inprocess
 
+import data
 import mlm
+import train
+
+# ----------------------------------------------------------------------------- the epoch plan
+
+
+@pytest.mark.parametrize("world_size, grad_accum", [(1, 1), (2, 1), (2, 2), (3, 1), (4, 2)])
+def test_every_data_size_trains_each_example_once_with_the_same_global_batches_on_any_world_size(
+    world_size, grad_accum
+):
+    batch_size, micro = 24, 24 // (world_size * grad_accum)
+    for n in [*range(1, 60), 203]:
+        lengths = np.random.default_rng(n).integers(5, 300, size=n)
+        for grouped in (False, True):
+            global_batches = data.train_batches(lengths, batch_size, 1, 3, grouped)
+            plans = [
+                data.plan_epoch(lengths, batch_size, 1, 3, rank, world_size, micro, grouped)
+                for rank in range(world_size)
+            ]
+            assert all(len(plan) == math.ceil(n / batch_size) for plan in plans)  # steps per epoch, every rank
+            for step, batch in enumerate(global_batches):
+                shares = [np.concatenate(list(plan[step]) or [np.zeros(0, int)]) for plan in plans]
+                assert (np.concatenate(shares) == batch).all()  # each example on one rank, none repeated
+                assert max(map(len, shares)) - min(map(len, shares)) <= 1
+                for plan in plans:
+                    assert (plan[step].global_batch == batch).all()
+                    assert all(1 <= len(mb) <= micro for mb in plan[step])
+            assert sorted(np.concatenate(global_batches).tolist()) == list(range(n))
+            # the global batches are those of one process, whatever the world size
+            one = data.plan_epoch(lengths, batch_size, 1, 3, 0, 1, batch_size, grouped)
+            assert all((a.global_batch == b).all() for a, b in zip(one, global_batches, strict=True))
+
+
+def test_a_rank_the_short_last_batch_leaves_empty_gets_no_micro_batch():
+    lengths = np.full(17, 10)  # batch 16: the second step holds one example
+    plans = [data.plan_epoch(lengths, 16, 0, 0, rank, 2, 8, False) for rank in range(2)]
+    assert [len(p[1]) for p in plans] == [1, 0] and len(plans[0][1][0]) == 1
+    assert train.step_micro_batches(plans[1][1]) == [plans[1][1].global_batch[:1]]  # run at weight 0
+
+
+# ----------------------------------------------------------------------------- 2 processes = 1
+
+
+def trained_losses(run_dir) -> tuple[list, dict]:
+    return [e["loss"] for e in read_events(run_dir, "train")], read_results(run_dir)
+
+
+def training_examples(run_dir) -> int:
+    line = next(x for x in (run_dir / "train.log").read_text().splitlines() if "training: " in x)
+    return int(line.split("training: ")[1].split()[0])
+
+
+def assert_two_processes_match_one(args, tmp_path, keys, tol=1e-5):
+    assert run_inprocess(*args, "--out_dir", tmp_path / "one", "--run_name", "r") == 0
+    two = run_cli(*args, "--out_dir", tmp_path / "two", "--run_name", "r", nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert training_examples(tmp_path / "two" / "r") % 16  # a short last batch
+    (one_loss, one), (two_loss, two) = (trained_losses(tmp_path / d / "r") for d in ("one", "two"))
+    np.testing.assert_allclose(two_loss, one_loss, rtol=0, atol=tol)
+    for key in keys:
+        assert abs(one[key] - two[key]) <= tol, (key, one[key], two[key])
+    assert (
+        one["train_samples_per_s"] > 0
+        and json.loads((tmp_path / "two" / "r" / "config.json").read_text())["world_size"] == 2
+    )
+
+
+COMMON = ["--model", "tiny-bert", "--encoder_dropout", 0, "--precision", "fp32", "--log_every", 1]
+COMMON += ["--batch_size", 16, "--wandb", "disabled"]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_a_classification_set_of_161(syn_folder, cache_dir, tmp_path):
+    """161 = 10 x 16 + 1: the last step's one example is rank 0's; rank 1 runs a weight-0 example
+    (and with --grad_accum 2, ranks take different numbers of micro-batches in one step)."""
+    args = [*COMMON, "--data", syn_folder, "--dropout", 0, "--pool", "mean", "--grad_accum", 2, "--epochs", 2]
+    args += ["--max_train_samples", 161, "--max_eval_samples", 64]
+    assert_two_processes_match_one(args, tmp_path, ["val_loss", "test_loss"])
+    assert training_examples(tmp_path / "one" / "r") == 161
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_a_regression_set_of_195(tmp_path_factory, cache_dir, tmp_path):
+    folder = tmp_path_factory.mktemp("regression")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 240), ("test", 40)):
+        good = rng.integers(0, 4, n)
+        rows = {
+            "text": [" ".join(["great"] * g + ["the", "film"]) for g in good],
+            "label": good + rng.normal(0, 0.1, n),
+        }
+        pd.DataFrame(rows).to_csv(folder / f"{split}.csv", index=False)
+    args = [*COMMON, "--data", folder, "--task", "regression", "--dropout", 0, "--pool", "mean", "--epochs", 1]
+    args += ["--max_train_samples", 195]
+    assert_two_processes_match_one(args, tmp_path, ["val_mse", "test_mse"])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_for_packed_mlm_at_an_odd_count(syn_folder, cache_dir, tmp_path):
+    args = [*COMMON, "--data", syn_folder, "--task", "mlm", "--pack", "--max_len", 32, "--epochs", 1]
+    args += ["--max_train_samples", 150, "--grad_accum", 2]
+    assert_two_processes_match_one(args, tmp_path, ["val_loss", "val_acc"])
+
 
 # ----------------------------------------------------------------------------- masked-LM evaluation sums
 
