@@ -616,16 +616,17 @@ def loss_divisor(run: Run, step: data.StepPlan, batches) -> float | torch.Tensor
     """What each rank divides its loss sum by: the units (examples; masked tokens for mlm) of the
     GLOBAL step / world size, so DDP's gradient mean over ranks is the gradient of the mean over
     the whole global batch, however unevenly a short last batch is split. The plan gives the
-    examples; the masked tokens of the ranks are summed by one tiny all-reduce."""
+    examples; the masked tokens of the ranks are summed on the device by a collective queued
+    before the forward passes (no host sync)."""
     info = run.info
     if run.masker is None:
         return len(step.global_batch) / info.world_size
-    masked = sum(int((batch["labels"] != mlm.IGNORE).sum()) for batch, _ in batches) if step else 0
-    if info.is_distributed:
-        total = torch.tensor([float(masked)], dtype=torch.float64, device=info.device)
-        torch.distributed.all_reduce(total)
-        masked = total.item()
-    return max(masked / info.world_size, 1)
+    masked = sum(len(batch["masked_labels"]) for batch, _ in batches) if step else 0
+    if not info.is_distributed:
+        return max(masked, 1)
+    total = to_device(torch.tensor(float(masked), dtype=torch.float64), info.device)
+    torch.distributed.all_reduce(total)
+    return (total.clamp(min=1) / info.world_size).float()
 
 
 def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | None]:

@@ -1,14 +1,18 @@
 """The training step: the epoch plan for any data size and world size, the loss divisor of a
-short last batch (2 processes = 1 at odd example counts), and the masked-LM evaluation sums."""
+short last batch (2 processes = 1 at odd example counts), the step's one host sync (mlm
+included), and the masked-LM evaluation sums."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import read_events, read_results, run_cli, run_inprocess
+from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
 
 import data
 import mlm
@@ -113,6 +117,36 @@ def test_two_processes_match_one_for_packed_mlm_at_an_odd_count(syn_folder, cach
     args = [*COMMON, "--data", syn_folder, "--task", "mlm", "--pack", "--max_len", 32, "--epochs", 1]
     args += ["--max_train_samples", 150, "--grad_accum", 2]
     assert_two_processes_match_one(args, tmp_path, ["val_loss", "val_acc"])
+
+
+# ----------------------------------------------------------------------------- host syncs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", [True, False])
+def test_an_mlm_step_on_two_processes_waits_for_the_device_once(pack, syn_folder, cache_dir, tmp_path):
+    """tests/sync_probe.py lists what would make the host wait for a GPU during one whole step
+    (forward_backward, the optimizer step, counting) on each rank: ours is the figures' tolist.
+    A padded batch adds transformers' own check of the attention mask (one per micro-batch);
+    --pack batches have no padding and carry no mask."""
+    args = [*COMMON, "--data", syn_folder, "--task", "mlm", "--max_train_samples", 96, "--epochs", 1]
+    args += ["--grad_accum", 2, "--log_every", 100, "--out_dir", tmp_path, "--run_name", "r"]
+    args += ["--pack", "--max_len", 32] if pack else []
+    probe = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*probe, os.path.join(ROOT, "tests", "sync_probe.py"), str(tmp_path / "syncs"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in range(2):
+        counted = json.loads((tmp_path / f"syncs.{rank}").read_text())
+        theirs = [s for s in counted["syncs"] if " in transformers/" in s]
+        assert counted["step"] == 2 and [s for s in counted["syncs"] if s not in theirs] == ["Tensor.tolist"]
+        assert all(s.endswith("masking_utils.py:_ignore_bidirectional_mask_sdpa") for s in theirs), theirs
+        assert len(theirs) == (0 if pack else 2), theirs
 
 
 # ----------------------------------------------------------------------------- masked-LM evaluation sums
