@@ -3,6 +3,7 @@
 import errno
 import functools
 import glob
+import itertools
 import json
 import math
 import os
@@ -819,12 +820,15 @@ def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 class StepPlan(list):
     """One optimizer step of a rank: its micro-batches (a list of example-index arrays, empty when
-    a short last batch leaves the rank none) and the global batch they are cut from (all ranks'
-    examples: the loss divides by its size)."""
+    a short last batch leaves the rank none), the global batch they are cut from (all ranks'
+    examples: the loss divides by its size), and the next step of the epoch (None for the last),
+    whose host batches the loop builds while this step runs on the device (`prepared`)."""
 
     def __init__(self, micro_batches: list[np.ndarray], global_batch: np.ndarray):
         super().__init__(micro_batches)
         self.global_batch = global_batch
+        self.next_step: StepPlan | None = None
+        self.prepared: list | None = None
 
 
 def plan_epoch(
@@ -845,6 +849,8 @@ def plan_epoch(
     for batch in train_batches(lengths, batch_size, epoch, seed, group_by_length):
         mine = rank_slice(batch, rank, world_size)
         plan.append(StepPlan([mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)], batch))
+    for step, following in itertools.pairwise(plan):
+        step.next_step = following
     return plan
 
 

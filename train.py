@@ -564,9 +564,12 @@ def fit(run: Run, state: TrainState, stop) -> int:
 def forward_backward(run: Run, step: data.StepPlan, stop) -> dict:
     """Forward and backward over this rank's share of a global batch, in micro-batches
     (gradients synced across ranks on the last one only), and one small all-reduce of the
-    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal."""
+    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal.
+    The next step's host batches are built before this step's one host sync, while the device
+    still works on this one."""
     info = run.info
-    batches = [training_batch(run, mb) for mb in step_micro_batches(step)]
+    batches = step.prepared or step_batches(run, step)
+    step.prepared = None
     divisor = loss_divisor(run, step, batches)
     weight = 1.0 if step else 0.0  # a rank the short last batch left empty runs one example at weight 0
     loss_sum = torch.zeros((), device=info.device)
@@ -594,6 +597,8 @@ def forward_backward(run: Run, step: data.StepPlan, stop) -> dict:
     )
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
+    if step.next_step is not None:
+        step.next_step.prepared = step_batches(run, step.next_step)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {
         "loss": loss_total / info.world_size,
@@ -610,6 +615,21 @@ def step_micro_batches(step: data.StepPlan) -> list[np.ndarray]:
     left it none, one example of that batch (at weight 0: every rank must take part in DDP's
     gradient all-reduce, and every parameter's gradient hook must fire)."""
     return list(step) or [step.global_batch[:1]]
+
+
+def step_batches(run: Run, step: data.StepPlan) -> list[tuple[dict, torch.Tensor | None]]:
+    """The host batches (training_batch) of the micro-batches this rank runs, pinned for an
+    asynchronous copy to a GPU."""
+    batches = []
+    for mb in step_micro_batches(step):
+        batch, target = training_batch(run, mb)
+        batches.append(({k: pinned(v, run.info.device) for k, v in batch.items()}, pinned(target, run.info.device)))
+    return batches
+
+
+def pinned(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor in pinned memory when it is bound for a GPU (to_device then copies it as is)."""
+    return tensor.pin_memory() if tensor is not None and device.type == "cuda" else tensor
 
 
 def loss_divisor(run: Run, step: data.StepPlan, batches) -> float | torch.Tensor:

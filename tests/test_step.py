@@ -1,6 +1,6 @@
 """The training step: the epoch plan for any data size and world size, the loss divisor of a
 short last batch (2 processes = 1 at odd example counts), the step's one host sync (mlm
-included), and the masked-LM evaluation sums."""
+included), the next step's batches built before that sync, and the masked-LM evaluation sums."""
 
 import json
 import math
@@ -17,6 +17,7 @@ from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
 import data
 import mlm
 import train
+from hooks import Hooks
 
 # ----------------------------------------------------------------------------- the epoch plan
 
@@ -42,6 +43,7 @@ def test_every_data_size_trains_each_example_once_with_the_same_global_batches_o
                 for plan in plans:
                     assert (plan[step].global_batch == batch).all()
                     assert all(1 <= len(mb) <= micro for mb in plan[step])
+                    assert plan[step].next_step is (plan[step + 1] if step + 1 < len(plan) else None)
             assert sorted(np.concatenate(global_batches).tolist()) == list(range(n))
             # the global batches are those of one process, whatever the world size
             one = data.plan_epoch(lengths, batch_size, 1, 3, 0, 1, batch_size, grouped)
@@ -119,7 +121,7 @@ def test_two_processes_match_one_for_packed_mlm_at_an_odd_count(syn_folder, cach
     assert_two_processes_match_one(args, tmp_path, ["val_loss", "val_acc"])
 
 
-# ----------------------------------------------------------------------------- host syncs
+# ----------------------------------------------------------------------------- host syncs, batch order
 
 
 @pytest.mark.slow
@@ -147,6 +149,51 @@ def test_an_mlm_step_on_two_processes_waits_for_the_device_once(pack, syn_folder
         assert counted["step"] == 2 and [s for s in counted["syncs"] if s not in theirs] == ["Tensor.tolist"]
         assert all(s.endswith("masking_utils.py:_ignore_bidirectional_mask_sdpa") for s in theirs), theirs
         assert len(theirs) == (0 if pack else 2), theirs
+
+
+class StepOrder(Hooks):
+    def __init__(self, events):
+        self.events = events
+
+    def before_step(self, run, state, micro_batches):
+        self.events.append(("step", state.step_in_epoch, [mb.tolist() for mb in micro_batches]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "mlm"])
+def test_the_next_steps_batches_are_built_before_the_steps_host_sync(
+    task, syn_folder, cache_dir, tmp_path, monkeypatch
+):
+    events = []
+    real_batch, real_tolist = train.training_batch, torch.Tensor.tolist
+
+    def training_batch(run, indices):
+        events.append(("build", indices.tolist()))
+        return real_batch(run, indices)
+
+    def tolist(tensor):
+        events.append(("sync",))
+        return real_tolist(tensor)
+
+    monkeypatch.setattr(train, "training_batch", training_batch)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    argv = [*COMMON, "--data", syn_folder, "--task", task, "--max_train_samples", 72, "--grad_accum", 2]
+    argv += ["--epochs", 1, "--max_eval_samples", 16, "--out_dir", tmp_path, "--run_name", task]
+    assert train.main([str(a) for a in argv], hooks=StepOrder(events)) == 0
+    starts = [i for i, e in enumerate(events) if e[0] == "step"]
+    assert len(starts) == 5  # 72 = 4 x 16 + 8
+    for k, (start, end) in enumerate(zip(starts, [*starts[1:], len(events)], strict=True)):
+        step = events[start:end]
+        builds = [e[1] for e in step if e[0] == "build"]
+        following = events[starts[k + 1]][2] if k + 1 < len(starts) else []
+        if k == 0:  # the first step of the run builds its own batches, first
+            assert builds[:2] == events[start][2] and step[1][0] == "build"
+            builds = builds[2:]
+        assert builds == following  # the next step's micro-batches, built once, during this step
+        if following:
+            first_sync = next(i for i, e in enumerate(step) if e[0] == "sync")
+            last_build = max(i for i, e in enumerate(step) if e[0] == "build")
+            assert last_build < first_sync  # before the step's one host sync
 
 
 # ----------------------------------------------------------------------------- masked-LM evaluation sums
