@@ -4,6 +4,7 @@ import errno
 import filecmp
 import functools
 import glob
+import itertools
 import json
 import math
 import os
@@ -877,19 +878,18 @@ MEGABATCH = 50  # batches per length-sorted group, as in HF's LengthGroupedSampl
 
 
 def train_batches(
-    lengths: np.ndarray, batch_size: int, epoch: int, seed: int, world_size: int, group_by_length: bool
+    lengths: np.ndarray, batch_size: int, epoch: int, seed: int, group_by_length: bool
 ) -> list[np.ndarray]:
-    """The GLOBAL batches of one epoch (example indices), the same for every rank.
+    """The GLOBAL batches of one epoch (example indices), the same for every rank and every world
+    size: each example once, the last batch short when the data is not a multiple of batch_size.
 
-    Seeded shuffle, padded by wrap-around to a multiple of the world size so every rank gets
-    the same number of examples each step. With group_by_length, the shuffled order is cut into
-    mega-batches of 50 batches, each sorted by length and cut into batches (so a batch holds
-    similar lengths and little padding), the batches are shuffled, and the one holding the
-    longest example goes first (an out-of-memory error shows at step 1, not hours in).
+    Seeded shuffle. With group_by_length, the shuffled order is cut into mega-batches of 50
+    batches, each sorted by length and cut into batches (so a batch holds similar lengths and
+    little padding), the batches are shuffled, and the one holding the longest example goes first
+    (an out-of-memory error shows at step 1, not hours in).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    order = np.resize(order, math.ceil(len(order) / world_size) * world_size)  # repeats from the start
     if not group_by_length:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = []
@@ -904,9 +904,22 @@ def train_batches(
 
 
 def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's equal share of a global batch."""
-    share = len(batch) // world_size
-    return batch[rank * share : (rank + 1) * share]
+    """This rank's share of a global batch: contiguous, equal for a full batch; of a short last
+    batch the first ranks get one example more, and a rank may get none."""
+    return np.array_split(batch, world_size)[rank]
+
+
+class StepPlan(list):
+    """One optimizer step of a rank: its micro-batches (a list of example-index arrays, empty when
+    a short last batch leaves the rank none), the global batch they are cut from (all ranks'
+    examples: the loss divides by its size), and the next step of the epoch (None for the last),
+    whose host batches the loop builds while this step runs on the device (`prepared`)."""
+
+    def __init__(self, micro_batches: list[np.ndarray], global_batch: np.ndarray):
+        super().__init__(micro_batches)
+        self.global_batch = global_batch
+        self.next_step: StepPlan | None = None
+        self.prepared: list | None = None
 
 
 def plan_epoch(
@@ -918,15 +931,17 @@ def plan_epoch(
     world_size: int,
     micro_batch: int,
     group_by_length: bool,
-) -> list[list[np.ndarray]]:
+) -> list[StepPlan]:
     """This rank's work in one epoch: for each optimizer step, its share of the global batch
     (train_batches, rank_slice) cut into micro-batches of at most micro_batch examples, whose
     gradients the step accumulates. Its length is the number of steps per epoch, the same on
     every rank; a resume mid-epoch picks up at its step_in_epoch-th entry."""
     plan = []
-    for batch in train_batches(lengths, batch_size, epoch, seed, world_size, group_by_length):
+    for batch in train_batches(lengths, batch_size, epoch, seed, group_by_length):
         mine = rank_slice(batch, rank, world_size)
-        plan.append([mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)])
+        plan.append(StepPlan([mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)], batch))
+    for step, following in itertools.pairwise(plan):
+        step.next_step = following
     return plan
 
 

@@ -1,9 +1,10 @@
 """Masked-LM pretraining: masks, packing, the masked-LM model and its saved form.
 
-The training loop treats a masked-LM run like a classification run: a batch is
-{input_ids, attention_mask, labels}, and model(input_ids, attention_mask, labels) returns what the
-loss and the evaluation sums are computed from (MaskedLMOutput). Masks are a pure function of
-(seed, epoch, example index), so a resume, any world size and any batch order mask alike.
+The training loop treats a masked-LM run like a classification run: a batch is {input_ids,
+masked_positions, masked_labels, attention_mask (left out when nothing is padded)}, and
+model(**batch) returns what the loss and the evaluation sums are computed from (MaskedLMOutput).
+Masks are a pure function of (seed, epoch, example index), so a resume, any world size and any
+batch order mask alike.
 """
 
 import json
@@ -121,14 +122,28 @@ class Masker:
 
     def batch(self, ids: list[np.ndarray], indices, epoch: int, max_len: int, pad_to_max: bool = False) -> dict:
         """data.collate's batch of the examples `ids` (dataset positions `indices`), masked for
-        `epoch`, plus labels (IGNORE at padding)."""
+        `epoch`, plus where the masked tokens are, computed here on the host (see masked_targets);
+        without attention_mask when nothing is padded."""
         masked = [self.example(x, int(i), epoch) for x, i in zip(ids, indices, strict=True)]
         batch = collate([inputs for inputs, _ in masked], self.pad_id, max_len, pad_to_max)
-        labels = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
+        labels = np.full(tuple(batch["input_ids"].shape), IGNORE, dtype=np.int64)
         for row, (_, example_labels) in enumerate(masked):
-            labels[row, : len(example_labels)] = torch.from_numpy(example_labels)
-        batch["labels"] = labels
-        return batch
+            labels[row, : len(example_labels)] = example_labels
+        if all(len(x) == labels.shape[1] for x in ids):
+            # no padding (every --pack batch): without a mask, transformers' SDPA mask code skips
+            # the padding check it makes on the device (a host sync per forward); same numbers
+            del batch["attention_mask"]
+        return {**batch, **masked_targets(labels)}
+
+
+def masked_targets(labels: np.ndarray) -> dict:
+    """A batch's labels (IGNORE where not predicted) as what MaskedLM.forward takes: the masked
+    positions in the flattened (batch x length) tokens and their original tokens. Found on the
+    host, where the labels are made: on a GPU, boolean indexing waits for the device (a nonzero)
+    and breaks a compiled graph; a gather at known positions does neither."""
+    flat = np.asarray(labels).reshape(-1)
+    positions = np.flatnonzero(flat != IGNORE)
+    return {"masked_positions": torch.from_numpy(positions), "masked_labels": torch.from_numpy(flat[positions])}
 
 
 def unmaskable(masker: Masker, ids_list, where: str) -> int:
@@ -237,16 +252,14 @@ class MaskedLMOutput(NamedTuple):
 
     def sums(self) -> torch.Tensor:
         """Detached float64 [loss sum, correct predictions, masked tokens]: evaluation adds these over
-        batches and all-reduces with SUM; loss = [0] / [2], accuracy = [1] / [2], perplexity = exp(loss)."""
+        batches and all-reduces with SUM; loss = [0] / [2], accuracy = [1] / [2], perplexity = exp(loss).
+        The loss is summed in float64 from each token's fp32 loss, so how the tokens are cut into
+        batches changes it only at float64 rounding (an fp32 sum per batch moved it in the 8th digit)."""
         with torch.no_grad():
+            token_losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")
             correct = (self.logits.argmax(-1) == self.labels).sum()
-            return torch.stack(
-                [
-                    self.loss_sum().double(),
-                    correct.double(),
-                    torch.tensor(float(len(self.labels)), dtype=torch.float64, device=self.labels.device),
-                ]
-            )
+            masked = torch.full((), len(self.labels), dtype=torch.float64, device=self.labels.device)
+            return torch.stack([token_losses.double().sum(), correct.double(), masked])
 
 
 class MaskedLM(nn.Module):
@@ -273,13 +286,21 @@ class MaskedLM(nn.Module):
     def config(self):
         return self.hf_model.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        masked_positions: torch.Tensor,
+        masked_labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """The logits at masked_positions (indices into the flattened batch x length tokens, as
+        masked_targets gives them), with masked_labels, the original tokens there. No
+        attention_mask: nothing is padded."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        where = labels != IGNORE  # boolean indexing: one host sync per forward, as HF's sparse_prediction
-        rows = hidden[where]
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
         for name in self.head_names:
             rows = getattr(self.hf_model, name)(rows)
-        return MaskedLMOutput(rows, labels[where])
+        return MaskedLMOutput(rows, masked_labels)
 
 
 def build_masked_lm(

@@ -576,36 +576,30 @@ def fit(run: Run, state: TrainState, stop) -> int:
     return test_and_write_results(run, state, snapshot, stop, best_weights)
 
 
-def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
+def forward_backward(run: Run, step: data.StepPlan, stop) -> dict:
     """Forward and backward over this rank's share of a global batch, in micro-batches
     (gradients synced across ranks on the last one only), and one small all-reduce of the
-    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal."""
+    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal.
+    The next step's host batches are built before this step's one host sync, while the device
+    still works on this one."""
     info = run.info
-    examples = sum(len(mb) for mb in micro_batches)
-    batches = [training_batch(run, mb) for mb in micro_batches]
-    # the loss is a sum over units (examples; masked tokens for mlm) divided by the units of the
-    # global step / world size, so DDP's gradient mean over ranks is the gradient of the mean
-    # over the whole global batch
-    units = examples  # every rank holds an equal share of the examples
-    if run.masker is not None:  # masked counts differ across ranks: one tiny all-reduce
-        units = sum(int((batch["labels"] != mlm.IGNORE).sum()) for batch, _ in batches)
-        if info.is_distributed:
-            total = torch.tensor([float(units)], dtype=torch.float64, device=info.device)
-            torch.distributed.all_reduce(total)
-            units = total.item() / info.world_size
-        units = max(units, 1)
+    batches = step.prepared or step_batches(run, step)
+    step.prepared = None
+    divisor = loss_divisor(run, step, batches)
+    weight = 1.0 if step else 0.0  # a rank the short last batch left empty runs one example at weight 0
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
-    for k, (mb, (batch, target)) in enumerate(zip(micro_batches, batches, strict=True)):
-        n = run.train_lengths[mb]
-        counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
+    for k, (mb, (batch, target)) in enumerate(zip(step_micro_batches(step), batches, strict=True)):
+        if step:
+            n = run.train_lengths[mb]
+            counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
         target = None if target is None else to_device(target, info.device)
-        last = k == len(micro_batches) - 1
+        last = k == len(batches) - 1
         with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
             with run.autocast:
                 output = run.ddp_model(**batch)
-            loss = run.task_rules.loss_sum(output, target) / units
+            loss = run.task_rules.loss_sum(output, target) / divisor * weight
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
@@ -618,15 +612,56 @@ def forward_backward(run: Run, micro_batches: list[np.ndarray], stop) -> dict:
     )
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
+    if step.next_step is not None:
+        step.next_step.prepared = step_batches(run, step.next_step)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {
         "loss": loss_total / info.world_size,
-        "samples": examples * info.world_size,
+        "samples": len(step.global_batch),
         "tokens": tokens,
         "positions": positions,
         "flops": flops,
         "signal": signal_sum,
     }
+
+
+def step_micro_batches(step: data.StepPlan) -> list[np.ndarray]:
+    """The micro-batches this rank runs: its share of the global batch or, when a short last batch
+    left it none, one example of that batch (at weight 0: every rank must take part in DDP's
+    gradient all-reduce, and every parameter's gradient hook must fire)."""
+    return list(step) or [step.global_batch[:1]]
+
+
+def step_batches(run: Run, step: data.StepPlan) -> list[tuple[dict, torch.Tensor | None]]:
+    """The host batches (training_batch) of the micro-batches this rank runs, pinned for an
+    asynchronous copy to a GPU."""
+    batches = []
+    for mb in step_micro_batches(step):
+        batch, target = training_batch(run, mb)
+        batches.append(({k: pinned(v, run.info.device) for k, v in batch.items()}, pinned(target, run.info.device)))
+    return batches
+
+
+def pinned(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor in pinned memory when it is bound for a GPU (to_device then copies it as is)."""
+    return tensor.pin_memory() if tensor is not None and device.type == "cuda" else tensor
+
+
+def loss_divisor(run: Run, step: data.StepPlan, batches) -> float | torch.Tensor:
+    """What each rank divides its loss sum by: the units (examples; masked tokens for mlm) of the
+    GLOBAL step / world size, so DDP's gradient mean over ranks is the gradient of the mean over
+    the whole global batch, however unevenly a short last batch is split. The plan gives the
+    examples; the masked tokens of the ranks are summed on the device by a collective queued
+    before the forward passes (no host sync)."""
+    info = run.info
+    if run.masker is None:
+        return len(step.global_batch) / info.world_size
+    masked = sum(len(batch["masked_labels"]) for batch, _ in batches) if step else 0
+    if not info.is_distributed:
+        return max(masked, 1)
+    total = to_device(torch.tensor(float(masked), dtype=torch.float64), info.device)
+    torch.distributed.all_reduce(total)
+    return (total.clamp(min=1) / info.world_size).float()
 
 
 def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | None]:
@@ -990,13 +1025,14 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
             break
     run.model.train(was_training)
     figures = torch.cat(
-        [sums, torch.tensor([float(stop.signum if stop else 0)], dtype=torch.float64, device=info.device)]
+        [sums, torch.full((1,), float(stop.signum if stop else 0), dtype=torch.float64, device=info.device)]
     )
     if info.is_distributed:
         torch.distributed.all_reduce(figures)
-    if figures[3] > 0:
+    *totals, signal_sum = figures.tolist()  # the evaluation's one host sync
+    if signal_sum > 0:
         raise Interrupted(stop.signum or signal.SIGTERM)
-    return figures[:3].cpu().numpy()
+    return np.array(totals)
 
 
 class StopRequest:

@@ -62,24 +62,20 @@ def test_eval_shards_cover_every_example_exactly_once_on_uneven_split():
             assert (np.diff(lengths[s]) >= 0).all()
 
 
-def test_train_batches_cover_each_example_once_and_split_equally_across_ranks():
+def test_train_batches_cover_each_example_once_and_split_across_ranks():
     lengths = np.random.default_rng(0).integers(5, 300, size=203)
     for grouped in (False, True):
-        batches = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=grouped)
+        batches = data.train_batches(lengths, 16, epoch=1, seed=3, group_by_length=grouped)
         flat = np.concatenate(batches)
-        assert len(flat) == 204 and sorted(set(flat.tolist())) == list(range(203))  # one wrap-around repeat
-        assert all(len(b) % 2 == 0 for b in batches) and len(batches) == 13
+        assert len(flat) == 203 and sorted(flat.tolist()) == list(range(203))  # each once, none repeated
+        assert sorted(len(b) for b in batches) == [11] + [16] * 12
         for b in batches:  # the ranks' shares partition the global batch
             shares = [data.rank_slice(b, r, 2) for r in range(2)]
             assert sorted(np.concatenate(shares).tolist()) == sorted(b.tolist())
-        again = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=grouped)
+        again = data.train_batches(lengths, 16, epoch=1, seed=3, group_by_length=grouped)
         assert all((a == b).all() for a, b in zip(batches, again, strict=True))
-        other = data.train_batches(lengths, 16, epoch=2, seed=3, world_size=2, group_by_length=grouped)
+        other = data.train_batches(lengths, 16, epoch=2, seed=3, group_by_length=grouped)
         assert not all((a == b).all() for a, b in zip(batches, other, strict=True))
-    # the global batches do not depend on the world size (when it divides the data)
-    one = data.train_batches(lengths[:200], 16, 0, 3, 1, True)
-    two = data.train_batches(lengths[:200], 16, 0, 3, 2, True)
-    assert all((a == b).all() for a, b in zip(one, two, strict=True))
 
 
 def test_length_grouping_cuts_padding_and_still_mixes_lengths_across_steps():
@@ -88,8 +84,8 @@ def test_length_grouping_cuts_padding_and_still_mixes_lengths_across_steps():
     def padding_share(batches):
         return 1 - sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
 
-    random_batches = data.train_batches(lengths, 16, 0, 0, 1, group_by_length=False)
-    grouped = data.train_batches(lengths, 16, 0, 0, 1, group_by_length=True)
+    random_batches = data.train_batches(lengths, 16, 0, 0, group_by_length=False)
+    grouped = data.train_batches(lengths, 16, 0, 0, group_by_length=True)
     assert padding_share(random_batches) > 0.3 and padding_share(grouped) < 0.05
     assert lengths[grouped[0]].max() == lengths.max()  # the longest batch first: OOM shows at step 1
     batch_means = [lengths[b].mean() for b in grouped[1:]]
@@ -153,7 +149,7 @@ def test_bad_labels(tmp_path, labels, message):
 
 def test_an_epoch_plan_cuts_each_ranks_share_of_every_global_batch_into_micro_batches():
     lengths = np.random.default_rng(0).integers(5, 300, size=203)
-    batches = data.train_batches(lengths, 16, epoch=1, seed=3, world_size=2, group_by_length=True)
+    batches = data.train_batches(lengths, 16, epoch=1, seed=3, group_by_length=True)
     plans = [data.plan_epoch(lengths, 16, 1, 3, rank, 2, micro_batch=3, group_by_length=True) for rank in range(2)]
     assert len(plans[0]) == len(plans[1]) == len(batches) == 13  # the steps per epoch
     for step, batch in enumerate(batches):

@@ -88,15 +88,15 @@ def test_dynamic_masks_change_every_epoch_and_static_masks_never(tokenizer, text
     static = mlm.make_masker(tokenizer, 0.15, "static", seed=0)
     for epoch_a, epoch_b in ((0, 1), (1, 5)):
         a, b = dynamic.batch(ids, range(8), epoch_a, 128), dynamic.batch(ids, range(8), epoch_b, 128)
-        assert not torch.equal(a["labels"], b["labels"])
+        assert not torch.equal(dense_labels(a), dense_labels(b))
         a, b = static.batch(ids, range(8), epoch_a, 128), static.batch(ids, range(8), epoch_b, 128)
-        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert torch.equal(dense_labels(a), dense_labels(b)) and torch.equal(a["input_ids"], b["input_ids"])
     # the masks follow the example's index, not its place in the batch (any order, any rank)
     order = [5, 2, 7]
     alone = dynamic.batch([ids[i] for i in order], order, 3, 128)
     together = dynamic.batch(ids, range(8), 3, 128)
-    width = alone["labels"].shape[1]
-    assert torch.equal(alone["labels"], together["labels"][order, :width])
+    width = alone["input_ids"].shape[1]
+    assert torch.equal(dense_labels(alone), dense_labels(together)[order, :width])
 
 
 def test_every_example_with_a_maskable_token_gets_one():
@@ -142,14 +142,33 @@ def test_whole_word_masking_with_the_wordpiece_tokenizer(tokenizer):
             assert len(set(chosen[1:-1][word_of[1:-1] == w])) == 1
 
 
-def test_masker_batch_pads_with_ignored_labels(tokenizer, texts):
+def dense_labels(batch) -> torch.Tensor:
+    """A masked batch's labels as a (batch x length) grid, IGNORE where nothing is predicted."""
+    labels = torch.full((batch["input_ids"].numel(),), mlm.IGNORE)
+    labels[batch["masked_positions"]] = batch["masked_labels"]
+    return labels.reshape(batch["input_ids"].shape)
+
+
+def targets(labels: torch.Tensor) -> dict:
+    """MaskedLM.forward's masked_positions and masked_labels for a grid of labels."""
+    return mlm.masked_targets(labels.numpy())
+
+
+def test_masker_batch_predicts_no_padding_and_gives_the_masked_positions(tokenizer, texts):
     masker = mlm.make_masker(tokenizer, 0.15, "dynamic", seed=0)
     ids = [np.array(x) for x in tokenizer(texts[:4])["input_ids"]]
     batch = masker.batch(ids, range(4), 0, 128)
     pad = batch["attention_mask"] == 0
-    assert pad.any() and (batch["labels"][pad] == mlm.IGNORE).all()
+    assert pad.any() and (dense_labels(batch)[pad] == mlm.IGNORE).all()
     assert (batch["input_ids"][pad] == tokenizer.pad_token_id).all()
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    for row, x in enumerate(ids):  # the positions are those the example's own masks predict
+        labels = masker.example(x, row, 0)[1]
+        width = batch["input_ids"].shape[1]
+        expected = row * width + np.flatnonzero(labels != mlm.IGNORE)
+        mine = batch["masked_positions"][(batch["masked_positions"] // width) == row].numpy()
+        np.testing.assert_array_equal(mine, expected)
+    assert batch["masked_positions"].dtype == batch["masked_labels"].dtype == torch.int64
 
 
 # ----------------------------------------------------------------------------- packing
@@ -185,18 +204,17 @@ def test_logits_at_masked_positions_only_and_the_loss_equals_hf_full_logits_loss
     model = tiny_masked_lm(name, tokenizer)
     masker = mlm.make_masker(tokenizer, 0.15, "dynamic", seed=0)
     batch = masker.batch([np.array(x) for x in tokenizer(texts[:6])["input_ids"]], range(6), 0, 128)
-    n_masked = int((batch["labels"] != mlm.IGNORE).sum())
+    labels = dense_labels(batch)
+    n_masked = int((labels != mlm.IGNORE).sum())
     with torch.no_grad():
-        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        full = model.hf_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-        )
+        out = model(**batch)
+        full = model.hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     assert out.logits.shape == (n_masked, len(tokenizer)) and out.labels.shape == (n_masked,)
-    where = batch["labels"] != mlm.IGNORE
+    where = labels != mlm.IGNORE
     torch.testing.assert_close(out.logits, full.logits[where], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.loss_sum(), full.loss * n_masked, atol=1e-3, rtol=1e-5)
     loss_sum, correct, count = out.sums().tolist()
-    assert count == n_masked and correct == (full.logits[where].argmax(-1) == batch["labels"][where]).sum()
+    assert count == n_masked and correct == (full.logits[where].argmax(-1) == labels[where]).sum()
     assert loss_sum == pytest.approx(float(full.loss) * n_masked, rel=1e-5)
 
 
@@ -205,9 +223,9 @@ def test_the_loss_trains_every_parameter_and_a_batch_without_masks_gives_zero(to
     ids = torch.tensor([tokenizer("great film")["input_ids"]])
     labels = torch.full_like(ids, mlm.IGNORE)
     labels[0, 1] = ids[0, 1]
-    model(ids, torch.ones_like(ids), labels).loss_sum().backward()
+    model(ids, attention_mask=torch.ones_like(ids), **targets(labels)).loss_sum().backward()
     assert all(p.grad is not None for p in model.parameters())  # DDP fails on parameters without gradients
-    empty = model(ids, torch.ones_like(ids), torch.full_like(ids, mlm.IGNORE))
+    empty = model(ids, attention_mask=torch.ones_like(ids), **targets(torch.full_like(ids, mlm.IGNORE)))
     assert empty.logits.shape[0] == 0 and float(empty.loss_sum().detach()) == 0 and empty.sums().tolist() == [0, 0, 0]
 
 
@@ -215,7 +233,8 @@ def test_the_loss_is_fp32_under_a_16_bit_autocast(tokenizer):
     model = tiny_masked_lm("tiny-bert", tokenizer)
     ids = torch.tensor([tokenizer("great film dull plot")["input_ids"]])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(ids, torch.ones_like(ids), ids.masked_fill(torch.arange(ids.shape[1]) % 2 == 0, mlm.IGNORE))
+        labels = ids.masked_fill(torch.arange(ids.shape[1]) % 2 == 0, mlm.IGNORE)
+        out = model(ids, attention_mask=torch.ones_like(ids), **targets(labels))
         assert out.logits.dtype == torch.bfloat16 and out.loss_sum().dtype == torch.float32
     assert next(model.parameters()).dtype == torch.float32
 
@@ -372,6 +391,6 @@ def test_every_registered_head_gives_hf_logits(model_type):
     labels = torch.where(torch.rand(2, 12) < 0.3, ids, mlm.IGNORE)
     labels[0, 3] = ids[0, 3]
     with torch.no_grad():
-        out = model(ids, torch.ones_like(ids), labels)
+        out = model(ids, attention_mask=torch.ones_like(ids), **targets(labels))
         full = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     torch.testing.assert_close(out.logits, full[labels != mlm.IGNORE], atol=1e-5, rtol=1e-5)
