@@ -33,7 +33,7 @@ def config_of(run_dir) -> dict:
     return json.loads((run_dir / "config.json").read_text())
 
 
-def test_kill_then_rerun_resumes_from_the_cuda_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
+def test_kill_then_rerun_resumes_from_the_cuda_checkpoint_and_matches_an_uninterrupted_run(cache_dir, tmp_path):
     """fp16 under torchrun: the checkpoint holds CUDA tensors, the loss scale and every rank's
     CUDA RNG (dropout on); killed mid-epoch, the rerun resumes from it and ends where a run that
     was never killed ends."""
@@ -57,7 +57,7 @@ def test_kill_then_rerun_resumes_from_the_cuda_checkpoint_and_matches_an_uninter
     np.testing.assert_allclose([x for _, x in got_loss], [x for _, x in want_loss], rtol=0, atol=1e-3)
 
 
-def test_nccl_ddp_path_under_torchrun_learns_and_reports_mfu(tmp_path):
+def test_nccl_ddp_path_under_torchrun_learns_and_reports_mfu(cache_dir, tmp_path):
     torchrun(*COMMON, "--out_dir", tmp_path, "--run_name", "r")
     results = read_results(tmp_path / "r")
     assert results["test_acc"] >= 0.9 and results["train_mfu"] > 0
@@ -66,7 +66,7 @@ def test_nccl_ddp_path_under_torchrun_learns_and_reports_mfu(tmp_path):
     assert config["env"]["backend"] == "nccl"
 
 
-def test_compiled_training_matches_eager(tmp_path):
+def test_compiled_training_matches_eager(cache_dir, tmp_path):
     common = [
         *COMMON,
         *("--epochs", 1, "--dropout", 0, "--encoder_dropout", 0, "--precision", "fp32"),
@@ -83,7 +83,7 @@ def test_compiled_training_matches_eager(tmp_path):
     np.testing.assert_allclose(compiled, eager, rtol=2e-3, atol=2e-3)
 
 
-def test_regression_learns_under_torchrun(regression_folder, tmp_path):  # noqa: F811
+def test_regression_learns_under_torchrun(regression_folder, cache_dir, tmp_path):  # noqa: F811
     regression = ["--model", "tiny-bert", "--task", "regression", "--pool", "mean", "--wandb", "disabled"]
     torchrun(*regression, "--data", regression_folder, "--epochs", 2, "--out_dir", tmp_path, "--run_name", "r")
     results = read_results(tmp_path / "r")
@@ -93,7 +93,7 @@ def test_regression_learns_under_torchrun(regression_folder, tmp_path):  # noqa:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mlm_learns_and_its_model_folder_holds_the_cuda_weights(precision, text_folder, tmp_path):  # noqa: F811
+def test_mlm_learns_and_its_model_folder_holds_the_cuda_weights(precision, text_folder, cache_dir, tmp_path):  # noqa: F811
     """fp16: GradScaler with the masked-LM loss (a sum over the masked tokens, scaled then
     unscaled); the model folder is saved from CUDA weights and must load back as those weights."""
     from safetensors.torch import load_file
@@ -123,7 +123,7 @@ def test_mlm_learns_and_its_model_folder_holds_the_cuda_weights(precision, text_
         assert torch.equal(tensor, encoder[key]) and torch.equal(loaded[key], tensor), key
 
 
-def test_grad_accum_2_takes_the_same_steps_as_one_batch_with_loss_scaling(tmp_path):
+def test_grad_accum_2_takes_the_same_steps_as_one_batch_with_loss_scaling(cache_dir, tmp_path):
     """fp16: two micro-batches' scaled gradients add up, are unscaled once and give the step of
     one batch of both (dropout off); the same losses and gradient norms, to fp16's rounding."""
     args = [
@@ -139,7 +139,7 @@ def test_grad_accum_2_takes_the_same_steps_as_one_batch_with_loss_scaling(tmp_pa
         np.testing.assert_allclose([e[key] for e in two], [e[key] for e in one], rtol=1e-2, atol=1e-3, err_msg=key)
 
 
-def test_sentence_pairs_on_the_gpu_take_the_steps_they_take_on_the_cpu(pair_folder, tmp_path):  # noqa: F811
+def test_sentence_pairs_on_the_gpu_take_the_steps_they_take_on_the_cpu(pair_folder, cache_dir, tmp_path):  # noqa: F811
     """Both texts and their segment ids reach the model on the GPU as on the CPU: fp32 (TF32 off)
     and dropout off, the two runs' losses agree to rounding."""
     args = [
@@ -160,7 +160,7 @@ def test_sentence_pairs_on_the_gpu_take_the_steps_they_take_on_the_cpu(pair_fold
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
-def test_each_precision_learns(precision, tmp_path):
+def test_each_precision_learns(precision, cache_dir, tmp_path):
     done = run_cli(*COMMON, "--precision", precision, "--out_dir", tmp_path, "--run_name", "r")
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_results(tmp_path / "r")["test_acc"] >= 0.9
