@@ -244,7 +244,7 @@ def tests_part(limit: float, report_dir: str) -> Part:
 
 def run_parts(parts: list[Part], budget_s: float, report: Report, summary: list[dict]) -> int:
     """Each part in turn within budget_s; its record (and a bench part's figures) reported as it
-    ends. 0 when every part that ran passed, 1 when one failed or timed out, 128 + N when signal
+    ends. 0 when every part that ran is done (exit 0), 1 when one failed or timed out, 128 + N when signal
     N stopped the check (the running part killed first)."""
     deadline = time.monotonic() + budget_s
     handlers = {sig: signal.signal(sig, raise_stopped) for sig in STOP_SIGNALS}
@@ -262,13 +262,10 @@ def run_parts(parts: list[Part], budget_s: float, report: Report, summary: list[
 def run_planned(part: Part, deadline: float, report: Report, summary: list[dict]) -> str:
     """Run the part, or skip it (its inputs missing, or too little budget left); its status."""
     left = deadline - time.monotonic()
-    missing = [path for path in part.needs if not os.path.exists(path)]
     record = {"part": part.name, "estimate_s": part.estimate_s}
-    if missing:
-        record["status"] = f"skipped: {', '.join(missing)} missing (see prepare)"
-    elif left < part.estimate_s:
-        record["status"] = f"skipped: {left:.0f} s of the budget left, it needs ~{part.estimate_s:.0f} s"
-    if "status" in record:
+    skipped = why_skip(part, left)
+    if skipped:
+        record["status"] = f"skipped: {skipped}"
         report.say(f"== {part.name}: {record['status']}")
         report.append("gpu_check.jsonl", record)
         return record["status"]
@@ -293,10 +290,19 @@ def run_planned(part: Part, deadline: float, report: Report, summary: list[dict]
     return outcome["status"]
 
 
+def why_skip(part: Part, left_s: float) -> str | None:
+    missing = [path for path in part.needs if not os.path.exists(path)]
+    if missing:
+        return f"{', '.join(missing)} missing (see prepare)"
+    if left_s < part.estimate_s:
+        return f"{left_s:.0f} s of the budget left, it needs ~{part.estimate_s:.0f} s"
+    return None
+
+
 def run_part(argv: list[str], limit_s: float, say) -> dict:
     """argv under a guard in a session of its own, its output streamed to say(); every process
     under the guard killed when argv ends, runs past limit_s or this process is stopped.
-    {status, code, seconds, lines, pid (the guard's: the session's id)}."""
+    {status, code, seconds, lines}."""
     started = time.monotonic()
     guard = subprocess.Popen(
         [sys.executable, THIS, "--guard", str(os.getpid()), "--", *argv],
@@ -320,7 +326,7 @@ def run_part(argv: list[str], limit_s: float, say) -> dict:
         reader.join(timeout=10)
     seconds = time.monotonic() - started
     status = f"timed out after {limit_s:.0f} s" if code is None else describe(code)
-    return {"status": status, "code": code, "seconds": seconds, "lines": lines, "pid": guard.pid}
+    return {"status": status, "code": code, "seconds": seconds, "lines": lines}
 
 
 def stream(pipe, lines: list[str], say) -> None:
