@@ -283,39 +283,3 @@ def test_without_datasets_local_files_load_the_same_and_the_hub_is_one_clear_err
         runs["without"][1] == "--data imdb: loading from the hub needs the datasets package "
         "(pip install -r requirements.txt), or pass a local folder"
     )
-
-
-@pytest.mark.slow
-def test_the_gpu_check_starts_and_runs_its_cpu_parts_without_datasets(tmp_path):
-    """The lent GPU machine's image has no `datasets`: hidden here the way Python hides a module."""
-    hide = hide_datasets(tmp_path)
-    done = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bench", "gpu_check.py"),
-            "--shapes",
-            "tiny",
-            "--lengths",
-            "32",
-            "--steps",
-            "4",
-            "--test_timeout",
-            "0",
-            "--skip_compile",
-            "--imdb",
-            str(tmp_path / "none"),
-            "--out_dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=hide, HF_HUB_OFFLINE="1", WANDB_MODE="disabled"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "'datasets': False" in done.stdout
-    for name in ("bert-tiny", "modernbert-tiny"):
-        assert f"== {name} L32: done" in done.stdout
-        rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {name} | 32 |")]
-        assert any("HF Trainer" in r for r in rows) and any("| sdpa |" in r and "x |" in r for r in rows)
