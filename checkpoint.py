@@ -13,8 +13,7 @@ import torch
 
 import config as settings
 from config import UserError
-from distributed import all_gather_objects
-from files import atomic_write, read_json
+from utils import all_gather_objects, atomic_write, read_json
 
 CKPT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 

@@ -2,15 +2,12 @@
 
 import errno
 import filecmp
-import functools
 import glob
 import itertools
 import json
 import math
 import os
 import random
-import socket
-import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +15,12 @@ import torch
 
 import glue
 from config import UserError, first_line
-from files import atomic_write, hash_texts
+from utils import OFFLINE_DEMO, atomic_write, hash_texts, hub_unavailable
 
 HUB_ALIASES = {"imdb": "stanfordnlp/imdb"}
 FILE_TYPES = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 SPLIT_SEED = 1234  # fixed, not --seed: every run of a grid sees the same val/test/subsets
 HEAD_TAIL_HEAD = 128  # Sun et al. 2019: keep the first 128 tokens, fill the rest from the end
-OFFLINE_DEMO = "try the offline demo: bash run_grid.sh grids/demo.grid"
 # the largest regression target whose square is finite in float32, as the MSE loss computes it
 # (1e39 itself is infinite in float32)
 MAX_REGRESSION_TARGET = float(np.sqrt(np.finfo(np.float32).max))
@@ -341,24 +337,6 @@ def _in_hub_cache(name: str) -> bool:
             os.path.join(datasets_cache, name.split("/")[-1]),
         )
     )
-
-
-@functools.cache
-def hub_unavailable() -> str | None:
-    """Why the hub cannot serve a download now, found in at most 3 s (its client retries for
-    ~40 s before it gives up); None when it may answer."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE=1 is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # connections go through the proxy: loading tells
-    url = urllib.parse.urlsplit(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
-    except OSError:
-        return f"{url.hostname} cannot be reached"
-    return None
 
 
 def _read_error(path: str, e: Exception) -> str:

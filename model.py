@@ -10,16 +10,17 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, ModernBertConfig
 
 from config import POOLS, UserError, first_line
-from data import OFFLINE_DEMO, hub_unavailable
-from files import atomic_write_bytes, hash_texts, log_warning
+from utils import OFFLINE_DEMO, atomic_write_bytes, hash_texts, hub_unavailable, log_warning
 
 
 @dataclass(frozen=True)
@@ -428,3 +429,38 @@ def compile_report() -> dict:
         "frames_not_compiled": counters["frames"]["total"] - counters["frames"]["ok"],
         "graph_breaks": sum(counters["graph_break"].values()),
     }
+
+
+# ----------------------------------------------------------------------------- tasks
+# What differs between tasks, in one table: the head's width, the loss, and what evaluation keeps
+# of each example (class probabilities, or the predicted value; for masked-LM pretraining the
+# batch's loss sum, correct predictions and masked tokens).
+
+
+@dataclass(frozen=True)
+class Task:
+    outputs: Callable[[int], int]  # number of classes -> head width
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> fp32 sum
+    per_example: Callable[[torch.Tensor], torch.Tensor]  # logits -> what evaluation keeps
+
+
+TASKS = {
+    "classification": Task(
+        outputs=lambda num_labels: num_labels,
+        loss_sum=lambda logits, target: F.cross_entropy(logits.float(), target, reduction="sum"),
+        per_example=lambda logits: torch.softmax(logits.float(), -1),
+    ),
+    # one output; the MSE in fp32 whatever the autocast dtype, on the targets as given (no scaling)
+    "regression": Task(
+        outputs=lambda num_labels: 1,
+        loss_sum=lambda logits, target: F.mse_loss(logits.float().squeeze(-1), target.float(), reduction="sum"),
+        per_example=lambda logits: logits.float().squeeze(-1),
+    ),
+    # masked-LM pretraining: the model (mlm.MaskedLM) returns the logits and labels of the masked
+    # tokens; no classifier head, and evaluation keeps sums, not per-example outputs (train.predict)
+    "mlm": Task(
+        outputs=lambda num_labels: 0,
+        loss_sum=lambda output, _: output.loss_sum(),
+        per_example=lambda output: output.sums(),
+    ),
+}

@@ -8,9 +8,8 @@ import uuid
 import numpy as np
 
 from config import first_line
-from distributed import DistInfo
-from files import atomic_write_bytes
 from metrics import calibration_bins
+from utils import DistInfo, atomic_write_bytes
 
 
 class WandbRun:

@@ -26,38 +26,9 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-
-
-def _launcher_alive(pid: int) -> bool:
-    """Whether process `pid` (this worker's parent) can still be torchrun: a worker whose launcher
-    died is re-parented to init or a subreaper (systemd --user, tini), none of them a Python
-    interpreter, while torchrun is one (pid 1 too, in a container that starts it)."""
-    try:
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:  # no /proc (macOS), or not ours to read: only init is known not to be torchrun
-        return pid != 1
-    return exe.startswith("python") or exe == os.path.basename(os.readlink("/proc/self/exe"))
-
-
-# Under torchrun, before the slow imports below: the kernel sends this worker SIGTERM when the
-# launcher dies (a `kill -9` of torchrun cannot forward a signal, and its workers run in their own
-# sessions); a launcher that died before this line is caught by checking the parent afterwards.
-LAUNCHER_PID = None
-if "TORCHELASTIC_RUN_ID" in os.environ:
-    if sys.platform == "linux":
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    LAUNCHER_PID = os.getppid()
-    if not _launcher_alive(LAUNCHER_PID):
-        print("the launcher (torchrun) is gone before this worker started: stopping", file=sys.stderr, flush=True)
-        sys.exit(128 + signal.SIGTERM)
-LAUNCHER_GONE = threading.Event()
 
 import numpy as np
 import torch
@@ -66,20 +37,40 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import config as settings
 import data
-import distributed
-import files
-import machine
 import metrics
 import mlm
 import model as models
-import tasks
 import tracking
+import utils
 from config import UserError
-from hooks import Hooks
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
+
+
+class Hooks:
+    """Where tests and the benchmark reach into the training loop, passed as
+    train.main(argv, hooks=...): called at step, evaluation-batch and epoch boundaries, never inside
+    a step; these do nothing. The crash tests' faults come in this way (tests/faults.py)."""
+
+    def before_step(self, run, state, micro_batches: list) -> None:
+        """Before an optimizer step's forward and backward passes; micro_batches holds this
+        rank's example indices, as the step will cut them."""
+
+    def after_forward_backward(self, run, state, figures: dict) -> None:
+        """After the step's backward passes and its all-reduce (a host sync), before the optimizer
+        step. The figures (loss, samples, tokens, positions, flops, signal) may be changed."""
+
+    def after_step(self, run, state, figures: dict) -> None:
+        """The step is taken, counted (state.global_step) and logged; before the loop checks for a
+        stop signal and takes any checkpoint."""
+
+    def after_eval_batch(self, run, split: str) -> None:
+        """An evaluation batch of split ("val", "test") scored, before the stop-signal check."""
+
+    def before_validation(self, run, state) -> None:
+        """An epoch's last step done, before its validation."""
 
 
 @dataclass
@@ -110,7 +101,7 @@ class Run:
     """What stays fixed while a run trains: settings resolved once, data, model and its optimizer."""
 
     args: argparse.Namespace  # the flags, for set-up, messages and results; the loop reads the fields below
-    info: distributed.DistInfo
+    info: utils.DistInfo
     log: logging.Logger
     run_dir: str
     config: dict
@@ -119,7 +110,7 @@ class Run:
     labels: dict[str, np.ndarray]  # split -> label ids (float targets for regression)
     label_names: list[str]  # class names; empty for regression and mlm
     task: str  # classification | regression | mlm
-    task_rules: tasks.Task  # its loss and per-example outputs
+    task_rules: models.Task  # its loss and per-example outputs
     metric_for_best: str  # the validation metric that picks the best epoch
     test_texts: list[str]
     train_lengths: np.ndarray  # tokens in each training example
@@ -167,31 +158,37 @@ def model_entry(args) -> models.ModelEntry:
 
 
 def main(argv=None, hooks: Hooks | None = None) -> int:
-    """Train as the flags in argv say; the exit code. hooks: see hooks.py (tests, the benchmark)."""
+    """Train as the flags in argv say; the exit code. hooks: see Hooks (tests, the benchmark)."""
+    if not utils.watch_launcher():  # torchrun died before this worker got here
+        return EXIT_SIGNAL + signal.SIGTERM
     try:
         args = parse_args(argv)  # before the process group: a bad flag costs no rendezvous
         check_available(args)
     except UserError as e:
         return _user_error(e, node_main=os.environ.get("LOCAL_RANK", "0") == "0")
-    watch_launcher()
-    info = distributed.setup_distributed(args.dist_timeout)
+    info = utils.setup_distributed(args.dist_timeout)
     try:
         return train(args, info, hooks if hooks is not None else Hooks())
-    except Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
+    except utils.Interrupted as e:  # the launcher died during set-up: nothing trained, nothing to checkpoint
         print(f"stopped during set-up, before any training step (signal {e.signum})", file=sys.stderr, flush=True)
         return EXIT_SIGNAL + e.signum
-    except UserError as e:
-        return _user_error(e, info.local_rank == 0)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = f" writing {e.filename}" if e.filename else ""
-        return _user_error(
-            UserError(f"no space left on the device{where}; free space, then rerun (what was written before is kept)"),
-            info.local_rank == 0,
-        )
+    except Exception as e:
+        if utils.LAUNCHER_GONE.is_set():  # a rank that stopped first broke the collective this one was in
+            print(f"stopped: the launcher is gone ({type(e).__name__} in a collective)", file=sys.stderr, flush=True)
+            return EXIT_SIGNAL + signal.SIGTERM
+        if isinstance(e, UserError):
+            return _user_error(e, info.local_rank == 0)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return _user_error(
+                UserError(
+                    f"no space left on the device{where}; free space, then rerun (what was written before is kept)"
+                ),
+                info.local_rank == 0,
+            )
+        raise
     finally:
-        distributed.cleanup_distributed()
+        utils.cleanup_distributed()
 
 
 def check_available(args) -> None:
@@ -209,11 +206,11 @@ def _user_error(e: UserError, node_main: bool) -> int:
     file, so its failure summary shows this line instead of a traceback."""
     if node_main:
         print(f"error: {e}", file=sys.stderr, flush=True)
-    files.write_torchrun_error_file(f"error: {e}")
+    utils.write_torchrun_error_file(f"error: {e}")
     return 2
 
 
-def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
+def train(args, info: utils.DistInfo, hooks: Hooks) -> int:
     """One run, from scratch or from its newest checkpoint, to results.json; the exit code."""
     started = time.time()
     if not info.is_main:  # one load report ("weights not initialized ..."), from rank 0
@@ -225,11 +222,11 @@ def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
     run_dir = os.path.join(args.out_dir, args.run_name)
     try:
         os.makedirs(run_dir, exist_ok=True)
-        log = files.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
+        log = utils.get_logger(os.path.join(run_dir, "train.log"), info.is_main)
     except OSError as e:
         raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
-    with StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
-        distributed.main_process_first(info, lock.acquire)
+    with utils.StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
+        utils.main_process_first(info, lock.acquire)
         run = set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks)
         if run is None:
             return 0
@@ -237,7 +234,7 @@ def train(args, info: distributed.DistInfo, hooks: Hooks) -> int:
         return fit(run, state, stop)
 
 
-def check_fits(args, entry, info: distributed.DistInfo) -> int:
+def check_fits(args, entry, info: utils.DistInfo) -> int:
     """Checks that need the world size or the model; returns the per-process batch size."""
     shards = info.world_size * args.grad_accum
     if args.batch_size % shards:
@@ -255,18 +252,18 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     """Run folder, data, tokenizer, model, optimizer; None if the run already finished."""
     precision = resolve_precision(args.precision, info.device, log.warning)
     config = dict(vars(args), precision_used=precision)
-    if distributed.main_process_first(info, checkpoint.prepare_run_dir, args, config, run_dir, info.is_main, log):
+    if utils.main_process_first(info, checkpoint.prepare_run_dir, args, config, run_dir, info.is_main, log):
         log.info(f"{run_dir} is already finished (results.json exists); --fresh reruns it")
         return None
-    env = machine.environment_info(info)
+    env = utils.environment_info(info)
     log.info(f"environment: {env}")
     log.info(f"config: {config}")
-    distributed.seed_everything(args.seed)
+    utils.seed_everything(args.seed)
     data.make_cache_dir(args.cache_dir)
 
     pretraining = args.task == "mlm"
     splits, label_names = load_data(args, info, log)
-    tokenizer = distributed.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
+    tokenizer = utils.node_main_first(info, models.load_tokenizer, entry, splits["train"].texts, args.cache_dir)
     masker = (
         mlm.make_masker(tokenizer, args.mlm_prob, args.masking, args.seed, args.whole_word_mask)
         if pretraining
@@ -285,7 +282,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     else:
         log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
-    task_rules = tasks.TASKS[args.task]
+    task_rules = models.TASKS[args.task]
     if pretraining:
         model = mlm.build_masked_lm(entry, tokenizer, args.init, args.encoder_dropout, info.device, precision).to(
             info.device
@@ -370,7 +367,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         on_nan=args.on_nan,
         eval_batch_size=args.eval_batch_size,
         flops=flops,
-        peak_flops=machine.device_peak_flops(info.device, precision),
+        peak_flops=utils.device_peak_flops(info.device, precision),
         started=started,
         checkpointer=checkpoint.Checkpointer(
             run_dir, args.save_every, args.keep_checkpoints, info.is_main, log, start_over=args.resume == "never"
@@ -385,7 +382,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
 def load_data(args, info, log) -> tuple[dict, list]:
     """The splits and the class names (none for mlm, whose splits are texts only)."""
     if args.task == "mlm":
-        return distributed.node_main_first(
+        return utils.node_main_first(
             info,
             data.load_texts,
             args.data,
@@ -397,7 +394,7 @@ def load_data(args, info, log) -> tuple[dict, list]:
             args.label_col,
             log.warning if info.is_main else lambda message: None,
         ), []
-    splits, label_names = distributed.node_main_first(
+    splits, label_names = utils.node_main_first(
         info,
         data.load_splits,
         args.data,
@@ -428,7 +425,7 @@ def encode_splits(args, info, log, splits: dict, tokenizer, masker) -> dict:
         if args.pack:
             encoded[name] = mlm.encode_packed(texts, tokenizer, args.max_len)
         else:
-            encoded[name] = distributed.node_main_first(
+            encoded[name] = utils.node_main_first(
                 info,
                 data.encode,
                 texts,
@@ -469,25 +466,25 @@ def restore(run: Run) -> TrainState:
         state = TrainState(**progress)
         state.log_window["time"] = time.time() - state.log_window["time"]
         if len(saved["rng"]) == info.world_size:
-            distributed.set_rng_state(saved["rng"][info.rank])
+            utils.set_rng_state(saved["rng"][info.rank])
         else:
             log.warning(
                 f"warning: resuming with {info.world_size} processes instead of "
                 f"{len(saved['rng'])}: data order is kept, dropout randomness is not"
             )
-            distributed.seed_everything(args.seed + info.rank + state.global_step)
+            utils.seed_everything(args.seed + info.rank + state.global_step)
         log.info(
             f"resumed from {saved['path']}: epoch {state.epoch}, step "
             f"{state.global_step}/{run.steps_per_epoch * args.epochs}"
         )
         del saved
     else:
-        distributed.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
+        utils.seed_everything(args.seed + info.rank)  # distinct dropout masks per rank
     earlier_events = []
     if info.is_main:
-        files.write_json(os.path.join(run.run_dir, "config.json"), run.config)
+        utils.write_json(os.path.join(run.run_dir, "config.json"), run.config)
         # events logged after the checkpoint are logged again as the steps replay
-        earlier_events = files.truncate_jsonl(
+        earlier_events = utils.truncate_jsonl(
             os.path.join(run.run_dir, "metrics.jsonl"), state.global_step, log.warning
         )
     # broadcast_buffers=False: the encoders' buffers (position and token-type ids) never change,
@@ -569,7 +566,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
             checkpointer.step_done(state.global_step, state.step_in_epoch == run.steps_per_epoch, snapshot)
         try:
             best_weights = end_of_epoch(run, state, snapshot, stop) or best_weights
-        except Interrupted as e:  # saved with the epoch trained and not yet validated
+        except utils.Interrupted as e:  # saved with the epoch trained and not yet validated
             return stop_run(run, state, snapshot, e.signum)
     if bar is not None:
         bar.close()
@@ -763,7 +760,7 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     eval_start = time.time()
     try:
         test_outputs = predict(run, "test", stop)
-    except Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
+    except utils.Interrupted as e:  # training is checkpointed: a rerun only redoes the evaluation
         return stop_run(run, state, snapshot, e.signum)
     eval_samples_per_s = len(test_outputs) / max(time.time() - eval_start, 1e-9)
     test = metrics.task_metrics(run.task, test_outputs, run.labels["test"])
@@ -787,7 +784,7 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
             labels=run.labels["test"],
             n_tokens=run.encoded["test"].n_tokens,
         )
-        files.write_json(os.path.join(run.run_dir, "results.json"), results)
+        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     if classification:
         run.wandb.final_plots(test_outputs, run.labels["test"], run.test_texts, run.label_names)
@@ -853,7 +850,7 @@ def run_figures(run: Run, state: TrainState) -> dict:
                 asdict(state), state.train_time, run.peak_flops, run.info.world_size, prefix="train_"
             ).items()
         },
-        **machine.peak_memory(run.info.device),
+        **utils.peak_memory(run.info.device),
         **(models.compile_report() if run.args.compile else {}),
         "wall_s": time.time() - run.started,
         "run_name": run.args.run_name,
@@ -874,7 +871,7 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
         mlm.save_for_fine_tuning(
             run.model, run.tokenizer, os.path.join(run.run_dir, "model"), run.config["model_default_lr"]
         )
-        files.write_json(os.path.join(run.run_dir, "results.json"), results)
+        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
     run.wandb.summary(results)
     run.wandb.finish()
     run.log.info(
@@ -887,7 +884,7 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
 
 def checkpoint_state(run: Run, state: TrainState) -> dict:
     """What a checkpoint holds. On every rank: it gathers the ranks' RNG states."""
-    rng = distributed.all_gather_objects(distributed.get_rng_state(), run.info)
+    rng = utils.all_gather_objects(utils.get_rng_state(), run.info)
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -925,7 +922,7 @@ def resolve_precision(name: str, device: torch.device, warn) -> str:
                 "bf16 is emulated and slow; --precision fp16 uses its tensor cores with loss scaling"
             )
         return name
-    native_bf16 = machine.cpu_has_native_bf16()
+    native_bf16 = utils.cpu_has_native_bf16()
     if name == "auto":
         return "bf16" if native_bf16 else "fp32"
     if name == "bf16" and not native_bf16:
@@ -961,18 +958,12 @@ def make_scheduler(optimizer, args, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class Interrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
 @torch.inference_mode()
 def predict(run: Run, split: str, stop=None) -> np.ndarray:
     """Class probabilities (regression: predicted values) for every example of a split, in split
     order, exact across ranks:
     each rank scores its own shard and the shards are gathered. For mlm: the split's
-    [loss sum, correct, masked tokens] (masked_lm_sums). Raises Interrupted on every rank when
+    [loss sum, correct, masked tokens] (masked_lm_sums). Raises utils.Interrupted on every rank when
     any rank got a stop signal."""
     if run.masker is not None:
         return masked_lm_sums(run, split, stop)
@@ -995,9 +986,9 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     local = (
         np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
     )
-    gathered = distributed.all_gather_objects((shard, local, stop.signum if stop else 0), info)
+    gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), info)
     if any(g[2] for g in gathered):
-        raise Interrupted(stop.signum or signal.SIGTERM)
+        raise utils.Interrupted(stop.signum or signal.SIGTERM)
     index = np.concatenate([g[0] for g in gathered])
     out = np.concatenate([g[1] for g in gathered])
     if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
@@ -1008,7 +999,7 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
 def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
     """[loss sum, correct predictions, masked tokens] over a split, with the validation's fixed
     masks: each rank sums its shard, then one all-reduce (which also carries any rank's stop
-    signal). Raises Interrupted on every rank when any rank got a stop signal."""
+    signal). Raises utils.Interrupted on every rank when any rank got a stop signal."""
     info = run.info
     lengths = np.array([len(x) for x in run.encoded[split].ids])
     shard = data.eval_shard(lengths, info.rank, info.world_size)
@@ -1031,72 +1022,15 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
         torch.distributed.all_reduce(figures)
     *totals, signal_sum = figures.tolist()  # the evaluation's one host sync
     if signal_sum > 0:
-        raise Interrupted(stop.signum or signal.SIGTERM)
+        raise utils.Interrupted(stop.signum or signal.SIGTERM)
     return np.array(totals)
-
-
-class StopRequest:
-    """While active, SIGTERM / SIGINT / SIGHUP only set a flag: the loop finishes its step (the
-    first one, if the signal came during set-up), checkpoints and exits. Except when the launcher
-    died during set-up (possibly minutes of tokenizing): no one is left to rerun from that
-    checkpoint's report, so set-up stops at once (Interrupted)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-    def __enter__(self):
-        self.signum = 0
-        self.training = False
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def poll(self) -> int:
-        """The signal to stop for, or 0."""
-        return self.signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        if LAUNCHER_PID is not None and os.getppid() != LAUNCHER_PID:  # the kernel's parent-death signal
-            _launcher_gone()
-        if not self.training and LAUNCHER_GONE.is_set():
-            raise Interrupted(signum)
-
-
-def watch_launcher() -> None:
-    """Under torchrun, a thread that sends this process SIGTERM when the launcher dies, where the
-    kernel's parent-death signal (set at the top of this file, Linux only) is not there: orphans
-    must not hold the run lock and the GPUs (a rendezvous with the dead launcher's store would
-    wait out --dist_timeout)."""
-    if LAUNCHER_PID is None:
-        return
-
-    def watch():
-        while os.getppid() == LAUNCHER_PID:
-            time.sleep(0.5)
-        if _launcher_gone():
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
-def _launcher_gone() -> bool:
-    """Say once that the launcher died; True the first time (the caller then stops the run). No
-    lock: a signal handler calls it, and a second signal may arrive while it runs."""
-    if LAUNCHER_GONE.is_set():
-        return False
-    LAUNCHER_GONE.set()
-    print(f"the launcher (pid {LAUNCHER_PID}) is gone: stopping", file=sys.stderr, flush=True)
-    return True
 
 
 def record(run: Run, event: dict) -> None:
     """An event to metrics.jsonl, W&B and the log (rank 0)."""
     if not run.info.is_main:
         return
-    files.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
+    utils.append_jsonl(os.path.join(run.run_dir, "metrics.jsonl"), event)
     run.wandb.log(event)
     shown = " ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -51,7 +51,7 @@ FLOPs only, on both sides (HF's BertForMaskedLM also runs the vocabulary head on
 ours on the masked ones only: that is work ours skips, not counted as useful).
 
 Peak memory: our runs' results.json (peak RSS on CPU; peak allocated / reserved by torch on
-CUDA), measured the same way (machine.peak_memory) at the end of HF Trainer's process.
+CUDA), measured the same way (utils.peak_memory) at the end of HF Trainer's process.
 """
 
 import argparse
@@ -72,7 +72,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 IDENTICAL = "--padding max_len --no-group_by_length"  # what HF Trainer does with a pre-padded dataset
 IDENTICAL_MLM = "--no-group_by_length"  # DataCollatorForLanguageModeling's: random batches padded to the longest
-MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # machine.peak_memory's
+MEMORY_KEYS = ("peak_rss_mb", "peak_mem_allocated_mb", "peak_mem_reserved_mb")  # utils.peak_memory's
 COMPILE_KEYS = ("compiled_graphs", "frames_not_compiled", "graph_breaks")  # model.compile_report's
 
 
@@ -646,8 +646,8 @@ def trainer_worker(args) -> int:
     )
 
     import data
-    import machine
     import model as models
+    import utils
 
     splits, label_names = data.load_splits(
         args.data, args.text_col, args.label_col, 0.1, args.train_samples, args.eval_samples
@@ -694,7 +694,7 @@ def trainer_worker(args) -> int:
                 "test": test,
                 "eval_seconds": eval_seconds,
                 **trainer_facts(trainer, device),
-                **machine.peak_memory(device),
+                **utils.peak_memory(device),
             },
             f,
         )
@@ -788,9 +788,9 @@ def mlm_trainer_worker(args) -> int:
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, set_seed
 
     import data
-    import machine
     import mlm
     import model as models
+    import utils
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     splits = data.load_texts(args.data, args.text_col, 0.1, args.train_samples, args.eval_samples)
@@ -827,7 +827,7 @@ def mlm_trainer_worker(args) -> int:
                 "val": val,
                 "eval_seconds": time.perf_counter() - started,
                 **trainer_facts(trainer, device),
-                **machine.peak_memory(device),
+                **utils.peak_memory(device),
             },
             f,
         )
@@ -964,10 +964,10 @@ def machine_info(precision: str) -> dict:
 
     info["transformers"] = transformers.__version__
     if torch.cuda.is_available():
-        import machine
+        import utils
 
         info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_peak_flops"] = machine.device_peak_flops(torch.device("cuda"), precision)
+        info["gpu_peak_flops"] = utils.device_peak_flops(torch.device("cuda"), precision)
     info["matmul_peak_flops"] = matmul_peak_flops(precision)
     return info
 

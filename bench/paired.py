@@ -11,7 +11,7 @@ timing them in separate processes could not resolve a 5% difference on a noisy V
 steps are extra updates, so this run's accuracy means nothing; it stops after the first epoch's
 last picked step.
 
-The loop is observed through its hooks (hooks.py; train.main(argv, hooks=...)), nothing in it
+The loop is observed through its hooks (train.Hooks; train.main(argv, hooks=...)), nothing in it
 is replaced. A loop step is timed from the end of the previous step (its after_step hook) to the
 end of this one, less any bare step in between: one whole iteration (collation, forward,
 backward, the step's all-reduce of figures, optimizer step, scheduler, logging, progress bar and
@@ -34,7 +34,7 @@ import torch
 
 import data
 import train
-from hooks import Hooks
+from train import Hooks
 
 WARMUP_STEPS = 2  # the first steps: allocator and kernel warm-up, never paired
 EVAL_ROUNDS = 5

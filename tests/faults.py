@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 import checkpoint  # noqa: E402
 import train  # noqa: E402
-from hooks import Hooks  # noqa: E402
+from train import Hooks  # noqa: E402
 
 KILL_ENV, NAN_ENV = "FTKIT_KILL_AT", "FTKIT_NAN_AT"
 

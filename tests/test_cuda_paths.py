@@ -15,10 +15,9 @@ import torch.multiprocessing as mp
 from conftest import ROOT, read_results, run_cli
 
 import checkpoint
-import distributed
-import machine
 import model as models
 import train
+import utils
 from config import UserError
 
 SMALL = [
@@ -135,10 +134,10 @@ class FakeCudaRng:
 
 def test_cuda_rng_is_saved_per_rank_and_restored_on_a_machine_with_fewer_gpus(monkeypatch):
     """Rank 1 of a run on 2 GPUs resumes as a job that sees only its own GPU (cuda:0 there)."""
-    saved = distributed.get_rng_state() if FakeCudaRng(monkeypatch, devices=2, current=1) else None
+    saved = utils.get_rng_state() if FakeCudaRng(monkeypatch, devices=2, current=1) else None
     assert saved["cuda"].tolist() == [1]  # its own device's stream only
     resumed = FakeCudaRng(monkeypatch, devices=1, current=0)
-    distributed.set_rng_state(saved)
+    utils.set_rng_state(saved)
     assert resumed.states[0].tolist() == [1]
 
 
@@ -146,7 +145,7 @@ def _resume_worker(rank: int, port: int, steps: list, errors):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        checkpoint.check_ranks_resume_alike(steps[rank], distributed.DistInfo(rank, 2, rank, torch.device("cpu")))
+        checkpoint.check_ranks_resume_alike(steps[rank], utils.DistInfo(rank, 2, rank, torch.device("cpu")))
         errors[rank] = ""
     except UserError as e:
         errors[rank] = str(e)
@@ -209,15 +208,15 @@ def test_encoder_buffers_never_change_in_training(name, tmp_path):
 
 
 def test_mfu_peaks_per_device_name_and_precision():
-    assert machine.peak_flops_for("NVIDIA H200", "bf16") == 989e12
-    assert machine.peak_flops_for("NVIDIA H200 NVL", "bf16") == 835e12
-    assert machine.peak_flops_for("NVIDIA GH200 480GB", "fp16") == 989e12
-    assert machine.peak_flops_for("NVIDIA H100 80GB HBM3", "fp32") == 67e12  # TF32 off: the fp32 peak
-    assert machine.peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
-    assert machine.peak_flops_for("Tesla V100-SXM2-16GB", "bf16") is None
-    assert machine.peak_flops_for("Tesla V100-PCIE-32GB", "bf16") is None
-    assert machine.peak_flops_for("Tesla V100-PCIE-32GB", "fp16") == 112e12
-    assert machine.peak_flops_for("Some Future GPU", "bf16") is None
+    assert utils.peak_flops_for("NVIDIA H200", "bf16") == 989e12
+    assert utils.peak_flops_for("NVIDIA H200 NVL", "bf16") == 835e12
+    assert utils.peak_flops_for("NVIDIA GH200 480GB", "fp16") == 989e12
+    assert utils.peak_flops_for("NVIDIA H100 80GB HBM3", "fp32") == 67e12  # TF32 off: the fp32 peak
+    assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "fp16") == 125e12
+    assert utils.peak_flops_for("Tesla V100-SXM2-16GB", "bf16") is None
+    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "bf16") is None
+    assert utils.peak_flops_for("Tesla V100-PCIE-32GB", "fp16") == 112e12
+    assert utils.peak_flops_for("Some Future GPU", "bf16") is None
 
 
 def test_bench_mfu_is_against_the_gpu_peak_it_was_given():

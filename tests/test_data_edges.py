@@ -14,8 +14,8 @@ from conftest import run_inprocess
 
 import config
 import data
-import files
 import model as models
+import utils
 from config import UserError
 
 
@@ -128,7 +128,7 @@ def test_a_regression_target_float32_cannot_hold_is_refused_naming_the_row(tmp_p
 
 def test_json_files_never_hold_a_non_finite_number(tmp_path):
     path = tmp_path / "results.json"
-    files.write_json(str(path), {"test_pearson": math.nan, "test_mse": 0.5, "nested": {"x": [1.0, -math.inf]}})
+    utils.write_json(str(path), {"test_pearson": math.nan, "test_mse": 0.5, "nested": {"x": [1.0, -math.inf]}})
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
@@ -141,7 +141,7 @@ def test_json_files_never_hold_a_non_finite_number(tmp_path):
 
 def test_finite_json_is_written_as_before(tmp_path):
     path = tmp_path / "config.json"
-    files.write_json(str(path), {"lr": 1e-3, "text_col": ["a", "b"]})
+    utils.write_json(str(path), {"lr": 1e-3, "text_col": ["a", "b"]})
     assert json.loads(path.read_text()) == {"lr": 1e-3, "text_col": ["a", "b"]}
 
 

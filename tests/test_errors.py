@@ -242,13 +242,13 @@ def test_an_unavailable_hub_model_and_missing_data_are_both_reported_fast(tmp_pa
 def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, capsys, tmp_path):
     from huggingface_hub import constants
 
-    import data
+    import utils
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
-    data.hub_unavailable.cache_clear()
+    utils.hub_unavailable.cache_clear()
     started = time.time()
     try:
         assert (
@@ -258,7 +258,7 @@ def test_an_unreachable_hub_is_found_in_seconds_without_retries(monkeypatch, cap
             == 2
         )
     finally:
-        data.hub_unavailable.cache_clear()
+        utils.hub_unavailable.cache_clear()
     err = capsys.readouterr().err.strip().splitlines()
     assert time.time() - started < 10 and len(err) == 2
     assert "not in the local cache and 127.0.0.1 cannot be reached" in err[0]

@@ -17,7 +17,7 @@ from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
 import data
 import mlm
 import train
-from hooks import Hooks
+from train import Hooks
 
 # ----------------------------------------------------------------------------- the epoch plan
 

@@ -187,13 +187,13 @@ def test_padding_and_length_grouping_change_speed_not_results(syn_folder, cache_
 
 
 def test_precision_auto_picks_bf16_only_where_the_cpu_has_fast_kernels(monkeypatch):
-    import machine
     import train
+    import utils
 
     cpu, warnings = torch.device("cpu"), []
-    monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: True)
     assert train.resolve_precision("auto", cpu, warnings.append) == "bf16" and not warnings
-    monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
     assert train.resolve_precision("auto", cpu, warnings.append) == "fp32" and not warnings
     assert train.resolve_precision("bf16", cpu, warnings.append) == "bf16"
     assert len(warnings) == 1 and "slower" in warnings[0]
