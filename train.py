@@ -96,11 +96,12 @@ class TrainState:
     log_window: dict = field(default_factory=lambda: _new_window())
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
-    """What stays fixed while a run trains: settings resolved once, data, model and its optimizer."""
+    """What stays fixed while a run trains: settings resolved once, data, model and its optimizer.
+    Built by set_up, completed by restore (the DDP wrapper, W&B); never changed after that."""
 
-    args: argparse.Namespace  # the flags, for set-up, messages and results; the loop reads the fields below
+    args: argparse.Namespace  # the flags, for set-up and W&B; the loop reads the fields below
     info: utils.DistInfo
     log: logging.Logger
     run_dir: str
@@ -123,6 +124,10 @@ class Run:
     plan_epoch: Callable[[int], list[list[np.ndarray]]]  # data.plan_epoch of an epoch, for this rank
     pad_id: int
     per_proc_batch: int
+    batch_size: int  # global, per optimizer step
+    grad_accum: int
+    max_len: int
+    pad_to_max: bool  # --padding max_len
     steps_per_epoch: int
     epochs: int
     clip: float  # max gradient norm; 0: no clipping
@@ -140,7 +145,8 @@ class Run:
     # --task mlm: the training masks, and the validation's fixed ones (one seed for every run)
     masker: mlm.Masker | None = None
     val_masker: mlm.Masker | None = None
-    epoch_in_training: int = 0  # fit sets it: the epoch whose masks the training batches get
+    rerun_hint: str = "rerun the same command"  # how to resume, said when the run stops
+    report_compile: bool = False  # --compile: results.json says what compiled
 
 
 def parse_args(argv=None, on_error=None):
@@ -230,7 +236,7 @@ def train(args, info: utils.DistInfo, hooks: Hooks) -> int:
         run = set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks)
         if run is None:
             return 0
-        state = restore(run)
+        run, state = restore(run)
         return fit(run, state, stop)
 
 
@@ -360,6 +366,10 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         plan_epoch=plan_epoch,
         pad_id=tokenizer.pad_token_id,
         per_proc_batch=per_proc_batch,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_len=args.max_len,
+        pad_to_max=args.padding == "max_len",
         steps_per_epoch=steps_per_epoch,
         epochs=args.epochs,
         clip=args.clip,
@@ -376,6 +386,10 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         tokenizer=tokenizer,
         masker=masker,
         val_masker=replace(masker, seed=data.SPLIT_SEED, masking="static") if pretraining else None,
+        rerun_hint="rerun the same command"
+        + (" without --fresh" if args.fresh else "")
+        + (" without --resume never" if args.resume == "never" else ""),
+        report_compile=args.compile,
     )
 
 
@@ -446,9 +460,9 @@ def encode_splits(args, info, log, splits: dict, tokenizer, masker) -> dict:
     return encoded
 
 
-def restore(run: Run) -> TrainState:
+def restore(run: Run) -> tuple[Run, TrainState]:
     """Load the newest valid checkpoint (refusing one made with other settings), or seed a new
-    run; then write config.json, wrap the model for DDP and start W&B."""
+    run; then write config.json; the run completed with the DDP-wrapped model and W&B."""
     args, info, log = run.args, run.info, run.log
     state = TrainState()
     saved = run.checkpointer.resume() if args.resume == "auto" else None
@@ -489,98 +503,117 @@ def restore(run: Run) -> TrainState:
         )
     # broadcast_buffers=False: the encoders' buffers (position and token-type ids) never change,
     # so rank 0 need not send them before every forward (tests/test_model.py checks they stay)
-    run.ddp_model = (
+    ddp_model = (
         DDP(run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False)
         if info.is_distributed
         else run.model
     )
     if args.compile:
-        run.ddp_model = models.compile_or_explain(run.ddp_model, info.device, log.info)
-    run.wandb = tracking.WandbRun(args, run.config, run.run_dir, info, log, earlier_events)
-    state.wandb_id = run.wandb.run_id
-    return state
+        ddp_model = models.compile_or_explain(ddp_model, info.device, log.info)
+    wandb = tracking.WandbRun(args, run.config, run.run_dir, info, log, earlier_events)
+    state.wandb_id = wandb.run_id
+    return replace(run, ddp_model=ddp_model, wandb=wandb), state
 
 
 def fit(run: Run, state: TrainState, stop) -> int:
     """The epoch loop: optimizer steps, then at each epoch end validation and a checkpoint;
     then the test with the best weights. Returns the exit code."""
-    log, hooks, checkpointer = run.log, run.hooks, run.checkpointer
-    log.info(
+    run.log.info(
         f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
-        f"steps, batch {run.args.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
-        f"{run.args.grad_accum} accumulation, precision {run.config['precision_used']}"
+        f"steps, batch {run.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
+        f"{run.grad_accum} accumulation, precision {run.config['precision_used']}"
     )
     run.model.train()
     stop.training = True
     snapshot = functools.partial(checkpoint_state, run, state)
-    window = state.log_window
-    bar = _progress_bar(run.info, run.steps_per_epoch * run.epochs, state.global_step)
+    steps = StepLogger(run, state)
     best_weights = None
-    while state.epoch < run.epochs:
-        plan = run.plan_epoch(state.epoch)
-        run.epoch_in_training = state.epoch
-        while state.step_in_epoch < run.steps_per_epoch:
-            micro_batches = plan[state.step_in_epoch]
-            hooks.before_step(run, state, micro_batches)
-            step_start = time.time()
-            step = forward_backward(run, micro_batches, stop)
-            hooks.after_forward_backward(run, state, step)
-            log_now = (state.global_step + 1) % run.log_every == 0 or state.step_in_epoch + 1 == run.steps_per_epoch
-            if math.isfinite(step["loss"]):
-                grad_norm = optimizer_step(run, log_now)
-            elif run.on_nan == "stop":
-                log.error(
-                    f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
-                    "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
-                    "--precision fp32, or --on_nan skip"
-                )
-                run.wandb.finish(exit_code=EXIT_DIVERGED)
-                return EXIT_DIVERGED
-            else:
-                log.warning(f"warning: non-finite loss at step {state.global_step + 1}: step skipped")
-                grad_norm = skip_step(run)
-            run.scheduler.step()
-            count_step(state, window, step, time.time() - step_start)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=state.epoch, loss=f"{step['loss']:.4f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}"
-                )
-            if log_now:
-                record(
-                    run,
-                    {
-                        "event": "train",
-                        "step": state.global_step,
-                        "epoch": state.epoch,
-                        "loss": window["loss"] / window["steps"],
-                        "lr": run.scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        **throughput(window, time.time() - window["time"], run.peak_flops, run.info.world_size),
-                    },
-                )
-                window = state.log_window = _new_window()
-            hooks.after_step(run, state, step)
-            if step["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
-                return stop_run(run, state, snapshot, stop.signum or signal.SIGTERM)
-            checkpointer.step_done(state.global_step, state.step_in_epoch == run.steps_per_epoch, snapshot)
-        try:
+    try:
+        while state.epoch < run.epochs:
+            plan = run.plan_epoch(state.epoch)
+            while state.step_in_epoch < run.steps_per_epoch:
+                step_plan = plan[state.step_in_epoch]
+                run.hooks.before_step(run, state, step_plan)
+                started = time.time()
+                figures = forward_backward(run, step_plan, state.epoch, stop)
+                run.hooks.after_forward_backward(run, state, figures)
+                log_now = steps.due()
+                grad_norm = optimizer_step(run, state, figures["loss"], log_now)
+                run.scheduler.step()
+                count_step(state, figures, time.time() - started)
+                steps.step_done(figures, grad_norm, log_now)
+                run.hooks.after_step(run, state, figures)
+                if figures["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
+                    return stop_run(run, state, snapshot, stop.signum or signal.SIGTERM)
+                run.checkpointer.step_done(state.global_step, state.step_in_epoch == run.steps_per_epoch, snapshot)
             best_weights = end_of_epoch(run, state, snapshot, stop) or best_weights
-        except utils.Interrupted as e:  # saved with the epoch trained and not yet validated
-            return stop_run(run, state, snapshot, e.signum)
-    if bar is not None:
-        bar.close()
+    except utils.Interrupted as e:  # in validation: saved with the epoch trained and not yet validated
+        return stop_run(run, state, snapshot, e.signum)
+    except Diverged:
+        run.wandb.finish(exit_code=EXIT_DIVERGED)
+        return EXIT_DIVERGED
+    finally:
+        steps.close()
     return test_and_write_results(run, state, snapshot, stop, best_weights)
 
 
-def forward_backward(run: Run, step: data.StepPlan, stop) -> dict:
+class StepLogger:
+    """The training log: a window of steps averaged into one train event (metrics.jsonl, W&B, the
+    log) every --log_every steps and at each epoch end, and the progress bar on a terminal. The
+    window lives in the TrainState, so a resumed run logs the same averages."""
+
+    def __init__(self, run: Run, state: TrainState):
+        self.run, self.state = run, state
+        self.bar = _progress_bar(run.info, run.steps_per_epoch * run.epochs, state.global_step)
+
+    def due(self) -> bool:
+        """Whether the step about to be counted ends a window."""
+        state = self.state
+        return (state.global_step + 1) % self.run.log_every == 0 or state.step_in_epoch + 1 == self.run.steps_per_epoch
+
+    def step_done(self, figures: dict, grad_norm: float, log_now: bool) -> None:
+        run, state, window = self.run, self.state, self.state.log_window
+        for key in ("samples", "tokens", "positions", "flops"):
+            window[key] += figures[key]
+        window["loss"] += figures["loss"] if math.isfinite(figures["loss"]) else 0.0
+        window["steps"] += 1
+        lr = run.scheduler.get_last_lr()[0]
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=state.epoch, loss=f"{figures['loss']:.4f}", lr=f"{lr:.2e}")
+        if log_now:
+            seconds = time.time() - window["time"]
+            record(
+                run,
+                {
+                    "event": "train",
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "loss": window["loss"] / window["steps"],
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    **throughput(window, seconds, run.peak_flops, run.info.world_size),
+                },
+            )
+            state.log_window = _new_window()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Diverged(Exception):
+    """The loss was not finite and --on_nan stop: the run ends (its last good checkpoint kept)."""
+
+
+def forward_backward(run: Run, step: data.StepPlan, epoch: int, stop) -> dict:
     """Forward and backward over this rank's share of a global batch, in micro-batches
     (gradients synced across ranks on the last one only), and one small all-reduce of the
     step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal.
     The next step's host batches are built before this step's one host sync, while the device
     still works on this one."""
     info = run.info
-    batches = step.prepared or step_batches(run, step)
+    batches = step.prepared or step_batches(run, step, epoch)
     step.prepared = None
     divisor = loss_divisor(run, step, batches)
     weight = 1.0 if step else 0.0  # a rank the short last batch left empty runs one example at weight 0
@@ -610,7 +643,7 @@ def forward_backward(run: Run, step: data.StepPlan, stop) -> dict:
     if info.is_distributed:
         torch.distributed.all_reduce(stats)
     if step.next_step is not None:
-        step.next_step.prepared = step_batches(run, step.next_step)
+        step.next_step.prepared = step_batches(run, step.next_step, epoch)
     loss_total, tokens, positions, flops, signal_sum = stats.tolist()
     return {
         "loss": loss_total / info.world_size,
@@ -629,12 +662,12 @@ def step_micro_batches(step: data.StepPlan) -> list[np.ndarray]:
     return list(step) or [step.global_batch[:1]]
 
 
-def step_batches(run: Run, step: data.StepPlan) -> list[tuple[dict, torch.Tensor | None]]:
+def step_batches(run: Run, step: data.StepPlan, epoch: int) -> list[tuple[dict, torch.Tensor | None]]:
     """The host batches (training_batch) of the micro-batches this rank runs, pinned for an
     asynchronous copy to a GPU."""
     batches = []
     for mb in step_micro_batches(step):
-        batch, target = training_batch(run, mb)
+        batch, target = training_batch(run, mb, epoch)
         batches.append(({k: pinned(v, run.info.device) for k, v in batch.items()}, pinned(target, run.info.device)))
     return batches
 
@@ -661,18 +694,16 @@ def loss_divisor(run: Run, step: data.StepPlan, batches) -> float | torch.Tensor
     return (total.clamp(min=1) / info.world_size).float()
 
 
-def training_batch(run: Run, indices: np.ndarray) -> tuple[dict, torch.Tensor | None]:
+def training_batch(run: Run, indices: np.ndarray, epoch: int) -> tuple[dict, torch.Tensor | None]:
     """The model's inputs for training examples at `indices`, and the loss's targets: their
-    labels, or None for mlm, whose inputs hold the labels (masked for the epoch being trained)."""
+    labels, or None for mlm, whose inputs hold the labels (masked for `epoch`)."""
     if run.masker is not None:
-        return masked_batch(run, run.masker, "train", indices, run.epoch_in_training), None
+        return masked_batch(run, run.masker, "train", indices, epoch), None
     return collate_split(run, "train", indices), torch.from_numpy(run.labels["train"][indices])
 
 
 def masked_batch(run: Run, masker: mlm.Masker, split: str, indices, epoch: int) -> dict:
-    return masker.batch(
-        [run.encoded[split].ids[i] for i in indices], indices, epoch, run.args.max_len, run.args.padding == "max_len"
-    )
+    return masker.batch([run.encoded[split].ids[i] for i in indices], indices, epoch, run.max_len, run.pad_to_max)
 
 
 def collate_split(run: Run, split: str, indices) -> dict:
@@ -690,21 +721,29 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def count_step(state: TrainState, window: dict, step: dict, seconds: float) -> None:
-    """Advance the position by one step; add its figures to the run's totals and the log window."""
+def count_step(state: TrainState, step: dict, seconds: float) -> None:
+    """Advance the position by one step; add its figures to the run's totals."""
     state.step_in_epoch += 1
     state.global_step += 1
     state.train_time += seconds
     for key in ("samples", "tokens", "positions", "flops"):
         setattr(state, f"train_{key}", getattr(state, f"train_{key}") + step[key])
-        window[key] += step[key]
-    window["loss"] += step["loss"] if math.isfinite(step["loss"]) else 0.0
-    window["steps"] += 1
 
 
-def optimizer_step(run: Run, log_now: bool) -> float:
+def optimizer_step(run: Run, state: TrainState, loss: float, log_now: bool) -> float:
     """Unscale, clip, step; returns the gradient norm (nan when neither clipping nor logging
-    needs the extra pass over all gradients)."""
+    needs the extra pass over all gradients). A non-finite loss (the same on every rank: it is
+    all-reduced) skips the step with --on_nan skip, or raises Diverged."""
+    if not math.isfinite(loss):
+        if run.on_nan == "stop":
+            run.log.error(
+                f"error: loss is not finite at step {state.global_step + 1} (epoch {state.epoch}); "
+                "stopped. The last good checkpoint is kept; lower --lr, try --clip 1.0 or "
+                "--precision fp32, or --on_nan skip"
+            )
+            raise Diverged
+        run.log.warning(f"warning: non-finite loss at step {state.global_step + 1}: step skipped")
+        return skip_step(run)
     run.scaler.unscale_(run.optimizer)  # clip and report the norm of the true gradients
     grad_norm = math.nan
     if run.clip:
@@ -750,7 +789,6 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     """Score the test split with the best epoch's weights (without a best epoch, the last epoch's,
     which the model holds); write results.json (last, only on success) and the predictions;
     finish W&B."""
-    info, log = run.info, run.log
     if best_weights is None and state.best_epoch >= 0:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
     if best_weights is not None:
@@ -776,7 +814,10 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
         **run_figures(run, state),
     }
     record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": tested_epoch(state), **test})
-    if info.is_main:
+    if classification:
+        run.wandb.final_plots(test_outputs, run.labels["test"], run.test_texts, run.label_names)
+
+    def save_predictions():
         output = "probs" if classification else "predictions"  # what report.py reads
         np.savez_compressed(
             os.path.join(run.run_dir, "test_predictions.npz"),
@@ -784,15 +825,23 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
             labels=run.labels["test"],
             n_tokens=run.encoded["test"].n_tokens,
         )
-        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
-    run.wandb.summary(results)
-    if classification:
-        run.wandb.final_plots(test_outputs, run.labels["test"], run.test_texts, run.label_names)
-    run.wandb.finish()
+
     shown = ["val_acc", "test_acc", "test_loss"] if classification else ["val_pearson", "test_pearson", "test_mse"]
     if f"val_{run.metric_for_best}" not in shown:
         shown.insert(1, f"val_{run.metric_for_best}")
-    log.info("results: " + "  ".join(f"{k} {results[k]:.4f}" for k in shown) + f"  ({run.run_dir}/results.json)")
+    return write_results(run, results, shown, save_predictions)
+
+
+def write_results(run: Run, results: dict, shown: list[str], save_outputs: Callable[[], object], note="") -> int:
+    """The end of every run: its outputs (the test predictions, or the model folder), then
+    results.json (last: it marks the run finished), W&B's summary, one log line with `shown`."""
+    if run.info.is_main:
+        save_outputs()
+        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
+    run.wandb.summary(results)
+    run.wandb.finish()
+    figures = "  ".join(f"{k} {results[k]:.4f}" for k in shown)
+    run.log.info(f"results: {figures}  ({run.run_dir}/results.json){note}")
     return 0
 
 
@@ -842,7 +891,7 @@ def run_figures(run: Run, state: TrainState) -> dict:
     throughput, memory, time."""
     return {
         "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
-        "epochs": run.args.epochs,
+        "epochs": run.epochs,
         "global_step": state.global_step,
         **{
             f"train_{k}": v
@@ -851,15 +900,15 @@ def run_figures(run: Run, state: TrainState) -> dict:
             ).items()
         },
         **utils.peak_memory(run.info.device),
-        **(models.compile_report() if run.args.compile else {}),
+        **(models.compile_report() if run.report_compile else {}),
         "wall_s": time.time() - run.started,
-        "run_name": run.args.run_name,
+        "run_name": os.path.basename(run.run_dir),
     }
 
 
 def write_pretraining_results(run: Run, state: TrainState) -> int:
     """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
-    (RUN_DIR/model, the MLM head left out), then results.json (last: it marks the run finished)."""
+    (RUN_DIR/model, the MLM head left out), then results.json."""
     results = {
         **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
         "task": run.task,
@@ -867,19 +916,14 @@ def write_pretraining_results(run: Run, state: TrainState) -> int:
         **collapse_flags(run, state),
         **run_figures(run, state),
     }
-    if run.info.is_main:
-        mlm.save_for_fine_tuning(
-            run.model, run.tokenizer, os.path.join(run.run_dir, "model"), run.config["model_default_lr"]
-        )
-        utils.write_json(os.path.join(run.run_dir, "results.json"), results)
-    run.wandb.summary(results)
-    run.wandb.finish()
-    run.log.info(
-        "results: "
-        + "  ".join(f"{k} {results[k]:.4f}" for k in ("val_loss", "val_acc", "val_perplexity"))
-        + f"  ({run.run_dir}/results.json); fine-tune it with --model {os.path.join(run.run_dir, 'model')}"
+    folder = os.path.join(run.run_dir, "model")
+    return write_results(
+        run,
+        results,
+        ["val_loss", "val_acc", "val_perplexity"],
+        lambda: mlm.save_for_fine_tuning(run.model, run.tokenizer, folder, run.config["model_default_lr"]),
+        note=f"; fine-tune it with --model {folder}",
     )
-    return 0
 
 
 def checkpoint_state(run: Run, state: TrainState) -> dict:
@@ -899,13 +943,9 @@ def checkpoint_state(run: Run, state: TrainState) -> dict:
 def stop_run(run: Run, state: TrainState, snapshot, signum: int) -> int:
     """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
     path = run.checkpointer.stop(state.global_step, snapshot)
-    args = run.args
-    rerun = (
-        "rerun the same command"
-        + (" without --fresh" if args.fresh else "")
-        + (" without --resume never" if args.resume == "never" else "")
+    run.log.info(
+        f"checkpointed at step {state.global_step} — {run.rerun_hint} to resume" + (f" ({path})" if path else "")
     )
-    run.log.info(f"checkpointed at step {state.global_step} — {rerun} to resume" + (f" ({path})" if path else ""))
     run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
     return EXIT_SIGNAL + signum
 
@@ -958,40 +998,31 @@ def make_scheduler(optimizer, args, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.inference_mode()
 def predict(run: Run, split: str, stop=None) -> np.ndarray:
     """Class probabilities (regression: predicted values) for every example of a split, in split
-    order, exact across ranks:
-    each rank scores its own shard and the shards are gathered. For mlm: the split's
-    [loss sum, correct, masked tokens] (masked_lm_sums). Raises utils.Interrupted on every rank when
-    any rank got a stop signal."""
+    order, exact across ranks: each rank scores its own shard and the shards are gathered. For
+    mlm: the split's [loss sum, correct, masked tokens] (masked_lm_sums). Raises utils.Interrupted
+    on every rank when any rank got a stop signal."""
     if run.masker is not None:
         return masked_lm_sums(run, split, stop)
-    info, encoded = run.info, run.encoded[split]
-    lengths = np.array([len(x) for x in encoded.ids])
-    shard = data.eval_shard(lengths, info.rank, info.world_size)
-    was_training = run.model.training
-    run.model.eval()
     outputs = []
-    for start in range(0, len(shard), run.eval_batch_size):
-        batch = collate_split(run, split, shard[start : start + run.eval_batch_size])
-        with run.autocast:
-            logits = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
-        outputs.append(run.task_rules.per_example(logits).cpu().numpy())
-        run.hooks.after_eval_batch(run, split)
-        if stop is not None and stop.poll():
-            break
-    run.model.train(was_training)
+    shard = evaluate(
+        run,
+        split,
+        lambda indices: collate_split(run, split, indices),
+        lambda logits: outputs.append(run.task_rules.per_example(logits).cpu().numpy()),
+        stop,
+    )
     width = run.task_rules.outputs(len(run.label_names))
     local = (
         np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
     )
-    gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), info)
+    gathered = utils.all_gather_objects((shard, local, stop.signum if stop else 0), run.info)
     if any(g[2] for g in gathered):
         raise utils.Interrupted(stop.signum or signal.SIGTERM)
     index = np.concatenate([g[0] for g in gathered])
     out = np.concatenate([g[1] for g in gathered])
-    if len(index) != len(lengths) or len(np.unique(index)) != len(lengths):
+    if len(index) != len(run.encoded[split].ids) or len(np.unique(index)) != len(index):
         raise RuntimeError("distributed evaluation did not score every example exactly once")
     return out[np.argsort(index)]
 
@@ -1000,30 +1031,43 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
     """[loss sum, correct predictions, masked tokens] over a split, with the validation's fixed
     masks: each rank sums its shard, then one all-reduce (which also carries any rank's stop
     signal). Raises utils.Interrupted on every rank when any rank got a stop signal."""
-    info = run.info
-    lengths = np.array([len(x) for x in run.encoded[split].ids])
-    shard = data.eval_shard(lengths, info.rank, info.world_size)
-    was_training = run.model.training
-    run.model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=info.device)
-    for start in range(0, len(shard), run.eval_batch_size):
-        batch = masked_batch(run, run.val_masker, split, shard[start : start + run.eval_batch_size], 0)
-        with run.autocast:
-            output = run.model(**{k: to_device(v, info.device) for k, v in batch.items()})
-        sums += run.task_rules.per_example(output)
-        run.hooks.after_eval_batch(run, split)
-        if stop is not None and stop.poll():
-            break
-    run.model.train(was_training)
-    figures = torch.cat(
-        [sums, torch.full((1,), float(stop.signum if stop else 0), dtype=torch.float64, device=info.device)]
+    sums = torch.zeros(3, dtype=torch.float64, device=run.info.device)
+    evaluate(
+        run,
+        split,
+        lambda indices: masked_batch(run, run.val_masker, split, indices, 0),
+        lambda output: sums.add_(run.task_rules.per_example(output)),
+        stop,
     )
-    if info.is_distributed:
+    signum = torch.full((1,), float(stop.signum if stop else 0), dtype=torch.float64, device=run.info.device)
+    figures = torch.cat([sums, signum])
+    if run.info.is_distributed:
         torch.distributed.all_reduce(figures)
     *totals, signal_sum = figures.tolist()  # the evaluation's one host sync
     if signal_sum > 0:
         raise utils.Interrupted(stop.signum or signal.SIGTERM)
     return np.array(totals)
+
+
+@torch.inference_mode()
+def evaluate(run: Run, split: str, batch_of: Callable, keep: Callable, stop=None) -> np.ndarray:
+    """The evaluation loop both tasks share: this rank's shard of a split (returned: its example
+    indices) in batches of --eval_batch_size, batch_of(indices) -> the model's inputs, keep(output)
+    for each batch; stops after the batch in which a stop signal came."""
+    lengths = np.array([len(x) for x in run.encoded[split].ids])
+    shard = data.eval_shard(lengths, run.info.rank, run.info.world_size)
+    was_training = run.model.training
+    run.model.eval()
+    for start in range(0, len(shard), run.eval_batch_size):
+        batch = batch_of(shard[start : start + run.eval_batch_size])
+        with run.autocast:
+            output = run.model(**{k: to_device(v, run.info.device) for k, v in batch.items()})
+        keep(output)
+        run.hooks.after_eval_batch(run, split)
+        if stop is not None and stop.poll():
+            break
+    run.model.train(was_training)
+    return shard
 
 
 def record(run: Run, event: dict) -> None:

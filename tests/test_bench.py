@@ -1,5 +1,6 @@
 """The benchmark runs both sides end to end on a tiny model (its numbers here mean nothing)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -144,9 +145,9 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(
     real_forward_backward, real_bare, real_collate = train.forward_backward, paired._bare_step, data.collate
     bare_seconds = 0.5  # far longer than a tiny model's loop step: shows which side holds it
 
-    def forward_backward(run, micro_batches, stop):
+    def forward_backward(run, micro_batches, epoch, stop):
         loop_batches.append(np.concatenate(micro_batches))
-        return real_forward_backward(run, micro_batches, stop)
+        return real_forward_backward(run, micro_batches, epoch, stop)
 
     def bare(run, micro, examples):
         before = [p.detach().clone() for p in run.model.parameters()]
@@ -205,7 +206,7 @@ def test_each_picked_loop_step_is_paired_with_a_bare_step_on_the_same_batch(
     # our predict and Trainer's predict on the same model score the same examples in the same
     # order, a last batch of one example included
     n_test = len(run.labels["test"])
-    run.eval_batch_size = n_test - 1
+    run = dataclasses.replace(run, eval_batch_size=n_test - 1)
     evaluated = paired.eval_rounds(run, pad_to_max_len=True, output_dir=str(tmp_path / "trainer"), rounds=2)
     assert evaluated["n"] == n_test > 2 and evaluated["max_prob_diff"] < 1e-5
     assert [len(evaluated["seconds"][side]) for side in ("ours", "trainer")] == [2, 2]

@@ -167,9 +167,9 @@ def test_the_next_steps_batches_are_built_before_the_steps_host_sync(
     events = []
     real_batch, real_tolist = train.training_batch, torch.Tensor.tolist
 
-    def training_batch(run, indices):
+    def training_batch(run, indices, epoch):
         events.append(("build", indices.tolist()))
-        return real_batch(run, indices)
+        return real_batch(run, indices, epoch)
 
     def tolist(tensor):
         events.append(("sync",))
