@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import ROOT, read_results, run_cli
+from helpers import ROOT, read_results, run_cli, tiny_run
 
 import checkpoint
 import model as models
@@ -20,22 +20,7 @@ import train
 import utils
 from config import UserError
 
-SMALL = [
-    "--model",
-    "tiny-bert",
-    "--data",
-    "synthetic",
-    "--max_train_samples",
-    256,
-    "--max_eval_samples",
-    64,
-    "--epochs",
-    1,
-    "--wandb",
-    "disabled",
-    "--run_name",
-    "r",
-]
+SMALL = tiny_run(epochs=1, run_name="r")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_inprocess
+from helpers import run_inprocess
 
 import config
 import data

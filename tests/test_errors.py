@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli, run_inprocess
+from helpers import run_cli, run_inprocess
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes
 

@@ -10,9 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import read_events, read_results, run_cli
-from test_mlm_train import text_folder  # noqa: F401  (fixture: texts an MLM can learn)
-from test_tasks_e2e import pair_folder, regression_folder  # noqa: F401  (fixtures)
+from helpers import read_events, read_results, run_cli
 
 import checkpoint
 

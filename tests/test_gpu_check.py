@@ -13,7 +13,7 @@ import time
 import types
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import gpu_check  # noqa: E402

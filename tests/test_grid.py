@@ -11,29 +11,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, run_grid, write_grid
 
 import config
 import grid
 
 SMALL = "--model tiny-bert --data synthetic --max_train_samples 96 --max_eval_samples 32 --epochs 1 --wandb disabled"
-
-
-def write_grid(path, *lines):
-    path.write_text("# test grid\n" + "\n".join(lines) + "\n")
-    return str(path)
-
-
-def run_grid(*args, timeout=600):
-    env = dict(os.environ, WANDB_MODE="disabled", GRID_PORT_BASE=str(20000 + os.getpid() % 20000))
-    return subprocess.run(
-        ["bash", os.path.join(ROOT, "run_grid.sh"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 def test_brace_expansion_multiplies_and_keeps_quotes():
@@ -325,7 +308,7 @@ def test_a_finished_run_whose_settings_changed_is_refused_naming_the_setting_not
     quick = "--model tiny-bert --max_train_samples 32 --max_eval_samples 16 --epochs 1 --wandb disabled"
     out_dir = tmp_path / "runs"
     # a run trained outside the grid, into the grid's folder; --lr left to the model's default
-    from conftest import run_inprocess
+    from helpers import run_inprocess
 
     assert run_inprocess(*quick.split(), "--data", tmp_path / "a" / "syn", "--out_dir", out_dir / "g") == 0
     same = write_grid(tmp_path / "g.grid", f"{quick} --data {tmp_path / 'a' / 'syn'}")

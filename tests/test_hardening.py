@@ -12,31 +12,14 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
+from helpers import ROOT, read_events, read_results, run_cli, run_inprocess, tiny_run, train_command
 
 import checkpoint
 import config
 import data
 
 # 128 train examples, batch 16: 8 steps per epoch; dropout on (tiny-bert's encoder has 0.1 too)
-BASE = [
-    "--model",
-    "tiny-bert",
-    "--data",
-    "synthetic",
-    "--max_train_samples",
-    128,
-    "--max_eval_samples",
-    64,
-    "--epochs",
-    2,
-    "--dropout",
-    0.1,
-    "--wandb",
-    "disabled",
-    "--run_name",
-    "r",
-]
+BASE = tiny_run(max_train_samples=128, epochs=2, dropout=0.1, run_name="r")
 
 
 def same_numbers(a, b, tol=1e-6):

@@ -10,39 +10,11 @@ import signal
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess
 
 import report
 
 pytestmark = pytest.mark.slow  # every test here trains
-
-# who does what to what: the object follows from the subject, so a masked word is predictable
-PAIRS = {"cat": "fish", "dog": "bone", "cow": "grass", "bird": "seed", "bee": "honey", "fox": "egg"}
-PLACES = ["home", "farm", "park", "yard"]
-
-
-@pytest.fixture(scope="module")
-def text_folder(tmp_path_factory):
-    """Texts an MLM can learn (fixed phrases, each animal with its own food), in train.csv without a
-    label column, an unlabeled extra split, and a test.csv that pretraining must never read."""
-    folder = tmp_path_factory.mktemp("texts")
-    rng = np.random.default_rng(0)
-
-    def texts(n):
-        out = []
-        for _ in range(n):
-            sentences = []
-            for _ in range(rng.integers(2, 5)):
-                animal = rng.choice(list(PAIRS))
-                sentences.append(f"the {animal} eats the {PAIRS[animal]} at the {rng.choice(PLACES)} .")
-            out.append(" ".join(sentences))
-        return out
-
-    pd.DataFrame({"text": texts(400)}).to_csv(folder / "train.csv", index=False)
-    pd.DataFrame({"text": texts(100)}).to_csv(folder / "unsupervised.csv", index=False)
-    pd.DataFrame({"text": ["never read"] * 8, "label": [0, 1] * 4}).to_csv(folder / "test.csv", index=False)
-    return str(folder)
-
 
 MLM = ["--task", "mlm", "--model", "tiny-bert", "--max_len", 64, "--batch_size", 16, "--wandb", "disabled"]
 

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import read_results, run_inprocess
+from helpers import read_results, run_inprocess
 
 import report
 

@@ -10,31 +10,12 @@ import types
 
 import pytest
 import torch
-from conftest import ROOT, read_events, read_results, run_cli, run_inprocess, train_command
+from helpers import ROOT, read_events, read_results, run_cli, run_inprocess, tiny_run, train_command
 
 import checkpoint
 
 # 256 train examples, batch 16: 16 steps per epoch; checkpoints every 5 steps and at epoch ends
-RUN = [
-    "--model",
-    "tiny-bert",
-    "--data",
-    "synthetic",
-    "--max_train_samples",
-    256,
-    "--max_eval_samples",
-    64,
-    "--epochs",
-    2,
-    "--save_every",
-    5,
-    "--log_every",
-    1,
-    "--wandb",
-    "disabled",
-    "--run_name",
-    "r",
-]
+RUN = tiny_run(save_every=5, log_every=1, run_name="r")
 KILL_POINTS = {  # in the order a chained run meets them (counts restart with each process)
     "early": "step:3",  # before the first checkpoint: starts over
     "during-checkpoint-write": "ckpt_write:2",  # the step-10 write; resumes from step 5

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 BASH_FILES = [
     "run_grid.sh",

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, read_results
+from helpers import ROOT, read_results
 from wandb_history import run_ids
 
 import config

@@ -6,8 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT
-from test_grid import run_grid, write_grid
+from helpers import ROOT, run_grid, write_grid
 
 import config
 import grid

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, read_events, read_results, run_cli, run_inprocess
+from helpers import ROOT, read_events, read_results, run_cli, run_inprocess
 
 import data
 import mlm

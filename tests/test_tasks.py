@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_inprocess
+from helpers import run_inprocess
 
 import config
 import data

@@ -7,53 +7,11 @@ import signal
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess
 
 import report
 
 pytestmark = pytest.mark.slow  # every test here trains
-
-FILLER = ["the", "movie", "was", "plot", "actor", "scene", "and", "a", "it", "story", "film", "music"]
-
-
-@pytest.fixture(scope="module")
-def regression_folder(tmp_path_factory):
-    """A target the text determines: (number of "great") - (number of "awful"), plus a little noise."""
-    folder = tmp_path_factory.mktemp("regression")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 480), ("test", 120)):
-        texts, labels = [], []
-        for _ in range(n):
-            good, bad = rng.integers(0, 4, 2)
-            words = [*rng.choice(FILLER, rng.integers(6, 14)), *["great"] * good, *["awful"] * bad]
-            rng.shuffle(words)
-            texts.append(" ".join(words))
-            labels.append(float(good - bad) + rng.normal(0, 0.1))
-        pd.DataFrame({"text": texts, "label": labels}).to_csv(folder / f"{split}.csv", index=False)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def pair_folder(tmp_path_factory):
-    """Pairs whose label says whether the second sentence repeats the first's key word."""
-    folder = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(1)
-    keys = ["red", "blue", "green", "gold", "gray", "pink"]
-    for split, n in (("train", 320), ("test", 96)):
-        rows = []
-        for _ in range(n):
-            a, same = rng.choice(keys), rng.integers(0, 2)
-            b = a if same else rng.choice([k for k in keys if k != a])
-            rows.append(
-                {
-                    "sentence1": f"the {a} {' '.join(rng.choice(FILLER, 4))}",
-                    "sentence2": f"{' '.join(rng.choice(FILLER, 3))} {b} one",
-                    "label": int(same),
-                }
-            )
-        pd.DataFrame(rows).to_csv(folder / f"{split}.csv", index=False)
-    return str(folder)
-
 
 REGRESSION = ["--model", "tiny-bert", "--task", "regression", "--pool", "mean", "--epochs", 2, "--wandb", "disabled"]
 

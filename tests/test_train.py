@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess
 
 RESULT_FIELDS = {
     "val_acc",

@@ -4,31 +4,12 @@ an unreachable W&B never fails a run."""
 import os
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli, tiny_run
 from wandb_history import history, run_ids
 
 pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
-RUN = [
-    "--model",
-    "tiny-bert",
-    "--data",
-    "synthetic",
-    "--max_train_samples",
-    256,
-    "--max_eval_samples",
-    64,
-    "--epochs",
-    2,
-    "--save_every",
-    5,
-    "--log_every",
-    4,
-    "--wandb",
-    "offline",
-    "--run_name",
-    "r",
-]
+RUN = tiny_run(save_every=5, log_every=4, wandb="offline", run_name="r")
 
 
 def test_offline_run_logs_metrics_and_survives_a_kill_as_one_run(cache_dir, tmp_path):
