@@ -438,9 +438,9 @@ def test_correctness(run: dict) -> np.ndarray:
 
 def compare_with_trainer(rows: list[dict], runs: dict) -> None:
     """Ratios to HF Trainer: of the medians / means per side, and per seed against the same seed.
-    The accuracy difference gets report.py's 95% CI, resampling each side's seeds and the test
-    examples (both sides score the same ones)."""
-    import report
+    The accuracy difference gets the report's 95% CI (metrics.seed_and_example_bootstrap),
+    resampling each side's seeds and the test examples (both sides score the same ones)."""
+    import metrics
 
     trainer = rows[0]
     trainer_correct = np.array([test_correctness(run) for run in runs["trainer"]], dtype=float)
@@ -449,7 +449,7 @@ def compare_with_trainer(rows: list[dict], runs: dict) -> None:
         row["acc_diff_points"] = 100 * (row["test_acc"] - trainer["test_acc"])
         ours_correct = np.array([test_correctness(run) for run in row["per_seed"]], dtype=float)
         if ours_correct.shape[1:] == trainer_correct.shape[1:]:  # a variant's flags may change the test set
-            _, low, high = report.seed_and_example_bootstrap(ours_correct, trainer_correct)
+            _, low, high = metrics.seed_and_example_bootstrap(ours_correct, trainer_correct)
             row["acc_diff_ci95_points"] = [100 * low, 100 * high]
         row["eval_ratio"] = row["eval_samples_per_s"] / trainer["eval_samples_per_s"]
         for run, theirs in zip(row["per_seed"], runs["trainer"], strict=True):
