@@ -51,8 +51,7 @@ NO_DELTA = {  # why a row has no Δ, as its cell says
     "subset), so there is no paired difference",
     "no baseline row": "its model has no row with the default settings (or the one --baseline names)",
 }
-BOOTSTRAP_SAMPLES = 2000
-MIN_SEEDS_FOR_STAR = 3  # per side; see seed_and_example_bootstrap
+MIN_SEEDS_FOR_STAR = 3  # per side; see metrics.seed_and_example_bootstrap
 
 
 class ReportError(Exception):
@@ -175,17 +174,16 @@ def model_of(config: dict, configs: dict[str, dict]) -> str:
     return os.path.basename(os.path.normpath(model))
 
 
-def is_collapsed(run: dict) -> bool:
+def run_is_collapsed(run: dict) -> bool:
     """The run's own verdict (any task: a regression run whose metric was NaN at every epoch says
-    so), or for classification the collapse rule on its test figures."""
+    so), or for classification training's collapse rule (metrics.is_collapsed) on its test figures."""
     if run["results"].get("collapsed"):
         return True
     if run["task"] != "classification":
         return False
-    labels, k = run["labels"], run["probs"].shape[1]
-    majority = np.bincount(labels, minlength=k).max() / len(labels)
+    k = run["probs"].shape[1]
     test = {"acc": run["results"]["test_acc"], "loss": run["results"]["test_loss"]}
-    return metrics.is_collapsed([test], majority, k)
+    return metrics.is_collapsed([test], metrics.majority_rate(run["labels"], k), k)
 
 
 def shown_settings(run: dict) -> dict:
@@ -210,12 +208,14 @@ def headline_columns(run: dict) -> list[str]:
     glue_task = glue.TASKS.get(glue.task_of(str(run["config"].get("data", ""))))
     picked = run["results"].get("metric_for_best", run["config"].get("metric_for_best"))
     names = [glue_task.metric if glue_task else None, picked]
-    return [f"test_{name}" for name in dict.fromkeys(names) if name in metrics.TASK_METRICS[run["task"]]]
+    return [
+        f"test_{name}" for name in dict.fromkeys(names) if name in metrics.TASK_METRICS[run["task"]].higher_is_better
+    ]
 
 
 def value_columns(task: str) -> list[str]:
     """The columns a row averages: its table's, and every test metric its task reports."""
-    extra = [f"test_{name}" for name in metrics.TASK_METRICS[task]] if task in COMPARED else []
+    extra = [f"test_{name}" for name in metrics.TASK_METRICS[task].higher_is_better] if task in COMPARED else []
     return list(dict.fromkeys([col for col, _ in COLUMNS_OF[task]] + extra))
 
 
@@ -250,7 +250,7 @@ def build_rows(runs: list[dict]) -> tuple[list[dict], str]:
             "codes": {r["name"]: r["config"].get("code_version") for r in group},
             "n": len(members),
             "runs": members,
-            "collapsed": any(is_collapsed(r) for r in members),
+            "collapsed": any(run_is_collapsed(r) for r in members),
             "names": [r["name"] for r in group],
             "duplicate_seeds": [
                 (seed, [r["name"] for r in same_seed]) for seed, same_seed in by_seed.items() if len(same_seed) > 1
@@ -289,63 +289,6 @@ def bucket_accuracy(correct: np.ndarray, n_tokens: np.ndarray) -> dict:
     return out
 
 
-def seed_and_example_bootstrap(
-    correct_a: np.ndarray, correct_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean test accuracy of a minus b and its 95% percentile CI. Inputs: per-example correctness,
-    one row per seed, over the same test examples. Each replicate resamples each side's seeds
-    (seed-to-seed spread is often larger than test-set noise) and then the examples, the same
-    examples for both sides (paired). With one seed a side, only the examples vary. In a
-    simulation with no true difference (seed sd 5 points, 500 examples, 200 trials each) the
-    interval held 0 in 90% of trials with 2 seeds a side and 93-94% with 3, 5 and 7."""
-    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
-    rng = np.random.default_rng(seed)
-    n = a.shape[1]
-
-    def resampled_seeds(runs):
-        # the mean of k resampled seeds varies (k-1)/k as much as the mean of k new seeds would:
-        # stretched back, or 3 seeds would give a CI a fifth too narrow
-        mean = runs.mean(0)
-        stretch = np.sqrt(len(runs) / (len(runs) - 1)) if len(runs) > 1 else 0.0
-        return mean + stretch * (runs[rng.integers(0, len(runs), len(runs))].mean(0) - mean)
-
-    means = np.empty(samples)
-    for i in range(samples):
-        means[i] = (resampled_seeds(a) - resampled_seeds(b))[rng.integers(0, n, n)].mean()
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(a.mean() - b.mean()), float(low), float(high)
-
-
-def seed_and_example_bootstrap_of(
-    metric,
-    outputs_a: np.ndarray,
-    outputs_b: np.ndarray,
-    labels: np.ndarray,
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """seed_and_example_bootstrap for a metric that is not a mean over examples (Pearson): each
-    replicate resamples the shared examples (paired), scores every seed on them, then resamples
-    each side's seeds with the same stretch. Inputs: per-example outputs, one row per seed."""
-    a, b = np.asarray(outputs_a, float), np.asarray(outputs_b, float)
-    rng = np.random.default_rng(seed)
-    n = a.shape[1]
-
-    def resampled_seeds(scores):
-        mean = scores.mean()
-        stretch = np.sqrt(len(scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
-        return mean + stretch * (scores[rng.integers(0, len(scores), len(scores))].mean() - mean)
-
-    differences = np.empty(samples)
-    for i in range(samples):
-        idx = rng.integers(0, n, n)
-        scores_a, scores_b = (np.array([metric(run[idx], labels[idx]) for run in side]) for side in (a, b))
-        differences[i] = resampled_seeds(scores_a) - resampled_seeds(scores_b)
-    low, high = np.nanpercentile(differences, [2.5, 97.5])
-    mean_a, mean_b = (np.mean([metric(run, labels) for run in side]) for side in (a, b))
-    return float(mean_a - mean_b), float(low), float(high)
-
-
 def add_significance(rows: list[dict], baseline: str | None) -> None:
     """Each compared row's Δ against its model's baseline row, or why it has none (no_delta)."""
     compared = [r for r in rows if r["task"] in COMPARED]
@@ -373,11 +316,11 @@ def add_significance(rows: list[dict], baseline: str | None) -> None:
             elif not same_test_set(row, base):
                 row["no_delta"] = "other test set"  # no paired comparison
             elif task == "regression":
-                row["delta"] = seed_and_example_bootstrap_of(
+                row["delta"] = metrics.seed_and_example_bootstrap_of(
                     metrics.pearson, row["prediction_runs"], base["prediction_runs"], base["runs"][0]["labels"]
                 )
             else:
-                row["delta"] = seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
+                row["delta"] = metrics.seed_and_example_bootstrap(row["correct_runs"], base["correct_runs"])
             if row["delta"]:
                 row["few_seeds"] = min(row["n"], base["n"]) < MIN_SEEDS_FOR_STAR
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-import report
+import metrics
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import paired  # noqa: E402
@@ -83,7 +83,7 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
             assert run["run_dir"] == os.path.join(str(tmp_path), f"ours{index}-s{run['seed']}")
             assert config["seed"] == run["seed"] and config["eval_batch_size"] == 64
         assert row["speedup"] == row["samples_per_s"] / trainer["samples_per_s"]
-        # the accuracy difference's CI: report.py's bootstrap over both sides' seeds and the same test examples
+        # the accuracy difference's CI: the report's bootstrap over both sides' seeds and the same test examples
         correct = {
             side: np.array([bench.test_correctness(run) for run in r["per_seed"]], dtype=float)
             for side, r in (("ours", row), ("trainer", trainer))
@@ -91,7 +91,7 @@ def test_bench_runs_our_loop_and_hf_trainer_per_seed_on_the_same_work(tiny_model
         assert correct["ours"].shape == correct["trainer"].shape == (2, 48)
         assert np.allclose(correct["ours"].mean(1), [run["test_acc"] for run in row["per_seed"]])
         assert np.allclose(correct["trainer"].mean(1), [run["test_acc"] for run in trainer["per_seed"]])
-        _, low, high = report.seed_and_example_bootstrap(correct["ours"], correct["trainer"])
+        _, low, high = metrics.seed_and_example_bootstrap(correct["ours"], correct["trainer"])
         assert row["acc_diff_ci95_points"] == pytest.approx([100 * low, 100 * high])
         assert 100 * low <= row["acc_diff_points"] <= 100 * high
         assert row["eval_ratio"] == row["eval_samples_per_s"] / trainer["eval_samples_per_s"]

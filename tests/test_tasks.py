@@ -11,6 +11,7 @@ from helpers import run_inprocess
 
 import config
 import data
+import glue
 import metrics
 import model as models
 from config import UserError
@@ -90,7 +91,20 @@ def test_each_metric_says_whether_higher_is_better():
     assert metrics.is_improvement("accuracy", 0.8, None)  # HF's spelling
     assert not metrics.is_improvement("acc", 0.8, 0.8)  # a tie keeps the earlier epoch
     for task, table in metrics.TASK_METRICS.items():
-        assert metrics.DEFAULT_METRIC[task] in table and table["loss"] is False
+        assert table.default in table.higher_is_better and table.higher_is_better["loss"] is False
+        assert metrics.DEFAULT_METRIC[task] == table.default
+
+
+def test_the_task_types_and_what_their_metrics_say_are_one_table():
+    """metrics.TASK_METRICS names the task types: model.py's torch side has a rule for each and
+    no other, and every GLUE task is of one of them, its headline metric one that type reports."""
+    assert list(models.TASKS) == list(metrics.TASK_METRICS)
+    for name, task in glue.TASKS.items():
+        assert task.metric in metrics.TASK_METRICS[task.task].higher_is_better, name
+    sums = np.array([6.0, 2.0, 4.0])  # masked-LM evaluation keeps the split's loss, correct and masked sums
+    assert metrics.task_metrics("mlm", sums, None) == metrics.masked_lm_metrics(6.0, 2.0, 4.0)
+    with pytest.raises(ValueError, match="unknown task 'ner'"):
+        metrics.task_metrics("ner", sums, None)
 
 
 def test_metric_for_best_is_checked_against_the_task_and_the_classes():
