@@ -378,7 +378,7 @@ def parse_args(argv=None, on_error=None, description=None) -> argparse.Namespace
         args.wandb = "disabled"
     glue.apply_defaults(args, DEFAULTS["text_col"], DEFAULTS["task"])
     if args.metric_for_best is None:
-        args.metric_for_best = metrics.DEFAULT_METRIC[args.task]
+        args.metric_for_best = metrics.TASK_METRICS[args.task].default
     args.metric_for_best = metrics.metric_name(args.metric_for_best)
     check_args(args)
     if args.run_name is None:
@@ -475,7 +475,7 @@ def setting_labels(values: dict, defaults: dict = DEFAULTS) -> dict:
         value = values.get(key, defaults[key])  # a key missing from an older run's config.json: its default
         default = defaults[key]
         if key == "metric_for_best":  # the default depends on the task
-            default = metrics.DEFAULT_METRIC[values.get("task", defaults["task"])]
+            default = metrics.TASK_METRICS[values.get("task", defaults["task"])].default
             value = default if value is None else value
         if value == default or key in _no_effect(values):
             continue
@@ -637,7 +637,7 @@ def _as_if_absent(config: dict) -> set[str]:
     task = config.get("task", "classification")
     classification_by_acc = task == "classification" and config.get("metric_for_best") in (
         None,
-        metrics.DEFAULT_METRIC["classification"],
+        metrics.TASK_METRICS["classification"].default,
     )
     return (
         ({"task"} if task == "classification" else set())

@@ -22,7 +22,7 @@ class GlueTask(NamedTuple):
     test: str = "test"
 
 
-TASKS = {
+GLUE_TASKS = {
     "cola": GlueTask(("sentence",), "classification", "mcc"),
     "sst2": GlueTask(("sentence",), "classification", "acc"),
     "mrpc": GlueTask(("sentence1", "sentence2"), "classification", "f1_positive"),
@@ -38,7 +38,7 @@ TASKS = {
 def task_of(data: str) -> str | None:
     """The GLUE task `--data` names: `glue/mrpc`, or a folder whose path ends in glue/mrpc."""
     parts = os.path.normpath(data).split(os.sep)
-    if len(parts) >= 2 and parts[-2].lower() == "glue" and parts[-1].lower() in TASKS:
+    if len(parts) >= 2 and parts[-2].lower() == "glue" and parts[-1].lower() in GLUE_TASKS:
         return parts[-1].lower()
     return None
 
@@ -46,7 +46,7 @@ def task_of(data: str) -> str | None:
 def split_names(data: str) -> dict[str, list[str]]:
     """The names each split (train, validation, test) may have in `data`: its own, and for a GLUE
     task whose hub splits are named otherwise (mnli: validation_matched, test_matched) those too."""
-    task = TASKS.get(task_of(data) or "")
+    task = GLUE_TASKS.get(task_of(data) or "")
     names = {"train": ["train"], "validation": ["validation"], "test": ["test"]}
     if task is not None:
         for split, hub_name in (("validation", task.validation), ("test", task.test)):
@@ -64,7 +64,7 @@ def apply_defaults(args, default_text_cols: list[str], default_task: str) -> Non
     name = task_of(args.data)
     if name is None:
         return
-    task = TASKS[name]
+    task = GLUE_TASKS[name]
     if args.text_col == default_text_cols:
         args.text_col = list(task.text_cols)
     if args.task == default_task:

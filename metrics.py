@@ -116,7 +116,6 @@ TASK_METRICS = {
         score=lambda sums, _labels: masked_lm_metrics(*sums),
     ),
 }
-DEFAULT_METRIC = {task: table.default for task, table in TASK_METRICS.items()}  # config.py reads it
 HIGHER_IS_BETTER = {name: higher for table in TASK_METRICS.values() for name, higher in table.higher_is_better.items()}
 METRIC_ALIASES = {"accuracy": "acc", "macro_f1": "f1", "matthews_correlation": "mcc", "spearmanr": "spearman"}
 BINARY_ONLY = {"f1_positive"}  # F1 of class id 1, defined for two classes

@@ -444,7 +444,7 @@ class Task:
     per_example: Callable[[torch.Tensor], torch.Tensor]  # logits -> what evaluation keeps
 
 
-TASKS = {
+TASK_HEADS = {  # keyed by the task types of metrics.TASK_METRICS (what each task's metrics say)
     "classification": Task(
         outputs=lambda num_labels: num_labels,
         loss_sum=lambda logits, target: F.cross_entropy(logits.float(), target, reduction="sum"),

@@ -205,7 +205,7 @@ def headline_columns(run: dict) -> list[str]:
     and the metric that picked its best epoch."""
     if run["task"] not in COMPARED:
         return []
-    glue_task = glue.TASKS.get(glue.task_of(str(run["config"].get("data", ""))))
+    glue_task = glue.GLUE_TASKS.get(glue.task_of(str(run["config"].get("data", ""))))
     picked = run["results"].get("metric_for_best", run["config"].get("metric_for_best"))
     names = [glue_task.metric if glue_task else None, picked]
     return [

@@ -288,7 +288,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
     else:
         log.info(f"data: {', '.join(f'{k} {len(v.texts)}' for k, v in splits.items())}; labels {label_names}")
 
-    task_rules = models.TASKS[args.task]
+    task_rules = models.TASK_HEADS[args.task]
     if pretraining:
         model = mlm.build_masked_lm(entry, tokenizer, args.init, args.encoder_dropout, info.device, precision).to(
             info.device
@@ -861,7 +861,7 @@ def collapse_flags(run: Run, state: TrainState) -> dict:
     if run.task != "classification":
         return {}
     num_labels = len(run.label_names)
-    majority = np.bincount(run.labels["val"], minlength=num_labels).max() / len(run.labels["val"])
+    majority = metrics.majority_rate(run.labels["val"], num_labels)
     if not metrics.is_collapsed(state.history, majority, num_labels):
         return {"collapsed": False}
     reason = (

@@ -90,16 +90,15 @@ def test_each_metric_says_whether_higher_is_better():
     assert metrics.is_improvement("mse", 0.3, 0.4) and metrics.is_improvement("spearman", 0.5, 0.4)
     assert metrics.is_improvement("accuracy", 0.8, None)  # HF's spelling
     assert not metrics.is_improvement("acc", 0.8, 0.8)  # a tie keeps the earlier epoch
-    for task, table in metrics.TASK_METRICS.items():
+    for table in metrics.TASK_METRICS.values():
         assert table.default in table.higher_is_better and table.higher_is_better["loss"] is False
-        assert metrics.DEFAULT_METRIC[task] == table.default
 
 
 def test_the_task_types_and_what_their_metrics_say_are_one_table():
     """metrics.TASK_METRICS names the task types: model.py's torch side has a rule for each and
     no other, and every GLUE task is of one of them, its headline metric one that type reports."""
-    assert list(models.TASKS) == list(metrics.TASK_METRICS)
-    for name, task in glue.TASKS.items():
+    assert list(models.TASK_HEADS) == list(metrics.TASK_METRICS)
+    for name, task in glue.GLUE_TASKS.items():
         assert task.metric in metrics.TASK_METRICS[task.task].higher_is_better, name
     sums = np.array([6.0, 2.0, 4.0])  # masked-LM evaluation keeps the split's loss, correct and masked sums
     assert metrics.task_metrics("mlm", sums, None) == metrics.masked_lm_metrics(6.0, 2.0, 4.0)
