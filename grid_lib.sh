@@ -15,6 +15,10 @@
 
 die() { echo "error: $*" >&2; exit 2; }
 
+print_usage() {  # $1 = script: its --help, the comment block under its #! line, whole
+  sed -n '1d; /^#/!q; s/^# \{0,1\}//p' "$1"
+}
+
 need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
   { [ $# -ge 2 ] && [[ "$2" != -* ]]; } || die "$1 needs a value"
 }

@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1; shift ;;
     --sync) sync=1; shift ;;
     --out_dir) need_value "$@"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_usage "$0"; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;

@@ -12,11 +12,11 @@
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
-case "${1:-}" in
-  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-esac
 # shellcheck source=grid_lib.sh
 source ./grid_lib.sh
+case "${1:-}" in
+  -h|--help) print_usage "$0"; exit 0 ;;
+esac
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 load_defaults
