@@ -27,6 +27,9 @@ Used by run_grid.sh:
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
         ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+    python grid.py outcome RUN_DIR EXIT_STATUS
+        ->  how that start of the run ended: "done", "stopped DETAIL" or "failed DETAIL" (from the
+            exit status and the run's outcome.json; DETAIL as the grid shows it)
     python grid.py lock-holders GRID_OUT_DIR
         ->  the live processes holding the grid's lock, e.g. "pid 4242 (run NAME)"; nothing if none
     python grid.py defaults
@@ -40,6 +43,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 
 BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -208,6 +212,31 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     return passed
 
 
+OUTCOME_FILE = "outcome.json"  # train.py writes it where a signal stopped the run (write_outcome)
+EXIT_DIVERGED = 3  # train.py's exit codes: 0 done, 2 a user error, 3 diverged, 128+N stopped by signal N
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
+def outcome(run_dir: str, exit_status: int) -> tuple[str, str]:
+    """How a start of the run in run_dir ended: (done | stopped | failed, what to show), from its
+    exit status and the outcome.json train.py wrote (the launchers remove an earlier start's before
+    they start the run). The one place that reads a run's ending: run_grid.sh prints
+    "[KIND] RUN DETAIL (log ...)" and a SLURM task its state from it; a new ending is one more case."""
+    if exit_status == 0:
+        return "done", ""
+    recorded = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(run_dir, OUTCOME_FILE)) as f:
+            recorded = json.load(f)
+    if isinstance(recorded, dict) and recorded.get("outcome") == "stopped":  # 128+N, or torchrun's 1 after it
+        return "stopped", f"checkpointed at step {recorded.get('step', '?')}"
+    if exit_status in [128 + s for s in STOP_SIGNALS]:
+        return "stopped", f"exit {exit_status} before its first checkpoint"
+    if exit_status == EXIT_DIVERGED:
+        return "failed", f"diverged, exit {exit_status}"
+    return "failed", f"exit {exit_status}"
+
+
 def run_progress(run_dir: str) -> str:
     """'step 120/600, epoch 1/3, ETA 4 min' from a run's config.json and its last train line in
     metrics.jsonl; the ETA is for the training steps left, at the last logged speed."""
@@ -332,6 +361,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         print("\n".join(filter(None, map(grid_status, argv[1:]))))
         return 0
+    if argv[:1] == ["outcome"] and len(argv) == 3 and argv[2].isdigit():
+        print(" ".join(filter(None, outcome(argv[1], int(argv[2])))))
+        return 0
     if argv[:1] == ["lock-holders"] and len(argv) == 2:
         print(described_holders(argv[1]))
         return 0
@@ -345,6 +377,7 @@ def main(argv: list[str]) -> int:
             "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
             "       python grid.py status GRID_OUT_DIR...\n"
+            "       python grid.py outcome RUN_DIR EXIT_STATUS\n"
             "       python grid.py lock-holders GRID_OUT_DIR\n"
             "       python grid.py defaults",
             file=sys.stderr,

@@ -106,6 +106,19 @@ exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signa
   return "$status"
 }
 
+forget_outcome() {  # $1 = run folder: before a start, drop the outcome.json an earlier start left
+  # (train.py writes it when a signal stops the run), so run_outcome reads this start's
+  rm -f "$1/outcome.json"
+}
+
+run_outcome() {  # $1 = run folder, $2 = its start's exit status: sets outcome (done | stopped | failed)
+  # and outcome_detail (what to show), as grid.py outcome decides
+  local line
+  line=$("$PYTHON" grid.py outcome "$1" "$2") || line="failed exit $2"
+  # shellcheck disable=SC2034  # for the caller
+  read -r outcome outcome_detail <<< "$line"
+}
+
 first_error() {  # $1 = log: its error lines (train.py can report model and data together), else its last lines
   { grep -m 3 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
 }

@@ -170,24 +170,15 @@ fi
 # ---- real runs: a queue over the device slots
 echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
 write_status real
-checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
-  grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
-}
-finish_slot() {  # $1 = slot index: reap its run and record the outcome
-  local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
-  exit_status_of "$pid"; status=$?
-  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}") succeeded[${slot_name[$s]}]=1; echo "[done] ${slot_name[$s]}"
-  elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
-    stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
-    echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
-  elif (( status == 129 || status == 130 || status == 143 )); then  # HUP, INT, TERM during set-up
-    stopped+=("${slot_name[$s]} (exit $status before its first checkpoint, log $log)")
-    echo "[stopped] ${slot_name[$s]} before its first checkpoint (exit $status, log $log)"
-  else
-    failed+=("${slot_name[$s]} (exit $status, log $log)")
-    echo "[failed] ${slot_name[$s]} exit $status"
-    first_error "$log"
-  fi
+finish_slot() {  # $1 = slot index: reap its run and record how it ended (grid_lib.sh's run_outcome)
+  local s=$1 status slot_run=${slot_name[$1]} log="$out/logs/${slot_name[$1]}.log"
+  exit_status_of "${slot_pid[$s]}"; status=$?
+  run_outcome "$out/$slot_run" "$status"
+  case "$outcome" in
+    done) done_runs+=("$slot_run") succeeded[$slot_run]=1; echo "[done] $slot_run" ;;
+    stopped) stopped+=("$slot_run ($outcome_detail, log $log)"); echo "[stopped] $slot_run $outcome_detail (log $log)" ;;
+    *) failed+=("$slot_run ($outcome_detail, log $log)"); echo "[failed] $slot_run $outcome_detail (log $log)"; first_error "$log" ;;
+  esac
   slot_pid[s]=""
   write_status real
 }
@@ -228,6 +219,7 @@ for run in "${runs[@]}"; do
   done
   use_slot "$s"
   echo "[start] $run_name devices=${slots[$s]:-default} port=${RUN_PORT:-auto} log $out/logs/$run_name.log"
+  forget_outcome "$out/$run_name"
   start_run "$out/logs/$run_name.log" "${args[@]}" --out_dir "$out" --wandb_group "$name"
   slot_pid[s]=$child slot_name[s]=$run_name child=""
   write_status real
