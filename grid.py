@@ -16,8 +16,9 @@ Used by run_grid.sh:
         ->  one line per run: LINE_NO <US> RUN_NAME <US> STARTS_FROM <US> ARG <US> ARG ...  (<US> = \\x1f;
             STARTS_FROM: the run whose model it starts from, --model run:NAME, or empty)
         EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
-    python grid.py smoke-passed GRID OUT_DIR [-- EXTRA ARGS]
-        ->  the run names whose smoke run already passed with these settings and this code
+    python grid.py smoke-skips GRID OUT_DIR [-- EXTRA ARGS]
+        ->  one line per run whose smoke run the smoke phase skips: RUN_NAME <US> WHY (finished, or
+            passed before: with these settings and this code); exit 2 as for finished
     python grid.py name GRID
         ->  the grid's name: its folder inside --out_dir (refused unless a plain folder name)
     python grid.py finished GRID OUT_DIR [-- EXTRA ARGS]
@@ -212,6 +213,21 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     return passed
 
 
+def smoke_skips(out_dir: str, runs, finished: list[str]) -> dict[str, str]:
+    """{run name: why the smoke phase skips its smoke run}, run_grid.sh's and the SLURM smoke job's
+    alike: a finished run, unless a run still to do starts from it (that run's smoke run starts
+    from this one's smoke run), and a run whose smoke run passed before (smoke_passed)."""
+    needed = {starts_from(args) for _, name, args in runs if name not in finished}
+    passed = set(smoke_passed(out_dir, runs))
+    skips = {}
+    for _, name, _ in runs:
+        if name in finished and name not in needed:
+            skips[name] = "finished"
+        elif name in passed:
+            skips[name] = "passed before"
+    return skips
+
+
 OUTCOME_FILE = "outcome.json"  # train.py writes it where a signal stopped the run (write_outcome)
 EXIT_DIVERGED = 3  # train.py's exit codes: 0 done, 2 a user error, 3 diverged, 128+N stopped by signal N
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
@@ -368,11 +384,11 @@ def main(argv: list[str]) -> int:
         print(described_holders(argv[1]))
         return 0
     if not (
-        len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")
+        len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-skips", "finished")
     ):
         print(
             "usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
-            "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+            "       python grid.py smoke-skips GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py name GRID\n"
             "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
@@ -394,15 +410,16 @@ def main(argv: list[str]) -> int:
                 print(note, file=sys.stderr)  # run_grid.sh reads the names on stdout
             print("\n".join(done))
             return 0
+        if argv[0] == "smoke-skips":
+            skips = smoke_skips(argv[2], runs, finished_runs(argv[1], argv[2], runs))
+            print("\n".join(f"{name}{SEP}{why}" for name, why in skips.items()))
+            return 0
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)
         return 2
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if argv[0] == "smoke-passed":
-        print("\n".join(smoke_passed(argv[2], runs)))
-        return 0
     for number, name, args in runs:
         print(SEP.join([str(number), name, starts_from(args), *args]))
     return 0

@@ -104,8 +104,6 @@ fi
 # finished means finished with the settings of its grid line: a run folder holding other settings
 # is refused here, naming the line and the settings, before anything starts
 load_finished "$grid" "$out" "${extra[@]}" || exit 2
-run_finished() { [ -n "${finished[$1]:-}" ]; }
-load_needed  # the runs that a run still to do starts from (--model run:NAME)
 
 mkdir -p "$out/logs"
 # one launch per grid folder: a second one is refused here, before it writes anything (it would
@@ -144,25 +142,17 @@ on_signal() {
 }
 trap on_signal INT TERM HUP
 
-# ---- smoke phase: same code path, 64 examples, 1 epoch, for every run not yet finished whose
-# smoke run has not passed with these settings and this code; stop on any failure
+# ---- smoke phase: same code path, 64 examples, 1 epoch, for every run whose smoke run is needed
+# (grid.py smoke-skips: as in the SLURM smoke job); stop on any failure
 if [ "$smoke" = 1 ]; then
-  declare -A smoke_ok=()
-  while IFS= read -r passed; do if [ -n "$passed" ]; then smoke_ok[$passed]=1; fi; done \
-    < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
-  smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not (a finished run
-    # that a run still to do starts from is smoke-run: that run's smoke run starts from its smoke run)
-    if [ -n "${finished[$1]:-}" ] && [ -z "${needed[$1]:-}" ]; then echo finished
-    elif [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"; fi
-  }
   echo "== smoke phase: ${#runs[@]} runs"
   write_status smoke
   use_slot 0
-  smoke_phase "$grid"; status=$?
+  smoke_phase "$grid" "${extra[@]}"; status=$?
   if [ "$status" = 130 ]; then echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; fi
   if [ "$status" != 0 ]; then
     echo "stopping before the real runs." >&2
-    write_status ended "smoke failed: $run_name, log $smoke_log"
+    write_status ended "smoke failed${smoke_log:+: $run_name, log $smoke_log}"
     exit 1
   fi
 fi
@@ -199,11 +189,11 @@ is_running() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] &
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   read_run "$run"
-  if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  if run_finished "$run_name"; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
   if [ -n "$starts_from" ]; then  # it starts from the model of an earlier run: wait for that one to end
     while is_running "$starts_from" && [ "$stopping" = 0 ]; do reap_runs; sleep 1; done
     [ "$stopping" = 1 ] && break
-    if [ -z "${finished[$starts_from]:-}${succeeded[$starts_from]:-}" ]; then
+    if ! run_finished "$starts_from" && [ -z "${succeeded[$starts_from]:-}" ]; then
       failed+=("$run_name (not started: $starts_from, the run it starts from, did not finish)")
       echo "[failed] $run_name not started: $starts_from, the run it starts from, did not finish"
       continue

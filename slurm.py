@@ -203,9 +203,9 @@ def queue_lines(o) -> list[str]:
     )
 
 
-def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list[int] = (), **shell_values) -> str:
+def fill(template: str, script: str, sbatch: list[str], p: Place, o, **shell_values) -> str:
     """slurm_jobs/<template>, the job's bash, with its @KEY@ placeholders filled: the #SBATCH lines,
-    where the job runs from, how a run starts, the tasks, and shell_values (quoted for the shell)."""
+    where the job runs from, how a run starts, and shell_values (quoted for the shell)."""
     per_node = o.gpus_per_run or o.nproc or 1
     shell_values = {
         "ROOT": p.root,
@@ -217,21 +217,16 @@ def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list
         **shell_values,
     }
     values = {k: shlex.quote(str(v)) for k, v in shell_values.items()}
-    values |= {
-        "NAME": p.name,
-        "SCRIPT": shlex.quote(script),
-        "GRACE": str(o.grace),
-        "TASKS": " ".join(map(str, tasks)),
-    }  # numbers: the template holds them in "..."
+    values |= {"NAME": p.name, "SCRIPT": shlex.quote(script), "GRACE": str(o.grace)}  # in comments only
     with open(os.path.join(JOBS, template)) as f:
         text = f.read().replace("# @SBATCH@", "\n".join(f"#SBATCH {line}" for line in sbatch), 1)
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
 
 
-def smoke_script(o, p: Place, tasks: list[int]) -> str:
+def smoke_script(o, p: Place) -> str:
     path = os.path.join(p.out, "slurm", "smoke.sbatch")
     sbatch = [f"--job-name={p.name}-smoke", f"--output={p.out}/logs/slurm-smoke-%j.log", *resource_lines(o)]
-    return fill("smoke.sbatch", path, sbatch, p, o, tasks)
+    return fill("smoke.sbatch", path, sbatch, p, o)
 
 
 def runs_path(p: Place, stage: int) -> str:
@@ -398,7 +393,7 @@ def submit_jobs(o, place: Place, tasks: list[int], stages: list[list[int]], path
     cancelled (its jobs would wait for nothing) and the SlurmError raised."""
     jobs = {"smoke": None, "arrays": [], "task_array": {}}
     if o.smoke:
-        write(paths["smoke"], smoke_script(o, place, tasks))
+        write(paths["smoke"], smoke_script(o, place))
         jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
     elif os.path.exists(paths["smoke"]):
         os.remove(paths["smoke"])
