@@ -27,7 +27,8 @@ Used by run_grid.sh:
     python grid.py progress GRID_OUT_DIR RUN_NAME...
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
-        ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+        ->  per grid: phase and running runs' progress, or how it ended (from grid.status), and
+            for a grid sent to SLURM, its runs' states (as run_grid.sh --slurm --status counts them)
     python grid.py outcome RUN_DIR EXIT_STATUS
         ->  how that start of the run ended: "done", "stopped DETAIL" or "failed DETAIL" (from the
             exit status and the run's outcome.json; DETAIL as the grid shows it)
@@ -330,20 +331,40 @@ def described_holders(out_dir: str) -> str:
     )
 
 
-def grid_status(out_dir: str) -> str | None:
-    """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
-    progress, or how the grid ended; None if no grid ran there."""
-    state, running = {}, []
+def read_status(path: str) -> dict | None:
+    """A status file, as grid_lib.sh's write_status_file writes the grid runner's grid.status and
+    the SLURM jobs' slurm/status/<task | smoke>: {key: value}, with "running" a list (one line
+    each); None if there is none."""
+    state = {"running": []}
     try:
-        with open(os.path.join(out_dir, "grid.status")) as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.rstrip("\n").partition(" ")
                 if key == "running":
-                    running.append(value)
-                else:
+                    state["running"].append(value)
+                elif key:
                     state[key] = value
     except OSError:
         return None
+    return state
+
+
+def described_state(state: dict) -> str:
+    """A status file of a SLURM job in one line: how it ended, or what it runs."""
+    if state.get("phase") == "ended":
+        return state.get("ended", "ended")
+    return ", ".join(
+        filter(None, ["running" + (f": {', '.join(state['running'])}" if state["running"] else ""), state.get("note")])
+    )
+
+
+def grid_status(out_dir: str) -> str | None:
+    """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
+    progress, or how the grid ended; None if no grid ran there."""
+    state = read_status(os.path.join(out_dir, "grid.status"))
+    if state is None:
+        return None
+    running = state["running"]
     console = os.path.join(out_dir, "grid.log")
     log = console if os.path.exists(console) else os.path.join(out_dir, "logs")
     head = f"{os.path.basename(os.path.normpath(out_dir))}: {state.get('done', '?')}/{state.get('runs', '?')} runs done"
@@ -365,6 +386,14 @@ def grid_status(out_dir: str) -> str | None:
     return "\n".join(lines)
 
 
+def statuses(out_dir: str) -> str | None:
+    """A grid folder's status lines, for tmux_launch.sh --status: its grid runner's (grid_status),
+    and if it was sent to SLURM from here, the summary of run_grid.sh --slurm --status."""
+    import slurm
+
+    return "\n".join(filter(None, [grid_status(out_dir), slurm.summary(out_dir)])) or None
+
+
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -375,7 +404,7 @@ def main(argv: list[str]) -> int:
         print(DEFAULT_GRID, DEFAULT_OUT_ROOT)
         return 0
     if argv[:1] == ["status"]:
-        print("\n".join(filter(None, map(grid_status, argv[1:]))))
+        print("\n".join(filter(None, map(statuses, argv[1:]))))
         return 0
     if argv[:1] == ["outcome"] and len(argv) == 3 and argv[2].isdigit():
         print(" ".join(filter(None, outcome(argv[1], int(argv[2])))))

@@ -101,6 +101,14 @@ exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signa
   return "$status"
 }
 
+write_status_file() {  # $1 = file, the rest = its lines, "KEY VALUE" each: a grid's status, in the
+  # one format of the grid runner's grid.status and the SLURM jobs' slurm/status/<task | smoke>:
+  # phase (smoke | real | report | ended), ended (how), running (a run; one line each), note (what
+  # else to say), and the runner's pid, grid and counts. grid.py read_status reads it, for
+  # tmux_launch.sh --status and run_grid.sh --slurm --status. Replaced whole: never read half-written
+  printf '%s\n' "${@:2}" > "$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
 forget_outcome() {  # $1 = run folder: before a start, drop the outcome.json an earlier start left
   # (train.py writes it when a signal stops the run), so run_outcome reads this start's
   rm -f "$1/outcome.json"

@@ -125,13 +125,13 @@ echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
 declare -A succeeded=()
 done_runs=() skipped=() failed=() stopped=()
-write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
-  local s
-  { echo "phase $1"; echo "pid $$"; echo "grid $grid"; echo "runs ${#runs[@]}"
-    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
-    for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && echo "running ${slot_name[$s]}"; done
-    if [ -n "${2:-}" ]; then echo "ended $2"; fi
-  } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
+write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: grid.status, for
+  # tmux_launch.sh --status (grid_lib.sh's format)
+  local s lines=("phase $1" "pid $$" "grid $grid" "runs ${#runs[@]}" "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"
+    "failed ${#failed[@]}" "stopped ${#stopped[@]}")
+  for s in "${!slots[@]}"; do if [ -n "${slot_pid[$s]:-}" ]; then lines+=("running ${slot_name[$s]}"); fi; done
+  if [ -n "${2:-}" ]; then lines+=("ended $2"); fi
+  write_status_file "$out/grid.status" "${lines[@]}"
 }
 stopping=0 child=""
 on_signal() {

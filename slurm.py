@@ -460,8 +460,6 @@ def write(path: str, text: str) -> None:
 
 
 def status(o) -> int:
-    if shutil.which("squeue") is None:
-        raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
     try:
         name = grid.grid_name(o.grid)
     except grid.GridError as e:
@@ -470,10 +468,33 @@ def status(o) -> int:
     jobs = read_jobs(slurm_dir)
     if jobs is None:
         raise SlurmError(f"grid {name} was not sent to SLURM from here (no {slurm_dir}/jobs.json)")
+    print("\n".join(status_lines(name, slurm_dir, jobs)))
+    return 0
+
+
+def summary(out_dir: str) -> str | None:
+    """For tmux_launch.sh --status: "slurm NAME: " and the runs counted by state, as --status ends;
+    None if the grid in out_dir was not sent to SLURM from here."""
+    slurm_dir = os.path.join(out_dir, "slurm")
+    jobs = read_jobs(slurm_dir)
+    if jobs is None:
+        return None
+    name = os.path.basename(os.path.normpath(out_dir))
+    try:
+        return "slurm " + status_lines(name, slurm_dir, jobs)[-1].removeprefix("== ")
+    except SlurmError as e:
+        return f"slurm {name}: error: {e}"
+
+
+def status_lines(name: str, slurm_dir: str, jobs: dict) -> list[str]:
+    """--status: the jobs, the smoke job's state, each run's (from squeue, the jobs' status files
+    and the run folders), the report; the last line counts the runs by state."""
+    if shutil.which("squeue") is None:
+        raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
     out = jobs["out"]
     live = {row["JobArrayID"]: row for row in queue(job_ids(jobs))}
     arrays = jobs.get("arrays") or [jobs["array"]]
-    print(
+    lines = [
         f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
         + ", ".join(
             [
@@ -482,10 +503,10 @@ def status(o) -> int:
                 *([f"report job {jobs['report']}"] if jobs.get("report") else []),
             ]
         )
-    )
+    ]
     if jobs.get("smoke"):
         smoke = live.get(jobs["smoke"])
-        print(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
+        lines.append(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
     counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
     for task, run_name in enumerate(jobs["runs"], 1):
         state, detail = run_state(
@@ -497,14 +518,13 @@ def status(o) -> int:
             live.get(f"{jobs.get('task_array', {}).get(str(task), jobs['array'])}_{task}"),
         )
         counts[state] += 1
-        print(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
+        lines.append(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
     report = live.get(jobs["report"]) if jobs.get("report") else None
     if report:
-        print(f"  report: {report['State'].lower()}")
+        lines.append(f"  report: {report['State'].lower()}")
     elif os.path.exists(os.path.join(out, "results.md")):
-        print(f"  report: {os.path.join(out, 'results.md')}")
-    print(f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    return 0
+        lines.append(f"  report: {os.path.join(out, 'results.md')}")
+    return [*lines, f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
 
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
@@ -533,11 +553,9 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
 
 
 def read_state(slurm_dir: str, key: str) -> str | None:
-    try:
-        with open(os.path.join(slurm_dir, "status", key)) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+    """The state the smoke job or task `key` wrote in slurm/status/, in one line; None if none."""
+    state = grid.read_status(os.path.join(slurm_dir, "status", key))
+    return None if state is None else grid.described_state(state)
 
 
 def main(argv: list[str]) -> int:

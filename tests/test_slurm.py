@@ -269,6 +269,31 @@ def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(t
     assert not (folder / "runs-stage2.sbatch").exists()
 
 
+def write_status_file(path, *lines):
+    """A status record, written as the grid runner and the SLURM jobs write theirs (grid_lib.sh)."""
+    bash = 'source ./grid_lib.sh; write_status_file "$@"'
+    subprocess.run(["bash", "-c", bash, "bash", path, *lines], cwd=ROOT, check=True)
+
+
+def test_the_runner_and_the_slurm_jobs_write_one_status_format_that_both_status_commands_read(tmp_path):
+    runner, task = tmp_path / "grid.status", tmp_path / "slurm" / "status" / "7"
+    task.parent.mkdir(parents=True)
+    write_status_file(runner, "phase real", "pid 1", "grid g.grid", "runs 2", "done 0", "running a", "running b")
+    assert grid.read_status(str(runner)) == {
+        "phase": "real",
+        "pid": "1",
+        "grid": "g.grid",
+        "runs": "2",
+        "done": "0",
+        "running": ["a", "b"],
+    }
+    write_status_file(task, "phase real", "running r2", "note job 8_7 on node1, start 1")
+    assert slurm.read_state(str(tmp_path / "slurm"), "7") == "running: r2, job 8_7 on node1, start 1"
+    write_status_file(task, "phase ended", "ended failed: r2 exit 2 (not requeued)")
+    assert slurm.read_state(str(tmp_path / "slurm"), "7") == "failed: r2 exit 2 (not requeued)"
+    assert os.listdir(task.parent) == ["7"]  # replaced whole: no temporary file left
+
+
 @pytest.mark.slow
 def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
@@ -289,8 +314,8 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     )
     (out / "r1").mkdir()
     (out / "r1" / "results.json").write_text("{}")  # finished before: not in the array
-    (out / "slurm" / "status" / "smoke").write_text("ok\n")
-    (out / "slurm" / "status" / "5").write_text("failed: r5 exit 2 (not requeued)\n")
+    write_status_file(out / "slurm" / "status" / "smoke", "phase ended", "ended ok")
+    write_status_file(out / "slurm" / "status" / "5", "phase ended", "ended failed: r5 exit 2 (not requeued)")
     queue.write_text(
         "8_2|RUNNING|0|None|node1|\n8_3|PENDING|1|BeginTime||\n8_4|PENDING|0|JobArrayTaskLimit||\n"
         "9|PENDING|0|Dependency||\n"
@@ -310,6 +335,15 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         assert any(re.match(rf"  {state} +{name}\b", line) for line in lines), (state, name, status.stdout)
     assert "r5 exit 2" in status.stdout and "task 6 never started" in status.stdout
     assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed"
+    # what tmux_launch.sh --status shows of it: the same, read the same way
+    summary = subprocess.run(
+        [sys.executable, "grid.py", "status", out],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+    )
+    assert summary.stdout == "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed\n", summary.stderr
     if shutil.which("tmux"):
         tmux = subprocess.run(
             ["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
