@@ -16,8 +16,9 @@ Used by run_grid.sh:
         ->  one line per run: LINE_NO <US> RUN_NAME <US> STARTS_FROM <US> ARG <US> ARG ...  (<US> = \\x1f;
             STARTS_FROM: the run whose model it starts from, --model run:NAME, or empty)
         EXTRA ARGS are appended to every run (e.g. -- --epochs 1 for a quick pass).
-    python grid.py smoke-passed GRID OUT_DIR [-- EXTRA ARGS]
-        ->  the run names whose smoke run already passed with these settings and this code
+    python grid.py smoke-skips GRID OUT_DIR [-- EXTRA ARGS]
+        ->  one line per run whose smoke run the smoke phase skips: RUN_NAME <US> WHY (finished, or
+            passed before: with these settings and this code); exit 2 as for finished
     python grid.py name GRID
         ->  the grid's name: its folder inside --out_dir (refused unless a plain folder name)
     python grid.py finished GRID OUT_DIR [-- EXTRA ARGS]
@@ -26,7 +27,11 @@ Used by run_grid.sh:
     python grid.py progress GRID_OUT_DIR RUN_NAME...
         ->  per run: step/total, epoch, ETA (from its config.json and metrics.jsonl)
     python grid.py status GRID_OUT_DIR...
-        ->  per grid: phase and running runs' progress, or how it ended (from grid.status)
+        ->  per grid: phase and running runs' progress, or how it ended (from grid.status), and
+            for a grid sent to SLURM, its runs' states (as run_grid.sh --slurm --status counts them)
+    python grid.py outcome RUN_DIR EXIT_STATUS
+        ->  how that start of the run ended: "done", "stopped DETAIL" or "failed DETAIL" (from the
+            exit status and the run's outcome.json; DETAIL as the grid shows it)
     python grid.py lock-holders GRID_OUT_DIR
         ->  the live processes holding the grid's lock, e.g. "pid 4242 (run NAME)"; nothing if none
     python grid.py defaults
@@ -40,6 +45,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 
 BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -208,6 +214,46 @@ def smoke_passed(out_dir: str, runs, extra: list[str] = ()) -> list[str]:
     return passed
 
 
+def smoke_skips(out_dir: str, runs, finished: list[str]) -> dict[str, str]:
+    """{run name: why the smoke phase skips its smoke run}, run_grid.sh's and the SLURM smoke job's
+    alike: a finished run, unless a run still to do starts from it (that run's smoke run starts
+    from this one's smoke run), and a run whose smoke run passed before (smoke_passed)."""
+    needed = {starts_from(args) for _, name, args in runs if name not in finished}
+    passed = set(smoke_passed(out_dir, runs))
+    skips = {}
+    for _, name, _ in runs:
+        if name in finished and name not in needed:
+            skips[name] = "finished"
+        elif name in passed:
+            skips[name] = "passed before"
+    return skips
+
+
+OUTCOME_FILE = "outcome.json"  # train.py writes it where a signal stopped the run (write_outcome)
+EXIT_DIVERGED = 3  # train.py's exit codes: 0 done, 2 a user error, 3 diverged, 128+N stopped by signal N
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
+def outcome(run_dir: str, exit_status: int) -> tuple[str, str]:
+    """How a start of the run in run_dir ended: (done | stopped | failed, what to show), from its
+    exit status and the outcome.json train.py wrote (the launchers remove an earlier start's before
+    they start the run). The one place that reads a run's ending: run_grid.sh prints
+    "[KIND] RUN DETAIL (log ...)" and a SLURM task its state from it; a new ending is one more case."""
+    if exit_status == 0:
+        return "done", ""
+    recorded = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(run_dir, OUTCOME_FILE)) as f:
+            recorded = json.load(f)
+    if isinstance(recorded, dict) and recorded.get("outcome") == "stopped":  # 128+N, or torchrun's 1 after it
+        return "stopped", f"checkpointed at step {recorded.get('step', '?')}"
+    if exit_status in [128 + s for s in STOP_SIGNALS]:
+        return "stopped", f"exit {exit_status} before its first checkpoint"
+    if exit_status == EXIT_DIVERGED:
+        return "failed", f"diverged, exit {exit_status}"
+    return "failed", f"exit {exit_status}"
+
+
 def run_progress(run_dir: str) -> str:
     """'step 120/600, epoch 1/3, ETA 4 min' from a run's config.json and its last train line in
     metrics.jsonl; the ETA is for the training steps left, at the last logged speed."""
@@ -285,20 +331,40 @@ def described_holders(out_dir: str) -> str:
     )
 
 
-def grid_status(out_dir: str) -> str | None:
-    """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
-    progress, or how the grid ended; None if no grid ran there."""
-    state, running = {}, []
+def read_status(path: str) -> dict | None:
+    """A status file, as grid_lib.sh's write_status_file writes the grid runner's grid.status and
+    the SLURM jobs' slurm/status/<task | smoke>: {key: value}, with "running" a list (one line
+    each); None if there is none."""
+    state = {"running": []}
     try:
-        with open(os.path.join(out_dir, "grid.status")) as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.rstrip("\n").partition(" ")
                 if key == "running":
-                    running.append(value)
-                else:
+                    state["running"].append(value)
+                elif key:
                     state[key] = value
     except OSError:
         return None
+    return state
+
+
+def described_state(state: dict) -> str:
+    """A status file of a SLURM job in one line: how it ended, or what it runs."""
+    if state.get("phase") == "ended":
+        return state.get("ended", "ended")
+    return ", ".join(
+        filter(None, ["running" + (f": {', '.join(state['running'])}" if state["running"] else ""), state.get("note")])
+    )
+
+
+def grid_status(out_dir: str) -> str | None:
+    """What run_grid.sh wrote in out_dir/grid.status, as lines: the phase and each running run's
+    progress, or how the grid ended; None if no grid ran there."""
+    state = read_status(os.path.join(out_dir, "grid.status"))
+    if state is None:
+        return None
+    running = state["running"]
     console = os.path.join(out_dir, "grid.log")
     log = console if os.path.exists(console) else os.path.join(out_dir, "logs")
     head = f"{os.path.basename(os.path.normpath(out_dir))}: {state.get('done', '?')}/{state.get('runs', '?')} runs done"
@@ -320,6 +386,14 @@ def grid_status(out_dir: str) -> str | None:
     return "\n".join(lines)
 
 
+def statuses(out_dir: str) -> str | None:
+    """A grid folder's status lines, for tmux_launch.sh --status: its grid runner's (grid_status),
+    and if it was sent to SLURM from here, the summary of run_grid.sh --slurm --status."""
+    import slurm
+
+    return "\n".join(filter(None, [grid_status(out_dir), slurm.summary(out_dir)])) or None
+
+
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -330,21 +404,25 @@ def main(argv: list[str]) -> int:
         print(DEFAULT_GRID, DEFAULT_OUT_ROOT)
         return 0
     if argv[:1] == ["status"]:
-        print("\n".join(filter(None, map(grid_status, argv[1:]))))
+        print("\n".join(filter(None, map(statuses, argv[1:]))))
+        return 0
+    if argv[:1] == ["outcome"] and len(argv) == 3 and argv[2].isdigit():
+        print(" ".join(filter(None, outcome(argv[1], int(argv[2])))))
         return 0
     if argv[:1] == ["lock-holders"] and len(argv) == 2:
         print(described_holders(argv[1]))
         return 0
     if not (
-        len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-passed", "finished")
+        len(argv) == 2 and argv[0] in ("expand", "name") or len(argv) == 3 and argv[0] in ("smoke-skips", "finished")
     ):
         print(
             "usage: python grid.py expand GRID [-- EXTRA TRAIN.PY ARGS]\n"
-            "       python grid.py smoke-passed GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
+            "       python grid.py smoke-skips GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py name GRID\n"
             "       python grid.py finished GRID OUT_DIR [-- EXTRA TRAIN.PY ARGS]\n"
             "       python grid.py progress GRID_OUT_DIR RUN_NAME...\n"
             "       python grid.py status GRID_OUT_DIR...\n"
+            "       python grid.py outcome RUN_DIR EXIT_STATUS\n"
             "       python grid.py lock-holders GRID_OUT_DIR\n"
             "       python grid.py defaults",
             file=sys.stderr,
@@ -361,15 +439,16 @@ def main(argv: list[str]) -> int:
                 print(note, file=sys.stderr)  # run_grid.sh reads the names on stdout
             print("\n".join(done))
             return 0
+        if argv[0] == "smoke-skips":
+            skips = smoke_skips(argv[2], runs, finished_runs(argv[1], argv[2], runs))
+            print("\n".join(f"{name}{SEP}{why}" for name, why in skips.items()))
+            return 0
     except OSError as e:
         print(f"error: cannot read grid {argv[1]}: {e.strerror}", file=sys.stderr)
         return 2
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if argv[0] == "smoke-passed":
-        print("\n".join(smoke_passed(argv[2], runs)))
-        return 0
     for number, name, args in runs:
         print(SEP.join([str(number), name, starts_from(args), *args]))
     return 0

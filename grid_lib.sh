@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # The grid launcher's bash, written once: run_grid.sh and tmux_launch.sh source it, and so do the
 # SLURM jobs slurm.py writes from slurm_jobs/*.sbatch. It reads grid lines, asks grid.py which runs
-# are finished (config.finished decides), starts a run, waits until it has really exited, shows its
-# first error lines, and runs the smoke phase.
+# are finished (config.finished decides), starts a run, waits until it has really exited, asks
+# grid.py how it ended, shows its first error lines, and runs the smoke phase (grid.py says which
+# smoke runs it skips).
 #
 # The caller sets PYTHON and, to start runs, OUT (the grid's folder) and:
 #   PROCS_PER_NODE     processes per run and node, under torchrun
@@ -14,6 +15,10 @@
 #   RUN_DEVICES        CUDA_VISIBLE_DEVICES for the run; empty: the devices it sees
 
 die() { echo "error: $*" >&2; exit 2; }
+
+print_usage() {  # $1 = script: its --help, the comment block under its #! line, whole
+  sed -n '1d; /^#/!q; s/^# \{0,1\}//p' "$1"
+}
 
 need_value() {  # $1 = option, $2 = what follows it (if anything): an option is not its value
   { [ $# -ge 2 ] && [[ "$2" != -* ]]; } || die "$1 needs a value"
@@ -35,18 +40,8 @@ read_run() {  # $1 = one line of runs[]; sets line_no, run_name, starts_from (th
   # starts from, --model run:NAME, or empty) and args (the run's train.py args)
   local fields
   IFS=$'\x1f' read -r -a fields <<< "$1"
+  # shellcheck disable=SC2034  # for the caller
   line_no=${fields[0]} run_name=${fields[1]} starts_from=${fields[2]} args=("${fields[@]:3}")
-}
-
-load_needed() {  # sets needed[run name]=1 for every run of runs[] that a run still to do starts from
-  # (the caller's run_finished (run name, line) tells which are done)
-  local run
-  declare -gA needed=()
-  for run in "${runs[@]}"; do
-    read_run "$run"
-    # shellcheck disable=SC2034  # for the caller
-    if [ -n "$starts_from" ] && ! run_finished "$run_name" "$line_no"; then needed[$starts_from]=1; fi
-  done
 }
 
 load_finished() {  # $1 = grid file, $2 = its folder, the rest = extra train.py args; sets finished[run name]=1.
@@ -58,6 +53,10 @@ load_finished() {  # $1 = grid file, $2 = its folder, the rest = extra train.py 
     # shellcheck disable=SC2034  # for the caller
     if [ -n "$name" ]; then finished[$name]=1; fi
   done <<< "$names"
+}
+
+run_finished() {  # $1 = run name: whether load_finished found it finished
+  [ -n "${finished[$1]:-}" ]
 }
 
 launcher_words() {  # the words that start train.py as the variables above say, one per line
@@ -102,21 +101,47 @@ exit_status_of() {  # $1 = pid: wait until it has really exited (a trapped signa
   return "$status"
 }
 
+write_status_file() {  # $1 = file, the rest = its lines, "KEY VALUE" each: a grid's status, in the
+  # one format of the grid runner's grid.status and the SLURM jobs' slurm/status/<task | smoke>:
+  # phase (smoke | real | report | ended), ended (how), running (a run; one line each), note (what
+  # else to say), and the runner's pid, grid and counts. grid.py read_status reads it, for
+  # tmux_launch.sh --status and run_grid.sh --slurm --status. Replaced whole: never read half-written
+  printf '%s\n' "${@:2}" > "$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+forget_outcome() {  # $1 = run folder: before a start, drop the outcome.json an earlier start left
+  # (train.py writes it when a signal stops the run), so run_outcome reads this start's
+  rm -f "$1/outcome.json"
+}
+
+run_outcome() {  # $1 = run folder, $2 = its start's exit status: sets outcome (done | stopped | failed)
+  # and outcome_detail (what to show), as grid.py outcome decides
+  local line
+  line=$("$PYTHON" grid.py outcome "$1" "$2") || line="failed exit $2"
+  # shellcheck disable=SC2034  # for the caller
+  read -r outcome outcome_detail <<< "$line"
+}
+
 first_error() {  # $1 = log: its error lines (train.py can report model and data together), else its last lines
   { grep -m 3 -E '^([0-9:]+ )?error:' "$1" || grep -v '^\s*$' "$1" | tail -n 8; } | sed 's/^/    /'
 }
 
-smoke_phase() {  # $1 = the grid file, as a failure names it. Runs every run of runs[] with --smoke
-  # --fresh (64 examples, 1 epoch) into $OUT/smoke, one after another, its log $OUT/logs/<run>-smoke.log,
-  # except those the caller's smoke_skip (run name, line) prints a reason for. Returns 0 when all
-  # passed; 1 at the first failure, after printing its error lines (line_no, run_name and smoke_log
-  # name it); 130 once a signal handler has set stopping=1
-  local run reason status
+smoke_phase() {  # $1 = the grid file, the rest = the train.py args added to every run (as for
+  # expand_runs). Runs every run of runs[] with --smoke --fresh (64 examples, 1 epoch) into
+  # $OUT/smoke, one after another, its log $OUT/logs/<run>-smoke.log, except those whose smoke run
+  # grid.py smoke-skips says is not needed. Returns 0 when all passed; 1 at the first failure, after
+  # printing its error lines (line_no, run_name and smoke_log name it); 2 when grid.py refused the
+  # grid (its error line on stderr); 130 once a signal handler has set stopping=1
+  local run status skips skipped why
+  local -A skip=()
+  skips=$("$PYTHON" grid.py smoke-skips "$1" "$OUT" -- "${@:2}") || return 2
+  while IFS=$'\x1f' read -r skipped why; do
+    if [ -n "$skipped" ]; then skip[$skipped]=$why; fi
+  done <<< "$skips"
   for run in "${runs[@]}"; do
     [ "${stopping:-0}" = 1 ] && return 130
     read_run "$run"
-    reason=$(smoke_skip "$run_name" "$line_no")
-    if [ -n "$reason" ]; then echo "smoke skipped: $run_name ($reason)"; continue; fi
+    if [ -n "${skip[$run_name]:-}" ]; then echo "smoke skipped: $run_name (${skip[$run_name]})"; continue; fi
     smoke_log="$OUT/logs/$run_name-smoke.log"
     # --fresh: a smoke run that is not skipped starts over; a finished one would only be skipped by
     # train.py, and one with other settings or from an earlier model of its stage refused

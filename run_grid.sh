@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --dry-run) dry_run=1; shift ;;
     --sync) sync=1; shift ;;
     --out_dir) need_value "$@"; out_root=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_usage "$0"; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) grid=$1; shift ;;
@@ -104,8 +104,6 @@ fi
 # finished means finished with the settings of its grid line: a run folder holding other settings
 # is refused here, naming the line and the settings, before anything starts
 load_finished "$grid" "$out" "${extra[@]}" || exit 2
-run_finished() { [ -n "${finished[$1]:-}" ]; }
-load_needed  # the runs that a run still to do starts from (--model run:NAME)
 
 mkdir -p "$out/logs"
 # one launch per grid folder: a second one is refused here, before it writes anything (it would
@@ -127,13 +125,13 @@ echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
 declare -A succeeded=()
 done_runs=() skipped=() failed=() stopped=()
-write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
-  local s
-  { echo "phase $1"; echo "pid $$"; echo "grid $grid"; echo "runs ${#runs[@]}"
-    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
-    for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && echo "running ${slot_name[$s]}"; done
-    if [ -n "${2:-}" ]; then echo "ended $2"; fi
-  } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
+write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: grid.status, for
+  # tmux_launch.sh --status (grid_lib.sh's format)
+  local s lines=("phase $1" "pid $$" "grid $grid" "runs ${#runs[@]}" "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"
+    "failed ${#failed[@]}" "stopped ${#stopped[@]}")
+  for s in "${!slots[@]}"; do if [ -n "${slot_pid[$s]:-}" ]; then lines+=("running ${slot_name[$s]}"); fi; done
+  if [ -n "${2:-}" ]; then lines+=("ended $2"); fi
+  write_status_file "$out/grid.status" "${lines[@]}"
 }
 stopping=0 child=""
 on_signal() {
@@ -144,25 +142,17 @@ on_signal() {
 }
 trap on_signal INT TERM HUP
 
-# ---- smoke phase: same code path, 64 examples, 1 epoch, for every run not yet finished whose
-# smoke run has not passed with these settings and this code; stop on any failure
+# ---- smoke phase: same code path, 64 examples, 1 epoch, for every run whose smoke run is needed
+# (grid.py smoke-skips: as in the SLURM smoke job); stop on any failure
 if [ "$smoke" = 1 ]; then
-  declare -A smoke_ok=()
-  while IFS= read -r passed; do if [ -n "$passed" ]; then smoke_ok[$passed]=1; fi; done \
-    < <("$PYTHON" grid.py smoke-passed "$grid" "$out" -- "${extra[@]}")
-  smoke_skip() {  # $1 = run name: why its smoke run is not needed, if it is not (a finished run
-    # that a run still to do starts from is smoke-run: that run's smoke run starts from its smoke run)
-    if [ -n "${finished[$1]:-}" ] && [ -z "${needed[$1]:-}" ]; then echo finished
-    elif [ -n "${smoke_ok[$1]:-}" ]; then echo "passed before"; fi
-  }
   echo "== smoke phase: ${#runs[@]} runs"
   write_status smoke
   use_slot 0
-  smoke_phase "$grid"; status=$?
+  smoke_phase "$grid" "${extra[@]}"; status=$?
   if [ "$status" = 130 ]; then echo "run_grid: stopped during the smoke phase"; write_status ended stopped; exit 130; fi
   if [ "$status" != 0 ]; then
     echo "stopping before the real runs." >&2
-    write_status ended "smoke failed: $run_name, log $smoke_log"
+    write_status ended "smoke failed${smoke_log:+: $run_name, log $smoke_log}"
     exit 1
   fi
 fi
@@ -170,24 +160,15 @@ fi
 # ---- real runs: a queue over the device slots
 echo "== real runs: ${#runs[@]} (${#slots[@]} at a time)"
 write_status real
-checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
-  grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
-}
-finish_slot() {  # $1 = slot index: reap its run and record the outcome
-  local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
-  exit_status_of "$pid"; status=$?
-  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}") succeeded[${slot_name[$s]}]=1; echo "[done] ${slot_name[$s]}"
-  elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
-    stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
-    echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
-  elif (( status == 129 || status == 130 || status == 143 )); then  # HUP, INT, TERM during set-up
-    stopped+=("${slot_name[$s]} (exit $status before its first checkpoint, log $log)")
-    echo "[stopped] ${slot_name[$s]} before its first checkpoint (exit $status, log $log)"
-  else
-    failed+=("${slot_name[$s]} (exit $status, log $log)")
-    echo "[failed] ${slot_name[$s]} exit $status"
-    first_error "$log"
-  fi
+finish_slot() {  # $1 = slot index: reap its run and record how it ended (grid_lib.sh's run_outcome)
+  local s=$1 status slot_run=${slot_name[$1]} log="$out/logs/${slot_name[$1]}.log"
+  exit_status_of "${slot_pid[$s]}"; status=$?
+  run_outcome "$out/$slot_run" "$status"
+  case "$outcome" in
+    done) done_runs+=("$slot_run") succeeded[$slot_run]=1; echo "[done] $slot_run" ;;
+    stopped) stopped+=("$slot_run ($outcome_detail, log $log)"); echo "[stopped] $slot_run $outcome_detail (log $log)" ;;
+    *) failed+=("$slot_run ($outcome_detail, log $log)"); echo "[failed] $slot_run $outcome_detail (log $log)"; first_error "$log" ;;
+  esac
   slot_pid[s]=""
   write_status real
 }
@@ -208,11 +189,11 @@ is_running() { local i; for i in "${!slots[@]}"; do [ -n "${slot_pid[$i]:-}" ] &
 for run in "${runs[@]}"; do
   [ "$stopping" = 1 ] && break
   read_run "$run"
-  if [ -n "${finished[$run_name]:-}" ]; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
+  if run_finished "$run_name"; then skipped+=("$run_name"); echo "[skip] $run_name (finished)"; continue; fi
   if [ -n "$starts_from" ]; then  # it starts from the model of an earlier run: wait for that one to end
     while is_running "$starts_from" && [ "$stopping" = 0 ]; do reap_runs; sleep 1; done
     [ "$stopping" = 1 ] && break
-    if [ -z "${finished[$starts_from]:-}${succeeded[$starts_from]:-}" ]; then
+    if ! run_finished "$starts_from" && [ -z "${succeeded[$starts_from]:-}" ]; then
       failed+=("$run_name (not started: $starts_from, the run it starts from, did not finish)")
       echo "[failed] $run_name not started: $starts_from, the run it starts from, did not finish"
       continue
@@ -228,6 +209,7 @@ for run in "${runs[@]}"; do
   done
   use_slot "$s"
   echo "[start] $run_name devices=${slots[$s]:-default} port=${RUN_PORT:-auto} log $out/logs/$run_name.log"
+  forget_outcome "$out/$run_name"
   start_run "$out/logs/$run_name.log" "${args[@]}" --out_dir "$out" --wandb_group "$name"
   slot_pid[s]=$child slot_name[s]=$run_name child=""
   write_status real

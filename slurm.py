@@ -203,9 +203,9 @@ def queue_lines(o) -> list[str]:
     )
 
 
-def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list[int] = (), **shell_values) -> str:
+def fill(template: str, script: str, sbatch: list[str], p: Place, o, **shell_values) -> str:
     """slurm_jobs/<template>, the job's bash, with its @KEY@ placeholders filled: the #SBATCH lines,
-    where the job runs from, how a run starts, the tasks, and shell_values (quoted for the shell)."""
+    where the job runs from, how a run starts, and shell_values (quoted for the shell)."""
     per_node = o.gpus_per_run or o.nproc or 1
     shell_values = {
         "ROOT": p.root,
@@ -217,21 +217,16 @@ def fill(template: str, script: str, sbatch: list[str], p: Place, o, tasks: list
         **shell_values,
     }
     values = {k: shlex.quote(str(v)) for k, v in shell_values.items()}
-    values |= {
-        "NAME": p.name,
-        "SCRIPT": shlex.quote(script),
-        "GRACE": str(o.grace),
-        "TASKS": " ".join(map(str, tasks)),
-    }  # numbers: the template holds them in "..."
+    values |= {"NAME": p.name, "SCRIPT": shlex.quote(script), "GRACE": str(o.grace)}  # in comments only
     with open(os.path.join(JOBS, template)) as f:
         text = f.read().replace("# @SBATCH@", "\n".join(f"#SBATCH {line}" for line in sbatch), 1)
     return re.sub(r"@([A-Z_]+)@", lambda m: values[m.group(1)], text)
 
 
-def smoke_script(o, p: Place, tasks: list[int]) -> str:
+def smoke_script(o, p: Place) -> str:
     path = os.path.join(p.out, "slurm", "smoke.sbatch")
     sbatch = [f"--job-name={p.name}-smoke", f"--output={p.out}/logs/slurm-smoke-%j.log", *resource_lines(o)]
-    return fill("smoke.sbatch", path, sbatch, p, o, tasks)
+    return fill("smoke.sbatch", path, sbatch, p, o)
 
 
 def runs_path(p: Place, stage: int) -> str:
@@ -398,7 +393,7 @@ def submit_jobs(o, place: Place, tasks: list[int], stages: list[list[int]], path
     cancelled (its jobs would wait for nothing) and the SlurmError raised."""
     jobs = {"smoke": None, "arrays": [], "task_array": {}}
     if o.smoke:
-        write(paths["smoke"], smoke_script(o, place, tasks))
+        write(paths["smoke"], smoke_script(o, place))
         jobs["smoke"] = NO_ID["smoke"] if o.dry_run else sbatch(paths["smoke"])
     elif os.path.exists(paths["smoke"]):
         os.remove(paths["smoke"])
@@ -465,8 +460,6 @@ def write(path: str, text: str) -> None:
 
 
 def status(o) -> int:
-    if shutil.which("squeue") is None:
-        raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
     try:
         name = grid.grid_name(o.grid)
     except grid.GridError as e:
@@ -475,10 +468,33 @@ def status(o) -> int:
     jobs = read_jobs(slurm_dir)
     if jobs is None:
         raise SlurmError(f"grid {name} was not sent to SLURM from here (no {slurm_dir}/jobs.json)")
+    print("\n".join(status_lines(name, slurm_dir, jobs)))
+    return 0
+
+
+def summary(out_dir: str) -> str | None:
+    """For tmux_launch.sh --status: "slurm NAME: " and the runs counted by state, as --status ends;
+    None if the grid in out_dir was not sent to SLURM from here."""
+    slurm_dir = os.path.join(out_dir, "slurm")
+    jobs = read_jobs(slurm_dir)
+    if jobs is None:
+        return None
+    name = os.path.basename(os.path.normpath(out_dir))
+    try:
+        return "slurm " + status_lines(name, slurm_dir, jobs)[-1].removeprefix("== ")
+    except SlurmError as e:
+        return f"slurm {name}: error: {e}"
+
+
+def status_lines(name: str, slurm_dir: str, jobs: dict) -> list[str]:
+    """--status: the jobs, the smoke job's state, each run's (from squeue, the jobs' status files
+    and the run folders), the report; the last line counts the runs by state."""
+    if shutil.which("squeue") is None:
+        raise SlurmError("--status needs squeue on PATH (run it on the cluster's login node)")
     out = jobs["out"]
     live = {row["JobArrayID"]: row for row in queue(job_ids(jobs))}
     arrays = jobs.get("arrays") or [jobs["array"]]
-    print(
+    lines = [
         f"grid {name} ({out}), submitted {jobs.get('submitted', '?')}: "
         + ", ".join(
             [
@@ -487,10 +503,10 @@ def status(o) -> int:
                 *([f"report job {jobs['report']}"] if jobs.get("report") else []),
             ]
         )
-    )
+    ]
     if jobs.get("smoke"):
         smoke = live.get(jobs["smoke"])
-        print(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
+        lines.append(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
     counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
     for task, run_name in enumerate(jobs["runs"], 1):
         state, detail = run_state(
@@ -502,14 +518,13 @@ def status(o) -> int:
             live.get(f"{jobs.get('task_array', {}).get(str(task), jobs['array'])}_{task}"),
         )
         counts[state] += 1
-        print(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
+        lines.append(f"  {state:<9} {run_name}" + (f"  ({detail})" if detail else ""))
     report = live.get(jobs["report"]) if jobs.get("report") else None
     if report:
-        print(f"  report: {report['State'].lower()}")
+        lines.append(f"  report: {report['State'].lower()}")
     elif os.path.exists(os.path.join(out, "results.md")):
-        print(f"  report: {os.path.join(out, 'results.md')}")
-    print(f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    return 0
+        lines.append(f"  report: {os.path.join(out, 'results.md')}")
+    return [*lines, f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
 
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
@@ -538,11 +553,9 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
 
 
 def read_state(slurm_dir: str, key: str) -> str | None:
-    try:
-        with open(os.path.join(slurm_dir, "status", key)) as f:
-            return f.read().strip()
-    except OSError:
-        return None
+    """The state the smoke job or task `key` wrote in slurm/status/, in one line; None if none."""
+    state = grid.read_status(os.path.join(slurm_dir, "status", key))
+    return None if state is None else grid.described_state(state)
 
 
 def main(argv: list[str]) -> int:

@@ -6,17 +6,18 @@
 #   bash tmux_launch.sh --status [--out_dir D]         sessions and their progress (runs done / total,
 #                                                      phase, each running run's step, epoch, ETA),
 #                                                      how the grids under D (default runs) ended, and
-#                                                      those sent to SLURM with run_grid.sh --slurm
+#                                                      the state of those sent to SLURM with
+#                                                      run_grid.sh --slurm
 #   bash tmux_launch.sh --stop GRID                    stop gracefully: running runs checkpoint and
 #                                                      exit; start again to resume
 #   bash tmux_launch.sh GRID -- --epochs 1             flags after -- go to every run (as run_grid.sh)
 set -uo pipefail
 cd "$(dirname "$0")" || exit 2
-case "${1:-}" in
-  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-esac
 # shellcheck source=grid_lib.sh
 source ./grid_lib.sh
+case "${1:-}" in
+  -h|--help) print_usage "$0"; exit 0 ;;
+esac
 command -v tmux >/dev/null || die "tmux is not installed (e.g. apt-get install tmux)"
 PYTHON=${PYTHON:-python}
 load_defaults
@@ -42,24 +43,19 @@ case "${1:-}" in
     for s in $list; do
       echo "$s: $(progress "$s")"
       out=$(tmux show-options -t "$s" -v @grid_out 2>/dev/null) && shown+=("$(realpath -m "$out")")
-      # the phase and each running run's step/total, epoch and ETA (run_grid.sh's grid.status)
+      # the phase and each running run's step/total, epoch and ETA (grid.status)
       "$PYTHON" grid.py status "$out" | sed 's/^/  /'
     done
-    # grids run under $root by no session now: how they ended (or that they run outside tmux)
-    ended=()
-    for f in "$root"/*/grid.status; do
-      [ -f "$f" ] || continue
-      d=$(realpath -m "$(dirname "$f")")
-      [[ " ${shown[*]:-} " == *" $d "* ]] || ended+=("$(dirname "$f")")
+    # the grids under $root that no session runs now: how they ended (or that they run outside
+    # tmux), and those sent to SLURM; grid.py reads their status files, all in one format
+    others=()
+    for d in "$root"/*/; do
+      [[ " ${shown[*]:-} " == *" $(realpath -m "$d") "* ]] || others+=("${d%/}")
     done
-    [ -n "$list" ] || [ ${#ended[@]} -gt 0 ] || echo "no grid sessions running"
-    [ ${#ended[@]} = 0 ] || "$PYTHON" grid.py status "${ended[@]}"
-    # grids sent to SLURM: their state comes from squeue and the run folders (slurm.py --status)
-    for jobs in "$root"/*/slurm/jobs.json; do
-      [ -f "$jobs" ] || continue
-      g=$(basename "$(dirname "$(dirname "$jobs")")")
-      echo "slurm $("$PYTHON" slurm.py "$g" --status --out_dir "$root" 2>&1 | tail -n 1 | sed 's/^== //')"
-    done
+    statuses=""
+    if [ ${#others[@]} -gt 0 ]; then statuses=$("$PYTHON" grid.py status "${others[@]}"); fi
+    [ -n "$list" ] || [ -n "$statuses" ] || echo "no grid sessions running"
+    [ -z "$statuses" ] || echo "$statuses"
     exit 0 ;;
   --stop)
     [ $# -ge 2 ] || die "--stop needs the grid (file or name)"

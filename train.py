@@ -941,13 +941,23 @@ def checkpoint_state(run: Run, state: TrainState) -> dict:
 
 
 def stop_run(run: Run, state: TrainState, snapshot, signum: int) -> int:
-    """Checkpoint (unless nothing changed since the last one), say how to resume, exit 128+N."""
+    """Checkpoint (unless nothing changed since the last one), say how to resume, record the stop
+    for the launcher, exit 128+N."""
     path = run.checkpointer.stop(state.global_step, snapshot)
     run.log.info(
         f"checkpointed at step {state.global_step} — {run.rerun_hint} to resume" + (f" ({path})" if path else "")
     )
+    if run.info.is_main:
+        write_outcome(run.run_dir, outcome="stopped", step=state.global_step, checkpoint=path, signal=signum)
     run.wandb.finish(exit_code=EXIT_SIGNAL + signum)
     return EXIT_SIGNAL + signum
+
+
+def write_outcome(run_dir: str, **outcome) -> None:
+    """outcome.json in the run folder: how this start ended, for the grid runner (grid.outcome reads
+    it with the exit code; under torchrun the exit code alone does not say). Its sentences in the
+    log are for people and may change."""
+    utils.write_json(os.path.join(run_dir, "outcome.json"), outcome)
 
 
 def resolve_precision(name: str, device: torch.device, warn) -> str:

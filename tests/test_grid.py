@@ -519,3 +519,53 @@ def test_fresh_on_a_grid_says_it_does_not_redo_finished_runs(tmp_path):
         assert (run_dir / "results.json").exists()
     plain = run_grid(g, "--no-smoke", "--out_dir", tmp_path / "runs")
     assert "--fresh" not in plain.stdout + plain.stderr and f"[skip] {run_dir.name} (finished)" in plain.stdout
+
+
+REWORDED = """#!/usr/bin/env bash
+# PYTHON for run_grid.sh: tests/python_with_faults, with train.py's resume sentence reworded in
+# what the grid's console log gets (train.log keeps it)
+faults=@FAULTS@
+case " $* " in
+  *" train.py "*) set -o pipefail; "$faults" "$@" 2>&1 | sed -u 's/checkpointed at step/saved at step/' ;;
+  *) exec "$faults" "$@" ;;
+esac
+"""
+
+
+@pytest.mark.slow
+def test_the_stopped_line_takes_its_step_from_the_runs_outcome_not_from_the_log(tmp_path, cache_dir):
+    python = tmp_path / "python_reworded"
+    python.write_text(REWORDED.replace("@FAULTS@", os.path.join(ROOT, "tests", "python_with_faults")))
+    python.chmod(0o755)
+    g = write_grid(tmp_path / "o.grid", f"{SMALL} --max_train_samples 400 --log_every 1")
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "run_grid.sh"), g, "--no-smoke", "--out_dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHON=str(python), FTKIT_KILL_AT="step:3:TERM", WANDB_MODE="disabled"),
+        timeout=300,
+    )
+    name = config.parse_args([*SMALL.split(), "--max_train_samples", "400", "--log_every", "1"]).run_name
+    console_log = tmp_path / "runs" / "o" / "logs" / f"{name}.log"
+    assert "saved at step" in console_log.read_text() and "checkpointed at step" not in console_log.read_text()
+    checkpoints = sorted((tmp_path / "runs" / "o" / name / "ckpt").glob("step_*.pt"))
+    step = int(checkpoints[-1].stem.split("_")[1])
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"[stopped] {name} checkpointed at step {step} (log {console_log})\n" in out.stdout, out.stdout
+    assert "0 done, 0 skipped, 0 failed, 1 stopped" in out.stdout
+    outcome = json.loads((tmp_path / "runs" / "o" / name / "outcome.json").read_text())
+    assert outcome == {"outcome": "stopped", "step": step, "checkpoint": str(checkpoints[-1]), "signal": 15}
+
+
+def test_outcome_maps_the_exit_code_and_the_outcome_file_to_the_grids_line(tmp_path):
+    stopped = {"outcome": "stopped", "step": 12, "checkpoint": "ckpt/step_00000012.pt", "signal": 15}
+    (tmp_path / "outcome.json").write_text(json.dumps(stopped))
+    assert grid.outcome(str(tmp_path), 0) == ("done", "")
+    assert grid.outcome(str(tmp_path), 143) == ("stopped", "checkpointed at step 12")
+    assert grid.outcome(str(tmp_path), 1) == ("stopped", "checkpointed at step 12")  # torchrun, after its workers
+    (tmp_path / "outcome.json").unlink()
+    assert grid.outcome(str(tmp_path), 130) == ("stopped", "exit 130 before its first checkpoint")
+    assert grid.outcome(str(tmp_path), 3) == ("failed", "diverged, exit 3")
+    assert grid.outcome(str(tmp_path), 2) == ("failed", "exit 2")
+    assert grid.outcome(str(tmp_path / "never-started"), 1) == ("failed", "exit 1")

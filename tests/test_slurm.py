@@ -91,7 +91,7 @@ def test_scripts_for_exp1_equal_the_expected_copy(tmp_path):
     two_nodes = slurm.build_parser().parse_args(["grids/exp1.grid", "--slurm", *FIXED, "--nodes-per-run", "2"])
     written = {
         "runs.grid": slurm.runs_file(runs),
-        "smoke.sbatch": slurm.smoke_script(one_node, PLACE, tasks),
+        "smoke.sbatch": slurm.smoke_script(one_node, PLACE),
         "runs.sbatch": slurm.runs_script(one_node, PLACE, tasks, after=["1001"]),
         "report.sbatch": slurm.report_script(one_node, PLACE, array_jobs=["1002"]),
         "runs-2nodes.sbatch": slurm.runs_script(two_nodes, PLACE, tasks, after=["1001"]),
@@ -173,7 +173,13 @@ def test_finished_runs_are_left_out_and_a_finished_grid_submits_nothing(tmp_path
     assert re.findall(r"^  task (\d+) ", out.stdout, re.M) == ["3", "4", "6", "7", "8", "9", "10"]
     folder = tmp_path / "runs" / "exp1" / "slurm"
     assert "#SBATCH --array=3-4,6-10%3" in (folder / "runs.sbatch").read_text()
-    assert 'TASKS=" 3 4 6 7 8 9 10 "' in (folder / "smoke.sbatch").read_text()
+    smoke_skips = subprocess.run(  # what the smoke job asks: it skips the finished runs' smoke runs
+        [sys.executable, "grid.py", "smoke-skips", folder / "runs.grid", tmp_path / "runs" / "exp1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.splitlines()
+    assert smoke_skips == [f"{names[i]}{grid.SEP}finished" for i in (0, 1, 4)]
 
     for _, name, args in runs:
         finish(tmp_path / "runs" / "exp1" / name, args)
@@ -263,6 +269,31 @@ def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(t
     assert not (folder / "runs-stage2.sbatch").exists()
 
 
+def write_status_file(path, *lines):
+    """A status record, written as the grid runner and the SLURM jobs write theirs (grid_lib.sh)."""
+    bash = 'source ./grid_lib.sh; write_status_file "$@"'
+    subprocess.run(["bash", "-c", bash, "bash", path, *lines], cwd=ROOT, check=True)
+
+
+def test_the_runner_and_the_slurm_jobs_write_one_status_format_that_both_status_commands_read(tmp_path):
+    runner, task = tmp_path / "grid.status", tmp_path / "slurm" / "status" / "7"
+    task.parent.mkdir(parents=True)
+    write_status_file(runner, "phase real", "pid 1", "grid g.grid", "runs 2", "done 0", "running a", "running b")
+    assert grid.read_status(str(runner)) == {
+        "phase": "real",
+        "pid": "1",
+        "grid": "g.grid",
+        "runs": "2",
+        "done": "0",
+        "running": ["a", "b"],
+    }
+    write_status_file(task, "phase real", "running r2", "note job 8_7 on node1, start 1")
+    assert slurm.read_state(str(tmp_path / "slurm"), "7") == "running: r2, job 8_7 on node1, start 1"
+    write_status_file(task, "phase ended", "ended failed: r2 exit 2 (not requeued)")
+    assert slurm.read_state(str(tmp_path / "slurm"), "7") == "failed: r2 exit 2 (not requeued)"
+    assert os.listdir(task.parent) == ["7"]  # replaced whole: no temporary file left
+
+
 @pytest.mark.slow
 def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
@@ -283,8 +314,8 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     )
     (out / "r1").mkdir()
     (out / "r1" / "results.json").write_text("{}")  # finished before: not in the array
-    (out / "slurm" / "status" / "smoke").write_text("ok\n")
-    (out / "slurm" / "status" / "5").write_text("failed: r5 exit 2 (not requeued)\n")
+    write_status_file(out / "slurm" / "status" / "smoke", "phase ended", "ended ok")
+    write_status_file(out / "slurm" / "status" / "5", "phase ended", "ended failed: r5 exit 2 (not requeued)")
     queue.write_text(
         "8_2|RUNNING|0|None|node1|\n8_3|PENDING|1|BeginTime||\n8_4|PENDING|0|JobArrayTaskLimit||\n"
         "9|PENDING|0|Dependency||\n"
@@ -304,6 +335,15 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         assert any(re.match(rf"  {state} +{name}\b", line) for line in lines), (state, name, status.stdout)
     assert "r5 exit 2" in status.stdout and "task 6 never started" in status.stdout
     assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed"
+    # what tmux_launch.sh --status shows of it: the same, read the same way
+    summary = subprocess.run(
+        [sys.executable, "grid.py", "status", out],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, **env),
+    )
+    assert summary.stdout == "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed\n", summary.stderr
     if shutil.which("tmux"):
         tmux = subprocess.run(
             ["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
@@ -351,6 +391,63 @@ def test_bad_input_ends_in_one_error_line(tmp_path, fake_slurm):
         env={"PATH": str(bare), "PYTHON": sys.executable},
     )
     one_error_line(no_sbatch, "--slurm needs sbatch on PATH")
+
+
+def smoke_passed_before(smoke_dir, args):
+    """A smoke run folder as a passed smoke run of these grid-line flags leaves it, with this code."""
+    smoke = config.parse_args([*args, "--smoke"])
+    os.makedirs(smoke_dir / smoke.run_name)
+    recorded = dict(vars(smoke), code_version=config.code_version())
+    (smoke_dir / smoke.run_name / "config.json").write_text(json.dumps(recorded))
+    (smoke_dir / smoke.run_name / "results.json").write_text("{}")
+
+
+def skipped_smoke_runs(output: str) -> list[str]:
+    return re.findall(r"^smoke skipped: .*$", output, re.M)
+
+
+@pytest.mark.slow
+def test_the_smoke_job_skips_the_smoke_runs_the_local_smoke_phase_skips(tmp_path, fake_slurm):
+    """One smoke-skip policy: a finished run that no run still to do starts from, and a run whose
+    smoke run passed before with these settings and this code; the first failing smoke run stops both."""
+    env, _, _ = fake_slurm
+    gone, missing = tmp_path / "gone", tmp_path / "missing"  # a smoke run of either fails at once
+    lines = [
+        f"{SMALL} --seed 1",  # finished
+        f"{SMALL} --seed 2 --data {gone}",  # its smoke run passed before
+        CHAIN[0],  # finished, and the run on the last line starts from it; its smoke run passed before
+        f"{SMALL} --seed 3 --data {missing}",  # to do: its smoke run fails
+        CHAIN[1].replace(" --seed {1,2}", ""),
+    ]
+    g = tmp_path / "g.grid"
+    g.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs" / "g"
+    runs = grid.resolve(str(g))
+    for i in (0, 2):
+        finish(out / runs[i][1], runs[i][2])
+    for i in (1, 2):
+        smoke_passed_before(out / "smoke", runs[i][2])
+    expected = [
+        f"smoke skipped: {runs[0][1]} (finished)",
+        f"smoke skipped: {runs[1][1]} (passed before)",
+        "smoke skipped: pre (passed before)",
+    ]
+
+    local = run_grid(g, "--out_dir", tmp_path / "runs", env=env)
+    assert local.returncode == 1 and f"smoke FAILED: {g} line 4 " in local.stderr, local.stdout + local.stderr
+    assert skipped_smoke_runs(local.stdout) == expected, local.stdout
+
+    written = run_grid(g, "--slurm", "--dry-run", "--gpus-per-run", 0, "--out_dir", tmp_path / "runs", env=env)
+    assert written.returncode == 0, written.stdout + written.stderr
+    job = subprocess.run(
+        ["bash", out / "slurm" / "smoke.sbatch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, WANDB_MODE="disabled", **env),
+    )
+    assert job.returncode == 1 and "line 4 " in job.stderr, job.stdout + job.stderr
+    assert skipped_smoke_runs(job.stdout) == expected, job.stdout
 
 
 # ---- integration: a real SLURM on this machine
