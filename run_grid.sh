@@ -126,11 +126,11 @@ fi
 echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
 declare -A succeeded=()
-done_runs=() skipped=() failed=() stopped=()
+done_runs=() skipped=() failed=() stopped=() collapsed=()
 write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: for tmux_launch.sh --status
   local s
   { echo "phase $1"; echo "pid $$"; echo "grid $grid"; echo "runs ${#runs[@]}"
-    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
+    echo "done $(( ${#done_runs[@]} + ${#skipped[@]} + ${#collapsed[@]} ))"; echo "failed ${#failed[@]}"; echo "stopped ${#stopped[@]}"
     for s in "${!slots[@]}"; do [ -n "${slot_pid[$s]:-}" ] && echo "running ${slot_name[$s]}"; done
     if [ -n "${2:-}" ]; then echo "ended $2"; fi
   } > "$out/grid.status.tmp" && mv -f "$out/grid.status.tmp" "$out/grid.status"
@@ -173,10 +173,21 @@ write_status real
 checkpointed_step() {  # $1 = log: the step train.py checkpointed at when a signal stopped it
   grep -o 'checkpointed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
 }
+early_stop_note() {  # $1 = log: " early-stopped at step N" when train.py ended the run early (--early_stop)
+  local step
+  step=$(grep -o 'early-stopped at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$')
+  if [ -n "$step" ]; then echo " early-stopped at step $step"; fi
+}
+collapsed_step() {  # $1 = log: the step where train.py stopped the run as collapsed (exit 4, torchrun's 1)
+  grep -o 'stopped as collapsed at step [0-9]*' "$1" | tail -n 1 | grep -o '[0-9]*$'
+}
 finish_slot() {  # $1 = slot index: reap its run and record the outcome
   local s=$1 pid=${slot_pid[$1]} status step log="$out/logs/${slot_name[$1]}.log"
   exit_status_of "$pid"; status=$?
-  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}") succeeded[${slot_name[$s]}]=1; echo "[done] ${slot_name[$s]}"
+  if [ "$status" = 0 ]; then done_runs+=("${slot_name[$s]}") succeeded[${slot_name[$s]}]=1; echo "[done] ${slot_name[$s]}$(early_stop_note "$log")"
+  elif step=$(collapsed_step "$log") && [ -n "$step" ]; then  # finished: results.json says collapsed
+    collapsed+=("${slot_name[$s]} (at step $step, log $log)")
+    echo "[collapsed] ${slot_name[$s]} at step $step"
   elif step=$(checkpointed_step "$log") && [ -n "$step" ]; then  # exit 128+signal (torchrun: 1)
     stopped+=("${slot_name[$s]} (checkpointed at step $step, log $log)")
     echo "[stopped] ${slot_name[$s]} checkpointed at step $step (log $log)"
@@ -235,8 +246,10 @@ done
 while [ -n "$(busy_slots)" ]; do reap_runs; [ -n "$(busy_slots)" ] && sleep 1; done
 
 # ---- summary and table
-echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped"
+echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped," \
+  "${#collapsed[@]} collapsed"
 for f in "${failed[@]}"; do echo "  failed: $f"; done
+for f in "${collapsed[@]}"; do echo "  collapsed: $f"; done
 for f in "${stopped[@]}"; do echo "  stopped: $f"; done
 if [ "$stopping" = 1 ]; then
   echo "run_grid: interrupted — rerun the same command to resume"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from conftest import read_events, read_results, run_cli
+from test_grid import run_grid, write_grid
 
 import metrics
 import train
@@ -73,3 +74,22 @@ def test_ranking_z_is_zero_for_one_output_everywhere_and_large_for_a_ranking():
     assert type(z) is float and z > 8  # AUC 1.0 is 0.5 / 0.058 standard errors from chance
     noise = np.random.default_rng(0).random(100)
     assert train.ranking_z(np.stack([1 - noise, noise], axis=1), labels) < train.COLLAPSE_RANKING_Z
+
+
+@pytest.mark.slow
+def test_the_grid_shows_a_collapsed_run_and_an_early_stopped_run_and_the_report_marks_it(cache_dir, tmp_path):
+    spec = " ".join(map(str, [*SYNTHETIC, "--wandb", "disabled"]))
+    grid_file = write_grid(
+        tmp_path / "outcomes.grid",
+        f"{spec} {' '.join(map(str, COLLAPSING))} --run_name col",
+        f"{spec} --max_train_samples 256 --max_eval_samples 64 --epochs 8 --eval_every 8 --early_stop 2 "
+        "--metric_for_best loss --run_name es",
+    )
+    out = run_grid(grid_file, "--no-smoke", "--out_dir", tmp_path / "runs")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "[collapsed] col at step 64" in out.stdout and "[failed]" not in out.stdout
+    assert "[done] es early-stopped at step 32\n" in out.stdout
+    assert "1 done, 0 skipped, 0 failed, 0 stopped, 1 collapsed" in out.stdout
+    assert "COLLAPSED" in out.stdout  # the report's mark
+    again = run_grid(grid_file, "--no-smoke", "--out_dir", tmp_path / "runs")
+    assert again.returncode == 0 and "0 done, 2 skipped, 0 failed" in again.stdout

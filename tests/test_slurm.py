@@ -264,9 +264,9 @@ def test_a_chained_grid_is_one_array_per_stage_each_waiting_for_the_one_before(t
 
 
 @pytest.mark.slow
-def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
+def test_status_says_pending_running_requeued_done_failed_collapsed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
-    out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 7)]
+    out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 9)]
     (out / "slurm" / "status").mkdir(parents=True)
     (out / "slurm" / "jobs.json").write_text(
         json.dumps(
@@ -274,7 +274,7 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
                 "grid": "g.grid",
                 "out": str(out),
                 "runs": names,
-                "tasks": [2, 3, 4, 5, 6],
+                "tasks": [2, 3, 4, 5, 6, 7, 8],
                 "smoke": "7",
                 "array": "8",
                 "report": "9",
@@ -283,6 +283,9 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     )
     (out / "r1").mkdir()
     (out / "r1" / "results.json").write_text("{}")  # finished before: not in the array
+    for name, how in (("r7", "collapsed"), ("r8", "early_stop")):  # train.py ended them early
+        (out / name).mkdir()
+        (out / name / "results.json").write_text(json.dumps({"stopped_early": how, "stopped_at_step": 64}))
     (out / "slurm" / "status" / "smoke").write_text("ok\n")
     (out / "slurm" / "status" / "5").write_text("failed: r5 exit 2 (not requeued)\n")
     queue.write_text(
@@ -300,10 +303,13 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         ("pending", "r4"),
         ("failed", "r5"),
         ("failed", "r6"),
+        ("collapsed", "r7"),
+        ("done", "r8"),
     ]:
         assert any(re.match(rf"  {state} +{name}\b", line) for line in lines), (state, name, status.stdout)
     assert "r5 exit 2" in status.stdout and "task 6 never started" in status.stdout
-    assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed"
+    assert "r7  (at step 64)" in status.stdout and "r8  (early-stopped at step 64)" in status.stdout
+    assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 2 done, 2 failed, 1 collapsed"
     if shutil.which("tmux"):
         tmux = subprocess.run(
             ["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
@@ -312,7 +318,8 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
             cwd=ROOT,
             env=dict(os.environ, **env),
         )
-        assert "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed" in tmux.stdout, tmux.stdout + tmux.stderr
+        summary = "slurm g: 1 pending, 1 running, 1 requeued, 2 done, 2 failed, 1 collapsed"
+        assert summary in tmux.stdout, tmux.stdout + tmux.stderr
 
 
 @pytest.mark.slow
