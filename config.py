@@ -219,6 +219,7 @@ def add_model_data_and_optimizer_flags(a, d: str) -> None:
         name="eval",
         type=int,
         default=0,
+        metavar="N",
         help="also validate every N optimizer steps (counted over the whole run); the epoch end still "
         "validates, and the best weights are picked among all validations; 0 = at epoch ends only" + d,
     )
@@ -237,8 +238,9 @@ def add_model_data_and_optimizer_flags(a, d: str) -> None:
         default="stop",
         choices=["stop", "continue"],
         help="classification: stop a run whose validations stay at chance (accuracy at the majority "
-        "rate, loss near ln K) over at least one epoch, testing its best weights and exiting with code 4; "
-        "continue trains it to the end (results.json marks it collapsed either way)" + d,
+        "rate, loss near ln K, scores that do not rank the classes) over at least one epoch, testing its "
+        "best weights and exiting with code 4; continue trains it to the end (results.json marks it "
+        "collapsed either way)" + d,
     )
 
 
