@@ -86,12 +86,12 @@ def _fsync_dir(path: str) -> None:
 
 
 class Checkpointer:
-    """When to checkpoint and what to keep, for one run. The loop reports its steps, epoch ends
+    """When to checkpoint and what to keep, for one run. The loop reports its steps, validations
     and stops, with `snapshot`, a function that returns the state to save (called on every rank:
-    it gathers the ranks' RNG states); the checkpointer saves every `every` steps, at each
-    epoch's end and on a stop, keeps the `keep` newest checkpoints, writes the best epoch's
-    weights (best_step<N>.pt in the run folder) and deletes those no kept checkpoint names.
-    Files are written by rank 0 only."""
+    it gathers the ranks' RNG states); the checkpointer saves every `every` steps, after each
+    validation (at each epoch's end, and every --eval_every steps) and on a stop, keeps the `keep`
+    newest checkpoints, writes the best validation's weights (best_step<N>.pt in the run folder)
+    and deletes those no kept checkpoint names. Files are written by rank 0 only."""
 
     def __init__(self, run_dir: str, every: int, keep: int, is_main: bool, log, start_over: bool = False):
         self.run_dir, self.ckpt_dir = run_dir, os.path.join(run_dir, "ckpt")
@@ -113,13 +113,19 @@ class Checkpointer:
             self.names[saved["path"]] = self.best_file
         return saved
 
-    def step_done(self, step: int, last_in_epoch: bool, snapshot) -> None:
-        """Every `every` steps, except at an epoch's last step: the epoch's end saves it validated."""
-        if step % self.every == 0 and not last_in_epoch:
+    def step_done(self, step: int, validation_follows: bool, snapshot) -> None:
+        """Every `every` steps, except where a validation follows (an epoch's last step, or
+        --eval_every's): the validation saves the step validated."""
+        if step % self.every == 0 and not validation_follows:
             self.save(step, snapshot, "every")
 
     def epoch_done(self, step: int, epoch: int, snapshot) -> None:
         self.save(step, snapshot, f"end of epoch {epoch}")
+
+    def validated(self, step: int, snapshot) -> None:
+        """A validation inside an epoch: saved at once, so the validation history and the best
+        weights are never ahead of the newest checkpoint."""
+        self.save(step, snapshot, f"validation at step {step}")
 
     def stop(self, step: int, snapshot) -> str:
         """Checkpoint unless the last one is of this step; the newest checkpoint ("" on other ranks)."""
@@ -149,15 +155,15 @@ class Checkpointer:
         return path
 
     def new_best(self, step: int, weights: dict) -> str:
-        """Write the new best epoch's weights (rank 0); their file's name, for the run's progress."""
+        """Write the new best validation's weights (rank 0); their file's name, for the run's progress."""
         self.best_file = f"best_step{step}.pt"
         if self.is_main:
             save_weights(os.path.join(self.run_dir, self.best_file), weights)
         return self.best_file
 
     def load_best(self, global_step: int, model) -> dict:
-        """The best epoch's weights from their file; if that file is unreadable and the best epoch
-        is the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
+        """The best validation's weights from their file; if that file is unreadable and the best
+        validation is the last checkpointed one, the model (just resumed from that checkpoint) holds them."""
         path = os.path.join(self.run_dir, self.best_file)
         try:
             return load_weights(path)

@@ -207,11 +207,40 @@ def add_model_data_and_optimizer_flags(a, d: str) -> None:
         "--metric_for_best",
         name="best",
         default=None,
-        help="validation metric that picks the best epoch, "
+        help="validation metric that picks the best validation (epoch end, or --eval_every), "
         "whose weights score the test split. classification: acc (or accuracy), f1 (macro), f1_positive "
         "(F1 of label id 1; two classes), mcc (or matthews_correlation), loss; regression: pearson, "
         "spearman (or spearmanr), mse, loss. loss and mse: lower is better (default: acc; pearson with "
         "--task regression)",
+    )
+    # when validation happens, and when training ends before its last epoch
+    a(
+        "--eval_every",
+        name="eval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also validate every N optimizer steps (counted over the whole run); the epoch end still "
+        "validates, and the best weights are picked among all validations; 0 = at epoch ends only" + d,
+    )
+    a(
+        "--early_stop",
+        name="patience",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop training after PATIENCE validations in a row without improvement of "
+        "--metric_for_best, then test the best weights; 0 = train every epoch" + d,
+    )
+    a(
+        "--on_collapse",
+        operational=True,
+        default="stop",
+        choices=["stop", "continue"],
+        help="classification: stop a run whose validations stay at chance (accuracy at the majority "
+        "rate, loss near ln K, scores that do not rank the classes) over at least one epoch, testing its "
+        "best weights and exiting with code 4; continue trains it to the end (results.json marks it "
+        "collapsed either way)" + d,
     )
 
 
@@ -407,6 +436,9 @@ def check_args(args) -> None:
     ):
         if getattr(args, key) < 1:
             bad(key, "at least 1")
+    for key in ("eval_every", "early_stop"):
+        if getattr(args, key) < 0:
+            bad(key, "0 (off) or a positive number" + (" of steps" if key == "eval_every" else " of validations"))
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             bad(key, "at least 1 (leave it out for all examples)")
@@ -633,7 +665,8 @@ def run_fingerprint(config: dict) -> dict:
 
 def _as_if_absent(config: dict) -> set[str]:
     """The later-added settings of `config` that hold what every run before them did: a
-    classification task whose best epoch is picked by accuracy, text columns joined."""
+    classification task whose best epoch is picked by accuracy, text columns joined, validation at
+    epoch ends only, every epoch trained (no --eval_every, no --early_stop)."""
     task = config.get("task", "classification")
     classification_by_acc = task == "classification" and config.get("metric_for_best") in (
         None,
@@ -643,6 +676,7 @@ def _as_if_absent(config: dict) -> set[str]:
         ({"task"} if task == "classification" else set())
         | ({"metric_for_best"} if classification_by_acc else set())
         | ({"text_pairs"} if config.get("text_pairs") is False else set())
+        | {key for key in ("eval_every", "early_stop") if config.get(key) == 0}
     )
 
 

@@ -235,23 +235,34 @@ STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 
 
 def outcome(run_dir: str, exit_status: int) -> tuple[str, str]:
-    """How a start of the run in run_dir ended: (done | stopped | failed, what to show), from its
-    exit status and the outcome.json train.py wrote (the launchers remove an earlier start's before
-    they start the run). The one place that reads a run's ending: run_grid.sh prints
-    "[KIND] RUN DETAIL (log ...)" and a SLURM task its state from it; a new ending is one more case."""
+    """How a start of the run in run_dir ended: (done | collapsed | stopped | failed, what to show),
+    from its exit status, the outcome.json train.py wrote when a signal stopped it (the launchers
+    remove an earlier start's first) and results.json's early end (--early_stop, --on_collapse).
+    The one place that reads a run's ending: run_grid.sh prints "[KIND] RUN DETAIL (log ...)" and a
+    SLURM task its state from it; a new ending is one more case."""
+    ended_early = _read_json_dict(os.path.join(run_dir, "results.json"))  # this start's: it ran unfinished
+    where = f"at step {ended_early.get('stopped_at_step', '?')}"
+    if ended_early.get("stopped_early") == "collapsed":  # exit 4 (torchrun: 1), results.json written
+        return "collapsed", where
     if exit_status == 0:
-        return "done", ""
-    recorded = {}
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(run_dir, OUTCOME_FILE)) as f:
-            recorded = json.load(f)
-    if isinstance(recorded, dict) and recorded.get("outcome") == "stopped":  # 128+N, or torchrun's 1 after it
+        return "done", f"early-stopped {where}" if ended_early.get("stopped_early") == "early_stop" else ""
+    recorded = _read_json_dict(os.path.join(run_dir, OUTCOME_FILE))
+    if recorded.get("outcome") == "stopped":  # 128+N, or torchrun's 1 after it
         return "stopped", f"checkpointed at step {recorded.get('step', '?')}"
     if exit_status in [128 + s for s in STOP_SIGNALS]:
         return "stopped", f"exit {exit_status} before its first checkpoint"
     if exit_status == EXIT_DIVERGED:
         return "failed", f"diverged, exit {exit_status}"
     return "failed", f"exit {exit_status}"
+
+
+def _read_json_dict(path: str) -> dict:
+    """A JSON object from path; {} when it is missing, unreadable or not an object."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            found = json.load(f)
+        return found if isinstance(found, dict) else {}
+    return {}
 
 
 def run_progress(run_dir: str) -> str:

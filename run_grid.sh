@@ -124,10 +124,10 @@ fi
 echo "$$" > "$out/.grid.pid"
 declare -a slot_pid slot_name
 declare -A succeeded=()
-done_runs=() skipped=() failed=() stopped=()
+done_runs=() skipped=() failed=() stopped=() collapsed=()
 write_status() {  # $1 = phase (smoke | real | report | ended), $2 = how it ended: grid.status, for
   # tmux_launch.sh --status (grid_lib.sh's format)
-  local s lines=("phase $1" "pid $$" "grid $grid" "runs ${#runs[@]}" "done $(( ${#done_runs[@]} + ${#skipped[@]} ))"
+  local s lines=("phase $1" "pid $$" "grid $grid" "runs ${#runs[@]}" "done $(( ${#done_runs[@]} + ${#skipped[@]} + ${#collapsed[@]} ))"
     "failed ${#failed[@]}" "stopped ${#stopped[@]}")
   for s in "${!slots[@]}"; do if [ -n "${slot_pid[$s]:-}" ]; then lines+=("running ${slot_name[$s]}"); fi; done
   if [ -n "${2:-}" ]; then lines+=("ended $2"); fi
@@ -165,7 +165,8 @@ finish_slot() {  # $1 = slot index: reap its run and record how it ended (grid_l
   exit_status_of "${slot_pid[$s]}"; status=$?
   run_outcome "$out/$slot_run" "$status"
   case "$outcome" in
-    done) done_runs+=("$slot_run") succeeded[$slot_run]=1; echo "[done] $slot_run" ;;
+    done) done_runs+=("$slot_run") succeeded[$slot_run]=1; echo "[done] $slot_run${outcome_detail:+ $outcome_detail}" ;;
+    collapsed) collapsed+=("$slot_run ($outcome_detail, log $log)"); echo "[collapsed] $slot_run $outcome_detail (log $log)" ;;
     stopped) stopped+=("$slot_run ($outcome_detail, log $log)"); echo "[stopped] $slot_run $outcome_detail (log $log)" ;;
     *) failed+=("$slot_run ($outcome_detail, log $log)"); echo "[failed] $slot_run $outcome_detail (log $log)"; first_error "$log" ;;
   esac
@@ -217,8 +218,10 @@ done
 while [ -n "$(busy_slots)" ]; do reap_runs; [ -n "$(busy_slots)" ] && sleep 1; done
 
 # ---- summary and table
-echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped"
+echo "== $name: ${#done_runs[@]} done, ${#skipped[@]} skipped, ${#failed[@]} failed, ${#stopped[@]} stopped," \
+  "${#collapsed[@]} collapsed"
 for f in "${failed[@]}"; do echo "  failed: $f"; done
+for f in "${collapsed[@]}"; do echo "  collapsed: $f"; done
 for f in "${stopped[@]}"; do echo "  stopped: $f"; done
 if [ "$stopping" = 1 ]; then
   echo "run_grid: interrupted — rerun the same command to resume"

@@ -2,7 +2,7 @@
 
     bash run_grid.sh GRID --slurm [options] [-- TRAIN.PY ARGS]    (run_grid.sh hands --slurm here)
     bash run_grid.sh GRID --slurm --status                        per run: pending / running /
-                                                                  requeued / done / failed
+                                                                  requeued / done / collapsed / failed
 
 Writes OUT_DIR/<grid>/slurm/: runs.grid (each run's flags, one run per line: line N is array
 task N), smoke.sbatch, runs.sbatch (the job array), report.sbatch (slurm_jobs/'s templates with
@@ -507,7 +507,7 @@ def status_lines(name: str, slurm_dir: str, jobs: dict) -> list[str]:
     if jobs.get("smoke"):
         smoke = live.get(jobs["smoke"])
         lines.append(f"  smoke: {smoke['State'].lower() if smoke else read_state(slurm_dir, 'smoke') or 'not run'}")
-    counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed"], 0)
+    counts = dict.fromkeys(["pending", "running", "requeued", "done", "failed", "collapsed"], 0)
     for task, run_name in enumerate(jobs["runs"], 1):
         state, detail = run_state(
             out,
@@ -528,9 +528,9 @@ def status_lines(name: str, slurm_dir: str, jobs: dict) -> list[str]:
 
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
-    """One run: (pending | running | requeued | done | failed, detail)."""
+    """One run: (pending | running | requeued | done | collapsed | failed, detail)."""
     if config.has_results(os.path.join(out, run_name)):
-        return "done", "" if submitted else "finished before this submission"
+        return finished_state(os.path.join(out, run_name), submitted)
     if row is not None:
         restarts = int(row["RestartCnt"] or 0)
         if row["State"] in ("RUNNING", "COMPLETING", "CONFIGURING"):
@@ -550,6 +550,24 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
     if note.startswith(("running", "requeued")):  # but SLURM no longer lists it
         return "failed", f"task {task} ended outside the script (killed, or not started again): {note}"
     return "failed", f"task {task}: {note}"
+
+
+def finished_state(run_dir: str, submitted: bool) -> tuple[str, str]:
+    """A finished run: ("collapsed", where) when train.py stopped it as collapsed, else ("done", and
+    where it early-stopped, or that it finished before this submission)."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        results = {}
+    results = results if isinstance(results, dict) else {}
+    where = f"at step {results.get('stopped_at_step')}"
+    earlier = "" if submitted else "finished before this submission"
+    if results.get("stopped_early") == "collapsed":
+        return "collapsed", ", ".join(filter(None, [where, earlier]))
+    if results.get("stopped_early") == "early_stop":
+        return "done", ", ".join(filter(None, [f"early-stopped {where}", earlier]))
+    return "done", earlier
 
 
 def read_state(slurm_dir: str, key: str) -> str | None:

@@ -47,6 +47,12 @@ from config import UserError
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXIT_SIGNAL = 128  # + signal number, as shells report a signal death
 EXIT_DIVERGED = 3
+EXIT_COLLAPSED = 4  # stopped as collapsed (--on_collapse stop); results.json is written
+# a collapsed run is stopped after this many validations in a row at chance, over at least one
+# epoch of training, whose scores separate the classes by at most COLLAPSE_RANKING_Z standard errors
+COLLAPSE_VALIDATIONS = 2
+COLLAPSE_RANKING_Z = 3.0
+HISTORY_EXTRAS = ("step", "epoch", "train_loss", "ranking_z")  # a history entry's keys that are not val metrics
 
 
 class Hooks:
@@ -70,7 +76,7 @@ class Hooks:
         """An evaluation batch of split ("val", "test") scored, before the stop-signal check."""
 
     def before_validation(self, run, state) -> None:
-        """An epoch's last step done, before its validation."""
+        """Before a validation: after an epoch's last step, or every --eval_every steps."""
 
 
 @dataclass
@@ -81,10 +87,15 @@ class TrainState:
     epoch: int = 0  # epochs finished: trained, validated and checkpointed
     step_in_epoch: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0  # optimizer steps done in all
+    last_eval_step: int = 0  # the global step of the last validation: a resume neither repeats nor skips one
     best_val_metric: float | None = None  # of --metric_for_best
-    best_epoch: int = -1
-    best_file: str | None = None  # best_step<N>.pt in the run folder: the best epoch's weights
-    history: list = field(default_factory=list)  # val metrics of every finished epoch
+    best_epoch: int = -1  # the epoch of the best validation
+    best_step: int = -1  # the global step of the best validation
+    best_file: str | None = None  # best_step<N>.pt in the run folder: the best validation's weights
+    # every validation: its metrics, and (HISTORY_EXTRAS, validation_context) where it was and
+    # what the collapse rule reads besides them
+    history: list = field(default_factory=list)
+    train_loss_since_eval: float = 0.0  # summed over the steps since the last validation
     train_time: float = 0.0  # seconds spent in training steps (throughput figures)
     train_samples: int = 0  # counted over all ranks
     train_tokens: int = 0  # real (non-padding) tokens
@@ -133,6 +144,9 @@ class Run:
     clip: float  # max gradient norm; 0: no clipping
     log_every: int
     on_nan: str  # "stop" or "skip"
+    eval_every: int  # validate every N global steps too; 0: at epoch ends only
+    early_stop: int  # validations in a row without improvement that end training; 0: never
+    on_collapse: str  # "stop" or "continue"
     eval_batch_size: int
     flops: models.TrainingFlops  # useful training FLOPs of sequences of given lengths
     peak_flops: float | None
@@ -375,6 +389,9 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         clip=args.clip,
         log_every=args.log_every,
         on_nan=args.on_nan,
+        eval_every=args.eval_every,
+        early_stop=args.early_stop,
+        on_collapse=args.on_collapse,
         eval_batch_size=args.eval_batch_size,
         flops=flops,
         peak_flops=utils.device_peak_flops(info.device, precision),
@@ -474,9 +491,7 @@ def restore(run: Run) -> tuple[Run, TrainState]:
         run.scheduler.load_state_dict(saved["scheduler"])
         run.scaler.load_state_dict(saved["scaler"])
         progress = saved["progress"]
-        if "best_val_acc" in progress:  # a checkpoint from before --metric_for_best (it was accuracy)
-            old = progress.pop("best_val_acc")
-            progress["best_val_metric"] = old if old >= 0 else None
+        upgrade_progress(progress, run.steps_per_epoch)
         state = TrainState(**progress)
         state.log_window["time"] = time.time() - state.log_window["time"]
         if len(saved["rng"]) == info.world_size:
@@ -515,8 +530,22 @@ def restore(run: Run) -> tuple[Run, TrainState]:
     return replace(run, ddp_model=ddp_model, wandb=wandb), state
 
 
+def upgrade_progress(progress: dict, steps_per_epoch: int) -> None:
+    """A checkpoint's progress from older code, in today's form."""
+    if "best_val_acc" in progress:  # from before --metric_for_best (it was accuracy)
+        old = progress.pop("best_val_acc")
+        progress["best_val_metric"] = old if old >= 0 else None
+    if "last_eval_step" not in progress:  # from before --eval_every: one validation per epoch, at its end
+        for epoch, entry in enumerate(progress["history"]):
+            entry.update(step=(epoch + 1) * steps_per_epoch, epoch=epoch, train_loss=math.nan, ranking_z=math.nan)
+        progress["last_eval_step"] = progress["epoch"] * steps_per_epoch
+        best_epoch = progress["best_epoch"]
+        progress["best_step"] = (best_epoch + 1) * steps_per_epoch if best_epoch >= 0 else -1
+
+
 def fit(run: Run, state: TrainState, stop) -> int:
-    """The epoch loop: optimizer steps, then at each epoch end validation and a checkpoint;
+    """The loop: optimizer steps, and a validation with its checkpoint at each epoch's end and
+    every --eval_every steps, until the last epoch or an early end (--early_stop, a collapse);
     then the test with the best weights. Returns the exit code."""
     run.log.info(
         f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
@@ -529,9 +558,9 @@ def fit(run: Run, state: TrainState, stop) -> int:
     steps = StepLogger(run, state)
     best_weights = None
     try:
-        while state.epoch < run.epochs:
+        while state.epoch < run.epochs and early_end(run, state) is None:
             plan = run.plan_epoch(state.epoch)
-            while state.step_in_epoch < run.steps_per_epoch:
+            while not validation_due(run, state):
                 step_plan = plan[state.step_in_epoch]
                 run.hooks.before_step(run, state, step_plan)
                 started = time.time()
@@ -545,9 +574,9 @@ def fit(run: Run, state: TrainState, stop) -> int:
                 run.hooks.after_step(run, state, figures)
                 if figures["signal"] > 0:  # another rank may have got it: stop with the usual SIGTERM code
                     return stop_run(run, state, snapshot, stop.signum or signal.SIGTERM)
-                run.checkpointer.step_done(state.global_step, state.step_in_epoch == run.steps_per_epoch, snapshot)
-            best_weights = end_of_epoch(run, state, snapshot, stop) or best_weights
-    except utils.Interrupted as e:  # in validation: saved with the epoch trained and not yet validated
+                run.checkpointer.step_done(state.global_step, validation_due(run, state), snapshot)
+            best_weights = validate(run, state, snapshot, stop) or best_weights
+    except utils.Interrupted as e:  # in validation: saved with its steps trained and not yet validated
         return stop_run(run, state, snapshot, e.signum)
     except Diverged:
         run.wandb.finish(exit_code=EXIT_DIVERGED)
@@ -726,6 +755,7 @@ def count_step(state: TrainState, step: dict, seconds: float) -> None:
     state.step_in_epoch += 1
     state.global_step += 1
     state.train_time += seconds
+    state.train_loss_since_eval += step["loss"] if math.isfinite(step["loss"]) else 0.0
     for key in ("samples", "tokens", "positions", "flops"):
         setattr(state, f"train_{key}", getattr(state, f"train_{key}") + step[key])
 
@@ -763,38 +793,139 @@ def skip_step(run: Run) -> float:
     return math.nan
 
 
-def end_of_epoch(run: Run, state: TrainState, snapshot, stop) -> dict | None:
-    """Validate, keep the best weights (returned when they improved), checkpoint."""
+def validation_due(run: Run, state: TrainState) -> bool:
+    """Whether a validation comes before the next step: at an epoch's end, and every --eval_every
+    steps unless this step's validation is done (a resume from its checkpoint does not repeat it)."""
+    if state.step_in_epoch == run.steps_per_epoch:
+        return True
+    return bool(run.eval_every) and state.global_step % run.eval_every == 0 and state.last_eval_step < state.global_step
+
+
+def validate(run: Run, state: TrainState, snapshot, stop) -> dict | None:
+    """Validate, keep the best weights (returned when they improved), then checkpoint (at an
+    epoch's end, having moved on to the next epoch): the history and the best weights are never
+    ahead of the newest checkpoint, so a resume neither repeats nor skips a validation, and
+    metrics.jsonl (truncated to the checkpoint's step) gets each once."""
     run.hooks.before_validation(run, state)
-    val = metrics.task_metrics(run.task, predict(run, "val", stop), run.labels["val"])
-    state.history.append(val)
-    improved = metrics.is_improvement(run.metric_for_best, val[run.metric_for_best], state.best_val_metric)
-    best_weights = None
-    if improved:
-        state.best_val_metric, state.best_epoch = val[run.metric_for_best], state.epoch
-        # every rank keeps a copy, so the test needs no shared file system across nodes;
-        # the file (rank 0) serves a resumed run
-        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-        state.best_file = run.checkpointer.new_best(state.global_step, best_weights)
-    record(
-        run, {"event": "eval", "split": "val", "step": state.global_step, "epoch": state.epoch, **val, "best": improved}
-    )
+    outputs = predict(run, "val", stop)
+    val = metrics.task_metrics(run.task, outputs, run.labels["val"])
+    state.history.append({**val, **validation_context(run, state, outputs)})
+    state.last_eval_step, state.train_loss_since_eval = state.global_step, 0.0
+    best_weights = keep_if_best(run, state, val)
+    place = {"step": state.global_step, "epoch": state.epoch}
+    record(run, {"event": "eval", "split": "val", **place, **val, "best": best_weights is not None})
+    if state.step_in_epoch < run.steps_per_epoch:
+        run.checkpointer.validated(state.global_step, snapshot)
+        return best_weights
     state.epoch += 1
     state.step_in_epoch = 0
     run.checkpointer.epoch_done(state.global_step, state.epoch - 1, snapshot)
     return best_weights
 
 
+def validation_context(run: Run, state: TrainState, outputs: np.ndarray) -> dict:
+    """A validation's entry in the history besides its metrics: its step and epoch, the mean
+    training loss of the steps since the validation before it, and (classification) ranking_z."""
+    steps_since = max(state.global_step - state.last_eval_step, 1)
+    return {
+        "step": state.global_step,
+        "epoch": state.epoch,
+        "train_loss": state.train_loss_since_eval / steps_since,
+        "ranking_z": ranking_z(outputs, run.labels["val"]) if run.task == "classification" else math.nan,
+    }
+
+
+def ranking_z(probs: np.ndarray, labels: np.ndarray) -> float:
+    """How far the scores separate the classes beyond chance, in standard errors: over the
+    classes, the largest |AUC - 0.5| / SE, with AUC the one-vs-rest ranking of the class's
+    probability (Mann-Whitney) and SE its spread when the scores carry no signal. A collapsed
+    classifier (one output for every input) scores 0; a slow starter that still predicts one
+    class for everything but already ranks the examples scores high."""
+    z = 0.0
+    for label in range(probs.shape[1]):
+        positive = labels == label
+        n1, n0 = int(positive.sum()), int((~positive).sum())
+        if n1 and n0:
+            ranks = metrics.average_ranks(probs[:, label])
+            auc = (ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+            z = max(z, abs(float(auc) - 0.5) / math.sqrt((n1 + n0 + 1) / (12 * n1 * n0)))
+    return z  # a Python float: checkpoints load with weights_only, which refuses numpy scalars
+
+
+def keep_if_best(run: Run, state: TrainState, val: dict) -> dict | None:
+    """The model's weights when this validation improved on the best one (the file written for a
+    resumed run), else None."""
+    if not metrics.is_improvement(run.metric_for_best, val[run.metric_for_best], state.best_val_metric):
+        return None
+    state.best_val_metric, state.best_epoch, state.best_step = val[run.metric_for_best], state.epoch, state.global_step
+    # every rank keeps a copy, so the test needs no shared file system across nodes;
+    # the file (rank 0) serves a resumed run
+    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+    state.best_file = run.checkpointer.new_best(state.global_step, best_weights)
+    return best_weights
+
+
+def early_end(run: Run, state: TrainState) -> tuple[str, str] | None:
+    """Why training ends before its last epoch, read from the validations so far (so a resumed run
+    stops where it stopped): ("collapsed", why) under --on_collapse stop (collapse_stop), or
+    ("early_stop", why) after --early_stop validations in a row without improvement; else None,
+    also once every epoch is trained (nothing was cut short)."""
+    if state.epoch >= run.epochs:
+        return None
+    collapsed = collapse_stop(run, state)
+    if collapsed:
+        return "collapsed", collapsed
+    since_best = sum(1 for entry in state.history if entry["step"] > state.best_step)
+    if not run.early_stop or since_best < run.early_stop:
+        return None
+    best = f"best {state.best_val_metric:.4f} at step {state.best_step}" if state.best_step >= 0 else "none finite"
+    return "early_stop", f"val {run.metric_for_best} did not improve in {since_best} validations ({best})"
+
+
+def collapse_stop(run: Run, state: TrainState) -> str | None:
+    """Why a classifier is stopped as collapsed (--on_collapse stop), or None. Its last validations,
+    COLLAPSE_VALIDATIONS or more, each match metrics.is_collapsed (accuracy at the majority rate,
+    loss near ln K or above) with scores that rank the classes no better than chance (ranking_z),
+    and span at least one epoch of training, so every training example was seen while the model
+    stayed at chance; and the training loss between them stayed at chance too (the same rule, with
+    it in place of the validation loss). docs/design.md: why this rule."""
+    if run.on_collapse != "stop" or run.task != "classification":
+        return None
+    majority, num_labels = majority_rate(run), len(run.label_names)
+    streak = []
+    for entry in reversed(state.history):
+        if not (metrics.is_collapsed([entry], majority, num_labels) and entry["ranking_z"] <= COLLAPSE_RANKING_Z):
+            break
+        streak.insert(0, entry)
+    if len(streak) < COLLAPSE_VALIDATIONS or streak[-1]["step"] - streak[0]["step"] < run.steps_per_epoch:
+        return None
+    if not metrics.is_collapsed([{**e, "loss": e["train_loss"]} for e in streak[1:]], majority, num_labels):
+        return None
+    first, last = streak[0]["step"], streak[-1]["step"]
+    return (
+        f"val accuracy at the majority rate {majority:.4f} and val and training loss near ln {num_labels} = "
+        f"{math.log(num_labels):.4f} or above, and no ranking of the classes beyond chance, at {len(streak)} "
+        f"validations in a row, steps {first} to {last} ({(last - first) / run.steps_per_epoch:.1f} epochs)"
+    )
+
+
+def majority_rate(run: Run) -> float:
+    """The share of the validation split's most frequent class: a collapsed classifier's accuracy."""
+    return metrics.majority_rate(run.labels["val"], len(run.label_names))
+
+
 def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_weights) -> int:
-    """Score the test split with the best epoch's weights (without a best epoch, the last epoch's,
-    which the model holds); write results.json (last, only on success) and the predictions;
-    finish W&B."""
-    if best_weights is None and state.best_epoch >= 0:
+    """Score the test split with the best validation's weights (without a best one, the last
+    validation's, which the model holds); write results.json (last, only on success) and the
+    predictions; finish W&B. The exit code: 0, or EXIT_COLLAPSED for a run stopped as collapsed."""
+    ending = early_end(run, state)
+    announce_early_end(run, state, ending)
+    if best_weights is None and state.best_step >= 0:
         best_weights = run.checkpointer.load_best(state.global_step, run.model)
     if best_weights is not None:
         run.model.load_state_dict(best_weights)
     if run.task == "mlm":
-        return write_pretraining_results(run, state)
+        return write_pretraining_results(run, state, ending)
     eval_start = time.time()
     try:
         test_outputs = predict(run, "test", stop)
@@ -804,16 +935,17 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     test = metrics.task_metrics(run.task, test_outputs, run.labels["test"])
     classification = run.task == "classification"
     results = {
-        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
+        **tested_val_metrics(state),
         **{f"test_{k}": v for k, v in test.items()},
         "task": run.task,
         "metric_for_best": run.metric_for_best,
         "test_split": run.config["test_split"],
-        **collapse_flags(run, state),
+        **collapse_flags(run, state, ending),
         "eval_samples_per_s": eval_samples_per_s,
-        **run_figures(run, state),
+        **run_figures(run, state, ending),
     }
-    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": tested_epoch(state), **test})
+    tested_epoch = tested_validation(state)["epoch"]
+    record(run, {"event": "eval", "split": "test", "step": state.global_step, "epoch": tested_epoch, **test})
     if classification:
         run.wandb.final_plots(test_outputs, run.labels["test"], run.test_texts, run.label_names)
 
@@ -829,7 +961,8 @@ def test_and_write_results(run: Run, state: TrainState, snapshot, stop, best_wei
     shown = ["val_acc", "test_acc", "test_loss"] if classification else ["val_pearson", "test_pearson", "test_mse"]
     if f"val_{run.metric_for_best}" not in shown:
         shown.insert(1, f"val_{run.metric_for_best}")
-    return write_results(run, results, shown, save_predictions)
+    write_results(run, results, shown, save_predictions)
+    return EXIT_COLLAPSED if ending is not None and ending[0] == "collapsed" else 0
 
 
 def write_results(run: Run, results: dict, shown: list[str], save_outputs: Callable[[], object], note="") -> int:
@@ -845,29 +978,70 @@ def write_results(run: Run, results: dict, shown: list[str], save_outputs: Calla
     return 0
 
 
-def tested_epoch(state: TrainState) -> int:
-    """The epoch whose weights the run ends with: the best one, or the last when none improved."""
-    return state.best_epoch if state.best_epoch >= 0 else state.epoch - 1
+def tested_validation(state: TrainState) -> dict:
+    """The validation whose weights the run ends with: the best one, or the last when none improved."""
+    return next((entry for entry in state.history if entry["step"] == state.best_step), state.history[-1])
 
 
-def collapse_flags(run: Run, state: TrainState) -> dict:
+def tested_val_metrics(state: TrainState) -> dict:
+    """results.json's val_* figures: the tested validation's metrics."""
+    return {f"val_{k}": v for k, v in tested_validation(state).items() if k not in HISTORY_EXTRAS}
+
+
+def announce_early_end(run: Run, state: TrainState, ending: tuple[str, str] | None) -> None:
+    """Where training ended before its last epoch and why, in the log (run_grid.sh reads this line)."""
+    if ending is None:
+        return
+    kind, why = ending
+    where = f"at step {state.global_step} of {run.steps_per_epoch * run.epochs}"
+    if kind == "early_stop":
+        run.log.info(f"early-stopped {where}: {why}; testing the best weights")
+        return
+    run.log.warning(
+        f"stopped as collapsed {where}: {why}; testing the best weights "
+        "(--on_collapse continue --fresh trains it to the end)"
+    )
+    utils.write_torchrun_error_file(f"stopped as collapsed {where} (results.json written)")
+
+
+def early_end_figures(run: Run, state: TrainState, ending: tuple[str, str] | None) -> dict:
+    """results.json's `stopped_early` ("early_stop", "collapsed", or None when every epoch was
+    trained), with where (the step and epoch of the last validation) and why."""
+    if ending is None:
+        return {"stopped_early": None}
+    return {
+        "stopped_early": ending[0],
+        "stop_reason": ending[1],
+        "stopped_at_step": state.global_step,
+        "stopped_at_epoch": state.history[-1]["epoch"],
+        "total_steps": run.steps_per_epoch * run.epochs,
+    }
+
+
+def collapse_flags(run: Run, state: TrainState, ending: tuple[str, str] | None) -> dict:
     """results.json's `collapsed` (with `collapsed_reason`) where the run is not a result, said
-    in a warning: no epoch could be selected (the validation metric was NaN at every epoch), or a
-    classifier stayed at the label prior. Other regression and mlm runs get neither field."""
-    if state.best_epoch < 0:
-        reason = f"val {run.metric_for_best} was NaN at every epoch: {no_best_epoch_cause(run)}"
-        run.log.warning(f"WARNING: NO BEST EPOCH — {reason}; tested the last epoch's weights. This is not a result.")
+    in a warning: no validation could be selected (the validation metric was NaN at every one),
+    or a classifier stayed at the label prior: at every validation, or long enough to be stopped
+    (collapse_stop). Other regression and mlm runs get neither field."""
+    if state.best_step < 0:
+        reason = f"val {run.metric_for_best} was NaN at every validation: {no_best_epoch_cause(run)}"
+        run.log.warning(
+            f"WARNING: NO BEST EPOCH — {reason}; tested the last validation's weights. This is not a result."
+        )
         return {"collapsed": True, "collapsed_reason": reason}
     if run.task != "classification":
         return {}
     num_labels = len(run.label_names)
-    majority = metrics.majority_rate(run.labels["val"], num_labels)
-    if not metrics.is_collapsed(state.history, majority, num_labels):
+    majority = majority_rate(run)
+    if ending is not None and ending[0] == "collapsed":
+        reason = ending[1]
+    elif metrics.is_collapsed(state.history, majority, num_labels):
+        reason = (
+            f"val accuracy stayed at the majority rate {majority:.4f} and loss near ln {num_labels} = "
+            f"{math.log(num_labels):.4f}"
+        )
+    else:
         return {"collapsed": False}
-    reason = (
-        f"val accuracy stayed at the majority rate {majority:.4f} and loss near ln {num_labels} = "
-        f"{math.log(num_labels):.4f}"
-    )
     run.log.warning(
         f"WARNING: COLLAPSED RUN — {reason}; this is not a result. Lower --lr or change batch size / clipping."
     )
@@ -886,13 +1060,15 @@ def no_best_epoch_cause(run: Run) -> str:
     return "the model's outputs were not finite (it diverged: lower --lr or try --clip 1.0)"
 
 
-def run_figures(run: Run, state: TrainState) -> dict:
-    """What results.json holds for every task: the best epoch (None: none improved), steps,
-    throughput, memory, time."""
+def run_figures(run: Run, state: TrainState, ending: tuple[str, str] | None) -> dict:
+    """What results.json holds for every task: the best validation's epoch and step (None: none
+    improved), steps, where training ended early (if it did), throughput, memory, time."""
     return {
-        "best_epoch": state.best_epoch if state.best_epoch >= 0 else None,
+        "best_epoch": state.best_epoch if state.best_step >= 0 else None,
+        "best_step": state.best_step if state.best_step >= 0 else None,
         "epochs": run.epochs,
         "global_step": state.global_step,
+        **early_end_figures(run, state, ending),
         **{
             f"train_{k}": v
             for k, v in throughput(
@@ -906,15 +1082,15 @@ def run_figures(run: Run, state: TrainState) -> dict:
     }
 
 
-def write_pretraining_results(run: Run, state: TrainState) -> int:
-    """An mlm run's end, with the best epoch's weights loaded: the model folder for fine-tuning
-    (RUN_DIR/model, the MLM head left out), then results.json."""
+def write_pretraining_results(run: Run, state: TrainState, ending: tuple[str, str] | None) -> int:
+    """An mlm run's end, with the best validation's weights loaded: the model folder for
+    fine-tuning (RUN_DIR/model, the MLM head left out), then results.json."""
     results = {
-        **{f"val_{k}": v for k, v in state.history[tested_epoch(state)].items()},
+        **tested_val_metrics(state),
         "task": run.task,
         "metric_for_best": run.metric_for_best,
-        **collapse_flags(run, state),
-        **run_figures(run, state),
+        **collapse_flags(run, state, ending),
+        **run_figures(run, state, ending),
     }
     folder = os.path.join(run.run_dir, "model")
     return write_results(

@@ -139,6 +139,18 @@ CASES = {
         ],
         "extra.jsonl (--unlabeled_split); columns are: review",
     ),
+    # validation inside the epoch, early stop, collapse (issue 30)
+    "eval_every negative": (
+        lambda p: ["--eval_every=-5"],
+        "--eval_every must be 0 (off) or a positive number of steps (got -5)",
+    ),
+    "eval_every not a number": (lambda p: ["--eval_every", "epoch"], "argument --eval_every: invalid int value"),
+    "early_stop negative": (
+        lambda p: ["--early_stop=-1"],
+        "--early_stop must be 0 (off) or a positive number of validations (got -1)",
+    ),
+    "early_stop not a number": (lambda p: ["--early_stop", "2.5"], "argument --early_stop: invalid int value"),
+    "on_collapse": (lambda p: ["--on_collapse", "skip"], "argument --on_collapse: invalid choice: 'skip'"),
 }
 
 

@@ -107,6 +107,7 @@ OPERATIONAL_VARIANTS = {
     "keep_checkpoints": ["--keep_checkpoints", 1],
     "eval_batch_size": ["--eval_batch_size", 7],
     "on_nan": ["--on_nan", "skip"],
+    "on_collapse": ["--on_collapse", "continue"],
     "resume": ["--resume", "never"],
     "fresh": ["--fresh"],
     "cache_dir": ["--cache_dir", "{tmp}/other-cache"],

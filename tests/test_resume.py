@@ -188,16 +188,16 @@ def test_the_checkpointer_decides_when_to_save_and_keeps_only_named_best_weights
         return {"progress": {"global_step": len(snapshots)}}
 
     for step in range(1, 5):  # an epoch of 4 steps: every 3, not at the epoch's last step
-        keeper.step_done(step, last_in_epoch=step == 4, snapshot=snapshot)
+        keeper.step_done(step, validation_follows=step == 4, snapshot=snapshot)
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(keeper.ckpt_dir)] == ["step_00000003.pt"]
     assert keeper.new_best(4, {"w": torch.ones(2)}) == "best_step4.pt"
     keeper.epoch_done(4, 0, snapshot)
     for step in (5, 6):
-        keeper.step_done(step, last_in_epoch=False, snapshot=snapshot)
+        keeper.step_done(step, validation_follows=False, snapshot=snapshot)
     keeper.new_best(8, {"w": torch.zeros(2)})
     keeper.epoch_done(8, 1, snapshot)  # keeps steps 8 and 6, which name best_step8 and best_step4
     assert sorted(p.name for p in tmp_path.glob("best_step*.pt")) == ["best_step4.pt", "best_step8.pt"]
-    keeper.step_done(9, last_in_epoch=False, snapshot=snapshot)
+    keeper.step_done(9, validation_follows=False, snapshot=snapshot)
     assert keeper.stop(9, snapshot).endswith("step_00000009.pt") and len(snapshots) == 5  # nothing new to save
     assert sorted(p.name for p in tmp_path.glob("best_step*.pt")) == ["best_step8.pt"]
     assert torch.equal(keeper.load_best(9, None)["w"], torch.zeros(2))

@@ -295,9 +295,9 @@ def test_the_runner_and_the_slurm_jobs_write_one_status_format_that_both_status_
 
 
 @pytest.mark.slow
-def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
+def test_status_says_pending_running_requeued_done_failed_collapsed(tmp_path, fake_slurm):
     env, _, queue = fake_slurm
-    out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 7)]
+    out, names = tmp_path / "runs" / "g", [f"r{i}" for i in range(1, 9)]
     (out / "slurm" / "status").mkdir(parents=True)
     (out / "slurm" / "jobs.json").write_text(
         json.dumps(
@@ -305,7 +305,7 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
                 "grid": "g.grid",
                 "out": str(out),
                 "runs": names,
-                "tasks": [2, 3, 4, 5, 6],
+                "tasks": [2, 3, 4, 5, 6, 7, 8],
                 "smoke": "7",
                 "array": "8",
                 "report": "9",
@@ -314,6 +314,9 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
     )
     (out / "r1").mkdir()
     (out / "r1" / "results.json").write_text("{}")  # finished before: not in the array
+    for name, how in (("r7", "collapsed"), ("r8", "early_stop")):  # train.py ended them early
+        (out / name).mkdir()
+        (out / name / "results.json").write_text(json.dumps({"stopped_early": how, "stopped_at_step": 64}))
     write_status_file(out / "slurm" / "status" / "smoke", "phase ended", "ended ok")
     write_status_file(out / "slurm" / "status" / "5", "phase ended", "ended failed: r5 exit 2 (not requeued)")
     queue.write_text(
@@ -331,10 +334,13 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         ("pending", "r4"),
         ("failed", "r5"),
         ("failed", "r6"),
+        ("collapsed", "r7"),
+        ("done", "r8"),
     ]:
         assert any(re.match(rf"  {state} +{name}\b", line) for line in lines), (state, name, status.stdout)
     assert "r5 exit 2" in status.stdout and "task 6 never started" in status.stdout
-    assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed"
+    assert "r7  (at step 64)" in status.stdout and "r8  (early-stopped at step 64)" in status.stdout
+    assert lines[-1] == "== g: 1 pending, 1 running, 1 requeued, 2 done, 2 failed, 1 collapsed"
     # what tmux_launch.sh --status shows of it: the same, read the same way
     summary = subprocess.run(
         [sys.executable, "grid.py", "status", out],
@@ -343,7 +349,9 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
         cwd=ROOT,
         env=dict(os.environ, **env),
     )
-    assert summary.stdout == "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed\n", summary.stderr
+    assert summary.stdout == "slurm g: 1 pending, 1 running, 1 requeued, 2 done, 2 failed, 1 collapsed\n", (
+        summary.stderr
+    )
     if shutil.which("tmux"):
         tmux = subprocess.run(
             ["bash", os.path.join(ROOT, "tmux_launch.sh"), "--status", "--out_dir", tmp_path / "runs"],
@@ -352,7 +360,8 @@ def test_status_says_pending_running_requeued_done_failed(tmp_path, fake_slurm):
             cwd=ROOT,
             env=dict(os.environ, **env),
         )
-        assert "slurm g: 1 pending, 1 running, 1 requeued, 1 done, 2 failed" in tmux.stdout, tmux.stdout + tmux.stderr
+        summary = "slurm g: 1 pending, 1 running, 1 requeued, 2 done, 2 failed, 1 collapsed"
+        assert summary in tmux.stdout, tmux.stdout + tmux.stderr
 
 
 @pytest.mark.slow
