@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import read_events, read_results, run_cli
+from helpers import read_events, read_results, run_cli
 from test_grid import run_grid, write_grid
 
 import metrics

@@ -4,7 +4,7 @@ scores the best weights, results.json says where and why, and a rerun never trai
 import signal
 
 import pytest
-from conftest import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess
 
 # 256 train examples, batch 16: 16 steps per epoch, a validation every 8 steps; val loss improves
 # at steps 8 and 16, not at 24 and 32: with patience 2 training ends at step 32 of 128

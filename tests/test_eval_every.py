@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from conftest import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess
 
 import checkpoint
 import config
