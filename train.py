@@ -1257,6 +1257,8 @@ def choose_micro_batches(run: Run, state: TrainState) -> None:
     micro.steps_done = state.global_step
     if micro.auto:
         probe_micro_batches(run, state.global_step + 1)
+        if run.info.device.type == "cuda":  # results.json's peak memory is the training's, not the probe's
+            torch.cuda.reset_peak_memory_stats(run.info.device)
         if run.info.is_distributed:
             sizes = torch.tensor([micro.train, micro.eval], device=run.info.device)
             torch.distributed.all_reduce(sizes, op=torch.distributed.ReduceOp.MIN)
