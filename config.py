@@ -44,6 +44,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def micro_batch_value(text: str) -> str | int:
+    """--micro_batch: auto, or a whole number of examples >= 1."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be auto or a whole number of examples >= 1 (got {text!r})")
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -90,9 +99,27 @@ def add_model_data_and_optimizer_flags(a, d: str) -> None:
         name="bs",
         type=int,
         default=16,
-        help="GLOBAL examples per optimizer step; per-process batch = batch_size / (world size x grad_accum)" + d,
+        help="GLOBAL examples per optimizer step; per-process batch = batch_size / world size" + d,
     )
-    a("--grad_accum", name="ga", type=int, default=1, help="micro-batches per optimizer step" + d)
+    # how the per-process batch is cut for the device: the gradient is the same (the loss divides by
+    # the global batch), so both are operational and a run may resume with another cut
+    a(
+        "--micro_batch",
+        operational=True,
+        type=micro_batch_value,
+        default=None,
+        help="examples per forward/backward pass: N (must divide the per-process batch; the step "
+        "accumulates the gradients), or auto = the largest that fits, probed before the first step and "
+        "halved whenever the device runs out of memory (same global batch, same examples per step) "
+        "(default: auto on a GPU, else the whole per-process batch)",
+    )
+    a(
+        "--grad_accum",
+        operational=True,
+        type=int,
+        default=None,
+        help="micro-batches per optimizer step: --micro_batch = per-process batch / N (default: 1)",
+    )
     a(
         "--lr",
         "--learning_rate",
@@ -427,7 +454,6 @@ def check_args(args) -> None:
     for key in (
         "max_len",
         "batch_size",
-        "grad_accum",
         "epochs",
         "eval_batch_size",
         "log_every",
@@ -439,6 +465,10 @@ def check_args(args) -> None:
     for key in ("eval_every", "early_stop"):
         if getattr(args, key) < 0:
             bad(key, "0 (off) or a positive number" + (" of steps" if key == "eval_every" else " of validations"))
+    if args.grad_accum is not None and args.grad_accum < 1:
+        bad("grad_accum", "at least 1")
+    if args.grad_accum is not None and args.micro_batch is not None:
+        raise UserError("--grad_accum and --micro_batch both say how to cut the per-process batch; give one")
     for key in ("max_train_samples", "max_eval_samples"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             bad(key, "at least 1 (leave it out for all examples)")

@@ -888,15 +888,22 @@ def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 
 class StepPlan(list):
-    """One optimizer step of a rank: its micro-batches (a list of example-index arrays, empty when
-    a short last batch leaves the rank none), the global batch they are cut from (all ranks'
-    examples: the loss divides by its size), and the next step of the epoch (None for the last),
-    whose host batches the loop builds while this step runs on the device (`prepared`)."""
+    """One optimizer step of a rank: its share of the global batch (`share`, empty when a short last
+    batch leaves the rank none) cut into micro-batches (the list: example-index arrays), the global
+    batch it is cut from (all ranks' examples: the loss divides by its size), and the next step of
+    the epoch (None for the last), whose host batches the loop builds while this step runs on the
+    device (`prepared`)."""
 
-    def __init__(self, micro_batches: list[np.ndarray], global_batch: np.ndarray):
-        super().__init__(micro_batches)
-        self.global_batch = global_batch
+    def __init__(self, share: np.ndarray, global_batch: np.ndarray, micro_batch: int):
+        super().__init__()
+        self.share, self.global_batch = share, global_batch
         self.next_step: StepPlan | None = None
+        self.cut(micro_batch)
+
+    def cut(self, micro_batch: int) -> None:
+        """Cut the share into micro-batches of at most micro_batch examples; again after an
+        out-of-memory back-off, when host batches built for the old cut no longer apply."""
+        self[:] = [self.share[i : i + micro_batch] for i in range(0, len(self.share), micro_batch)]
         self.prepared: list | None = None
 
 
@@ -914,10 +921,10 @@ def plan_epoch(
     (train_batches, rank_slice) cut into micro-batches of at most micro_batch examples, whose
     gradients the step accumulates. Its length is the number of steps per epoch, the same on
     every rank; a resume mid-epoch picks up at its step_in_epoch-th entry."""
-    plan = []
-    for batch in train_batches(lengths, batch_size, epoch, seed, group_by_length):
-        mine = rank_slice(batch, rank, world_size)
-        plan.append(StepPlan([mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)], batch))
+    plan = [
+        StepPlan(rank_slice(batch, rank, world_size), batch, micro_batch)
+        for batch in train_batches(lengths, batch_size, epoch, seed, group_by_length)
+    ]
     for step, following in itertools.pairwise(plan):
         step.next_step = following
     return plan

@@ -107,6 +107,31 @@ class TrainState:
     log_window: dict = field(default_factory=lambda: _new_window())
 
 
+@dataclass
+class MicroBatches:
+    """How this rank cuts its batches for the device now: the one part of a Run that changes while
+    it trains. --micro_batch N (or the whole per-process batch) fixes the sizes; auto probes them
+    before the first step and halves them where the device runs out of memory (back_off). Saved in
+    every checkpoint: a resume cuts as the run did."""
+
+    train: int  # examples per forward/backward pass (at most; each step's share is cut into them)
+    eval: int  # examples per evaluation batch
+    auto: bool  # --micro_batch auto: probe and back off; else an out-of-memory error stops the run
+    back_offs: list = field(default_factory=list)  # each halving: where, step, batch, from, to
+    steps_done: int = 0  # the optimizer steps done when an evaluation backs off (its events' step)
+
+    def saved(self) -> dict:
+        return {"train": self.train, "eval": self.eval, "back_offs": self.back_offs}
+
+    def resume(self, saved: dict | None) -> None:
+        """A checkpoint's sizes (auto: the run's own cut goes on; N: the flags' holds) and back-offs."""
+        if saved is None:  # a checkpoint from before --micro_batch
+            return
+        if self.auto:
+            self.train, self.eval = min(self.train, saved["train"]), min(self.eval, saved["eval"])
+        self.back_offs = list(saved["back_offs"])
+
+
 @dataclass(frozen=True)
 class Run:
     """What stays fixed while a run trains: settings resolved once, data, model and its optimizer.
@@ -132,11 +157,11 @@ class Run:
     scaler: torch.amp.GradScaler
     autocast: torch.autocast
     collate: Callable[..., dict]  # data.collate bound to the pad id, --max_len and --padding
-    plan_epoch: Callable[[int], list[list[np.ndarray]]]  # data.plan_epoch of an epoch, for this rank
+    plan_epoch: Callable[[int], list[data.StepPlan]]  # data.plan_epoch of an epoch, for this rank, cut now
     pad_id: int
-    per_proc_batch: int
+    per_proc_batch: int  # this rank's share of a full global batch
     batch_size: int  # global, per optimizer step
-    grad_accum: int
+    micro: MicroBatches
     max_len: int
     pad_to_max: bool  # --padding max_len
     steps_per_epoch: int
@@ -147,7 +172,7 @@ class Run:
     eval_every: int  # validate every N global steps too; 0: at epoch ends only
     early_stop: int  # validations in a row without improvement that end training; 0: never
     on_collapse: str  # "stop" or "continue"
-    eval_batch_size: int
+    eval_batch_size: int  # --eval_batch_size: where micro.eval starts
     flops: models.TrainingFlops  # useful training FLOPs of sequences of given lengths
     peak_flops: float | None
     started: float
@@ -197,7 +222,7 @@ def main(argv=None, hooks: Hooks | None = None) -> int:
             print(f"stopped: the launcher is gone ({type(e).__name__} in a collective)", file=sys.stderr, flush=True)
             return EXIT_SIGNAL + signal.SIGTERM
         if isinstance(e, UserError):
-            return _user_error(e, info.local_rank == 0)
+            return _user_error(e, info.local_rank == 0 or isinstance(e, RankOutOfMemory))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             where = f" writing {e.filename}" if e.filename else ""
             return _user_error(
@@ -238,7 +263,7 @@ def train(args, info: utils.DistInfo, hooks: Hooks) -> int:
 
         transformers.logging.set_verbosity_error()
     entry = model_entry(args)
-    per_proc_batch = check_fits(args, entry, info)
+    per_proc_batch, micro = check_fits(args, entry, info)
     run_dir = os.path.join(args.out_dir, args.run_name)
     try:
         os.makedirs(run_dir, exist_ok=True)
@@ -247,28 +272,47 @@ def train(args, info: utils.DistInfo, hooks: Hooks) -> int:
         raise UserError(f"cannot write the run folder {run_dir}: {e.strerror} (check --out_dir)") from None
     with utils.StopRequest() as stop, checkpoint.RunLock(run_dir, log.info, active=info.is_main) as lock:
         utils.main_process_first(info, lock.acquire)
-        run = set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks)
+        run = set_up(args, info, entry, per_proc_batch, micro, run_dir, log, started, hooks)
         if run is None:
             return 0
         run, state = restore(run)
+        choose_micro_batches(run, state)
         return fit(run, state, stop)
 
 
-def check_fits(args, entry, info: utils.DistInfo) -> int:
-    """Checks that need the world size or the model; returns the per-process batch size."""
-    shards = info.world_size * args.grad_accum
-    if args.batch_size % shards:
-        raise UserError(
-            f"--batch_size {args.batch_size} is not divisible by world size "
-            f"{info.world_size} x grad_accum {args.grad_accum}"
-        )
+def check_fits(args, entry, info: utils.DistInfo) -> tuple[int, MicroBatches]:
+    """Checks that need the world size or the model; the per-process batch, and how it is cut."""
+    if args.batch_size % info.world_size:
+        raise UserError(f"--batch_size {args.batch_size} is not divisible by world size {info.world_size}")
     limit = models.model_max_positions(entry)
     if args.max_len > limit:
         raise UserError(f"--max_len {args.max_len} exceeds the model's limit of {limit} positions")
-    return args.batch_size // shards
+    per_proc_batch = args.batch_size // info.world_size
+    return per_proc_batch, requested_micro_batches(args, per_proc_batch, info.device)
 
 
-def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> Run | None:
+def requested_micro_batches(args, per_proc_batch: int, device: torch.device) -> MicroBatches:
+    """--micro_batch (auto by default on a GPU, else the whole per-process batch) or its alias
+    --grad_accum; a fixed size must divide the per-process batch, so every micro-batch is as large."""
+    if args.grad_accum is not None:
+        if per_proc_batch % args.grad_accum:
+            raise UserError(
+                f"--batch_size {args.batch_size} is not divisible by world size "
+                f"{args.batch_size // per_proc_batch} x grad_accum {args.grad_accum}"
+            )
+        return MicroBatches(per_proc_batch // args.grad_accum, args.eval_batch_size, auto=False)
+    wanted = args.micro_batch if args.micro_batch is not None else "auto" if device.type == "cuda" else per_proc_batch
+    if wanted == "auto":
+        return MicroBatches(per_proc_batch, args.eval_batch_size, auto=True)
+    if per_proc_batch % wanted:
+        raise UserError(
+            f"--micro_batch {wanted} must divide the per-process batch {per_proc_batch} "
+            f"(--batch_size {args.batch_size} / world size {args.batch_size // per_proc_batch})"
+        )
+    return MicroBatches(wanted, args.eval_batch_size, auto=False)
+
+
+def set_up(args, info, entry, per_proc_batch, micro, run_dir, log, started, hooks) -> Run | None:
     """Run folder, data, tokenizer, model, optimizer; None if the run already finished."""
     precision = resolve_precision(args.precision, info.device, log.warning)
     config = dict(vars(args), precision_used=precision)
@@ -327,16 +371,19 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         f"{models.encoder_dropout_values(model)}, attention {model.encoder.config._attn_implementation}"
     )
     train_lengths = np.array([len(x) for x in encoded["train"].ids])
-    plan_epoch = functools.partial(
-        data.plan_epoch,
-        train_lengths,
-        args.batch_size,
-        seed=args.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        micro_batch=per_proc_batch,
-        group_by_length=args.group_by_length,
-    )
+
+    def plan_epoch(epoch: int) -> list[data.StepPlan]:  # cut as micro.train is when the epoch starts
+        return data.plan_epoch(
+            train_lengths,
+            args.batch_size,
+            epoch,
+            seed=args.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            micro_batch=micro.train,
+            group_by_length=args.group_by_length,
+        )
+
     steps_per_epoch = len(plan_epoch(0))  # the same in every epoch
     optimizer = make_optimizer(model, args)
     test_split = splits["test"].source if "test" in splits else None  # mlm: none
@@ -381,7 +428,7 @@ def set_up(args, info, entry, per_proc_batch, run_dir, log, started, hooks) -> R
         pad_id=tokenizer.pad_token_id,
         per_proc_batch=per_proc_batch,
         batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
+        micro=micro,
         max_len=args.max_len,
         pad_to_max=args.padding == "max_len",
         steps_per_epoch=steps_per_epoch,
@@ -490,6 +537,7 @@ def restore(run: Run) -> tuple[Run, TrainState]:
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
         run.scaler.load_state_dict(saved["scaler"])
+        run.micro.resume(saved.get("micro_batches"))
         progress = saved["progress"]
         upgrade_progress(progress, run.steps_per_epoch)
         state = TrainState(**progress)
@@ -549,8 +597,8 @@ def fit(run: Run, state: TrainState, stop) -> int:
     then the test with the best weights. Returns the exit code."""
     run.log.info(
         f"training: {len(run.train_lengths)} examples, {run.epochs} epochs x {run.steps_per_epoch} "
-        f"steps, batch {run.batch_size} = {run.info.world_size} processes x {run.per_proc_batch} x "
-        f"{run.grad_accum} accumulation, precision {run.config['precision_used']}"
+        f"steps, batch {run.batch_size} = {run.info.world_size} processes x {run.per_proc_batch}, precision "
+        f"{run.config['precision_used']}"
     )
     run.model.train()
     stop.training = True
@@ -564,7 +612,7 @@ def fit(run: Run, state: TrainState, stop) -> int:
                 step_plan = plan[state.step_in_epoch]
                 run.hooks.before_step(run, state, step_plan)
                 started = time.time()
-                figures = forward_backward(run, step_plan, state.epoch, stop)
+                figures = forward_backward_with_back_off(run, state, step_plan, stop)
                 run.hooks.after_forward_backward(run, state, figures)
                 log_now = steps.due()
                 grad_norm = optimizer_step(run, state, figures["loss"], log_now)
@@ -635,16 +683,70 @@ class Diverged(Exception):
     """The loss was not finite and --on_nan stop: the run ends (its last good checkpoint kept)."""
 
 
+def forward_backward_with_back_off(run: Run, state: TrainState, step: data.StepPlan, stop) -> dict:
+    """forward_backward, redone from the same state while any rank ran out of device memory: the
+    step's gradients dropped, the micro-batch halved on every rank (back_off; a fixed one stops the
+    run), the rest of the epoch cut anew, dropout's generators rewound. The step's examples stay:
+    only their cut changes, and with it the order of the gradient's sums."""
+    rng = utils.torch_rng_state(run.info.device) if run.micro.auto else None
+    while True:
+        figures = forward_backward(run, step, state.epoch, stop)
+        if not figures.pop("out_of_memory"):
+            run.micro.steps_done = state.global_step + 1
+            return figures
+        run.optimizer.zero_grad(set_to_none=True)
+        back_off(run, "train", "step", state.global_step + 1)
+        following = step
+        while following is not None:
+            following.cut(run.micro.train)
+            following = following.next_step
+        utils.set_torch_rng_state(rng, run.info.device)
+
+
 def forward_backward(run: Run, step: data.StepPlan, epoch: int, stop) -> dict:
     """Forward and backward over this rank's share of a global batch, in micro-batches
     (gradients synced across ranks on the last one only), and one small all-reduce of the
-    step's figures: loss, real tokens, padded positions, useful FLOPs, and any rank's signal.
-    The next step's host batches are built before this step's one host sync, while the device
-    still works on this one."""
+    step's figures: loss, real tokens, padded positions, useful FLOPs, any rank's signal, and the
+    ranks that ran out of device memory (then the gradients are to be dropped). The next step's
+    host batches are built before this step's one host sync, while the device still works on
+    this one."""
     info = run.info
     batches = step.prepared or step_batches(run, step, epoch)
     step.prepared = None
     divisor = loss_divisor(run, step, batches)
+    sums = utils.unless_out_of_memory(info.device, accumulate_gradients, run, step, batches, divisor)
+    out_of_memory = sums is utils.OUT_OF_MEMORY
+    if out_of_memory:
+        sums = join_gradient_all_reduce(run, step, epoch)
+    loss_sum, counts = sums
+    # the step's one host sync: its figures and flags, summed over ranks (every rank then takes
+    # the same decisions: back off, skip a non-finite step, stop on a signal)
+    stats = torch.cat(
+        [
+            loss_sum.double().reshape(1),
+            to_device(torch.tensor([*counts, stop.poll(), out_of_memory], dtype=torch.float64), info.device),
+        ]
+    )
+    if info.is_distributed:
+        torch.distributed.all_reduce(stats)
+    if step.next_step is not None:
+        step.next_step.prepared = step_batches(run, step.next_step, epoch)
+    loss_total, tokens, positions, flops, signal_sum, out_of_memory_ranks = stats.tolist()
+    return {
+        "loss": loss_total / info.world_size,
+        "samples": len(step.global_batch),
+        "tokens": tokens,
+        "positions": positions,
+        "flops": flops,
+        "signal": signal_sum,
+        "out_of_memory": out_of_memory_ranks,
+    }
+
+
+def accumulate_gradients(run: Run, step: data.StepPlan, batches, divisor) -> tuple[torch.Tensor, np.ndarray]:
+    """Forward and backward over this rank's micro-batches, DDP's gradient all-reduce in the last
+    one's backward; the loss sum (on the device) and [real tokens, padded positions, useful FLOPs]."""
+    info = run.info
     weight = 1.0 if step else 0.0  # a rank the short last batch left empty runs one example at weight 0
     loss_sum = torch.zeros((), device=info.device)
     counts = np.zeros(3)
@@ -654,34 +756,61 @@ def forward_backward(run: Run, step: data.StepPlan, epoch: int, stop) -> dict:
             counts += [n.sum(), batch["input_ids"].numel(), run.flops(n)]
         batch = {key: to_device(v, info.device) for key, v in batch.items()}
         target = None if target is None else to_device(target, info.device)
-        last = k == len(batches) - 1
-        with run.ddp_model.no_sync() if info.is_distributed and not last else contextlib.nullcontext():
+        synced = info.is_distributed and k == len(batches) - 1
+        with run.ddp_model.no_sync() if info.is_distributed and not synced else contextlib.nullcontext():
             with run.autocast:
                 output = run.ddp_model(**batch)
             loss = run.task_rules.loss_sum(output, target) / divisor * weight
-            run.scaler.scale(loss).backward()
+            backward(run, run.scaler.scale(loss), synced)
         loss_sum += loss.detach()
-    # the step's one host sync: its figures and stop flag, summed over ranks (every rank then
-    # takes the same decisions: skip a non-finite step, stop on a signal)
-    stats = torch.cat(
-        [
-            loss_sum.double().reshape(1),
-            to_device(torch.tensor([*counts, stop.poll()], dtype=torch.float64), info.device),
-        ]
+    return loss_sum, counts
+
+
+def backward(run: Run, loss: torch.Tensor, synced: bool) -> None:
+    """loss.backward(). Out of memory in a backward DDP syncs is past undoing: the gradient
+    all-reduce is under way, and the other ranks wait in it for buckets this rank will never send;
+    it stops the run (torchrun then stops the other ranks) with the size to rerun with."""
+    try:
+        loss.backward()
+    except torch.OutOfMemoryError:
+        if not synced:
+            raise
+    else:
+        return
+    size = run.micro.train
+    raise RankOutOfMemory(
+        f"rank {run.info.rank} ran out of device memory in the backward pass of its step's last "
+        f"micro-batch ({size} examples), after DDP's gradient all-reduce had begun on the other ranks; "
+        "that cannot be undone. "
+        + (
+            f"Rerun with --micro_batch {halved(size)}: it resumes from the last checkpoint"
+            if size > 1
+            else "Not even one example fits: lower --max_len, or use a device with more memory"
+        )
     )
-    if info.is_distributed:
-        torch.distributed.all_reduce(stats)
-    if step.next_step is not None:
-        step.next_step.prepared = step_batches(run, step.next_step, epoch)
-    loss_total, tokens, positions, flops, signal_sum = stats.tolist()
-    return {
-        "loss": loss_total / info.world_size,
-        "samples": len(step.global_batch),
-        "tokens": tokens,
-        "positions": positions,
-        "flops": flops,
-        "signal": signal_sum,
-    }
+
+
+def join_gradient_all_reduce(run: Run, step: data.StepPlan, epoch: int) -> tuple[torch.Tensor, np.ndarray]:
+    """After this rank ran out of memory before its step's synced backward (the step's tensors
+    already freed), its part in DDP's gradient all-reduce, which the other ranks wait in: one
+    example, its shortest, at weight 0. The step's figures then tell every rank to drop the step's
+    gradients. Out of memory here too: the rank cannot take part, and stops the run."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.info.is_distributed:
+        shortest = step.global_batch[np.argmin(run.train_lengths[step.global_batch])]
+        batch, target = training_batch(run, np.array([shortest]), epoch)
+        batch = {key: to_device(v, run.info.device) for key, v in batch.items()}
+        target = None if target is None else to_device(target, run.info.device)
+        try:
+            with run.autocast:
+                output = run.ddp_model(**batch)
+            (run.task_rules.loss_sum(output, target) * 0.0).backward()
+        except torch.OutOfMemoryError:
+            raise RankOutOfMemory(
+                f"rank {run.info.rank} ran out of device memory, and again with one example in the step's "
+                "gradient all-reduce; lower --max_len, or use a device with more memory"
+            ) from None
+    return torch.zeros((), device=run.info.device), np.zeros(3)
 
 
 def step_micro_batches(step: data.StepPlan) -> list[np.ndarray]:
@@ -1069,6 +1198,9 @@ def run_figures(run: Run, state: TrainState, ending: tuple[str, str] | None) -> 
         "epochs": run.epochs,
         "global_step": state.global_step,
         **early_end_figures(run, state, ending),
+        "micro_batch": run.micro.train,
+        "eval_batch": run.micro.eval,
+        "back_offs": run.micro.back_offs,
         **{
             f"train_{k}": v
             for k, v in throughput(
@@ -1112,6 +1244,7 @@ def checkpoint_state(run: Run, state: TrainState) -> dict:
         "scaler": run.scaler.state_dict(),
         "progress": dict(asdict(state), log_window=dict(state.log_window, time=time.time() - state.log_window["time"])),
         "rng": rng,
+        "micro_batches": run.micro.saved(),
         "fingerprint": run.fingerprint,
     }
 
@@ -1192,13 +1325,7 @@ def predict(run: Run, split: str, stop=None) -> np.ndarray:
     if run.masker is not None:
         return masked_lm_sums(run, split, stop)
     outputs = []
-    shard = evaluate(
-        run,
-        split,
-        lambda indices: collate_split(run, split, indices),
-        lambda logits: outputs.append(run.task_rules.per_example(logits).cpu().numpy()),
-        stop,
-    )
+    shard = evaluate(run, split, lambda logits: outputs.append(run.task_rules.per_example(logits).cpu().numpy()), stop)
     width = run.task_rules.outputs(len(run.label_names))
     local = (
         np.concatenate(outputs) if outputs else np.zeros((0, width) if run.task == "classification" else 0, np.float32)
@@ -1218,13 +1345,7 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
     masks: each rank sums its shard, then one all-reduce (which also carries any rank's stop
     signal). Raises utils.Interrupted on every rank when any rank got a stop signal."""
     sums = torch.zeros(3, dtype=torch.float64, device=run.info.device)
-    evaluate(
-        run,
-        split,
-        lambda indices: masked_batch(run, run.val_masker, split, indices, 0),
-        lambda output: sums.add_(run.task_rules.per_example(output)),
-        stop,
-    )
+    evaluate(run, split, lambda output: sums.add_(run.task_rules.per_example(output)), stop)
     signum = torch.full((1,), float(stop.signum if stop else 0), dtype=torch.float64, device=run.info.device)
     figures = torch.cat([sums, signum])
     if run.info.is_distributed:
@@ -1236,24 +1357,158 @@ def masked_lm_sums(run: Run, split: str, stop=None) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(run: Run, split: str, batch_of: Callable, keep: Callable, stop=None) -> np.ndarray:
+def evaluate(run: Run, split: str, keep: Callable, stop=None) -> np.ndarray:
     """The evaluation loop both tasks share: this rank's shard of a split (returned: its example
-    indices) in batches of --eval_batch_size, batch_of(indices) -> the model's inputs, keep(output)
-    for each batch; stops after the batch in which a stop signal came."""
+    indices) in batches of micro.eval (eval_batch), keep(output) for each batch; stops after the
+    batch in which a stop signal came. A batch the device has no memory for is scored again at half
+    the size (back_off; each rank for itself: no collective runs inside the loop, and an example's
+    output does not depend on its batch)."""
     lengths = np.array([len(x) for x in run.encoded[split].ids])
     shard = data.eval_shard(lengths, run.info.rank, run.info.world_size)
     was_training = run.model.training
     run.model.eval()
-    for start in range(0, len(shard), run.eval_batch_size):
-        batch = batch_of(shard[start : start + run.eval_batch_size])
-        with run.autocast:
-            output = run.model(**{k: to_device(v, run.info.device) for k, v in batch.items()})
-        keep(output)
+    start = 0
+    while start < len(shard):
+        indices = shard[start : start + run.micro.eval]
+        scored = utils.unless_out_of_memory(run.info.device, score, run, eval_batch(run, split, indices), keep)
+        if scored is utils.OUT_OF_MEMORY:
+            back_off(run, "eval", split, run.micro.steps_done)
+            continue
+        start += len(indices)
         run.hooks.after_eval_batch(run, split)
         if stop is not None and stop.poll():
             break
     run.model.train(was_training)
     return shard
+
+
+def score(run: Run, batch: dict, keep: Callable) -> None:
+    keep(eval_forward(run, batch))
+
+
+def eval_forward(run: Run, batch: dict):
+    with run.autocast:
+        return run.model(**{k: to_device(v, run.info.device) for k, v in batch.items()})
+
+
+def eval_batch(run: Run, split: str, indices) -> dict:
+    """The model's inputs for a split's examples at `indices`: for mlm with the validation's fixed masks."""
+    if run.val_masker is not None:
+        return masked_batch(run, run.val_masker, split, indices, 0)
+    return collate_split(run, split, indices)
+
+
+# ----------------------------------------------------------------------------- micro-batches
+
+
+class RankOutOfMemory(UserError):
+    """The device ran out of memory where the run cannot back off; said by the rank it happened on."""
+
+
+def halved(size: int) -> int:
+    return (size + 1) // 2
+
+
+def back_off(run: Run, batch: str, where: str, step: int) -> None:
+    """Halve micro.train or micro.eval (`batch`) after the device ran out of memory in `where` (the
+    probe, a step, an evaluated split), as an event in metrics.jsonl, W&B, the log and results.json;
+    stop the run with one line where the size is fixed by hand or already 1."""
+    size = getattr(run.micro, batch)
+    if not run.micro.auto or size == 1:  # a step's back-off is every rank's; the others, this rank's
+        raise (UserError if where == "step" else RankOutOfMemory)(out_of_memory_problem(batch, size))
+    setattr(run.micro, batch, halved(size))
+    change = {"step": step, "where": where, "batch": batch, "from": size, "to": halved(size)}
+    run.micro.back_offs.append(change)
+    record(run, {"event": "back_off", **change})
+
+
+def out_of_memory_problem(batch: str, size: int) -> str:
+    what = "training micro-batch" if batch == "train" else "evaluation batch"
+    if size == 1:
+        return (
+            f"the device ran out of memory with a {what} of one example; lower --max_len, or use a device "
+            "with more memory"
+        )
+    flag = "--micro_batch" if batch == "train" else "--eval_batch_size"
+    return (
+        f"the device ran out of memory with a {what} of {size} examples ({flag} {size}); rerun with "
+        f"--micro_batch auto, or {flag} {halved(size)} (a rerun resumes from the last checkpoint)"
+    )
+
+
+def choose_micro_batches(run: Run, state: TrainState) -> None:
+    """Before the first step of this process: with --micro_batch auto, probe the sizes (agreed by
+    every rank: the smallest any rank found); then say them in the log."""
+    micro = run.micro
+    micro.steps_done = state.global_step
+    if micro.auto:
+        probe_micro_batches(run, state.global_step + 1)
+        if run.info.device.type == "cuda":  # results.json's peak memory is the training's, not the probe's
+            torch.cuda.reset_peak_memory_stats(run.info.device)
+        if run.info.is_distributed:
+            sizes = torch.tensor([micro.train, micro.eval], device=run.info.device)
+            torch.distributed.all_reduce(sizes, op=torch.distributed.ReduceOp.MIN)
+            micro.train, micro.eval = sizes.tolist()
+    run.log.info(
+        f"micro-batches: training {micro.train} of each process's {run.per_proc_batch} per step, evaluation "
+        f"{micro.eval}" + (" (--micro_batch auto: probed, halved on out-of-memory)" if micro.auto else "")
+    )
+
+
+def probe_micro_batches(run: Run, step: int) -> None:
+    """The largest micro.train and micro.eval (halving from where they are) at which the longest
+    batches the run will meet fit, at the run's precision: training with the gradients and the
+    optimizer's state allocated; evaluation of each split with the optimizer's state. Dropout's
+    generators are rewound after, so a probe changes no number."""
+    rng = utils.torch_rng_state(run.info.device)
+    was_training = run.model.training
+    held = optimizer_state_stand_ins(run.optimizer)
+    try:
+        for param in run.model.parameters():
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+        run.model.train()
+        while utils.unless_out_of_memory(run.info.device, probe_training, run) is utils.OUT_OF_MEMORY:
+            back_off(run, "train", "probe", step)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.model.eval()
+        for split in [s for s in ("val", "test") if s in run.encoded]:
+            while utils.unless_out_of_memory(run.info.device, probe_eval, run, split) is utils.OUT_OF_MEMORY:
+                back_off(run, "eval", "probe", step)
+    finally:
+        run.optimizer.zero_grad(set_to_none=True)
+        held.clear()
+        run.model.train(was_training)
+        utils.set_torch_rng_state(rng, run.info.device)
+
+
+def optimizer_state_stand_ins(optimizer: torch.optim.Optimizer) -> list:
+    """What Adam's state (two moments per parameter) will hold, allocated while a fresh run
+    probes (a resumed one has it loaded)."""
+    if optimizer.state:
+        return []
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return [torch.empty_like(p) for p in params for _ in range(2)]
+
+
+def longest(lengths: np.ndarray, count: int) -> np.ndarray:
+    return np.argsort(-lengths, kind="stable")[:count]
+
+
+def probe_training(run: Run) -> None:
+    """Forward and backward of the micro.train longest training examples (the widest micro-batch
+    the plan can cut), outside DDP: no collective, and its gradient buckets are already allocated."""
+    batch, target = training_batch(run, longest(run.train_lengths, run.micro.train), 0)
+    with run.autocast:
+        output = run.model(**{k: to_device(v, run.info.device) for k, v in batch.items()})
+    target = None if target is None else to_device(target, run.info.device)
+    run.task_rules.loss_sum(output, target).backward()
+
+
+@torch.inference_mode()
+def probe_eval(run: Run, split: str) -> None:
+    lengths = np.array([len(x) for x in run.encoded[split].ids])
+    run.task_rules.per_example(eval_forward(run, eval_batch(run, split, longest(lengths, run.micro.eval))))
 
 
 def record(run: Run, event: dict) -> None:

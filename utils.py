@@ -1,5 +1,5 @@
 """The run environment's helpers, in sections: processes and devices (torchrun's setup,
-collectives, RNG state), files and the log (atomic writes, JSON records, hashes), the machine
+collectives, RNG state, out-of-memory attempts), files and the log (atomic writes, JSON records, hashes), the machine
 (environment, peak FLOP/s, peak memory), the hub (can it answer?), and signals and the launcher
 (a stop request finishes its step; a dead torchrun stops its workers)."""
 
@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import datetime
 import functools
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -162,6 +163,35 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
+
+
+def torch_rng_state(device: torch.device) -> tuple:
+    """The generators dropout draws from (CPU, and this process's GPU): cheap to take every step."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_torch_rng_state(state: tuple, device: torch.device) -> None:
+    cpu, gpu = state
+    torch.set_rng_state(cpu)
+    if gpu is not None:
+        torch.cuda.set_rng_state(gpu, device)
+
+
+OUT_OF_MEMORY = object()  # what unless_out_of_memory returns when the attempt ran out
+
+
+def unless_out_of_memory(device: torch.device, attempt, *args):
+    """attempt(*args)'s result, or OUT_OF_MEMORY when the device ran out of memory in it. Then its
+    tensors are freed before returning: they live in the traceback's frames, gone once the except
+    block ends; gc collects any cycle through them, and the allocator's cache goes back to the GPU."""
+    try:
+        return attempt(*args)
+    except torch.OutOfMemoryError:
+        pass
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return OUT_OF_MEMORY
 
 
 # ----------------------------------------------------------------------------- files and the log

@@ -35,7 +35,7 @@ def run_inprocess(*argv) -> int:
         return e.code
 
 
-FAULTS = ("FTKIT_KILL_AT", "FTKIT_NAN_AT")  # tests/faults.py arms these
+FAULTS = ("FTKIT_KILL_AT", "FTKIT_NAN_AT", "FTKIT_OOM_ABOVE")  # tests/faults.py arms these
 
 
 def train_command(argv, nproc: int = 1, torchrun: bool = False, faults: bool = False) -> list[str]:

@@ -114,6 +114,11 @@ OPERATIONAL_VARIANTS = {
     "wandb_group": ["--wandb_group", "g"],
     "wandb_project": ["--wandb_project", "p"],
     "dist_timeout": ["--dist_timeout", 5],
+    # the probe before the first step rewinds dropout's generators. Another cut (--micro_batch 8,
+    # --grad_accum 2) draws other dropout masks (each pass draws its own), as another world size
+    # does; with dropout off it keeps the numbers to fp32 rounding (tests/test_micro_batch.py)
+    "micro_batch": ["--micro_batch", "auto"],
+    "grad_accum": ["--grad_accum", 1],
 }
 
 
