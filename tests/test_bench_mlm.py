@@ -99,3 +99,24 @@ def test_mlm_bench_flags_are_checked(tiny_model_folder, syn_folder, tmp_path, ca
     ):
         code = bench.main(["--model", tiny_model_folder, "--data", syn_folder, "--out_dir", str(tmp_path), *argv])
         assert code == 2 and capsys.readouterr().err.strip() == message and not os.listdir(tmp_path)
+
+
+def test_memory_steps_prints_each_steps_memory_and_the_masked_tokens(tiny_model_folder, syn_folder, tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "memory_steps.py"), "--model", tiny_model_folder]
+        + ["--data", syn_folder, "--task", "mlm", "--max_train_samples", "64", "--max_eval_samples", "16"]
+        + ["--max_len", "32", "--batch_size", "16", "--epochs", "1", "--wandb", "disabled", "--out_dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    steps, (last,) = rows[:-1], rows[-1:]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 64 examples, batch 16, 1 epoch
+    for r in steps:
+        assert r["heap_used_mb"] > 0 and r["heap_free_mb"] >= 0 and r["mmapped_mb"] >= 0
+        assert 0 < r["rss_mb"] <= r["step_peak_mb"]  # the step's peak is at least where it ended
+        assert 0 < r["masked"] < 16 * 32  # masked tokens of the step's batch, not its positions
+    assert last["run_peak_mb"] >= max(r["step_peak_mb"] for r in steps)
