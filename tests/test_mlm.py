@@ -166,7 +166,8 @@ def test_masker_batch_predicts_no_padding_and_gives_the_masked_positions(tokeniz
         labels = masker.example(x, row, 0)[1]
         width = batch["input_ids"].shape[1]
         expected = row * width + np.flatnonzero(labels != mlm.IGNORE)
-        mine = batch["masked_positions"][(batch["masked_positions"] // width) == row].numpy()
+        real = batch["masked_positions"][batch["masked_labels"] != mlm.IGNORE]  # not the padding rows
+        mine = real[(real // width) == row].numpy()
         np.testing.assert_array_equal(mine, expected)
     assert batch["masked_positions"].dtype == batch["masked_labels"].dtype == torch.int64
 
@@ -209,9 +210,12 @@ def test_logits_at_masked_positions_only_and_the_loss_equals_hf_full_logits_loss
     with torch.no_grad():
         out = model(**batch)
         full = model.hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
-    assert out.logits.shape == (n_masked, len(tokenizer)) and out.labels.shape == (n_masked,)
+    # the masked rows, then padding rows (label IGNORE) up to a multiple of MASKED_ROWS_MULTIPLE
+    real = out.labels != mlm.IGNORE
+    assert out.logits.shape == (len(out.labels), len(tokenizer)) and len(out.labels) % mlm.MASKED_ROWS_MULTIPLE == 0
+    assert real.sum() == n_masked and real[:n_masked].all()
     where = labels != mlm.IGNORE
-    torch.testing.assert_close(out.logits, full.logits[where], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.logits[real], full.logits[where], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.loss_sum(), full.loss * n_masked, atol=1e-3, rtol=1e-5)
     loss_sum, correct, count = out.sums().tolist()
     assert count == n_masked and correct == (full.logits[where].argmax(-1) == labels[where]).sum()
@@ -393,4 +397,5 @@ def test_every_registered_head_gives_hf_logits(model_type):
     with torch.no_grad():
         out = model(ids, attention_mask=torch.ones_like(ids), **targets(labels))
         full = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    torch.testing.assert_close(out.logits, full[labels != mlm.IGNORE], atol=1e-5, rtol=1e-5)
+    real = out.labels != mlm.IGNORE  # without the padding rows
+    torch.testing.assert_close(out.logits[real], full[labels != mlm.IGNORE], atol=1e-5, rtol=1e-5)
