@@ -508,7 +508,8 @@ def status(o) -> int:
         print(f"  report: {report['State'].lower()}")
     elif os.path.exists(os.path.join(out, "results.md")):
         print(f"  report: {os.path.join(out, 'results.md')}")
-    print(f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    shown = {state: n for state, n in counts.items() if n or state != "collapsed"}  # collapsed: when any
+    print(f"== {name}: " + ", ".join(f"{n} {state}" for state, n in shown.items()))
     return 0
 
 
