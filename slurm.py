@@ -524,7 +524,8 @@ def status_lines(name: str, slurm_dir: str, jobs: dict) -> list[str]:
         lines.append(f"  report: {report['State'].lower()}")
     elif os.path.exists(os.path.join(out, "results.md")):
         lines.append(f"  report: {os.path.join(out, 'results.md')}")
-    return [*lines, f"== {name}: " + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    shown = {state: n for state, n in counts.items() if n or state != "collapsed"}  # collapsed: when any
+    return [*lines, f"== {name}: " + ", ".join(f"{n} {state}" for state, n in shown.items())]
 
 
 def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]:
