@@ -9,7 +9,7 @@ bytes it holds free (heap_free_mb); with --task mlm also the step's masked token
 that grows while heap_used_mb stays flat is memory the allocator keeps, not memory the run holds.
 The last line is the peak over the whole run (run_peak_mb), start-up included; results.json's
 peak_rss_mb is not, because resetting VmHWM also resets what getrusage reports.
-The loop is observed through its hooks (hooks.py), nothing in it is replaced.
+The loop is observed through its hooks (train.Hooks), nothing in it is replaced.
 """
 
 import ctypes
