@@ -5,37 +5,14 @@ import signal
 
 import pytest
 import torch
-from helpers import read_events, read_results, run_cli, run_inprocess
+from helpers import read_events, read_results, run_cli, run_inprocess, tiny_run
 
 import checkpoint
 import config
 
 # 256 train examples, batch 16: 16 steps per epoch; validations at steps 5, 10, 15, 16 (the epoch's
 # end), 20, 25, 30, 32, each of 4 evaluation batches (64 examples, 16 a batch)
-RUN = [
-    "--model",
-    "tiny-bert",
-    "--data",
-    "synthetic",
-    "--max_train_samples",
-    256,
-    "--max_eval_samples",
-    64,
-    "--eval_batch_size",
-    16,
-    "--epochs",
-    2,
-    "--eval_every",
-    5,
-    "--save_every",
-    100,
-    "--log_every",
-    1,
-    "--wandb",
-    "disabled",
-    "--run_name",
-    "r",
-]
+RUN = tiny_run(eval_batch_size=16, eval_every=5, save_every=100, log_every=1, run_name="r")
 VALIDATIONS = [5, 10, 15, 16, 20, 25, 30, 32]
 
 
