@@ -240,12 +240,11 @@ def outcome(run_dir: str, exit_status: int) -> tuple[str, str]:
     remove an earlier start's first) and results.json's early end (--early_stop, --on_collapse).
     The one place that reads a run's ending: run_grid.sh prints "[KIND] RUN DETAIL (log ...)" and a
     SLURM task its state from it; a new ending is one more case."""
-    ended_early = _read_json_dict(os.path.join(run_dir, "results.json"))  # this start's: it ran unfinished
-    where = f"at step {ended_early.get('stopped_at_step', '?')}"
-    if ended_early.get("stopped_early") == "collapsed":  # exit 4 (torchrun: 1), results.json written
+    ended, where = early_end(run_dir)  # results.json is this start's: the launchers start unfinished runs
+    if ended == "collapsed":  # exit 4 (torchrun: 1), results.json written
         return "collapsed", where
     if exit_status == 0:
-        return "done", f"early-stopped {where}" if ended_early.get("stopped_early") == "early_stop" else ""
+        return "done", where
     recorded = _read_json_dict(os.path.join(run_dir, OUTCOME_FILE))
     if recorded.get("outcome") == "stopped":  # 128+N, or torchrun's 1 after it
         return "stopped", f"checkpointed at step {recorded.get('step', '?')}"
@@ -254,6 +253,18 @@ def outcome(run_dir: str, exit_status: int) -> tuple[str, str]:
     if exit_status == EXIT_DIVERGED:
         return "failed", f"diverged, exit {exit_status}"
     return "failed", f"exit {exit_status}"
+
+
+def early_end(run_dir: str) -> tuple[str | None, str]:
+    """How a finished run's training ended before its last step, from its results.json:
+    ("collapsed", "at step N"), ("early_stop", "early-stopped at step N"), or (None, "")."""
+    results = _read_json_dict(os.path.join(run_dir, "results.json"))
+    where = f"at step {results.get('stopped_at_step', '?')}"
+    if results.get("stopped_early") == "collapsed":
+        return "collapsed", where
+    if results.get("stopped_early") == "early_stop":
+        return "early_stop", f"early-stopped {where}"
+    return None, ""
 
 
 def _read_json_dict(path: str) -> dict:

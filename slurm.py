@@ -556,19 +556,9 @@ def run_state(out, slurm_dir, run_name, task, submitted, row) -> tuple[str, str]
 def finished_state(run_dir: str, submitted: bool) -> tuple[str, str]:
     """A finished run: ("collapsed", where) when train.py stopped it as collapsed, else ("done", and
     where it early-stopped, or that it finished before this submission)."""
-    try:
-        with open(os.path.join(run_dir, "results.json")) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
-        results = {}
-    results = results if isinstance(results, dict) else {}
-    where = f"at step {results.get('stopped_at_step')}"
+    ended, where = grid.early_end(run_dir)
     earlier = "" if submitted else "finished before this submission"
-    if results.get("stopped_early") == "collapsed":
-        return "collapsed", ", ".join(filter(None, [where, earlier]))
-    if results.get("stopped_early") == "early_stop":
-        return "done", ", ".join(filter(None, [f"early-stopped {where}", earlier]))
-    return "done", earlier
+    return ("collapsed" if ended == "collapsed" else "done"), ", ".join(filter(None, [where, earlier]))
 
 
 def read_state(slurm_dir: str, key: str) -> str | None:
